@@ -1,0 +1,115 @@
+"""Console entry point ``ladys-essence`` (also ``python -m app``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from app.config import ConfigError, Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group(help="Lady's Essence Auth: the authentication service of the Lady's Essence platform.")
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("pgserver", "alembic.runtime.plugins"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@main.command(help="Serve the API (embedded Postgres and Redis when DATABASE_URL / REDIS_URL are unset).")
+@click.option("--host", default=None, help="Address to bind (HOST, default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (PORT, default 8000).")
+@click.option("--workers", type=int, default=None, help="uvicorn worker processes (WORKERS, default 1).")
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    import uvicorn
+
+    from app.db import migrations
+    from app.embedded import servers_for
+
+    settings = _settings()
+    host = host or settings.host
+    port = port or settings.port
+    workers = workers or settings.workers
+    with servers_for(settings) as resolved:
+        migrations.upgrade(resolved)
+        # Workers are separate processes: hand them the resolved URLs and development secrets.
+        os.environ.update(
+            DATABASE_URL=resolved.database_url or "",
+            REDIS_URL=resolved.redis_url or "",
+            JWT_SECRET=resolved.jwt_secret or "",
+            PIN_PEPPER=resolved.pin_pepper or "",
+        )
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        click.echo(f"Lady's Essence Auth on http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)")
+        uvicorn.run(
+            "app.asgi:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=settings.log_level.lower(),
+            proxy_headers=False,
+            server_header=False,
+        )
+
+
+@main.group(help="Database schema: upgrade, downgrade, check.")
+def db() -> None:
+    pass
+
+
+@db.command(help="Apply migrations up to REVISION (default: head).")
+@click.argument("revision", default="head")
+def upgrade(revision: str) -> None:
+    from app.db import migrations
+    from app.embedded import servers_for
+
+    with servers_for(_settings(), redis=False) as settings:
+        migrations.upgrade(settings, revision)
+    click.echo(f"database upgraded to {revision}")
+
+
+@db.command(help="Undo migrations down to REVISION (default: one step).")
+@click.argument("revision", default="-1")
+def downgrade(revision: str) -> None:
+    from app.db import migrations
+    from app.embedded import servers_for
+
+    with servers_for(_settings(), redis=False) as settings:
+        migrations.downgrade(settings, revision)
+    click.echo(f"database downgraded to {revision}")
+
+
+@db.command(help="Fail unless there is one head, the database is at it, and models match migrations.")
+def check() -> None:
+    from app.db import migrations
+    from app.embedded import servers_for
+
+    with servers_for(_settings(), redis=False) as settings:
+        result = migrations.check(settings)
+    click.echo(f"heads: {', '.join(result.heads) or 'none'}")
+    if len(result.heads) != 1:
+        raise click.ClickException(f"expected exactly one migration head, found {len(result.heads)}: {result.heads}")
+    if result.differences:
+        for diff in result.differences:
+            click.echo(f"  differs: {diff}", err=True)
+        raise click.ClickException("models and migrations disagree")
+    click.echo("models match migrations")
+    if result.database_current:
+        click.echo(f"database at head ({result.heads[0]})")
+    else:
+        current = ", ".join(result.current) or "empty"
+        click.echo(f"database at {current}: run `ladys-essence db upgrade` to reach {result.heads[0]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

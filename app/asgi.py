@@ -1,0 +1,85 @@
+"""``create_app(settings)``: the one place the application is assembled."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
+from litestar import Litestar, Request
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.logging import LoggingConfig
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from app.auth.controller import AccountSettingsController, AuthController
+from app.auth.deps import AUTH_DEPENDENCIES
+from app.auth.passwords import Hasher
+from app.auth.tokens import TokenIssuer
+from app.config import Settings
+from app.db.config import sqlalchemy_config
+from app.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
+from app.health import HealthController
+from app.redis_client import create_redis
+
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+async def require_json_body(request: Request[Any, Any, Any]) -> None:
+    """415 for a body that is not JSON; an empty body (Flask-era refresh) is fine."""
+    if request.method not in BODY_METHODS:
+        return
+    has_body = request.headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in request.headers
+    content_type = request.headers.get("content-type", "")
+    if has_body and content_type and "json" not in content_type.lower():
+        raise UnsupportedMediaType()
+
+
+def create_app(settings: Settings) -> Litestar:
+    db_config = sqlalchemy_config(settings)
+
+    async def start(app: Litestar) -> None:
+        app.state.settings = settings
+        app.state.redis = create_redis(settings)
+        app.state.hasher = Hasher(settings)
+        app.state.token_issuer = TokenIssuer(settings)
+        app.state.extra_health_checks = {}
+
+    async def stop(app: Litestar) -> None:
+        await app.state.redis.aclose()
+        app.state.hasher.close()
+
+    return Litestar(
+        route_handlers=[HealthController, AuthController, AccountSettingsController, PrometheusController],
+        dependencies=AUTH_DEPENDENCIES,
+        plugins=[SQLAlchemyPlugin(config=db_config)],
+        on_startup=[start],
+        on_shutdown=[stop],
+        before_request=require_json_body,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[PrometheusConfig(app_name="ladys_essence_auth", group_path=True).middleware],
+        cors_config=CORSConfig(allow_origins=settings.cors_allow_origins),
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Lady's Essence Auth",
+            version="1.0.0",
+            path="/schema",
+            render_plugins=[ScalarRenderPlugin()],
+        ),
+        logging_config=LoggingConfig(
+            root={"level": settings.log_level, "handlers": ["queue_listener"]},
+            log_exceptions="debug",
+            disable_stack_trace={401, 403, 404, 405, 409, 413, 415, 429},
+        ),
+        state=State({"settings": settings}),
+        debug=False,
+    )
+
+
+def create_app_from_env() -> Litestar:
+    """uvicorn factory: settings from the environment (the CLI has resolved the server URLs)."""
+    settings = Settings.from_env()
+    logging.getLogger(__name__).debug("creating app for %s", settings.app_env)
+    return create_app(settings)

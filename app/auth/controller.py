@@ -1,0 +1,201 @@
+"""HTTP side of the auth API: paths and JSON shapes of the Flask-era backend."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, get, post, put
+from litestar.datastructures import State
+from litestar.params import Body
+
+from app.auth.deps import bearer_token
+from app.auth.schemas import (
+    AuthResponse,
+    LoginRequest,
+    MessageResponse,
+    ProfileResponse,
+    ProfileUpdateRequest,
+    RefreshRequest,
+    RefreshResponse,
+    RegisterRequest,
+    UserView,
+    clean_login,
+    clean_profile_update,
+    clean_registration,
+)
+from app.auth.service import AuthService, Session
+from app.auth.tokens import TokenClaims
+from app.db.models import User
+from app.errors import AppError, InvalidToken, NotAuthenticated, UnsupportedMediaType
+
+USER_AGENT_MAX = 255
+
+
+def user_agent(request: Request[Any, Any, Any]) -> str | None:
+    return request.headers.get("user-agent", "")[:USER_AGENT_MAX] or None
+
+
+def _expires_in(session: Session) -> int:
+    claims = session.access.claims
+    return int((claims.expires_at - claims.issued_at).total_seconds())
+
+
+def auth_response(session: Session, message: str, **extra: Any) -> AuthResponse:
+    assert session.refresh is not None
+    return AuthResponse(
+        message=message,
+        access_token=session.access.token,
+        refresh_token=session.refresh.token,
+        expires_in=_expires_in(session),
+        user_id=session.user.id,
+        user_type=session.user.user_type,
+        user=UserView.of(session.user),
+        **extra,
+    )
+
+
+async def _optional_json_body(request: Request[Any, Any, Any], type_: type[RefreshRequest]) -> RefreshRequest | None:
+    """Refresh and logout accept no body at all (Flask-era header form) or a JSON object."""
+    body = await request.body()
+    if not body.strip():
+        return None
+    if "json" not in request.headers.get("content-type", "application/json"):
+        raise UnsupportedMediaType()
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.DecodeError as exc:
+        raise AppError("The request body is not valid JSON.", code="malformed_json") from exc
+    except msgspec.ValidationError as exc:
+        raise AppError("The request body has the wrong shape.", code="validation_error") from exc
+
+
+class AuthController(Controller):
+    path = "/api/auth"
+    tags = ["auth"]
+
+    @post("/register", status_code=201, summary="Create an account and sign in")
+    async def register(
+        self, data: RegisterRequest, request: Request[Any, Any, Any], auth_service: AuthService, state: State
+    ) -> AuthResponse:
+        account = clean_registration(data, state.settings.default_phone_region)
+        session = await auth_service.register(account, user_agent(request))
+        return auth_response(session, "Registration successful", pin_enabled=session.user.enable_pin_auth)
+
+    @post("/login", status_code=200, summary="Sign in with a phone number and a password or PIN")
+    async def login(
+        self, data: LoginRequest, request: Request[Any, Any, Any], auth_service: AuthService, state: State
+    ) -> AuthResponse:
+        credentials = clean_login(data, state.settings.default_phone_region)
+        session = await auth_service.login(credentials, user_agent(request))
+        return auth_response(session, "Login successful", auth_method=credentials.method)
+
+    @post(
+        "/refresh",
+        status_code=200,
+        summary="New access token from a refresh token (Bearer header, or JSON body which rotates it)",
+    )
+    async def refresh(
+        self,
+        request: Request[Any, Any, Any],
+        auth_service: AuthService,
+        data: Annotated[RefreshRequest | None, Body(description="Optional: the body form")] = None,
+    ) -> RefreshResponse:
+        body = await _optional_json_body(request, RefreshRequest)
+        if body is not None and body.refresh_token:
+            token, form = body.refresh_token, "body"
+        else:
+            token, form = bearer_token(request), "header"
+        if not token:
+            raise NotAuthenticated("Send the refresh token as a Bearer token or as refresh_token.")
+        session = await auth_service.refresh(token, form, user_agent(request))  # type: ignore[arg-type]
+        response = RefreshResponse(
+            message="Token refreshed",
+            access_token=session.access.token,
+            expires_in=_expires_in(session),
+        )
+        if session.refresh is not None:
+            response.refresh_token = session.refresh.token
+        return response
+
+    @post("/logout", status_code=200, summary="End this session: its refresh tokens and access tokens")
+    async def logout(
+        self,
+        request: Request[Any, Any, Any],
+        auth_service: AuthService,
+        state: State,
+        data: Annotated[RefreshRequest | None, Body(description="Optional: the refresh token")] = None,
+    ) -> MessageResponse:
+        body = await _optional_json_body(request, RefreshRequest)
+        token = bearer_token(request) or (body.refresh_token if body else None)
+        if not token:
+            raise NotAuthenticated()
+        claims: TokenClaims | None = None
+        for kind in ("access", "refresh"):
+            try:
+                # An expired but genuine token may still end its session.
+                claims = state.token_issuer.decode(token, kind, allow_expired=True)
+                break
+            except InvalidToken:
+                continue
+        if claims is None:
+            raise InvalidToken()
+        await auth_service.logout(claims)
+        return MessageResponse(message="Logged out successfully")
+
+    @get("/profile", summary="The signed-in user's profile")
+    async def get_profile(self, current_user: User) -> ProfileResponse:
+        return ProfileResponse.of_user(current_user, "Profile retrieved")
+
+    @put("/profile", summary="Change the profile; password or PIN changes need current_password")
+    async def update_profile(
+        self,
+        data: ProfileUpdateRequest,
+        request: Request[Any, Any, Any],
+        current_user: User,
+        auth_service: AuthService,
+        state: State,
+    ) -> ProfileResponse:
+        return await apply_profile_update(data, request, current_user, auth_service, state)
+
+
+async def apply_profile_update(
+    data: ProfileUpdateRequest,
+    request: Request[Any, Any, Any],
+    user: User,
+    auth_service: AuthService,
+    state: State,
+) -> ProfileResponse:
+    changes = clean_profile_update(data, user, state.settings.default_phone_region)
+    session = await auth_service.update_profile(user, changes, user_agent(request))
+    if session is None:
+        return ProfileResponse.of_user(user, "Profile updated successfully")
+    assert session.refresh is not None
+    return ProfileResponse.of_user(
+        user,
+        "Profile updated. You were signed out on your other devices.",
+        access_token=session.access.token,
+        refresh_token=session.refresh.token,
+    )
+
+
+class AccountSettingsController(Controller):
+    """``/api/settings/account``: the same profile, as today's settings page uses it."""
+
+    path = "/api/settings/account"
+    tags = ["settings"]
+
+    @get("/", summary="The signed-in user's account settings")
+    async def get_account(self, current_user: User) -> ProfileResponse:
+        return ProfileResponse.of_user(current_user, "Account settings retrieved")
+
+    @put("/", summary="Change account settings; password or PIN changes need current_password")
+    async def update_account(
+        self,
+        data: ProfileUpdateRequest,
+        request: Request[Any, Any, Any],
+        current_user: User,
+        auth_service: AuthService,
+        state: State,
+    ) -> ProfileResponse:
+        return await apply_profile_update(data, request, current_user, auth_service, state)

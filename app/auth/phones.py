@@ -1,0 +1,28 @@
+"""Phone numbers: parsed with ``phonenumbers``, stored and compared in E.164."""
+
+from __future__ import annotations
+
+import phonenumbers
+
+
+class PhoneNumberError(ValueError):
+    """The text is not a phone number we can use."""
+
+
+def normalise_phone(raw: str, default_region: str, *, strict: bool = True) -> str:
+    """``0788123456``, ``+250 788 123 456`` and ``+250788123456`` all give ``+250788123456``.
+
+    ``strict`` (registration) needs a number valid for its region; login only needs a possible
+    one, so a number registered under older numbering rules can still sign in.
+    """
+    text = raw.strip()
+    if not text or len(text) > 32:
+        raise PhoneNumberError("Enter a phone number, e.g. 0788123456 or +250788123456.")
+    try:
+        number = phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise PhoneNumberError("Enter a phone number, e.g. 0788123456 or +250788123456.") from exc
+    valid = phonenumbers.is_valid_number(number) if strict else phonenumbers.is_possible_number(number)
+    if not valid:
+        raise PhoneNumberError("This phone number is not valid. Check the digits and the country code.")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

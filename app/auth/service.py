@@ -1,0 +1,283 @@
+"""Account and session rules: registration, sign-in, refresh, sign-out, profile changes.
+
+No HTTP types here: the controller hands in checked values and gets results or domain errors.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from advanced_alchemy.repository import SQLAlchemyAsyncRepository
+from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from app.auth.passwords import Hasher
+from app.auth.schemas import Credentials, NewAccount, ProfileChanges
+from app.auth.tokens import IssuedToken, TokenClaims, TokenIssuer, token_digest
+from app.config import Settings
+from app.db.models import RefreshToken, User
+from app.errors import Conflict, FieldError, InvalidCredentials, InvalidToken, ValidationFailed
+
+RefreshForm = Literal["header", "body"]
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class UserService(SQLAlchemyAsyncRepositoryService[User]):
+    class Repo(SQLAlchemyAsyncRepository[User]):
+        model_type = User
+
+    repository_type = Repo
+
+    async def get_by_phone(self, phone_number: str) -> User | None:
+        return await self.get_one_or_none(User.phone_number == phone_number)
+
+
+class RefreshTokenService(SQLAlchemyAsyncRepositoryService[RefreshToken]):
+    class Repo(SQLAlchemyAsyncRepository[RefreshToken]):
+        model_type = RefreshToken
+
+    repository_type = Repo
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What a successful sign-in, registration or body-form refresh hands the client."""
+
+    user: User
+    access: IssuedToken
+    refresh: IssuedToken | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoginFailure:
+    """Why a sign-in failed, for the audit trail; the client only ever hears InvalidCredentials."""
+
+    reason: str
+    user_id: int | None
+
+
+class LoginFailed(InvalidCredentials):
+    def __init__(self, failure: LoginFailure) -> None:
+        super().__init__()
+        self.failure = failure
+
+
+class AuthService:
+    def __init__(
+        self,
+        users: UserService,
+        tokens: RefreshTokenService,
+        hasher: Hasher,
+        issuer: TokenIssuer,
+        settings: Settings,
+    ) -> None:
+        self.users = users
+        self.tokens = tokens
+        self.hasher = hasher
+        self.issuer = issuer
+        self.settings = settings
+
+    @property
+    def _db(self):  # type: ignore[no-untyped-def]  # AsyncSession, shared by both services
+        return self.users.repository.session
+
+    # ---- accounts -----------------------------------------------------------------------------
+
+    async def register(self, account: NewAccount, user_agent: str | None) -> Session:
+        await self._ensure_unique(account.phone_number, account.email, exclude_id=None)
+        password_hash = await self.hasher.hash_password(account.password)
+        pin_hash = await self.hasher.hash_pin(account.pin) if account.pin else None
+        user = User(
+            name=account.name,
+            phone_number=account.phone_number,
+            email=account.email,
+            password_hash=password_hash,
+            user_type=account.user_type,
+            pin_hash=pin_hash,
+            enable_pin_auth=pin_hash is not None,
+            date_of_birth=account.date_of_birth,
+            last_activity=utcnow(),
+        )
+        try:
+            user = await self.users.create(user, auto_commit=False)
+        except IntegrityError as exc:  # a concurrent registration won the race
+            raise Conflict("An account with this phone number already exists.", code="phone_number_taken") from exc
+        return await self._start_session(user, user_agent)
+
+    async def _ensure_unique(self, phone: str | None, email: str | None, exclude_id: int | None) -> None:
+        if phone:
+            clash = await self.users.get_one_or_none(User.phone_number == phone)
+            if clash and clash.id != exclude_id:
+                raise Conflict("An account with this phone number already exists.", code="phone_number_taken")
+        if email:
+            clash = await self.users.get_one_or_none(func.lower(User.email) == email.lower())
+            if clash and clash.id != exclude_id:
+                raise Conflict("An account with this email address already exists.", code="email_taken")
+
+    # ---- sign-in ------------------------------------------------------------------------------
+
+    async def authenticate(self, credentials: Credentials) -> User:
+        """Verify a phone number with a password or PIN; every failure costs one hash verification."""
+        user = await self.users.get_by_phone(credentials.phone_number)
+        # Release the pooled connection before the slow hash, so a login storm cannot starve the pool.
+        await self._db.commit()
+        if credentials.method == "pin":
+            pin_usable = user is not None and user.enable_pin_auth and user.pin_hash is not None
+            result = await self.hasher.verify_pin(user.pin_hash if pin_usable and user else None, credentials.secret)
+            if user is not None and not pin_usable:
+                raise LoginFailed(LoginFailure("pin_not_enabled", user.id))
+        else:
+            result = await self.hasher.verify_password(user.password_hash if user else None, credentials.secret)
+        if user is None:
+            raise LoginFailed(LoginFailure("unknown_account", None))
+        if not result.ok:
+            raise LoginFailed(LoginFailure("invalid_credentials", user.id))
+        if not user.is_active:
+            raise LoginFailed(LoginFailure("account_inactive", user.id))
+        changes: dict[str, object] = {"last_activity": utcnow()}
+        if result.needs_rehash:
+            if credentials.method == "pin":
+                changes["pin_hash"] = await self.hasher.hash_pin(credentials.secret)
+            else:
+                changes["password_hash"] = await self.hasher.hash_password(credentials.secret)
+        await self._db.execute(update(User).where(User.id == user.id).values(**changes))
+        for key, value in changes.items():
+            setattr(user, key, value)
+        return user
+
+    async def login(self, credentials: Credentials, user_agent: str | None) -> Session:
+        user = await self.authenticate(credentials)
+        return await self._start_session(user, user_agent)
+
+    async def _start_session(self, user: User, user_agent: str | None) -> Session:
+        family = uuid.uuid4()
+        access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=family)
+        refresh = await self._store_refresh(user, family, user_agent)
+        return Session(user=user, access=access, refresh=refresh)
+
+    async def _store_refresh(self, user: User, family: uuid.UUID, user_agent: str | None) -> IssuedToken:
+        refresh = self.issuer.issue("refresh", user_id=user.id, role=user.role, session_id=family)
+        row = RefreshToken(
+            jti=refresh.claims.jti,
+            family_id=family,
+            user_id=user.id,
+            token_hash=token_digest(refresh.token),
+            expires_at=refresh.claims.expires_at,
+            user_agent=(user_agent or "")[:255] or None,
+        )
+        await self.tokens.create(row, auto_commit=False)
+        return refresh
+
+    # ---- refresh ------------------------------------------------------------------------------
+
+    def _rotates(self, form: RefreshForm) -> bool:
+        mode = self.settings.refresh_rotation
+        return mode == "always" or (mode == "auto" and form == "body")
+
+    async def refresh(self, token: str, form: RefreshForm, user_agent: str | None) -> Session:
+        claims = self.issuer.decode(token, "refresh")
+        row = await self.tokens.get_one_or_none(RefreshToken.jti == claims.jti)
+        if row is None or row.token_hash != token_digest(token) or row.revoked_at is not None:
+            raise InvalidToken()
+        user = await self._active_user(claims.user_id)
+        if not self._rotates(form):
+            access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=row.family_id)
+            return Session(user=user, access=access, refresh=None)
+
+        now = utcnow()
+        first_rotation = await self._db.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == row.id, RefreshToken.rotated_at.is_(None))
+            .values(rotated_at=now)
+            .returning(RefreshToken.id)
+        )
+        if first_rotation.scalar_one_or_none() is None:
+            await self._db.refresh(row)
+            grace = datetime.timedelta(seconds=self.settings.refresh_reuse_grace_seconds)
+            if row.rotated_at is None or now - row.rotated_at > grace:
+                # A rotated token came back after the grace interval: assume it was stolen.
+                await self.revoke_family(row.family_id, reason="reuse_detected")
+                await self._db.commit()  # the revocation must outlive the 401 that follows
+                raise InvalidToken(
+                    "This sign-in was used again after it was replaced. Please sign in again.",
+                    code="refresh_token_reused",
+                )
+        access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=row.family_id)
+        refresh = await self._store_refresh(user, row.family_id, user_agent)
+        return Session(user=user, access=access, refresh=refresh)
+
+    async def _active_user(self, user_id: int) -> User:
+        user = await self.users.get_one_or_none(User.id == user_id)
+        if user is None or not user.is_active:
+            raise InvalidToken()
+        return user
+
+    # ---- sessions -----------------------------------------------------------------------------
+
+    async def revoke_family(self, family_id: uuid.UUID, reason: str) -> None:
+        await self._db.execute(
+            update(RefreshToken)
+            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow(), revoked_reason=reason)
+        )
+
+    async def revoke_all_sessions(self, user_id: int, reason: str) -> None:
+        await self._db.execute(
+            update(RefreshToken)
+            .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow(), revoked_reason=reason)
+        )
+
+    async def logout(self, claims: TokenClaims) -> None:
+        await self.revoke_family(claims.session_id, reason="logout")
+
+    async def user_for_access_token(self, claims: TokenClaims) -> User:
+        """The signed-in user, provided the account is active and the session not revoked."""
+        revoked = await self._db.scalar(
+            select(exists().where(RefreshToken.family_id == claims.session_id, RefreshToken.revoked_at.is_not(None)))
+        )
+        if revoked:
+            raise InvalidToken()
+        return await self._active_user(claims.user_id)
+
+    # ---- profile ------------------------------------------------------------------------------
+
+    async def update_profile(self, user: User, changes: ProfileChanges, user_agent: str | None) -> Session | None:
+        """Apply changes; a password or PIN change needs the current password and ends every session.
+
+        Returns a fresh session when the credentials changed, so the caller is not signed out.
+        """
+        if changes.changes_credentials:
+            assert changes.current_password is not None
+            result = await self.hasher.verify_password(user.password_hash, changes.current_password)
+            if not result.ok:
+                raise ValidationFailed([FieldError("current_password", "Your current password is not correct.")])
+        fields = dict(changes.fields)
+        if fields.get("name") is None:
+            fields.pop("name", None)
+        await self._ensure_unique(fields.get("phone_number"), fields.get("email"), exclude_id=user.id)
+        if changes.new_password:
+            fields["password_hash"] = await self.hasher.hash_password(changes.new_password)
+        if changes.new_pin:
+            fields["pin_hash"] = await self.hasher.hash_pin(changes.new_pin)
+            fields.setdefault("enable_pin_auth", True)
+        if fields.get("enable_pin_auth") and not (user.pin_hash or changes.new_pin):
+            raise ValidationFailed([FieldError("enable_pin_auth", "Set a PIN before turning on PIN sign-in.")])
+        for key, value in fields.items():
+            setattr(user, key, value)
+        try:
+            await self.users.update(user, auto_commit=False)
+            await self._db.flush()
+        except IntegrityError as exc:
+            raise Conflict("That phone number or email address belongs to another account.") from exc
+        if not changes.changes_credentials:
+            return None
+        await self.revoke_all_sessions(user.id, reason="credentials_changed")
+        return await self._start_session(user, user_agent)

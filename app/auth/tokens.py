@@ -1,0 +1,110 @@
+"""JWT access and refresh tokens (PyJWT, HS256).
+
+Claims: ``sub`` (user id), ``type`` (access/refresh), ``jti``, ``iat``, ``exp``, ``iss``, ``aud``,
+``role``, and ``sid``: the session (refresh-token family) the token belongs to, so revoking a
+session kills its access tokens too.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+import jwt
+
+from app.config import Settings
+from app.errors import InvalidToken
+
+TokenType = Literal["access", "refresh"]
+ALGORITHM = "HS256"
+REQUIRED_CLAIMS = ["sub", "type", "jti", "iat", "exp", "iss", "aud", "sid"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    user_id: int
+    type: TokenType
+    jti: uuid.UUID
+    session_id: uuid.UUID
+    role: str
+    issued_at: datetime.datetime
+    expires_at: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    claims: TokenClaims
+
+
+def token_digest(token: str) -> str:
+    """What the database keeps of a refresh token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenIssuer:
+    def __init__(self, settings: Settings) -> None:
+        assert settings.jwt_secret, "settings are validated before the app is built"
+        self._secret = settings.jwt_secret
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self.access_lifetime = datetime.timedelta(minutes=settings.access_token_minutes)
+        self.refresh_lifetime = datetime.timedelta(days=settings.refresh_token_days)
+
+    def issue(self, type_: TokenType, *, user_id: int, role: str, session_id: uuid.UUID) -> IssuedToken:
+        now = datetime.datetime.now(datetime.UTC)
+        lifetime = self.access_lifetime if type_ == "access" else self.refresh_lifetime
+        claims = TokenClaims(
+            user_id=user_id,
+            type=type_,
+            jti=uuid.uuid4(),
+            session_id=session_id,
+            role=role,
+            issued_at=now,
+            expires_at=now + lifetime,
+        )
+        payload = {
+            "sub": str(user_id),
+            "type": type_,
+            "jti": str(claims.jti),
+            "sid": str(session_id),
+            "role": role,
+            "iat": now,
+            "nbf": now,
+            "exp": claims.expires_at,
+            "iss": self._issuer,
+            "aud": self._audience,
+        }
+        return IssuedToken(jwt.encode(payload, self._secret, algorithm=ALGORITHM), claims)
+
+    def decode(self, token: str, expected: TokenType, *, allow_expired: bool = False) -> TokenClaims:
+        """Verify signature, issuer, audience, lifetime and type; anything off is InvalidToken."""
+        try:
+            payload = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=5,
+                options={"require": REQUIRED_CLAIMS, "verify_exp": not allow_expired},
+            )
+            claims = TokenClaims(
+                user_id=int(payload["sub"]),
+                type=payload["type"],
+                jti=uuid.UUID(payload["jti"]),
+                session_id=uuid.UUID(payload["sid"]),
+                role=str(payload.get("role", "user")),
+                issued_at=datetime.datetime.fromtimestamp(payload["iat"], datetime.UTC),
+                expires_at=datetime.datetime.fromtimestamp(payload["exp"], datetime.UTC),
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise InvalidToken("Your session has expired. Please sign in again.", code="token_expired") from exc
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+            raise InvalidToken() from exc
+        if claims.type != expected:
+            raise InvalidToken()
+        return claims

@@ -1,0 +1,40 @@
+"""SQLAlchemy and Alembic configuration, built from settings (never at import time)."""
+
+from __future__ import annotations
+
+from advanced_alchemy.config.engine import EngineConfig
+from advanced_alchemy.extensions.litestar import (
+    AlembicAsyncConfig,
+    AsyncSessionConfig,
+    SQLAlchemyAsyncConfig,
+)
+
+from app.config import PROJECT_ROOT, Settings, asyncpg_url
+
+MIGRATIONS_DIR = PROJECT_ROOT / "db" / "migrations"
+
+
+def sqlalchemy_config(settings: Settings, *, pool: bool = True) -> SQLAlchemyAsyncConfig:
+    if not settings.database_url:
+        raise ValueError("database_url is resolved before the app is built")
+    engine = EngineConfig(
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+    )
+    if not pool:
+        from sqlalchemy.pool import NullPool
+
+        engine = EngineConfig(poolclass=NullPool)
+    return SQLAlchemyAsyncConfig(
+        connection_string=asyncpg_url(settings.database_url),
+        engine_config=engine,
+        session_config=AsyncSessionConfig(expire_on_commit=False),
+        before_send_handler="autocommit",
+        create_all=False,
+        alembic_config=AlembicAsyncConfig(
+            script_location=str(MIGRATIONS_DIR),
+            version_table_name="alembic_version",
+        ),
+    )

@@ -1,0 +1,105 @@
+"""Tables: users (every Flask-era column plus ``role``), refresh_tokens, login_attempts."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+from advanced_alchemy.base import IdentityAuditBase, IdentityBase, orm_registry
+from advanced_alchemy.types import DateTimeUTC
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import INET, JSONB
+from sqlalchemy.orm import Mapped, mapped_column
+
+metadata = orm_registry.metadata
+
+ROLES = ("user", "security", "admin")
+USER_TYPES = ("parent", "adolescent", "admin", "caregiver")
+
+
+class User(IdentityAuditBase):
+    __tablename__ = "users"
+    __table_args__ = (
+        Index("uq_users_email_lower", func.lower(text("email")), unique=True),
+        CheckConstraint("role IN ('user', 'security', 'admin')", name="role"),
+    )
+
+    name: Mapped[str] = mapped_column(String(200))
+    phone_number: Mapped[str] = mapped_column(String(20), unique=True)
+    email: Mapped[str | None] = mapped_column(String(254), default=None)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    user_type: Mapped[str] = mapped_column(String(20), default="adolescent")
+    role: Mapped[str] = mapped_column(String(16), default="user", server_default="user")
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
+    pin_hash: Mapped[str | None] = mapped_column(String(255), default=None)
+    enable_pin_auth: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    personal_cycle_length: Mapped[int | None] = mapped_column(Integer, default=None)
+    personal_period_length: Mapped[int | None] = mapped_column(Integer, default=None)
+    has_provided_cycle_info: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    last_activity: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    session_timeout_minutes: Mapped[int] = mapped_column(Integer, default=30, server_default="30")
+    account_type: Mapped[str | None] = mapped_column(String(20), default=None)
+    is_phone_verified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    allow_parent_access: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    data_sharing_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    notification_preferences: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)
+    date_of_birth: Mapped[datetime.date | None] = mapped_column(Date, default=None)
+
+
+class RefreshToken(IdentityAuditBase):
+    """One issued refresh token. Only a SHA-256 of the token is stored.
+
+    ``family_id`` is the session: every token rotated from one login shares it, and revoking the
+    session revokes the family. Access tokens carry the family id as ``sid``.
+    """
+
+    __tablename__ = "refresh_tokens"
+    __table_args__ = (Index("ix_refresh_tokens_user_active", "user_id", postgresql_where=text("revoked_at IS NULL")),)
+
+    jti: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    family_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id", ondelete="CASCADE"))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    expires_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True))
+    rotated_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    revoked_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    revoked_reason: Mapped[str | None] = mapped_column(String(32), default=None)
+    user_agent: Mapped[str | None] = mapped_column(String(255), default=None)
+
+
+class LoginAttempt(IdentityBase):
+    """One call of the login endpoint, whatever its outcome; written by the audit pipeline.
+
+    Keeps the Flask-era columns (id, phone_number, success, ip_address, user_agent, created_at).
+    ``event_id`` (UUIDv7, minted by the request) makes every write idempotent.
+    """
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (
+        Index("ix_login_attempts_created_at", "created_at"),
+        Index("ix_login_attempts_phone_created_at", "phone_number", "created_at"),
+    )
+
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True))
+    phone_number: Mapped[str] = mapped_column(String(20))
+    user_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    success: Mapped[bool] = mapped_column(Boolean)
+    auth_method: Mapped[str | None] = mapped_column(String(10), default=None)
+    reason: Mapped[str] = mapped_column(String(32))
+    ip_address: Mapped[str | None] = mapped_column(INET, default=None)
+    user_agent: Mapped[str | None] = mapped_column(String(255), default=None)
+    request_id: Mapped[str | None] = mapped_column(String(64), default=None)

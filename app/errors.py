@@ -1,0 +1,188 @@
+"""Domain exceptions and the one place that turns any exception into an HTTP response.
+
+Every error body is JSON with a human ``message`` (the Flask-era clients show it as is) and a
+machine ``code``; validation errors add ``errors: [{field, message}]``. Nothing from a driver or a
+stack trace reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    SerializationException,
+    ValidationException,
+)
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+logger = logging.getLogger("app.errors")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class AppError(Exception):
+    """A failure the client should hear about; subclasses fix status, code and message."""
+
+    status_code = 400
+    code = "bad_request"
+    message = "The request could not be processed."
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        code: str | None = None,
+        errors: list[FieldError] | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.message = message or self.message
+        self.code = code or self.code
+        self.errors = errors or []
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+        super().__init__(self.message)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"message": self.message, "code": self.code, **self.extra}
+        if self.errors:
+            body["errors"] = [{"field": e.field, "message": e.message} for e in self.errors]
+        return body
+
+
+class ValidationFailed(AppError):
+    code = "validation_error"
+    message = "Some fields need attention."
+
+    def __init__(self, errors: list[FieldError], message: str | None = None) -> None:
+        super().__init__(message or (errors[0].message if len(errors) == 1 else None), errors=errors)
+
+
+class InvalidCredentials(AppError):
+    """The one answer for unknown phone, wrong password or PIN, PIN not enabled, inactive account."""
+
+    status_code = 401
+    code = "invalid_credentials"
+    message = "Incorrect phone number, password or PIN."
+
+
+class InvalidToken(AppError):
+    status_code = 401
+    code = "invalid_token"
+    message = "Your session is no longer valid. Please sign in again."
+
+
+class NotAuthenticated(AppError):
+    status_code = 401
+    code = "not_authenticated"
+    message = "Please sign in to continue."
+
+
+class PermissionDenied(AppError):
+    status_code = 403
+    code = "forbidden"
+    message = "You do not have permission to do this."
+
+
+class Conflict(AppError):
+    status_code = 409
+    code = "conflict"
+
+
+class RateLimited(AppError):
+    status_code = 429
+    code = "rate_limited"
+    message = "Too many attempts. Please wait before trying again."
+
+
+class ServiceUnavailable(AppError):
+    status_code = 503
+    code = "service_unavailable"
+    message = "The service is temporarily unavailable. Please try again shortly."
+
+
+class UnsupportedMediaType(AppError):
+    status_code = 415
+    code = "unsupported_media_type"
+    message = "Send the request body as JSON (Content-Type: application/json)."
+
+
+_HTTP_CODES = {
+    400: ("bad_request", "The request could not be understood."),
+    401: ("not_authenticated", "Please sign in to continue."),
+    403: ("forbidden", "You do not have permission to do this."),
+    404: ("not_found", "Nothing here. Check the address."),
+    405: ("method_not_allowed", "This address does not accept that method."),
+    413: ("payload_too_large", "The request body is too large."),
+    415: ("unsupported_media_type", UnsupportedMediaType.message),
+    429: ("rate_limited", RateLimited.message),
+    503: ("service_unavailable", ServiceUnavailable.message),
+}
+
+
+def _json(body: dict[str, Any], status: int, headers: Mapping[str, str] | None = None) -> Response[Any]:
+    return Response(content=body, status_code=status, headers=dict(headers or {}), media_type="application/json")
+
+
+def app_error_handler(_: Request[Any, Any, Any], exc: AppError) -> Response[Any]:
+    return _json(exc.body(), exc.status_code, exc.headers)
+
+
+def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:
+    """Litestar's own body/parameter validation: wrong types, missing fields, malformed JSON."""
+    errors = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            field = str(item.get("key") or item.get("source") or "body")
+            errors.append(FieldError(field.removeprefix("$."), _human(str(item.get("message", "")))))
+    if not errors:
+        return _json({"message": "The request body is not valid JSON.", "code": "malformed_json"}, 400)
+    return _json(ValidationFailed(errors).body(), 400)
+
+
+def _human(message: str) -> str:
+    if message.startswith("Object missing required field"):
+        return "This field is required."
+    if message.startswith("Expected `"):
+        kind = message.split("`")[1]
+        return {"str": "Enter text.", "int": "Enter a whole number.", "bool": "Enter true or false."}.get(
+            kind, f"Expected {kind}."
+        )
+    return "This value is not valid."
+
+
+def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    if isinstance(exc, SerializationException) or (status == 400 and "JSON" in str(exc.detail)):
+        return _json({"message": "The request body is not valid JSON.", "code": "malformed_json"}, 400)
+    code, message = _HTTP_CODES.get(status, ("error", "The request could not be processed."))
+    if status >= 500:
+        logger.error("HTTP %s: %s", status, exc.detail)
+    return _json({"message": message, "code": code}, status, exc.headers)
+
+
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    body = {"message": "Something went wrong on our side. Please try again.", "code": "internal_error"}
+    return _json(body, HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
+    AppError: app_error_handler,
+    ValidationException: validation_handler,
+    NotFoundException: http_exception_handler,
+    MethodNotAllowedException: http_exception_handler,
+    HTTPException: http_exception_handler,
+    Exception: internal_error_handler,
+}

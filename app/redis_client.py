@@ -1,0 +1,24 @@
+"""The Redis connection pool shared by the limiter, the audit publisher and health checks."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from app.config import Settings
+
+
+def create_redis(settings: Settings) -> Redis:
+    if not settings.redis_url:
+        raise ValueError("redis_url is resolved before the app is built")
+    # No silent retries: a command that may have run once must not run twice (audit appends),
+    # and a dead Redis must be reported quickly (the limiter fails closed).
+    return Redis.from_url(
+        settings.redis_url,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=15,
+        max_connections=200,
+    )
