@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> Litestar:
 
     async def start(app: Litestar) -> None:
         app.state.settings = settings
+        app.state.db_config = db_config
         app.state.redis = create_redis(settings)
         app.state.hasher = Hasher(settings)
         app.state.token_issuer = TokenIssuer(settings)

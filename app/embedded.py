@@ -119,7 +119,7 @@ class EmbeddedPostgres:
             import pgserver
         except ImportError:
             return None
-        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")  # type: ignore[attr-defined]
         uri: str = self._server.get_uri()
         return uri
 

@@ -172,6 +172,11 @@ def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Res
     return _json({"message": message, "code": code}, status, exc.headers)
 
 
+def too_deep_handler(_: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    """msgspec gives up on absurdly nested JSON; that is the client's problem, not a crash."""
+    return _json({"message": "The request body is nested too deeply.", "code": "malformed_json"}, 400)
+
+
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     body = {"message": "Something went wrong on our side. Please try again.", "code": "internal_error"}
@@ -184,5 +189,6 @@ EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     NotFoundException: http_exception_handler,
     MethodNotAllowedException: http_exception_handler,
     HTTPException: http_exception_handler,
+    RecursionError: too_deep_handler,
     Exception: internal_error_handler,
 }

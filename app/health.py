@@ -34,7 +34,7 @@ class HealthController(Controller):
     @get("/", summary="Liveness and dependency checks", cache_control=None)
     async def health(self, state: State) -> Response[dict[str, Any]]:
         async def database() -> None:
-            async with state.db_engine.connect() as conn:
+            async with state.db_config.get_engine().connect() as conn:
                 await conn.execute(text("SELECT 1"))
 
         async def redis() -> None:

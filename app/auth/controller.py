@@ -7,7 +7,8 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, get, post, put
 from litestar.datastructures import State
-from litestar.params import Body
+from litestar.di import NamedDependency
+from litestar.params import Body, JSONBody
 
 from app.auth.deps import bearer_token
 from app.auth.schemas import (
@@ -24,7 +25,7 @@ from app.auth.schemas import (
     clean_profile_update,
     clean_registration,
 )
-from app.auth.service import AuthService, Session
+from app.auth.service import AuthService, RefreshForm, Session
 from app.auth.tokens import TokenClaims
 from app.db.models import User
 from app.errors import AppError, InvalidToken, NotAuthenticated, UnsupportedMediaType
@@ -76,7 +77,11 @@ class AuthController(Controller):
 
     @post("/register", status_code=201, summary="Create an account and sign in")
     async def register(
-        self, data: RegisterRequest, request: Request[Any, Any, Any], auth_service: AuthService, state: State
+        self,
+        data: JSONBody[RegisterRequest],
+        request: Request[Any, Any, Any],
+        auth_service: NamedDependency[AuthService],
+        state: State,
     ) -> AuthResponse:
         account = clean_registration(data, state.settings.default_phone_region)
         session = await auth_service.register(account, user_agent(request))
@@ -84,7 +89,11 @@ class AuthController(Controller):
 
     @post("/login", status_code=200, summary="Sign in with a phone number and a password or PIN")
     async def login(
-        self, data: LoginRequest, request: Request[Any, Any, Any], auth_service: AuthService, state: State
+        self,
+        data: JSONBody[LoginRequest],
+        request: Request[Any, Any, Any],
+        auth_service: NamedDependency[AuthService],
+        state: State,
     ) -> AuthResponse:
         credentials = clean_login(data, state.settings.default_phone_region)
         session = await auth_service.login(credentials, user_agent(request))
@@ -98,17 +107,19 @@ class AuthController(Controller):
     async def refresh(
         self,
         request: Request[Any, Any, Any],
-        auth_service: AuthService,
+        auth_service: NamedDependency[AuthService],
         data: Annotated[RefreshRequest | None, Body(description="Optional: the body form")] = None,
     ) -> RefreshResponse:
         body = await _optional_json_body(request, RefreshRequest)
+        token: str | None
+        form: RefreshForm
         if body is not None and body.refresh_token:
             token, form = body.refresh_token, "body"
         else:
             token, form = bearer_token(request), "header"
         if not token:
             raise NotAuthenticated("Send the refresh token as a Bearer token or as refresh_token.")
-        session = await auth_service.refresh(token, form, user_agent(request))  # type: ignore[arg-type]
+        session = await auth_service.refresh(token, form, user_agent(request))
         response = RefreshResponse(
             message="Token refreshed",
             access_token=session.access.token,
@@ -122,7 +133,7 @@ class AuthController(Controller):
     async def logout(
         self,
         request: Request[Any, Any, Any],
-        auth_service: AuthService,
+        auth_service: NamedDependency[AuthService],
         state: State,
         data: Annotated[RefreshRequest | None, Body(description="Optional: the refresh token")] = None,
     ) -> MessageResponse:
@@ -144,16 +155,16 @@ class AuthController(Controller):
         return MessageResponse(message="Logged out successfully")
 
     @get("/profile", summary="The signed-in user's profile")
-    async def get_profile(self, current_user: User) -> ProfileResponse:
+    async def get_profile(self, current_user: NamedDependency[User]) -> ProfileResponse:
         return ProfileResponse.of_user(current_user, "Profile retrieved")
 
     @put("/profile", summary="Change the profile; password or PIN changes need current_password")
     async def update_profile(
         self,
-        data: ProfileUpdateRequest,
+        data: JSONBody[ProfileUpdateRequest],
         request: Request[Any, Any, Any],
-        current_user: User,
-        auth_service: AuthService,
+        current_user: NamedDependency[User],
+        auth_service: NamedDependency[AuthService],
         state: State,
     ) -> ProfileResponse:
         return await apply_profile_update(data, request, current_user, auth_service, state)
@@ -186,16 +197,16 @@ class AccountSettingsController(Controller):
     tags = ["settings"]
 
     @get("/", summary="The signed-in user's account settings")
-    async def get_account(self, current_user: User) -> ProfileResponse:
+    async def get_account(self, current_user: NamedDependency[User]) -> ProfileResponse:
         return ProfileResponse.of_user(current_user, "Account settings retrieved")
 
     @put("/", summary="Change account settings; password or PIN changes need current_password")
     async def update_account(
         self,
-        data: ProfileUpdateRequest,
+        data: JSONBody[ProfileUpdateRequest],
         request: Request[Any, Any, Any],
-        current_user: User,
-        auth_service: AuthService,
+        current_user: NamedDependency[User],
+        auth_service: NamedDependency[AuthService],
         state: State,
     ) -> ProfileResponse:
         return await apply_profile_update(data, request, current_user, auth_service, state)

@@ -11,7 +11,7 @@ from typing import Any
 from advanced_alchemy.extensions.litestar.providers import create_service_provider
 from litestar import Request
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 
 from app.auth.service import AuthService, RefreshTokenService, UserService
 from app.auth.tokens import TokenClaims, TokenIssuer
@@ -28,7 +28,7 @@ def bearer_token(request: Request[Any, Any, Any]) -> str | None:
 
 
 async def provide_auth_service(
-    users_service: UserService, tokens_service: RefreshTokenService, state: State
+    users_service: NamedDependency[UserService], tokens_service: NamedDependency[RefreshTokenService], state: State
 ) -> AuthService:
     return AuthService(users_service, tokens_service, state.hasher, state.token_issuer, state.settings)
 
@@ -41,7 +41,9 @@ async def provide_access_claims(request: Request[Any, Any, Any], state: State) -
     return issuer.decode(token, "access")
 
 
-async def provide_current_user(access_claims: TokenClaims, auth_service: AuthService) -> User:
+async def provide_current_user(
+    access_claims: NamedDependency[TokenClaims], auth_service: NamedDependency[AuthService]
+) -> User:
     return await auth_service.user_for_access_token(access_claims)
 
 

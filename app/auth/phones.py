@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import phonenumbers
 
 
@@ -22,7 +24,11 @@ def normalise_phone(raw: str, default_region: str, *, strict: bool = True) -> st
         number = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException as exc:
         raise PhoneNumberError("Enter a phone number, e.g. 0788123456 or +250788123456.") from exc
-    valid = phonenumbers.is_valid_number(number) if strict else phonenumbers.is_possible_number(number)
-    if not valid:
+    check = phonenumbers.is_valid_number if strict else phonenumbers.is_possible_number
+    if not check(number) and not text.startswith("+"):
+        # "250788123456": the country code typed without its plus sign.
+        with contextlib.suppress(phonenumbers.NumberParseException):
+            number = phonenumbers.parse("+" + text, default_region)
+    if not check(number):
         raise PhoneNumberError("This phone number is not valid. Check the digits and the country code.")
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

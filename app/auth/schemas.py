@@ -176,8 +176,9 @@ class ProfileResponse(UserView, kw_only=True):
     @classmethod
     def of_user(cls, user: User, message: str, **tokens: str) -> ProfileResponse:
         view = UserView.of(user)
-        fields = {name: getattr(view, name) for name in view.__struct_fields__}
-        return cls(**fields, message=message, user=view, **tokens)
+        fields: dict[str, Any] = {name: getattr(view, name) for name in view.__struct_fields__}
+        fields.update(tokens)
+        return cls(**fields, message=message, user=view)
 
 
 class MessageResponse(msgspec.Struct, kw_only=True):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from advanced_alchemy.config.engine import EngineConfig
 from advanced_alchemy.extensions.litestar import (
     AlembicAsyncConfig,
     AsyncSessionConfig,
+    EngineConfig,
     SQLAlchemyAsyncConfig,
 )
 

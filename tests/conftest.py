@@ -1,0 +1,115 @@
+"""Real Postgres and Redis for the whole suite.
+
+``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` name servers to use; without them embedded ones start
+in a temporary directory. Either way the run creates its own database (dropped at the end) and
+every test gets its own Redis key prefix and empty tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+
+from app.asgi import create_app
+from app.config import Settings
+from app.db import migrations
+from app.embedded import EmbeddedPostgres, EmbeddedRedis
+
+TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
+TEST_PIN_PEPPER = "test-pin-pepper-" + "y" * 32
+TABLES = ("login_attempts", "refresh_tokens", "users")
+
+
+@pytest.fixture(scope="session")
+def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    started: list[Any] = []
+    urls = {"database": os.environ.get("TEST_DATABASE_URL", ""), "redis": os.environ.get("TEST_REDIS_URL", "")}
+    base = tmp_path_factory.mktemp("servers")
+    try:
+        if not urls["database"]:
+            postgres = EmbeddedPostgres(base / "postgres", database="postgres")
+            urls["database"] = postgres.start()
+            started.append(postgres)
+        if not urls["redis"]:
+            redis = EmbeddedRedis(base / "redis", appendonly=False)
+            urls["redis"] = redis.start()
+            started.append(redis)
+        yield urls
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_settings(server_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings pointing at this run's own, freshly migrated database."""
+    settings = Settings.from_env(
+        {},
+        app_env="test",
+        database_url=server_urls["database"],
+        redis_url=server_urls["redis"],
+        data_dir=str(tmp_path_factory.mktemp("data")),
+        jwt_secret=TEST_JWT_SECRET,
+        pin_pepper=TEST_PIN_PEPPER,
+        # Lighter argon2 than production keeps the suite fast; test_passwords checks the defaults.
+        argon2_memory_kib=1024,
+        argon2_time_cost=1,
+    )
+    with migrations.scratch_database(settings, name=f"le_test_{uuid.uuid4().hex[:10]}") as run_settings:
+        migrations.upgrade(run_settings)
+        yield run_settings
+
+
+def plain_dsn(settings: Settings) -> str:
+    assert settings.database_url
+    return settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+@pytest.fixture
+def settings(base_settings: Settings, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """Per test: a Redis key prefix of its own, and empty tables afterwards."""
+    import msgspec
+
+    prefix = f"le-test:{uuid.uuid4().hex[:12]}:"
+    overrides = getattr(request, "param", {}) or {}
+    yield msgspec.structs.replace(base_settings, redis_key_prefix=prefix, **overrides)
+    asyncio.run(_truncate(base_settings))
+
+
+async def _truncate(settings: Settings) -> None:
+    conn = await asyncpg.connect(plain_dsn(settings))
+    try:
+        await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def app(settings: Settings) -> Litestar:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app=app, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection, for checking what the service wrote."""
+    conn = await asyncpg.connect(plain_dsn(settings))
+    yield conn
+    await conn.close()
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -1,0 +1,69 @@
+import pytest
+
+from app.config import ConfigError, Settings, asyncpg_url
+
+STRONG = "8f3a" * 16
+
+
+def test_production_requires_secrets(tmp_path):
+    with pytest.raises(ConfigError, match="JWT_SECRET"):
+        Settings.from_env({"APP_ENV": "production", "PIN_PEPPER": STRONG, "DATA_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError, match="PIN_PEPPER"):
+        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "DATA_DIR": str(tmp_path)})
+
+
+@pytest.mark.parametrize("secret", ["changeme", "your-secret-key", "short-secret"])
+def test_production_refuses_placeholders_and_short_secrets(secret, tmp_path):
+    with pytest.raises(ConfigError):
+        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": secret, "PIN_PEPPER": STRONG})
+
+
+def test_production_with_real_secrets_starts():
+    settings = Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "PIN_PEPPER": STRONG[::-1]})
+    assert settings.jwt_secret == STRONG
+
+
+def test_development_generates_secrets_once_and_keeps_them(tmp_path):
+    first = Settings.from_env({"DATA_DIR": str(tmp_path)})
+    second = Settings.from_env({"DATA_DIR": str(tmp_path)})
+    assert first.jwt_secret and len(first.jwt_secret) >= 32
+    assert (first.jwt_secret, first.pin_pepper) == (second.jwt_secret, second.pin_pepper)
+    assert first.jwt_secret != first.pin_pepper
+    assert (tmp_path / "secrets.json").stat().st_mode & 0o077 == 0
+
+
+def test_typed_values_from_strings(tmp_path):
+    settings = Settings.from_env(
+        {"PORT": "9001", "ACCESS_TOKEN_MINUTES": "5", "CORS_ALLOW_ORIGINS": "https://a.rw, https://b.rw"},
+        data_dir=str(tmp_path),
+    )
+    assert settings.port == 9001 and settings.access_token_minutes == 5
+    assert settings.cors_allow_origins == ["https://a.rw", "https://b.rw"]
+
+
+def test_bad_values_are_reported(tmp_path):
+    with pytest.raises(ConfigError, match="port"):
+        Settings.from_env({"PORT": "eighty", "DATA_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError):
+        Settings.from_env({"REFRESH_ROTATION": "sometimes", "DATA_DIR": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("postgresql://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("postgres://u:p@h:5/db", "postgresql+asyncpg://u:p@h:5/db"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+    ],
+)
+def test_database_url_forms(given, expected):
+    assert asyncpg_url(given) == expected
+
+
+def test_nothing_is_read_at_import_time(monkeypatch):
+    import importlib
+
+    import app.asgi
+
+    monkeypatch.setenv("APP_ENV", "production")  # would fail validation if anything read it on import
+    importlib.reload(app.asgi)
