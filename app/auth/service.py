@@ -187,11 +187,12 @@ class AuthService:
         if row is None or row.token_hash != token_digest(token) or row.revoked_at is not None:
             raise InvalidToken()
         user = await self._active_user(claims.user_id)
+        now = utcnow()
+        await self._refuse_reuse(row, now)
         if not self._rotates(form):
             access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=row.family_id)
             return Session(user=user, access=access, refresh=None)
 
-        now = utcnow()
         first_rotation = await self._db.execute(
             update(RefreshToken)
             .where(RefreshToken.id == row.id, RefreshToken.rotated_at.is_(None))
@@ -199,19 +200,24 @@ class AuthService:
             .returning(RefreshToken.id)
         )
         if first_rotation.scalar_one_or_none() is None:
+            # Another request rotated it meanwhile: fine inside the grace interval (parallel refreshes).
             await self._db.refresh(row)
-            grace = datetime.timedelta(seconds=self.settings.refresh_reuse_grace_seconds)
-            if row.rotated_at is None or now - row.rotated_at > grace:
-                # A rotated token came back after the grace interval: assume it was stolen.
-                await self.revoke_family(row.family_id, reason="reuse_detected")
-                await self._db.commit()  # the revocation must outlive the 401 that follows
-                raise InvalidToken(
-                    "This sign-in was used again after it was replaced. Please sign in again.",
-                    code="refresh_token_reused",
-                )
+            await self._refuse_reuse(row, now)
         access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=row.family_id)
         refresh = await self._store_refresh(user, row.family_id, user_agent)
         return Session(user=user, access=access, refresh=refresh)
+
+    async def _refuse_reuse(self, row: RefreshToken, now: datetime.datetime) -> None:
+        """A rotated token that comes back after the grace interval was probably stolen: end the session."""
+        grace = datetime.timedelta(seconds=self.settings.refresh_reuse_grace_seconds)
+        if row.rotated_at is None or now - row.rotated_at <= grace:
+            return
+        await self.revoke_family(row.family_id, reason="reuse_detected")
+        await self._db.commit()  # the revocation must outlive the 401 that follows
+        raise InvalidToken(
+            "This sign-in was used again after it was replaced. Please sign in again.",
+            code="refresh_token_reused",
+        )
 
     async def _active_user(self, user_id: int) -> User:
         user = await self.users.get_one_or_none(User.id == user_id)

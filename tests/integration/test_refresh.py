@@ -124,3 +124,14 @@ async def test_only_a_hash_of_the_refresh_token_is_stored(client, db):
     rows = await db.fetch("SELECT token_hash FROM refresh_tokens")
     assert rows and all(tokens["refresh_token"] not in row["token_hash"] for row in rows)
     assert all(len(row["token_hash"]) == 64 for row in rows)
+
+
+@pytest.mark.parametrize("settings", [{"refresh_reuse_grace_seconds": 0}], indirect=True)
+async def test_rotated_token_replayed_in_header_form_also_revokes(client):
+    tokens = await signed_in(client)
+    rotated = (await body_refresh(client, tokens["refresh_token"])).json()["refresh_token"]
+    await asyncio.sleep(0.05)
+    replay = await header_refresh(client, tokens["refresh_token"])
+    assert replay.status_code == 401
+    assert replay.json()["code"] == "refresh_token_reused"
+    assert (await body_refresh(client, rotated)).status_code == 401
