@@ -73,6 +73,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     hash_threads: int = 0  # 0: one per core
 
     max_body_bytes: int = 16 * 1024
+
+    # Brute-force protection (app/ratelimit).
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    rate_limit_login_failures: int = 5
+    rate_limit_login_window_seconds: int = 900
+    rate_limit_ipv6_prefix: int = 64
+    rate_limit_reservation_seconds: int = 30
+    rate_limit_fail_open: bool = False
+    pin_max_failures: int = 5
+    account_max_failures: int = 20
+    account_window_seconds: int = 3600
+    register_limit: int = 10
+    register_window_seconds: int = 3600
+    redis_shards: int = 16
+
+    # Audit pipeline (app/audit).
+    audit_batch_size: int = 500
+    audit_flush_ms: int = 200
+    audit_claim_idle_ms: int = 30_000
+    audit_writer_enabled: bool = True
+    audit_retention_days: int = 365
     cors_allow_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
     @classmethod
@@ -94,6 +115,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     def validated(self) -> Settings:
         """Refuse unsafe combinations, and fill development secrets from ``.data/``."""
+        parse_networks(self.trusted_proxies)
+        if not 0 < self.rate_limit_ipv6_prefix <= 128 or self.redis_shards < 1:
+            raise ConfigError("RATE_LIMIT_IPV6_PREFIX must be 1-128 and REDIS_SHARDS at least 1")
         if self.refresh_reuse_grace_seconds < 0 or self.access_token_minutes < 1 or self.refresh_token_days < 1:
             raise ConfigError("token lifetimes must be positive")
         if self.app_env == "production":

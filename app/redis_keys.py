@@ -1,0 +1,45 @@
+"""Redis key names, laid out for Redis Cluster.
+
+Every limiter key of one client (or one phone number) and the audit stream its events go to share
+a hash tag ``{sN}``, with N = crc32(identity) mod ``REDIS_SHARDS``. So each script call touches keys
+of one hash slot, and the audit events are spread over ``REDIS_SHARDS`` streams that the writer
+reads together.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+
+class KeySpace:
+    def __init__(self, prefix: str, shards: int = 16) -> None:
+        self.prefix = prefix
+        self.shards = shards
+
+    def shard_of(self, identity: str) -> int:
+        return zlib.crc32(identity.encode()) % self.shards
+
+    def _tagged(self, shard: int, rest: str) -> str:
+        return f"{self.prefix}{{s{shard}}}:{rest}"
+
+    # ---- audit -----------------------------------------------------------------------------------
+
+    def audit_stream(self, shard: int) -> str:
+        return self._tagged(shard, "audit")
+
+    def audit_streams(self) -> list[str]:
+        return [self.audit_stream(shard) for shard in range(self.shards)]
+
+    @property
+    def audit_dead_letter(self) -> str:
+        return f"{self.prefix}audit:dead"
+
+    # ---- limiter ---------------------------------------------------------------------------------
+
+    def client(self, client_key: str, budget: str) -> str:
+        """Keys of one client's budget (``login``, ``register``), in the client's shard."""
+        return self._tagged(self.shard_of(client_key), f"c:{budget}:{client_key}")
+
+    def phone(self, phone_number: str, budget: str) -> str:
+        """Keys of one phone number's budget (``password``, ``pin``), in the number's shard."""
+        return self._tagged(self.shard_of(phone_number), f"p:{budget}:{phone_number}")
