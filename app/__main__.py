@@ -111,5 +111,19 @@ def check() -> None:
         click.echo(f"database at {current}: run `ladys-essence db upgrade` to reach {result.heads[0]}")
 
 
+@main.group(help="The login-attempt audit trail.")
+def audit() -> None:
+    pass
+
+
+@audit.command(help="Run the audit writer on its own (Redis streams -> Postgres); SIGTERM drains and exits.")
+@click.option("--consumer", default=None, help="Consumer name in the group (default: host-pid-random).")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+def worker(consumer: str | None, metrics_port: int | None) -> None:
+    from app.audit.cli import run_worker
+
+    run_worker(_settings(), consumer_name=consumer, metrics_port=metrics_port)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
@@ -14,6 +15,9 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
+from app.audit.metrics import read_backlog, shared_metrics
+from app.audit.publisher import AuditPublisher
+from app.audit.writer import AuditWriter
 from app.auth.controller import AccountSettingsController, AuthController
 from app.auth.deps import AUTH_DEPENDENCIES
 from app.auth.passwords import Hasher
@@ -21,8 +25,11 @@ from app.auth.tokens import TokenIssuer
 from app.config import Settings
 from app.db.config import sqlalchemy_config
 from app.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
-from app.health import HealthController
+from app.health import HealthChecks, HealthController, database_check
+from app.ratelimit.client_ip import ClientResolver
+from app.ratelimit.limiter import LoginLimiter
 from app.redis_client import create_redis
+from app.redis_keys import KeySpace
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -41,14 +48,31 @@ def create_app(settings: Settings) -> Litestar:
     db_config = sqlalchemy_config(settings)
 
     async def start(app: Litestar) -> None:
+        redis = create_redis(settings)
+        engine = db_config.get_engine()
+        keys = KeySpace(settings.redis_key_prefix, settings.redis_shards)
+        metrics = shared_metrics()
         app.state.settings = settings
         app.state.db_config = db_config
-        app.state.redis = create_redis(settings)
+        app.state.redis = redis
         app.state.hasher = Hasher(settings)
         app.state.token_issuer = TokenIssuer(settings)
-        app.state.extra_health_checks = {}
+        app.state.client_resolver = ClientResolver(
+            settings.trusted_proxies, settings.rate_limit_ipv6_prefix, forwarded_headers=settings.forwarded_header
+        )
+        app.state.limiter = LoginLimiter(redis, settings)
+        app.state.audit_publisher = AuditPublisher(redis, keys, engine, metrics)
+        app.state.audit_writer = None
+        if settings.audit_writer_enabled:
+            app.state.audit_writer = AuditWriter(redis, keys, engine, settings, metrics)
+            app.state.audit_writer.start()
+        app.state.health_checks = HealthChecks(
+            {"database": database_check(app.state), "redis": redis.ping, "audit": partial(read_backlog, redis, keys)}
+        )
 
     async def stop(app: Litestar) -> None:
+        if app.state.audit_writer is not None:
+            await app.state.audit_writer.stop()  # drains what it read before the pool closes
         await app.state.redis.aclose()
         app.state.hasher.close()
 

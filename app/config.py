@@ -76,6 +76,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Brute-force protection (app/ratelimit).
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    forwarded_header: Literal["x-forwarded-for", "forwarded", "auto"] = "x-forwarded-for"
     rate_limit_login_failures: int = 5
     rate_limit_login_window_seconds: int = 900
     rate_limit_ipv6_prefix: int = 64

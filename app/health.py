@@ -1,10 +1,16 @@
-"""``GET /health``: the Flask-era shape plus a check of each dependency."""
+"""``GET /health``: the Flask-era shape plus a check of each dependency.
+
+Checks run at most once per ``CACHE_SECONDS`` and concurrent callers share one run, so a load
+balancer polling hard (or a login storm with its health probes) cannot turn health checks into a
+load on Postgres and Redis of their own; the answer is never older than that.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import datetime
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from litestar import Controller, Response, get
@@ -12,9 +18,12 @@ from litestar.datastructures import State
 from sqlalchemy import text
 
 CHECK_TIMEOUT_SECONDS = 2.0
+CACHE_SECONDS = 1.0
+
+Check = Callable[[], Awaitable[Any]]
 
 
-async def _timed(check: Any) -> dict[str, Any]:
+async def _timed(check: Check) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         detail = await asyncio.wait_for(check(), CHECK_TIMEOUT_SECONDS)
@@ -27,22 +36,43 @@ async def _timed(check: Any) -> dict[str, Any]:
     return result
 
 
+class HealthChecks:
+    """The dependency checks, shared by concurrent callers and reused for ``CACHE_SECONDS``."""
+
+    def __init__(self, checks: dict[str, Check]) -> None:
+        self.checks = checks
+        self._result: dict[str, dict[str, Any]] | None = None
+        self._at = 0.0
+        self._running: asyncio.Task[dict[str, dict[str, Any]]] | None = None
+
+    async def _run(self) -> dict[str, dict[str, Any]]:
+        results = await asyncio.gather(*(_timed(check) for check in self.checks.values()))
+        self._result, self._at = dict(zip(self.checks, results, strict=True)), time.monotonic()
+        return self._result
+
+    async def current(self) -> dict[str, dict[str, Any]]:
+        if self._result is not None and time.monotonic() - self._at < CACHE_SECONDS:
+            return self._result
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._run())
+        return await asyncio.shield(self._running)
+
+
+def database_check(state: State) -> Check:
+    async def database() -> None:
+        async with state.db_config.get_engine().connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    return database
+
+
 class HealthController(Controller):
     path = "/health"
     tags = ["health"]
 
     @get("/", summary="Liveness and dependency checks", cache_control=None)
     async def health(self, state: State) -> Response[dict[str, Any]]:
-        async def database() -> None:
-            async with state.db_config.get_engine().connect() as conn:
-                await conn.execute(text("SELECT 1"))
-
-        async def redis() -> None:
-            await state.redis.ping()
-
-        checks = dict(zip(("database", "redis"), await asyncio.gather(_timed(database), _timed(redis)), strict=True))
-        for name, probe in state.extra_health_checks.items():
-            checks[name] = await _timed(probe)
+        checks = await state.health_checks.current()
         healthy = all(check["status"] == "ok" for check in checks.values())
         body = {
             "status": "healthy" if healthy else "unhealthy",

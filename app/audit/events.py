@@ -7,7 +7,11 @@ so every write of an event is idempotent (``ON CONFLICT (event_id) DO NOTHING``)
 from __future__ import annotations
 
 import datetime
+import functools
+import ipaddress
 import uuid
+from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 from uuid_utils.compat import uuid7
@@ -90,3 +94,70 @@ def decode_event(payload: bytes | str) -> LoginEvent:
     if event.reason not in REASONS:
         raise EventDecodeError(f"unknown reason {event.reason!r}")
     return event
+
+
+# ---- stream entries and storage -------------------------------------------------------------------
+
+# Column widths of login_attempts; an event wider than these would fail a whole batch insert.
+AUTH_METHODS = ("password", "pin")
+REASON_MAX = 32
+REQUEST_ID_MAX = 64
+_INT64 = 2**63
+_STREAM_FIELD_BYTES = STREAM_FIELD.encode()
+_TEXT_LIMITS = (("phone_number", PHONE_MAX), ("user_agent", USER_AGENT_MAX), ("request_id", REQUEST_ID_MAX))
+
+
+def stream_fields(event: LoginEvent) -> dict[str, bytes]:
+    """The fields of the stream entry for ``event``: the format the limiter's Lua scripts also write."""
+    return {STREAM_FIELD: encode_event(event)}
+
+
+def decode_entry(fields: Mapping[Any, Any] | None) -> LoginEvent:
+    """The storable event in a stream entry's fields (bytes or str keys), or :class:`EventDecodeError`."""
+    if not fields:
+        raise EventDecodeError("entry has no fields")
+    payload = fields.get(_STREAM_FIELD_BYTES, fields.get(STREAM_FIELD))
+    if not isinstance(payload, bytes | str):
+        raise EventDecodeError(f"entry has no {STREAM_FIELD!r} field")
+    return storable(decode_event(payload))
+
+
+def storable(event: LoginEvent) -> LoginEvent:
+    """``event`` as the ``login_attempts`` columns accept it.
+
+    One bad row must not block a batch forever, so everything Postgres would refuse is settled here:
+    over-long text is cut as :func:`new_event` cuts it, NUL characters (which Postgres text cannot
+    hold, and a client can send in a phone field) become U+FFFD, a naive timestamp is read as UTC.
+    What cannot be made faithful (an unparsable IP, an out-of-range user id, an unknown auth
+    method) raises :class:`EventDecodeError` so the entry is dead-lettered, not guessed at.
+    """
+    if event.reason not in REASONS:
+        raise EventDecodeError(f"unknown reason {event.reason!r}")
+    if event.auth_method is not None and event.auth_method not in AUTH_METHODS:
+        raise EventDecodeError(f"unknown auth_method {event.auth_method!r}")
+    if event.user_id is not None and not -_INT64 <= event.user_id < _INT64:
+        raise EventDecodeError("user_id out of range")
+    changes: dict[str, object] = {}
+    if event.ip_address is not None:
+        ip_address = _normal_ip(event.ip_address)
+        if ip_address is None:
+            raise EventDecodeError(f"invalid ip_address {event.ip_address!r}")
+        if ip_address != event.ip_address:
+            changes["ip_address"] = ip_address
+    if event.created_at.tzinfo is None:
+        changes["created_at"] = event.created_at.replace(tzinfo=datetime.UTC)
+    for name, limit in _TEXT_LIMITS:
+        value = getattr(event, name)
+        if value is not None and (len(value) > limit or "\x00" in value):
+            changes[name] = value.replace("\x00", "\ufffd")[:limit]
+    # The writer calls this for every event: the common case allocates nothing.
+    return msgspec.structs.replace(event, **changes) if changes else event
+
+
+@functools.lru_cache(maxsize=8192)
+def _normal_ip(value: str) -> str | None:
+    """Cached: a burst of attempts tends to come from few addresses, and parsing is the costly part."""
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, get, post, put
+from litestar import Controller, Request, Response, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body, JSONBody
 
+from app.auth.attempt import LoginAttempt, rate_limit_headers
 from app.auth.deps import bearer_token
 from app.auth.schemas import (
     AuthResponse,
@@ -25,10 +27,20 @@ from app.auth.schemas import (
     clean_profile_update,
     clean_registration,
 )
-from app.auth.service import AuthService, RefreshForm, Session
+from app.auth.service import AuthService, LoginFailed, RefreshForm, Session
 from app.auth.tokens import TokenClaims
 from app.db.models import User
-from app.errors import AppError, InvalidToken, NotAuthenticated, UnsupportedMediaType
+from app.errors import (
+    AppError,
+    InvalidCredentials,
+    InvalidToken,
+    NotAuthenticated,
+    RateLimited,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from app.ratelimit.limiter import Decision, LimiterUnavailable, LoginLimiter
+from app.ratelimit.middleware import ATTEMPT_STATE_KEY, login_gate_factory
 
 USER_AGENT_MAX = 255
 
@@ -71,6 +83,31 @@ async def _optional_json_body(request: Request[Any, Any, Any], type_: type[Refre
         raise AppError("The request body has the wrong shape.", code="validation_error") from exc
 
 
+class ErrorBody(msgspec.Struct):
+    message: str
+    code: str
+
+
+async def take_register_budget(limiter: LoginLimiter, client_key: str, state: State) -> Decision | None:
+    """Registrations per client per hour; every attempt counts."""
+    try:
+        decision = await limiter.hit_register(client_key)
+    except LimiterUnavailable:
+        if state.settings.rate_limit_fail_open:
+            return None
+        raise ServiceUnavailable(
+            "Registration is temporarily unavailable. Please try again in a minute.",
+            code="rate_limiter_unavailable",
+        ) from None
+    if not decision.allowed:
+        raise RateLimited(
+            "Too many registrations from this network. Please wait before trying again.",
+            headers={"Retry-After": str(decision.retry_after), **rate_limit_headers("register", decision)},
+            extra={"retry_after": decision.retry_after},
+        )
+    return decision
+
+
 class AuthController(Controller):
     path = "/api/auth"
     tags = ["auth"]
@@ -82,22 +119,48 @@ class AuthController(Controller):
         request: Request[Any, Any, Any],
         auth_service: NamedDependency[AuthService],
         state: State,
-    ) -> AuthResponse:
+    ) -> Response[AuthResponse]:
+        peer = request.scope.get("client")
+        address = state.client_resolver.resolve(peer[0] if peer else None, request.scope["headers"])
+        decision = await take_register_budget(state.limiter, state.client_resolver.client_key(address), state)
+        headers = rate_limit_headers("register", decision) if decision else {}
         account = clean_registration(data, state.settings.default_phone_region)
         session = await auth_service.register(account, user_agent(request))
-        return auth_response(session, "Registration successful", pin_enabled=session.user.enable_pin_auth)
+        body = auth_response(session, "Registration successful", pin_enabled=session.user.enable_pin_auth)
+        return Response(body, status_code=201, headers=headers)
 
-    @post("/login", status_code=200, summary="Sign in with a phone number and a password or PIN")
+    @post(
+        "/login",
+        status_code=200,
+        summary="Sign in with a phone number and a password or PIN",
+        middleware=[login_gate_factory],
+        responses={
+            401: ResponseSpec(ErrorBody, description="Wrong phone number, password or PIN (one answer for all)"),
+            429: ResponseSpec(ErrorBody, description="Failure budget spent; see Retry-After"),
+            503: ResponseSpec(ErrorBody, description="Rate limiter unavailable (fails closed)"),
+        },
+    )
     async def login(
         self,
         data: JSONBody[LoginRequest],
         request: Request[Any, Any, Any],
         auth_service: NamedDependency[AuthService],
         state: State,
-    ) -> AuthResponse:
+    ) -> Response[AuthResponse]:
+        attempt: LoginAttempt = request.scope["state"][ATTEMPT_STATE_KEY]
         credentials = clean_login(data, state.settings.default_phone_region)
-        session = await auth_service.login(credentials, user_agent(request))
-        return auth_response(session, "Login successful", auth_method=credentials.method)
+        attempt.phone_number = credentials.phone_number
+        attempt.method = credentials.method  # type: ignore[assignment]
+        await attempt.reserve_account()
+        try:
+            user = await auth_service.authenticate(credentials)
+        except LoginFailed as failed:
+            await attempt.finish(success=False, reason=failed.failure.reason, user_id=failed.failure.user_id)
+            raise InvalidCredentials(headers=attempt.headers()) from None
+        await attempt.finish(success=True, reason="ok", user_id=user.id)
+        session = await auth_service.start_session(user, user_agent(request))
+        body = auth_response(session, "Login successful", auth_method=credentials.method)
+        return Response(body, headers=attempt.headers(success=True))
 
     @post(
         "/refresh",

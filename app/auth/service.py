@@ -109,7 +109,7 @@ class AuthService:
             user = await self.users.create(user, auto_commit=False)
         except IntegrityError as exc:  # a concurrent registration won the race
             raise Conflict("An account with this phone number already exists.", code="phone_number_taken") from exc
-        return await self._start_session(user, user_agent)
+        return await self.start_session(user, user_agent)
 
     async def _ensure_unique(self, phone: str | None, email: str | None, exclude_id: int | None) -> None:
         if phone:
@@ -152,11 +152,7 @@ class AuthService:
             setattr(user, key, value)
         return user
 
-    async def login(self, credentials: Credentials, user_agent: str | None) -> Session:
-        user = await self.authenticate(credentials)
-        return await self._start_session(user, user_agent)
-
-    async def _start_session(self, user: User, user_agent: str | None) -> Session:
+    async def start_session(self, user: User, user_agent: str | None) -> Session:
         family = uuid.uuid4()
         access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=family)
         refresh = await self._store_refresh(user, family, user_agent)
@@ -286,4 +282,4 @@ class AuthService:
         if not changes.changes_credentials:
             return None
         await self.revoke_all_sessions(user.id, reason="credentials_changed")
-        return await self._start_session(user, user_agent)
+        return await self.start_session(user, user_agent)

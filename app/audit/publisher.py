@@ -1,0 +1,74 @@
+"""Publishing a login event from a request: one XADD, or straight to Postgres when Redis refuses.
+
+The request path pays one round trip to Redis; the writer (app/audit/writer.py) moves the entry
+into Postgres later. When Redis cannot take the event the request writes the row itself, with the
+writer's idempotent insert, so an event that reached Redis after all (a timeout after the command
+ran) is still stored once. Only when both stores refuse does the login fail, with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.audit.events import LoginEvent, storable, stream_fields
+from app.audit.metrics import AuditMetrics, shared_metrics
+from app.audit.store import store_events
+from app.errors import ServiceUnavailable
+from app.redis_keys import KeySpace
+
+logger = logging.getLogger(__name__)
+
+# A request must not wait out asyncpg's 60 s default connect timeout when Postgres is unreachable.
+DIRECT_WRITE_TIMEOUT_SECONDS = 5.0
+
+
+class AuditUnavailable(ServiceUnavailable):
+    """Neither Redis nor Postgres took the audit event; the login is refused rather than unaudited."""
+
+    code = "audit_unavailable"
+
+
+class AuditPublisher:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: KeySpace,
+        engine: AsyncEngine,
+        metrics: AuditMetrics | None = None,
+        *,
+        direct_timeout: float = DIRECT_WRITE_TIMEOUT_SECONDS,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.engine = engine
+        self.metrics = metrics or shared_metrics()
+        self.direct_timeout = direct_timeout
+
+    async def publish(self, event: LoginEvent, shard_identity: str) -> None:
+        """Append ``event`` to the stream of ``shard_identity``'s shard (the limiter's client key)."""
+        stream = self.keys.audit_stream(self.keys.shard_of(shard_identity))
+        try:
+            await self.redis.xadd(stream, stream_fields(event))  # type: ignore[arg-type]
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning("audit stream unavailable (%s); storing %s directly", type(exc).__name__, event.event_id)
+            await self.store_directly(event)
+            return
+        self.metrics.events_published.inc()
+
+    async def store_directly(self, event: LoginEvent) -> None:
+        """Write ``event`` to ``login_attempts`` now; :class:`AuditUnavailable` if Postgres refuses too.
+
+        Public because the login flow also lands here when the limiter's script (which appends
+        the event itself) could not run.
+        """
+        try:
+            await asyncio.wait_for(store_events(self.engine, [storable(event)]), self.direct_timeout)
+        except Exception as exc:
+            logger.error("audit event %s could not be stored: %s", event.event_id, type(exc).__name__)
+            raise AuditUnavailable() from exc
+        self.metrics.events_fallback.inc()

@@ -1,0 +1,457 @@
+"""The audit writer: Redis shard streams -> ``login_attempts``, each event exactly once.
+
+Every writer (one per API process by default, or ``ladys-essence audit worker``) is a consumer in
+the group ``audit-writer`` on all shard streams. An entry is read, its batch is committed in one
+idempotent statement, and only then is the entry acknowledged *and deleted*, atomically (a small
+Lua script per stream). So, at every instant:
+
+- an event not yet committed is still in its stream, pending for the consumer that read it;
+  if that consumer dies, another claims the entry after ``audit_claim_idle_ms`` (XAUTOCLAIM);
+- an event read twice (claim after a crash, a commit whose acknowledgement was lost, a request
+  that fell back to Postgres after its XADD timed out) is absorbed by ``ON CONFLICT (event_id)``;
+- the stream length is exactly the number of unwritten events, which /health and /metrics report.
+
+Entries that are not login events go to the dead-letter stream with their raw fields; nothing is
+dropped silently. Postgres down: the batch is retried with capped exponential backoff, nothing
+read further, nothing acknowledged. Redis down: the same backoff, then the groups are re-created
+if Redis came back empty, and the writer's own pending entries are re-read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.audit.events import EventDecodeError, LoginEvent, decode_entry
+from app.audit.metrics import GROUP, AuditMetrics, Backlog, read_backlog, shared_metrics
+from app.audit.store import InsertMethod, is_data_error, store_events
+from app.config import Settings
+from app.redis_keys import KeySpace
+
+logger = logging.getLogger(__name__)
+
+# Acknowledge and delete in one step, so an entry is never acknowledged but left in the stream (a
+# phantom backlog forever) nor deleted but left pending. One call per stream keeps every key of a
+# call in one hash slot (Redis Cluster). Chunks stay under Lua's unpack() limit.
+ACK_AND_DELETE = """
+local done = 0
+for first = 2, #ARGV, 1000 do
+  local last = math.min(first + 999, #ARGV)
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, first, last))
+  done = done + redis.call('XDEL', KEYS[1], unpack(ARGV, first, last))
+end
+return done
+"""
+
+# A blocking read longer than the client's socket timeout (2 s) would look like a dead Redis.
+MAX_BLOCK_MS = 1000
+BACKLOG_REFRESH_SECONDS = 1.0
+# Consumers left behind by stopped processes are removed once idle this long with nothing pending.
+STALE_CONSUMER_MS = 3_600_000
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Entry(NamedTuple):
+    stream: str
+    entry_id: bytes | str  # as Redis returned it: acknowledged as is, never re-encoded
+    fields: dict[Any, Any]
+
+
+Batch = list[tuple[Entry, LoginEvent]]
+
+
+class WriteAbandoned(Exception):
+    """Stopping while Postgres (or Redis) stays down: the batch stays pending for a later writer."""
+
+
+class Backoff:
+    """Capped exponential backoff with jitter, so a fleet of writers does not retry in lockstep."""
+
+    def __init__(self, first: float = 0.2, cap: float = 5.0) -> None:
+        self.first = first
+        self.cap = cap
+        self._next = first
+
+    def next(self) -> float:
+        delay = self._next
+        self._next = min(self.cap, self._next * 2)
+        return delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not secrecy
+
+    def reset(self) -> None:
+        self._next = self.first
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+class AuditWriter:
+    """One consumer of the audit streams.
+
+    A reader task reads, decodes and cuts batches; ``write_concurrency`` tasks commit them and
+    acknowledge each batch after its own commit. The bounded queue between them is the
+    backpressure: while Postgres is down the reader stops reading and entries wait in Redis.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: KeySpace,
+        engine: AsyncEngine,
+        settings: Settings,
+        metrics: AuditMetrics | None = None,
+        consumer_name: str | None = None,
+        *,
+        group: str = GROUP,
+        insert_method: InsertMethod = "copy",
+        write_concurrency: int = 2,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.engine = engine
+        self.metrics = metrics or shared_metrics()
+        self.consumer = consumer_name or default_consumer_name()
+        self.group = group
+        self.insert_method: InsertMethod = insert_method
+        self.write_concurrency = max(1, write_concurrency)
+        self.drain_timeout = drain_timeout
+        self.batch_size = max(1, settings.audit_batch_size)
+        self.block_ms = max(1, min(settings.audit_flush_ms, MAX_BLOCK_MS))
+        self.claim_idle_ms = max(1, settings.audit_claim_idle_ms)
+        self.claim_interval = min(30.0, max(0.2, self.claim_idle_ms / 2000))
+        self.streams = keys.audit_streams()
+        self._stopping = asyncio.Event()
+        self._give_up_at = float("inf")
+        self._task: asyncio.Task[None] | None = None
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * self.write_concurrency)
+        self._groups_ready = False
+        self._next_claim = 0.0
+        self._next_backlog = 0.0
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        """Run in the background of the current event loop (the API process's writer)."""
+        if self._task is None or self._task.done():
+            self._stopping.clear()
+            self._give_up_at = float("inf")
+            self._task = asyncio.get_running_loop().create_task(self.run(), name=f"audit-writer:{self.consumer}")
+        return self._task
+
+    def request_stop(self) -> None:
+        """Stop reading; what was read is still written (signal handlers call this)."""
+        if not self._stopping.is_set():
+            self._give_up_at = time.monotonic() + self.drain_timeout
+            self._stopping.set()
+
+    async def stop(self) -> None:
+        """Stop reading, finish writing what was read, and return.
+
+        If Postgres stays down for ``drain_timeout`` the read entries are left pending in Redis,
+        where another writer claims them; nothing is acknowledged that was not committed.
+        """
+        self.request_stop()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def run(self) -> None:
+        """Read, write and acknowledge until :meth:`stop`; outlives outages of Redis and Postgres."""
+        logger.info("audit writer %s started on %d streams", self.consumer, len(self.streams))
+        writers = [
+            asyncio.get_running_loop().create_task(self._write_loop(), name=f"audit-writer:{self.consumer}:{n}")
+            for n in range(self.write_concurrency)
+        ]
+        try:
+            await self._read_loop()
+            for _ in writers:
+                await self._queue.put(None)
+            await asyncio.gather(*writers)
+        finally:
+            for task in writers:  # only still running if we were cancelled: entries stay pending
+                task.cancel()
+            await asyncio.gather(*writers, return_exceptions=True)
+        logger.info("audit writer %s stopped", self.consumer)
+
+    async def run_until_drained(self, within_seconds: float = 60.0) -> None:
+        """Write until every shard stream is empty, then stop (tests, benchmarks, a one-shot drain)."""
+        deadline = time.monotonic() + within_seconds
+        self.start()
+        try:
+            while True:
+                await asyncio.sleep(0.02)
+                with contextlib.suppress(RedisError, OSError):
+                    if (await self.backlog())["stream_length"] == 0:
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"audit streams not drained within {within_seconds} s")
+        finally:
+            await self.stop()
+
+    async def backlog(self) -> Backlog:
+        """Unwritten and pending events and the oldest one's age, for /health and /metrics."""
+        backlog = await read_backlog(self.redis, self.keys, self.group)
+        self.metrics.observe_backlog(backlog)
+        return backlog
+
+    # ---- reading -----------------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        backoff = Backoff()
+        while not self._stopping.is_set():
+            try:
+                if not self._groups_ready:
+                    await self._queue.join()  # our own pending entries are then only the stuck ones
+                    await self.ensure_groups()
+                    await self._recover_own_pending()
+                if time.monotonic() >= self._next_claim:
+                    await self._queue.join()
+                    await self.claim_abandoned()
+                await self._dispatch(await self._read({stream: ">" for stream in self.streams}, block=True))
+                backoff.reset()
+                if time.monotonic() >= self._next_backlog:
+                    self._next_backlog = time.monotonic() + BACKLOG_REFRESH_SECONDS
+                    await self.backlog()
+            except (RedisError, OSError, TimeoutError) as exc:
+                if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
+                    # Redis lost the stream or group (restarted without persistence, key deleted).
+                    logger.warning("audit consumer group missing; re-creating it")
+                    self._groups_ready = False
+                    await self._pause(0.01)
+                    continue
+                self.metrics.write_errors.inc()
+                delay = backoff.next()
+                logger.warning("audit writer: Redis error (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
+                self._groups_ready = False  # then re-read what we hold in case an ACK was lost
+                await self._pause(delay)
+            except Exception:
+                # A bug must not silently end the pipeline while events pile up in Redis.
+                logger.exception("audit writer %s: unexpected error; retrying", self.consumer)
+                await self._pause(backoff.next())
+
+    async def ensure_groups(self) -> None:
+        """Create the consumer group on every shard stream (from the start, so nothing is skipped)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xgroup_create(stream, self.group, id="0", mkstream=True)
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
+        self._groups_ready = True
+
+    async def _recover_own_pending(self) -> None:
+        """Entries this consumer read but never acknowledged (a reused name, or a lost ACK reply)."""
+        cursors: dict[str, bytes | str] = dict.fromkeys(self.streams, "0")
+        while cursors and not self._stopping.is_set():
+            entries = await self._read(cursors, block=False)
+            cursors = {}
+            for entry in entries:  # walk each stream's pending list forward
+                cursors[entry.stream] = entry.entry_id
+            await self._dispatch(entries)
+
+    async def claim_abandoned(self) -> None:
+        """Take over entries pending longer than ``audit_claim_idle_ms`` (their reader likely died)."""
+        self._next_claim = time.monotonic() + self.claim_interval
+        for stream in self.streams:
+            start: Any = "0-0"
+            while not self._stopping.is_set():
+                reply = await self.redis.xautoclaim(
+                    stream, self.group, self.consumer, self.claim_idle_ms, start_id=start, count=self.batch_size
+                )
+                start, claimed = reply[0], reply[1]
+                entries = [Entry(stream, i, fields) for i, fields in claimed if i is not None]
+                if entries:
+                    logger.info("audit writer %s claimed %d abandoned entries", self.consumer, len(entries))
+                    await self._dispatch(entries)
+                if _text(start) == "0-0":
+                    break
+        await self._forget_stale_consumers()
+
+    async def _forget_stale_consumers(self) -> None:
+        """Drop consumers of stopped processes; only ever ones with nothing pending (that is safe)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.streams:
+            pipe.xinfo_consumers(stream, self.group)
+        replies = await pipe.execute(raise_on_error=False)
+        stale = [
+            (stream, consumer["name"])
+            for stream, consumers in zip(self.streams, replies, strict=True)
+            if isinstance(consumers, list)
+            for consumer in consumers
+            if consumer["pending"] == 0 and consumer["idle"] > max(STALE_CONSUMER_MS, 10 * self.claim_idle_ms)
+        ]
+        if stale:
+            pipe = self.redis.pipeline(transaction=False)
+            for stream, name in stale:
+                pipe.xgroup_delconsumer(stream, self.group, name)
+            await pipe.execute(raise_on_error=False)
+
+    async def _read(self, start_ids: dict[str, bytes | str], *, block: bool) -> list[Entry]:
+        reply: Any = await self.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            start_ids,  # type: ignore[arg-type]
+            count=self.batch_size,
+            block=self.block_ms if block else None,
+        )
+        if not reply:
+            return []
+        resp3 = isinstance(reply, dict)
+        entries: list[Entry] = []
+        for stream, messages in reply.items() if resp3 else reply:
+            name = _text(stream)
+            entries.extend([Entry(name, entry_id, fields) for entry_id, fields in (messages[0] if resp3 else messages)])
+        return entries
+
+    async def _dispatch(self, entries: list[Entry]) -> None:
+        """Dead-letter what is not an event, queue the rest in batches for the write tasks."""
+        if not entries:
+            return
+        decoded: Batch = []
+        invalid: list[tuple[Entry, str]] = []
+        vanished: list[Entry] = []
+        for entry in entries:
+            if not entry.fields:
+                vanished.append(entry)  # deleted while pending: nothing left to write
+                continue
+            try:
+                decoded.append((entry, decode_entry(entry.fields)))
+            except EventDecodeError as exc:
+                invalid.append((entry, str(exc)))
+        if invalid:
+            await self._dead_letter(invalid)
+        if vanished:
+            await self._acknowledge(vanished)
+        for first in range(0, len(decoded), self.batch_size):
+            await self._queue.put(decoded[first : first + self.batch_size])
+
+    # ---- writing -----------------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while (batch := await self._queue.get()) is not None:
+            try:
+                await self._write(batch)
+                await self._acknowledge_committed(batch)
+            except WriteAbandoned as exc:
+                logger.warning("audit writer %s: %s", self.consumer, exc)
+            except Exception:
+                # Unknown trouble: the entries stay pending and are claimed again later.
+                logger.exception("audit writer %s: batch left pending", self.consumer)
+            finally:
+                self._queue.task_done()
+        self._queue.task_done()
+
+    async def _write(self, batch: Batch) -> None:
+        """Commit ``batch``; retry while Postgres is unavailable; isolate rows Postgres refuses."""
+        events = list({event.event_id: event for _, event in batch}.values())
+        backoff = Backoff()
+        while True:
+            try:
+                inserted = await store_events(self.engine, events, self.insert_method)
+            except Exception as exc:
+                if is_data_error(exc):
+                    await self._write_rows_apart(batch, exc)
+                    return
+                self.metrics.write_errors.inc()
+                self._raise_if_giving_up(len(batch), exc)
+                delay = backoff.next()
+                logger.warning(
+                    "audit writer: Postgres unavailable (%s: %s); %d events pending, retrying in %.1f s",
+                    type(exc).__name__,
+                    str(exc)[:200],
+                    len(batch),
+                    delay,
+                )
+                await self._pause(delay, until_given_up=True)
+                continue
+            self.metrics.events_written.inc(inserted)
+            self.metrics.events_duplicate.inc(len(batch) - inserted)
+            self.metrics.batch_rows.observe(len(events))
+            return
+
+    async def _write_rows_apart(self, batch: Batch, exc: BaseException) -> None:
+        """A row Postgres refuses must not block the batch forever: write one by one, dead-letter the bad."""
+        if len(batch) == 1:
+            entry, event = batch[0]
+            logger.error("audit event %s refused by Postgres: %s", event.event_id, exc)
+            await self._dead_letter([(entry, f"refused by Postgres: {exc}")], acknowledge=False)
+            return
+        for item in batch:
+            await self._write([item])
+
+    async def _acknowledge_committed(self, batch: Batch) -> None:
+        """The rows are in; keep trying to acknowledge (a lost ACK only means a harmless redelivery)."""
+        backoff = Backoff()
+        while True:
+            try:
+                await self._acknowledge([entry for entry, _ in batch])
+                return
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._raise_if_giving_up(len(batch), exc)
+                await self._pause(backoff.next(), until_given_up=True)
+
+    async def _acknowledge(self, entries: Sequence[Entry]) -> None:
+        by_stream: dict[str, list[bytes | str]] = defaultdict(list)
+        for entry in entries:
+            by_stream[entry.stream].append(entry.entry_id)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            # EVAL, not EVALSHA: no NOSCRIPT after a Redis restart, no SCRIPT EXISTS round trip.
+            pipe.eval(ACK_AND_DELETE, 1, stream, self.group, *ids)
+        await pipe.execute()
+
+    async def _dead_letter(self, invalid: Sequence[tuple[Entry, str]], *, acknowledge: bool = True) -> None:
+        """Keep each bad entry, its origin and the reason in the dead-letter stream, then let it go."""
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        pipe = self.redis.pipeline(transaction=False)
+        for entry, reason in invalid:
+            record: dict[Any, Any] = {
+                "stream": entry.stream,
+                "id": entry.entry_id,
+                "error": reason[:500],
+                "consumer": self.consumer,
+                "at": now,
+            }
+            for name, value in entry.fields.items():
+                record[f"field:{_text(name)}"] = value
+            pipe.xadd(self.keys.audit_dead_letter, record)
+        await pipe.execute()  # stored before the originals go
+        self.metrics.events_dead_lettered.inc(len(invalid))
+        logger.warning("audit writer: %d entries dead-lettered (%s)", len(invalid), invalid[0][1])
+        if acknowledge:
+            await self._acknowledge([entry for entry, _ in invalid])
+
+    def _raise_if_giving_up(self, count: int, exc: BaseException) -> None:
+        if self._stopping.is_set() and time.monotonic() >= self._give_up_at:
+            raise WriteAbandoned(f"stopped with {count} events pending in Redis ({type(exc).__name__})") from exc
+
+    async def _pause(self, seconds: float, *, until_given_up: bool = False) -> None:
+        """Sleep; a stop wakes the reader at once, and cuts a retry short at the drain deadline."""
+        if until_given_up:
+            seconds = max(0.0, min(seconds, self._give_up_at - time.monotonic()))
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)

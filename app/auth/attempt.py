@@ -1,0 +1,152 @@
+"""One login attempt: its budget reservations and its one audit event.
+
+The login middleware opens an attempt for every call of the login endpoint; the handler adds what it
+learns (phone number, method, outcome) and finishes it. Whatever happens in between (a 400, a crash,
+a client that hangs up), the middleware makes sure the attempt is recorded exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+from app.audit.events import LoginEvent, encode_event, new_event
+from app.audit.publisher import AuditPublisher
+from app.errors import AppError, RateLimited
+from app.ratelimit.limiter import Decision, LimiterUnavailable, LoginLimiter, Reservation
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["password", "pin"]
+
+
+class PinLocked(AppError):
+    status_code = 403
+    code = "pin_locked"
+    message = "PIN sign-in is locked after too many wrong PINs. Sign in with your password to unlock it."
+
+
+class AccountLocked(RateLimited):
+    code = "account_locked"
+    message = "Too many failed sign-ins for this phone number. Please wait before trying again."
+
+
+def rate_limit_headers(policy: str, decision: Decision) -> dict[str, str]:
+    """draft-ietf-httpapi-ratelimit-headers: the policy, what is left, and when it resets."""
+    reset = decision.retry_after if not decision.allowed else decision.reset_after
+    return {
+        "RateLimit-Policy": f'"{policy}";q={decision.limit};w={decision.window}',
+        "RateLimit": f'"{policy}";r={decision.remaining};t={reset}',
+    }
+
+
+@dataclass
+class LoginAttempt:
+    limiter: LoginLimiter
+    publisher: AuditPublisher
+    client_key: str
+    ip_address: str | None
+    user_agent: str | None
+    request_id: str | None
+    phone_number: str = ""
+    method: Method | None = None
+    client_decision: Decision | None = None
+    account_reservation: Reservation | None = None
+    recorded: bool = field(default=False)
+    fail_open: bool = False
+
+    def event(self, reason: str, *, success: bool = False, user_id: int | None = None) -> LoginEvent:
+        return new_event(
+            phone_number=self.phone_number,
+            success=success,
+            reason=reason,
+            auth_method=self.method,
+            user_id=user_id,
+            ip_address=self.ip_address,
+            user_agent=self.user_agent,
+            request_id=self.request_id,
+        )
+
+    @property
+    def client_reservation(self) -> Reservation | None:
+        return self.client_decision.reservation if self.client_decision else None
+
+    def headers(self, success: bool = False) -> dict[str, str]:
+        """RateLimit headers for a finished attempt: a success gives its slot back, a failure
+        keeps it until it leaves the window."""
+        decision = self.client_decision
+        if decision is None:
+            return {}
+        remaining = min(decision.limit, decision.remaining + 1) if success else decision.remaining
+        reset = decision.reset_after if success else (decision.reset_after or decision.window)
+        return {
+            "RateLimit-Policy": f'"login";q={decision.limit};w={decision.window}',
+            "RateLimit": f'"login";r={remaining};t={reset}',
+        }
+
+    async def reserve_account(self) -> None:
+        """Per phone number, from every client: PIN lock, and the password-failure window."""
+        assert self.method is not None
+        reason = "pin_locked" if self.method == "pin" else "account_locked"
+        refusal = self.event(reason)
+        try:
+            decision = await self.limiter.reserve_account(
+                self.phone_number, self.method, refusal_event=encode_event(refusal)
+            )
+        except LimiterUnavailable:
+            if not self.fail_open:
+                raise
+            logger.warning("rate limiter unavailable; per-account limit skipped (RATE_LIMIT_FAIL_OPEN)")
+            return
+        if decision.allowed:
+            self.account_reservation = decision.reservation
+            return
+        # The refusal event went out with the refusal; the client's slot was never used.
+        self.recorded = True
+        await self._release_client()
+        if self.method == "pin":
+            raise PinLocked(headers=self.headers())
+        raise AccountLocked(
+            headers={**self.headers(), "Retry-After": str(decision.retry_after)},
+            extra={"retry_after": decision.retry_after},
+        )
+
+    async def finish(self, *, success: bool, reason: str, user_id: int | None = None) -> None:
+        """Settle both budgets and publish the event, in one round trip; Postgres if Redis fails."""
+        event = self.event(reason, success=success, user_id=user_id)
+        try:
+            await self.limiter.settle_login(
+                self.client_reservation,
+                self.account_reservation,
+                self.method or "password",
+                success,
+                encode_event(event),
+            )
+        except LimiterUnavailable:
+            await self.publisher.store_directly(event)
+        self.recorded = True
+
+    async def record_unfinished(self) -> None:
+        """The handler never got to an outcome (bad request, error): release the slot, keep the record."""
+        if self.recorded:
+            return
+        event = self.event("invalid_request")
+        try:
+            if self.client_reservation is not None:
+                await self.limiter.settle(self.client_reservation, "release", encode_event(event))
+            else:
+                await self.publisher.publish(event, self.client_key)
+            if self.account_reservation is not None:
+                await self.limiter.settle(self.account_reservation, "release")
+        except LimiterUnavailable:
+            await self.publisher.store_directly(event)
+        self.recorded = True
+
+    async def _release_client(self) -> None:
+        if self.client_reservation is None:
+            return
+        try:
+            await self.limiter.settle(self.client_reservation, "release")
+        except LimiterUnavailable:
+            logger.warning("could not release a login reservation; it expires by itself")

@@ -1,0 +1,309 @@
+"""Exact failure budgets in Redis: reserve a slot before verifying a credential, settle it after.
+
+A budget is one sorted set per client (or phone number) holding the failures still inside its
+sliding window plus the reservations of attempts in flight. ``reserve`` refuses when failures +
+live reservations reach the limit, so however many workers or hosts verify concurrently, no more
+guesses are verified than the budget allows. A reservation that is never settled (its request
+died) lapses after ``rate_limit_reservation_seconds``. Both scripts (``reserve.lua``,
+``settle.lua``, next to this file) touch keys of one hash slot only, the budget and the audit
+stream of its shard (see :mod:`app.redis_keys`), so they run unchanged on Redis Cluster; and a
+refusal or a settle records its audit event in the same round trip.
+
+Budgets:
+- ``login`` per client (``RATE_LIMIT_LOGIN_*``): failed logins in a sliding window;
+- ``password`` per phone (``ACCOUNT_*``): failed password logins in a sliding window;
+- ``pin`` per phone (``PIN_MAX_FAILURES``): consecutive PIN failures, from any client. There is no
+  window in spirit: a PIN success or a password success on the number clears it. It is still a
+  window of ``PIN_LOCK_SECONDS`` (30 days) so the key expires eventually;
+- ``register`` per client (``REGISTER_*``): every attempt counts (one ``hit``, no reservation).
+
+Time comes from the caller's clock (milliseconds, ``clock`` is injectable for tests) rather than
+Redis ``TIME``: the window arithmetic can then be driven exactly in tests, and the scripts stay
+deterministic. The app hosts must keep their clocks synchronised (NTP); a host ``s`` seconds off
+shifts the windows of the attempts it records by ``s``, nothing more.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any, Literal
+
+import msgspec
+import redis.asyncio
+import redis.exceptions
+from redis.commands.core import AsyncScript
+
+from app.audit.events import STREAM_FIELD
+from app.config import Settings
+from app.redis_keys import KeySpace
+
+PIN_LOCK_SECONDS = 30 * 24 * 3600
+
+Budget = Literal["login", "register", "password", "pin"]
+Outcome = Literal["success", "failure", "release"]
+_OUTCOME_CODES: dict[str, str] = {"success": "s", "failure": "f", "release": "r"}
+
+# Errors meaning "the store cannot answer now": the caller fails closed (503), never open.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,  # includes BusyLoadingError, MaxConnectionsError
+    redis.exceptions.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    OSError,
+    TimeoutError,
+)
+
+
+class LimiterUnavailable(Exception):
+    """Redis could not be reached or could not take the write; the attempt must be refused."""
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A slot taken in a budget, to settle once the credential has been verified."""
+
+    key: str
+    member: str
+    shard: int
+    budget: Budget
+    # Budgets whose failures a success clears: the phone's PIN lock, for PIN and password logins.
+    clears: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int  # slots left after this reservation (0 when refused)
+    retry_after: int  # whole seconds until a slot frees, when refused; 0 when allowed
+    window: int  # seconds
+    reservation: Reservation | None
+    reason: str | None  # "rate_limited" | "account_locked" | "pin_locked" when refused
+    reset_after: int = 0  # when allowed: whole seconds until the oldest counted failure leaves the window
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    """One script invocation: what :meth:`LoginLimiter.execute` sends, one per budget touched."""
+
+    script: AsyncScript
+    keys: tuple[str, ...]
+    args: tuple[str | int | bytes, ...]
+
+
+@dataclass(frozen=True)
+class _Policy:
+    limit: int
+    window_ms: int
+    reason: str
+
+
+class _EventPhone(msgspec.Struct):
+    phone_number: str
+
+
+_event_phone = msgspec.json.Decoder(_EventPhone)
+
+
+def _script_source(name: str) -> str:
+    return files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+class LoginLimiter:
+    """The budgets of the login and registration endpoints."""
+
+    def __init__(
+        self,
+        redis: redis.asyncio.Redis,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._redis = redis
+        self._clock = clock
+        self.keys = KeySpace(settings.redis_key_prefix, settings.redis_shards)
+        self._policies: dict[str, _Policy] = {
+            "login": _Policy(
+                settings.rate_limit_login_failures, settings.rate_limit_login_window_seconds * 1000, "rate_limited"
+            ),
+            "register": _Policy(settings.register_limit, settings.register_window_seconds * 1000, "rate_limited"),
+            "password": _Policy(
+                settings.account_max_failures, settings.account_window_seconds * 1000, "account_locked"
+            ),
+            "pin": _Policy(settings.pin_max_failures, PIN_LOCK_SECONDS * 1000, "pin_locked"),
+        }
+        for budget, policy in self._policies.items():
+            if policy.limit < 1 or policy.window_ms < 1000:
+                raise ValueError(f"the {budget} budget needs a limit and a window of at least 1")
+        self._hold_ms = settings.rate_limit_reservation_seconds * 1000
+        if self._hold_ms < 1000:
+            raise ValueError("rate_limit_reservation_seconds must be at least 1")
+        self._reserve = redis.register_script(_script_source("reserve.lua"))
+        self._settle = redis.register_script(_script_source("settle.lua"))
+
+    # ---- the contract the HTTP layer uses ------------------------------------------------------
+
+    async def reserve_client(self, client_key: str, refusal_event: bytes | None = None) -> Decision:
+        """Take a slot of the client's login budget; a refusal records ``refusal_event`` atomically."""
+        call = self.reserve_call("login", client_key, refusal_event)
+        (reply,) = await self.execute([call])
+        return self.decision("login", client_key, reply)
+
+    async def reserve_account(
+        self, phone: str, method: Literal["password", "pin"], refusal_event: bytes | None = None
+    ) -> Decision:
+        """Take a slot of the number's PIN lock or password window (``phone`` in E.164)."""
+        call = self.reserve_call(method, phone, refusal_event)
+        (reply,) = await self.execute([call])
+        return self.decision(method, phone, reply)
+
+    async def hit_register(self, client_key: str) -> Decision:
+        """Count a registration attempt of the client, or refuse it; nothing to settle."""
+        call = self.reserve_call("register", client_key, mode="h")
+        (reply,) = await self.execute([call])
+        return self.decision("register", client_key, reply)
+
+    async def settle(self, reservation: Reservation, outcome: Outcome, event: bytes | None = None) -> None:
+        """Settle one reservation; ``event`` is appended to the audit stream of its shard in the same call."""
+        await self.execute([self.settle_call(reservation, outcome, event)])
+
+    async def settle_login(
+        self,
+        client: Reservation | None,
+        account: Reservation | None,
+        method: Literal["password", "pin"],
+        success: bool,
+        event: bytes | None,
+        shard_identity: str | None = None,
+    ) -> None:
+        """Settle both reservations of a login attempt and publish its event, in one round trip.
+
+        The event goes with the client's settle (the client's shard stream); without a client
+        reservation, with the account's (the phone's shard stream); with neither, a plain XADD to the
+        stream of ``shard_identity``'s shard (the client key), or of the event's phone number when
+        not given. A success clears the number's PIN lock whatever the method, through
+        ``account.clears``, so pass the account reservation whenever one was taken.
+        """
+        if account is not None and account.budget != method:
+            raise ValueError(f"account reservation is for {account.budget}, not {method}")
+        outcome: Outcome = "success" if success else "failure"
+        calls: list[ScriptCall] = []
+        if client is not None:
+            calls.append(self.settle_call(client, outcome, event))
+        if account is not None:
+            calls.append(self.settle_call(account, outcome, event if client is None else None))
+        if calls:
+            await self.execute(calls)
+        elif event is not None:
+            identity = shard_identity if shard_identity is not None else _event_phone.decode(event).phone_number
+            stream = self.keys.audit_stream(self.keys.shard_of(identity))
+            try:
+                await self._redis.xadd(stream, {STREAM_FIELD: event})
+            except _UNAVAILABLE as exc:
+                raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
+
+    # ---- building blocks, for pipelining many requests' calls together -------------------------
+
+    def budget_key(self, budget: Budget, identity: str) -> str:
+        if budget in ("login", "register"):
+            return self.keys.client(identity, budget)
+        return self.keys.phone(identity, budget)
+
+    def reserve_call(
+        self,
+        budget: Budget,
+        identity: str,
+        refusal_event: bytes | None = None,
+        *,
+        mode: Literal["r", "h"] = "r",
+    ) -> ScriptCall:
+        """The reserve script call for ``identity``'s budget: its key and its shard's stream share a slot."""
+        policy = self._policies[budget]
+        key = self.budget_key(budget, identity)
+        member = str(secrets.randbits(32))  # an integer is the most compact listpack entry
+        now = self._now_ms()
+        args: tuple[str | int | bytes, ...] = (now, policy.window_ms, policy.limit, self._hold_ms, member, mode)
+        if refusal_event is None:
+            return ScriptCall(self._reserve, (key,), args)
+        stream = self.keys.audit_stream(self.keys.shard_of(identity))
+        return ScriptCall(self._reserve, (key, stream), (*args, STREAM_FIELD, refusal_event))
+
+    def settle_call(self, reservation: Reservation, outcome: Outcome, event: bytes | None = None) -> ScriptCall:
+        policy = self._policies[reservation.budget]
+        clears = reservation.clears if outcome == "success" else ()
+        keys = (reservation.key, *clears)
+        args: tuple[str | int | bytes, ...] = (
+            self._now_ms(),
+            policy.window_ms,
+            self._hold_ms,
+            reservation.member,
+            _OUTCOME_CODES[outcome],
+            len(clears),
+        )
+        if event is not None:
+            keys = (*keys, self.keys.audit_stream(reservation.shard))
+            args = (*args, STREAM_FIELD, event)
+        return ScriptCall(self._settle, keys, args)
+
+    def decision(self, budget: Budget, identity: str, reply: Any) -> Decision:
+        """The :class:`Decision` a reserve reply means."""
+        policy = self._policies[budget]
+        window = policy.window_ms // 1000
+        if not int(reply[0]):
+            return Decision(False, policy.limit, 0, int(reply[1]), window, None, policy.reason)
+        reservation = None
+        if budget != "register":
+            member = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
+            key = self.budget_key(budget, identity)
+            clears = (self.keys.phone(identity, "pin"),) if budget in ("pin", "password") else ()
+            reservation = Reservation(key, member, self.keys.shard_of(identity), budget, clears)
+        reset_after = int(reply[3]) if len(reply) > 3 else 0
+        return Decision(True, policy.limit, int(reply[1]), 0, window, reservation, None, reset_after)
+
+    async def execute(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Run the calls in one round trip (a non-transactional pipeline when several).
+
+        After a Redis restart or ``SCRIPT FLUSH`` the scripts are loaded again and only the calls
+        that met NOSCRIPT are re-sent: those never ran, so nothing is applied twice.
+        """
+        try:
+            if len(calls) == 1:
+                call = calls[0]
+                # AsyncScript: EVALSHA, and on NOSCRIPT, SCRIPT LOAD then EVALSHA again.
+                return [await call.script(keys=call.keys, args=call.args)]
+            return await self._execute_pipelined(calls)
+        except _UNAVAILABLE as exc:
+            raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def _execute_pipelined(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        # Not pipeline-registered scripts: redis-py would then send SCRIPT EXISTS first, every time.
+        replies: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for index in pending:
+                call = calls[index]
+                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
+            results = await pipe.execute(raise_on_error=False)
+            missing: list[int] = []
+            for index, result in zip(pending, results, strict=True):
+                if isinstance(result, redis.exceptions.NoScriptError) and attempt == 0:
+                    missing.append(index)
+                elif isinstance(result, Exception):
+                    raise result
+                else:
+                    replies[index] = result
+            if not missing:
+                break
+            for script in {id(calls[index].script): calls[index].script for index in missing}.values():
+                script.sha = await self._redis.script_load(script.script)
+            pending = missing
+        return replies
+
+    def _now_ms(self) -> int:
+        return round(self._clock() * 1000)

@@ -1,0 +1,195 @@
+"""The login endpoint's gate: the client's failure budget is taken here, before any handler runs.
+
+Plain ASGI in front of the login route. A refused attempt is answered straight from here, with the
+check and its audit event in one Redis script call, so an attack costs Redis one round trip and
+never reaches body injection, validation or hashing. An allowed attempt carries its reservation
+to the handler in a :class:`LoginAttempt`, which this gate makes sure is recorded exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+from litestar import Litestar
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from app.audit.events import encode_event
+from app.audit.publisher import AuditPublisher, AuditUnavailable
+from app.auth.attempt import LoginAttempt, rate_limit_headers
+from app.auth.phones import PhoneNumberError, normalise_phone
+from app.config import Settings
+from app.ratelimit.client_ip import ClientResolver
+from app.ratelimit.limiter import LimiterUnavailable, LoginLimiter
+
+logger = logging.getLogger(__name__)
+
+ATTEMPT_STATE_KEY = "login_attempt"
+
+
+class _LoginPeek(msgspec.Struct):
+    """Just enough of the body to label the audit event; any shape is accepted here."""
+
+    phone_number: Any = None
+    password: Any = None
+    pin: Any = None
+
+
+_peek_decoder = msgspec.json.Decoder(_LoginPeek)
+
+
+def peek_login(body: bytes, region: str) -> tuple[str, str | None]:
+    """(phone number as E.164 or raw text cut to 20, auth method) for the audit event."""
+    try:
+        peek = _peek_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return "", None
+    phone = peek.phone_number if isinstance(peek.phone_number, str) else ""
+    try:
+        phone = normalise_phone(phone, region, strict=False)
+    except PhoneNumberError:
+        phone = phone[:20]
+    method = "pin" if peek.pin not in (None, "") and not peek.password else "password"
+    return phone, method
+
+
+async def read_body(receive: Receive, limit: int) -> tuple[bytes | None, list[Any]]:
+    """The whole body and the messages to replay to the app; ``None`` when it is over ``limit``."""
+    chunks: list[bytes] = []
+    messages: list[Any] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            messages.append(message)
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None, []
+        chunks.append(chunk)
+        messages.append(message)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks), messages
+
+
+def _replaying(messages: list[Any], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replay() -> Any:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    start: Any = {"type": "http.response.start", "status": status, "headers": raw_headers}
+    await send(start)
+    end: Any = {"type": "http.response.body", "body": body}
+    await send(end)
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def login_gate_factory(app: ASGIApp) -> ASGIApp:
+    """Litestar middleware factory, applied to the login route only."""
+
+    async def gate(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        state = Litestar.from_scope(scope).state
+        settings: Settings = state.settings
+        limiter: LoginLimiter = state.limiter
+        publisher: AuditPublisher = state.audit_publisher
+        resolver: ClientResolver = state.client_resolver
+
+        body, messages = await read_body(receive, settings.max_body_bytes)
+        peer = scope.get("client")
+        address = resolver.resolve(peer[0] if peer else None, scope["headers"])
+        headers = dict(scope["headers"])
+        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:64] or str(uuid.uuid4())
+        attempt = LoginAttempt(
+            limiter=limiter,
+            publisher=publisher,
+            client_key=resolver.client_key(address),
+            ip_address=str(address) if address is not None else None,
+            user_agent=(headers.get(b"user-agent") or b"").decode("latin-1")[:255] or None,
+            request_id=request_id,
+            fail_open=settings.rate_limit_fail_open,
+        )
+        if body is None:
+            await _record_unfinished(attempt)
+            too_large = {"message": "The request body is too large.", "code": "payload_too_large"}
+            await send_json(send, 413, _encoder.encode(too_large), {})
+            return
+        attempt.phone_number, method = peek_login(body, settings.default_phone_region)
+        attempt.method = method  # type: ignore[assignment]
+
+        try:
+            decision = await limiter.reserve_client(
+                attempt.client_key, refusal_event=encode_event(attempt.event("rate_limited"))
+            )
+        except LimiterUnavailable:
+            if not settings.rate_limit_fail_open:
+                await _refuse_unavailable(attempt, send)
+                return
+            logger.warning("rate limiter unavailable; login allowed without a budget (RATE_LIMIT_FAIL_OPEN)")
+            decision = None
+
+        if decision is not None and not decision.allowed:
+            retry_after = decision.retry_after
+            payload: dict[str, Any] = {
+                "message": "Too many failed sign-in attempts. Please wait before trying again.",
+                "code": "rate_limited",
+                "retry_after": retry_after,
+            }
+            await send_json(
+                send,
+                429,
+                _encoder.encode(payload),
+                {"Retry-After": str(retry_after), **rate_limit_headers("login", decision)},
+            )
+            return
+
+        attempt.client_decision = decision
+        scope.setdefault("state", {})[ATTEMPT_STATE_KEY] = attempt
+        try:
+            await app(scope, _replaying(messages, receive), send)
+        finally:
+            if not attempt.recorded:
+                # Shielded: a client hanging up must not cost us the audit record.
+                await asyncio.shield(_record_unfinished(attempt))
+
+    return gate
+
+
+async def _record_unfinished(attempt: LoginAttempt) -> None:
+    try:
+        await attempt.record_unfinished()
+    except AuditUnavailable:
+        logger.error("login attempt could not be audited: Redis and Postgres both refused it")
+
+
+async def _refuse_unavailable(attempt: LoginAttempt, send: Send) -> None:
+    """Fail closed: no budget, no login; the attempt still reaches the audit table through Postgres."""
+    try:
+        await attempt.publisher.store_directly(attempt.event("limiter_unavailable"))
+    except AuditUnavailable:
+        logger.error("login attempt could not be audited: Redis and Postgres both refused it")
+    attempt.recorded = True
+    payload = {
+        "message": "Sign-in is temporarily unavailable. Please try again in a minute.",
+        "code": "rate_limiter_unavailable",
+    }
+    await send_json(send, 503, _encoder.encode(payload), {"Retry-After": "30"})

@@ -1,0 +1,209 @@
+"""Shared plumbing for the benchmarks: real servers, a real API process, and a load generator.
+
+Figures are ratios measured side by side in one run: the machines are noisy, absolute numbers
+mean little. Load comes from ``wrk`` (Debian package ``wrk``) when it is installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from app.config import Settings
+from app.db import migrations
+from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+
+BENCH_SECRET = "bench-secret-" + "b" * 40
+
+
+@contextlib.contextmanager
+def servers(database_url: str | None = None, redis_url: str | None = None) -> Iterator[Settings]:
+    """A scratch database (migrated) and a Redis: the given ones, or embedded ones in a temp dir."""
+    with tempfile.TemporaryDirectory(prefix="le-bench-") as tmp:
+        started: list[EmbeddedPostgres | EmbeddedRedis] = []
+        try:
+            if not database_url:
+                postgres = EmbeddedPostgres(Path(tmp) / "pg", database="postgres")
+                database_url = postgres.start()
+                started.append(postgres)
+            if not redis_url:
+                redis = EmbeddedRedis(Path(tmp) / "redis", appendonly=False)
+                redis_url = redis.start()
+                started.append(redis)
+            base = Settings.from_env(
+                {},
+                app_env="test",
+                database_url=database_url,
+                redis_url=redis_url,
+                data_dir=tmp,
+                jwt_secret=BENCH_SECRET,
+                pin_pepper=BENCH_SECRET[::-1],
+                redis_key_prefix=f"le-bench:{os.getpid()}:",
+            )
+            with migrations.scratch_database(base) as settings:
+                migrations.upgrade(settings)
+                yield settings
+        finally:
+            for server in reversed(started):
+                server.stop()
+
+
+def server_env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "APP_ENV": "test",
+        "DATABASE_URL": settings.database_url or "",
+        "REDIS_URL": settings.redis_url or "",
+        "REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "JWT_SECRET": settings.jwt_secret or "",
+        "PIN_PEPPER": settings.pin_pepper or "",
+        "DATA_DIR": str(settings.data_dir),
+        "LOG_LEVEL": "WARNING",
+    }
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def api_process(settings: Settings, workers: int = 1, **extra_env: str) -> Iterator[str]:
+    """``ladys-essence serve`` in a child process; yields its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(workers)],
+        env=server_env(settings, **extra_env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, process)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@contextlib.contextmanager
+def uvicorn_process(app_ref: str, env: dict[str, str], *, factory: bool = True) -> Iterator[str]:
+    """Any ASGI app under uvicorn, one worker, the same options as ``serve``."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", app_ref, "--port", str(port), "--log-level", "warning"]
+    command += ["--factory"] if factory else []
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, process, path="/health")
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def wait_healthy(base: str, process: subprocess.Popen[str], path: str = "/health", timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stderr.read() if process.stderr else ''}")
+        try:
+            if httpx.get(base + path, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("server did not become healthy")
+
+
+@dataclass
+class LoadResult:
+    requests_per_second: float
+    requests: int
+    non_2xx: int
+    latency_p50_ms: float
+    latency_p99_ms: float
+
+
+WRK_POST = """
+wrk.method = "POST"
+wrk.body = [[{body}]]
+wrk.headers["Content-Type"] = "application/json"
+{headers}
+"""
+
+
+def wrk(
+    url: str,
+    *,
+    seconds: float = 5,
+    connections: int = 32,
+    threads: int = 1,
+    body: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> LoadResult:
+    """Drive ``url`` with wrk for a bounded time (loopback only) and parse its summary."""
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian) to run the load benchmarks")
+    header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        if body is not None:
+            script.write(WRK_POST.format(body=body, headers=header_lines))
+        else:
+            script.write(header_lines)
+    try:
+        command = [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{round(seconds)}s",
+            "--latency",
+            "-s",
+            script.name,
+            url,
+        ]
+        output = subprocess.run(command, capture_output=True, text=True, check=True, timeout=seconds + 30).stdout
+    finally:
+        Path(script.name).unlink()
+    return parse_wrk(output)
+
+
+def _ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def parse_wrk(output: str) -> LoadResult:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    non_2xx_match = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    p50 = re.search(r"50%\s+([\d.]+\w+)", output)
+    p99 = re.search(r"99%\s+([\d.]+\w+)", output)
+    return LoadResult(
+        requests_per_second=rps,
+        requests=total,
+        non_2xx=int(non_2xx_match.group(1)) if non_2xx_match else 0,
+        latency_p50_ms=_ms(p50.group(1)) if p50 else float("nan"),
+        latency_p99_ms=_ms(p99.group(1)) if p99 else float("nan"),
+    )
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
