@@ -14,6 +14,7 @@ from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.types import ASGIApp
 
 from app.audit.metrics import read_backlog, shared_metrics
 from app.audit.publisher import AuditPublisher
@@ -28,6 +29,7 @@ from app.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
 from app.health import HealthChecks, HealthController, database_check
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
+from app.ratelimit.middleware import LoginGate
 from app.redis_client import create_redis
 from app.redis_keys import KeySpace
 
@@ -103,8 +105,14 @@ def create_app(settings: Settings) -> Litestar:
     )
 
 
-def create_app_from_env() -> Litestar:
+def create_asgi_app(settings: Settings) -> ASGIApp:
+    """What is served: the app with the login gate in front of routing (see app/ratelimit/middleware.py)."""
+    app = create_app(settings)
+    return LoginGate(app, litestar=app)
+
+
+def create_app_from_env() -> ASGIApp:
     """uvicorn factory: settings from the environment (the CLI has resolved the server URLs)."""
     settings = Settings.from_env()
     logging.getLogger(__name__).debug("creating app for %s", settings.app_env)
-    return create_app(settings)
+    return create_asgi_app(settings)

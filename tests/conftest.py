@@ -23,6 +23,7 @@ from app.asgi import create_app
 from app.config import Settings
 from app.db import migrations
 from app.embedded import EmbeddedPostgres, EmbeddedRedis
+from app.ratelimit.middleware import LoginGate
 
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 TEST_PIN_PEPPER = "test-pin-pepper-" + "y" * 32
@@ -98,7 +99,7 @@ def app(settings: Settings) -> Litestar:
     return create_app(settings)
 
 
-def from_loopback(app: Litestar) -> Any:
+def from_loopback(app: Any) -> Any:
     """Requests appear to come from 127.0.0.1 (Litestar's test client says "testclient")."""
 
     async def asgi(scope: Any, receive: Any, send: Any) -> None:
@@ -111,7 +112,8 @@ def from_loopback(app: Litestar) -> Any:
 
 @pytest.fixture
 async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=from_loopback(app), raise_server_exceptions=False) as test_client:
+    served = LoginGate(app, litestar=app)  # as create_asgi_app serves it
+    async with AsyncTestClient(app=from_loopback(served), raise_server_exceptions=False) as test_client:
         yield test_client
 
 

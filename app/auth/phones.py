@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import phonenumbers
 
@@ -11,11 +12,13 @@ class PhoneNumberError(ValueError):
     """The text is not a phone number we can use."""
 
 
+@functools.lru_cache(maxsize=16384)
 def normalise_phone(raw: str, default_region: str, *, strict: bool = True) -> str:
     """``0788123456``, ``+250 788 123 456`` and ``+250788123456`` all give ``+250788123456``.
 
     ``strict`` (registration) needs a number valid for its region; login only needs a possible
-    one, so a number registered under older numbering rules can still sign in.
+    one, so a number registered under older numbering rules can still sign in. Cached: parsing
+    costs more than the rest of a refused login, and attacks repeat their numbers.
     """
     text = raw.strip()
     if not text or len(text) > 32:

@@ -25,9 +25,10 @@ shifts the windows of the attempts it records by ``s``, nothing more.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Literal
@@ -115,6 +116,59 @@ def _script_source(name: str) -> str:
     return files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
+class Coalescer:
+    """Collects the script calls made during one turn of the event loop and runs them as one batch.
+
+    Every submitted call gets its own future, and every future is resolved: with its reply, with
+    its own error, or with the batch's error when Redis could not be reached.
+    """
+
+    def __init__(self, run_batch: Callable[[Sequence[ScriptCall]], Awaitable[list[Any]]], max_batch: int = 512):
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._pending: list[tuple[ScriptCall, asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, call: ScriptCall) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((call, future))
+        if len(self._pending) >= self._max_batch:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        batch, self._pending = self._pending, []
+        if batch:
+            task = asyncio.ensure_future(self._run(batch))
+            self._tasks.add(task)  # keep a reference until done
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]]) -> None:
+        try:
+            replies = await self._run_batch([call for call, _ in batch])
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else LimiterUnavailable("the batch was cancelled")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, future), reply in zip(batch, replies, strict=True):
+            if future.done():
+                continue  # its request was cancelled; the reservation lapses by itself
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+
 class LoginLimiter:
     """The budgets of the login and registration endpoints."""
 
@@ -143,6 +197,7 @@ class LoginLimiter:
         self._hold_ms = settings.rate_limit_reservation_seconds * 1000
         if self._hold_ms < 1000:
             raise ValueError("rate_limit_reservation_seconds must be at least 1")
+        self._coalescer = Coalescer(self._run_batch)
         self._reserve = redis.register_script(_script_source("reserve.lua"))
         self._settle = redis.register_script(_script_source("settle.lua"))
 
@@ -266,22 +321,17 @@ class LoginLimiter:
         return Decision(True, policy.limit, int(reply[1]), 0, window, reservation, None, reset_after)
 
     async def execute(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        """Run the calls in one round trip (a non-transactional pipeline when several).
+        """Run the calls in one round trip, together with other requests' calls of this moment.
 
-        After a Redis restart or ``SCRIPT FLUSH`` the scripts are loaded again and only the calls
-        that met NOSCRIPT are re-sent: those never ran, so nothing is applied twice.
+        Calls made during one turn of the event loop go to Redis as one pipeline: under a storm
+        that is one write and one read for dozens of requests instead of one each. After a Redis
+        restart or ``SCRIPT FLUSH`` the scripts are loaded again and only the calls that met
+        NOSCRIPT are re-sent: those never ran, so nothing is applied twice.
         """
-        try:
-            if len(calls) == 1:
-                call = calls[0]
-                # AsyncScript: EVALSHA, and on NOSCRIPT, SCRIPT LOAD then EVALSHA again.
-                return [await call.script(keys=call.keys, args=call.args)]
-            return await self._execute_pipelined(calls)
-        except _UNAVAILABLE as exc:
-            raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
+        return list(await asyncio.gather(*(self._coalescer.submit(call) for call in calls)))
 
-    async def _execute_pipelined(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        # Not pipeline-registered scripts: redis-py would then send SCRIPT EXISTS first, every time.
+    async def _run_batch(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """One pipeline for a batch; a per-call error (a script error) is returned in its place."""
         replies: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         for attempt in range(2):
@@ -289,19 +339,25 @@ class LoginLimiter:
             for index in pending:
                 call = calls[index]
                 pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            results = await pipe.execute(raise_on_error=False)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except _UNAVAILABLE as exc:
+                raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
             missing: list[int] = []
             for index, result in zip(pending, results, strict=True):
                 if isinstance(result, redis.exceptions.NoScriptError) and attempt == 0:
                     missing.append(index)
-                elif isinstance(result, Exception):
-                    raise result
+                elif isinstance(result, _UNAVAILABLE):
+                    replies[index] = LimiterUnavailable(str(result) or type(result).__name__)
                 else:
                     replies[index] = result
             if not missing:
                 break
-            for script in {id(calls[index].script): calls[index].script for index in missing}.values():
-                script.sha = await self._redis.script_load(script.script)
+            try:
+                for script in {id(calls[index].script): calls[index].script for index in missing}.values():
+                    script.sha = await self._redis.script_load(script.script)
+            except _UNAVAILABLE as exc:
+                raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
             pending = missing
         return replies
 

@@ -17,6 +17,7 @@ import msgspec
 from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
+from prometheus_client import Counter
 
 from app.audit.events import encode_event
 from app.audit.publisher import AuditPublisher, AuditUnavailable
@@ -29,6 +30,10 @@ from app.ratelimit.limiter import LimiterUnavailable, LoginLimiter
 logger = logging.getLogger(__name__)
 
 ATTEMPT_STATE_KEY = "login_attempt"
+# Refusals answered here never reach Litestar's request metrics: count them ourselves.
+LOGIN_REFUSED = Counter(
+    "login_refused", "Login attempts refused before any handler ran, by reason.", ["reason"], namespace="ladys_essence"
+)
 
 
 class _LoginPeek(msgspec.Struct):
@@ -101,14 +106,34 @@ async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str
 _encoder = msgspec.json.Encoder()
 
 
-def login_gate_factory(app: ASGIApp) -> ASGIApp:
-    """Litestar middleware factory, applied to the login route only."""
+LOGIN_PATH = "/api/auth/login"
 
-    async def gate(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
+
+class LoginGate:
+    """The gate, as plain ASGI.
+
+    ``create_asgi_app`` puts it outermost, in front of routing and Litestar's middleware stack, so
+    a refusal costs as little as possible; it is also the login route's own middleware, which
+    passes an already-gated request straight through, so the route is never served ungated.
+    """
+
+    def __init__(self, app: ASGIApp, litestar: Litestar | None = None) -> None:
+        self.app = app
+        self.litestar = litestar
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != ScopeType.HTTP
+            or scope["method"] != "POST"
+            or ATTEMPT_STATE_KEY in scope.get("state", {})
+            or (self.litestar is not None and scope["path"] != LOGIN_PATH)
+        ):
+            await self.app(scope, receive, send)
             return
-        state = Litestar.from_scope(scope).state
+        await self.gate(scope, receive, send)
+
+    async def gate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = (self.litestar or Litestar.from_scope(scope)).state
         settings: Settings = state.settings
         limiter: LoginLimiter = state.limiter
         publisher: AuditPublisher = state.audit_publisher
@@ -119,6 +144,7 @@ def login_gate_factory(app: ASGIApp) -> ASGIApp:
         address = resolver.resolve(peer[0] if peer else None, scope["headers"])
         headers = dict(scope["headers"])
         request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:64] or str(uuid.uuid4())
+        cors = _cors_headers(settings, headers.get(b"origin"))
         attempt = LoginAttempt(
             limiter=limiter,
             publisher=publisher,
@@ -131,7 +157,7 @@ def login_gate_factory(app: ASGIApp) -> ASGIApp:
         if body is None:
             await _record_unfinished(attempt)
             too_large = {"message": "The request body is too large.", "code": "payload_too_large"}
-            await send_json(send, 413, _encoder.encode(too_large), {})
+            await send_json(send, 413, _encoder.encode(too_large), cors)
             return
         attempt.phone_number, method = peek_login(body, settings.default_phone_region)
         attempt.method = method  # type: ignore[assignment]
@@ -142,12 +168,13 @@ def login_gate_factory(app: ASGIApp) -> ASGIApp:
             )
         except LimiterUnavailable:
             if not settings.rate_limit_fail_open:
-                await _refuse_unavailable(attempt, send)
+                await _refuse_unavailable(attempt, send, cors)
                 return
             logger.warning("rate limiter unavailable; login allowed without a budget (RATE_LIMIT_FAIL_OPEN)")
             decision = None
 
         if decision is not None and not decision.allowed:
+            LOGIN_REFUSED.labels("rate_limited").inc()
             retry_after = decision.retry_after
             payload: dict[str, Any] = {
                 "message": "Too many failed sign-in attempts. Please wait before trying again.",
@@ -158,20 +185,35 @@ def login_gate_factory(app: ASGIApp) -> ASGIApp:
                 send,
                 429,
                 _encoder.encode(payload),
-                {"Retry-After": str(retry_after), **rate_limit_headers("login", decision)},
+                {"Retry-After": str(retry_after), **rate_limit_headers("login", decision), **cors},
             )
             return
 
         attempt.client_decision = decision
         scope.setdefault("state", {})[ATTEMPT_STATE_KEY] = attempt
         try:
-            await app(scope, _replaying(messages, receive), send)
+            await self.app(scope, _replaying(messages, receive), send)
         finally:
             if not attempt.recorded:
                 # Shielded: a client hanging up must not cost us the audit record.
                 await asyncio.shield(_record_unfinished(attempt))
 
-    return gate
+
+def login_gate_factory(app: ASGIApp) -> ASGIApp:
+    """The login route's middleware (a fallback when the app is served without the outer gate)."""
+    return LoginGate(app)
+
+
+def _cors_headers(settings: Settings, origin: bytes | None) -> dict[str, str]:
+    """Answers sent before Litestar's CORS middleware still need its headers for browsers."""
+    if not origin:
+        return {}
+    if "*" in settings.cors_allow_origins:
+        return {"Access-Control-Allow-Origin": "*"}
+    text = origin.decode("latin-1")
+    if text in settings.cors_allow_origins:
+        return {"Access-Control-Allow-Origin": text, "Vary": "Origin"}
+    return {}
 
 
 async def _record_unfinished(attempt: LoginAttempt) -> None:
@@ -181,8 +223,9 @@ async def _record_unfinished(attempt: LoginAttempt) -> None:
         logger.error("login attempt could not be audited: Redis and Postgres both refused it")
 
 
-async def _refuse_unavailable(attempt: LoginAttempt, send: Send) -> None:
+async def _refuse_unavailable(attempt: LoginAttempt, send: Send, cors: dict[str, str]) -> None:
     """Fail closed: no budget, no login; the attempt still reaches the audit table through Postgres."""
+    LOGIN_REFUSED.labels("limiter_unavailable").inc()
     try:
         await attempt.publisher.store_directly(attempt.event("limiter_unavailable"))
     except AuditUnavailable:
@@ -192,4 +235,4 @@ async def _refuse_unavailable(attempt: LoginAttempt, send: Send) -> None:
         "message": "Sign-in is temporarily unavailable. Please try again in a minute.",
         "code": "rate_limiter_unavailable",
     }
-    await send_json(send, 503, _encoder.encode(payload), {"Retry-After": "30"})
+    await send_json(send, 503, _encoder.encode(payload), {"Retry-After": "30", **cors})
