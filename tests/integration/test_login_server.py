@@ -1,18 +1,16 @@
 """The limits against a real server: 2 uvicorn workers, real Redis we can stop, real Postgres."""
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 
 import asyncpg
 import httpx
 import pytest
 
-from app.embedded import EmbeddedRedis, free_port
-from tests.conftest import TEST_JWT_SECRET, TEST_PIN_PEPPER, plain_dsn
+from app.embedded import EmbeddedRedis
+from tests.conftest import plain_dsn
 from tests.helpers import STRONG_PASSWORD
+from tests.servers import api_server
 
 pytestmark = pytest.mark.slow
 WRONG = "Wrong-Password-77"
@@ -28,45 +26,11 @@ def redis_server(tmp_path):
 
 @pytest.fixture
 def server(settings, redis_server, tmp_path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "APP_ENV": "test",
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": redis_server.url,
-        "REDIS_KEY_PREFIX": settings.redis_key_prefix,
-        "JWT_SECRET": TEST_JWT_SECRET,
-        "PIN_PEPPER": TEST_PIN_PEPPER,
-        "DATA_DIR": str(tmp_path / "data"),
-        "LOG_LEVEL": "WARNING",
-        "AUDIT_FLUSH_MS": "50",
-    }
-    log = (tmp_path / "server.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError((tmp_path / "server.log").read_text())
-        time.sleep(0.2)
-    yield base
-    process.terminate()
-    try:
-        process.wait(20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-    log.close()
+    # The real argon2 cost: the 5 verified guesses are real work, the 195 refusals must not be.
+    with api_server(
+        settings, tmp_path, redis_url=redis_server.url, workers=2, ARGON2_MEMORY_KIB="19456", ARGON2_TIME_COST="2"
+    ) as base:
+        yield base
 
 
 async def audited(settings, phone, expected, timeout=30.0):

@@ -1,0 +1,67 @@
+"""A real API process (``python -m app serve``) for the tests that need one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from app.config import Settings
+from app.embedded import free_port
+from tests.conftest import TEST_JWT_SECRET, TEST_PIN_PEPPER
+
+
+@contextlib.contextmanager
+def api_server(
+    settings: Settings, tmp_path: Path, *, redis_url: str | None = None, workers: int = 1, **env: str
+) -> Iterator[str]:
+    """Serve on a free port with the test database; yields the base URL, stops it afterwards."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "APP_ENV": "test",
+        "DATABASE_URL": settings.database_url or "",
+        "REDIS_URL": redis_url or settings.redis_url or "",
+        "REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "JWT_SECRET": TEST_JWT_SECRET,
+        "PIN_PEPPER": TEST_PIN_PEPPER,
+        "DATA_DIR": str(tmp_path / "data"),
+        "LOG_LEVEL": "WARNING",
+        "AUDIT_FLUSH_MS": "50",
+        "ARGON2_MEMORY_KIB": "1024",
+        "ARGON2_TIME_COST": "1",
+        **env,
+    }
+    log_path = tmp_path / f"server-{port}.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(workers)],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(log_path.read_text())
+                time.sleep(0.2)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
