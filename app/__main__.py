@@ -47,6 +47,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             REDIS_URL=resolved.redis_url or "",
             JWT_SECRET=resolved.jwt_secret or "",
             PIN_PEPPER=resolved.pin_pepper or "",
+            WORKERS=str(workers),
         )
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
         click.echo(f"Lady's Essence Auth on http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)")

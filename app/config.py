@@ -70,7 +70,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     argon2_memory_kib: int = 19456
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
-    hash_threads: int = 0  # 0: one per core
+    hash_threads: int = 0  # 0: the cores shared out among the workers
+    hash_thread_nice: int = 10  # hashing yields the CPU to the event loop (Linux)
 
     max_body_bytes: int = 16 * 1024
 
@@ -140,7 +141,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def hash_thread_count(self) -> int:
-        return self.hash_threads or (os.cpu_count() or 2)
+        """More hashing threads than cores only queue work and starve the event loops."""
+        return self.hash_threads or max(1, (os.cpu_count() or 2) // max(1, self.workers))
 
 
 def _decode_path(type_: type, value: object) -> object:

@@ -147,6 +147,17 @@ wrk.headers["Content-Type"] = "application/json"
 {headers}
 """
 
+# Each request from another simulated client (198.18.0.0/15, the benchmarking range), for a server
+# started with TRUSTED_PROXIES=127.0.0.1/32.
+WRK_MANY_CLIENTS = """
+math.randomseed(os.time())
+request = function()
+  local a, b, c = math.random(18, 19), math.random(0, 255), math.random(1, 254)
+  wrk.headers["X-Forwarded-For"] = "198." .. a .. "." .. b .. "." .. c
+  return wrk.format()
+end
+"""
+
 
 def wrk(
     url: str,
@@ -156,6 +167,7 @@ def wrk(
     threads: int = 1,
     body: str | None = None,
     headers: dict[str, str] | None = None,
+    many_clients: bool = False,
 ) -> LoadResult:
     """Drive ``url`` with wrk for a bounded time (loopback only) and parse its summary."""
     if not shutil.which("wrk"):
@@ -166,6 +178,8 @@ def wrk(
             script.write(WRK_POST.format(body=body, headers=header_lines))
         else:
             script.write(header_lines)
+        if many_clients:
+            script.write(WRK_MANY_CLIENTS)
     try:
         command = [
             "wrk",

@@ -8,11 +8,14 @@ the database, so a stolen table alone cannot be brute-forced over the 10,000 pos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import itertools
+import os
 import re
 import secrets
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,6 +87,14 @@ def pin_problem(pin: str) -> str | None:
     return None
 
 
+def _lower_priority(nice: int) -> None:
+    """Run this hashing thread at a lower priority than the event loop, so that during a login
+    storm /health, refusals and token refreshes still get the CPU they need (Linux threads have
+    their own nice value; elsewhere this is a no-op)."""
+    with contextlib.suppress(AttributeError, OSError, PermissionError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 @dataclass(frozen=True, slots=True)
 class Verification:
     ok: bool
@@ -102,7 +113,12 @@ class Hasher:
             parallelism=settings.argon2_parallelism,
             type=Type.ID,
         )
-        self._pool = ThreadPoolExecutor(settings.hash_thread_count, thread_name_prefix="hash")
+        self._pool = ThreadPoolExecutor(
+            settings.hash_thread_count,
+            thread_name_prefix="hash",
+            initializer=_lower_priority,
+            initargs=(settings.hash_thread_nice,),
+        )
         # Unknown phone numbers and disabled PINs verify against these, so they cost the same.
         self._dummy_hash = self._argon2.hash(secrets.token_hex(16))
 

@@ -1,0 +1,127 @@
+"""A login storm: verified failures against the argon2 ceiling, and /health while it rages.
+
+- argon2 ceiling: cores / the measured time of one argon2id verification (default parameters);
+  the storm's verified failures per second are reported as a ratio to it.
+- /health p99 during the storm against idle, same server, same run.
+- login latency under rising load (1 to 64 connections), plotted to docs/img/login-latency.png.
+
+Every request comes from another simulated client (X-Forwarded-For through a trusted proxy), so
+nearly every attempt is verified: the worst case for the CPU, not for the limiter.
+
+    python -m bench.bench_login_storm [--seconds 10] [--database-url ...] [--redis-url ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import statistics
+import threading
+import time
+from pathlib import Path
+
+from argon2 import PasswordHasher
+
+from bench.common import api_process, servers, wrk
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+WRONG = json.dumps({"phone_number": "0788123456", "password": "Wrong-Password-77"})
+
+
+def argon2_verify_seconds(samples: int = 30) -> float:
+    hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+    stored = hasher.hash(secrets.token_hex(16))
+    times = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        with contextlib.suppress(Exception):  # a mismatch is the point
+            hasher.verify(stored, "not-the-password")
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def run(seconds: float, database_url: str | None, redis_url: str | None) -> dict[str, float]:
+    cores = os.cpu_count() or 1
+    verify = argon2_verify_seconds()
+    ceiling = cores / verify
+    result: dict[str, float] = {"cores": cores, "verify_ms": verify * 1000, "ceiling_per_s": ceiling}
+    with (
+        servers(database_url, redis_url) as settings,
+        api_process(settings, workers=cores, TRUSTED_PROXIES="127.0.0.1/32") as base,
+    ):
+        idle = wrk(f"{base}/health", seconds=seconds, connections=4)
+        storm_result: dict[str, object] = {}
+
+        def storm() -> None:
+            storm_result["load"] = wrk(
+                f"{base}/api/auth/login", seconds=seconds + 2, connections=64, body=WRONG, many_clients=True
+            )
+
+        thread = threading.Thread(target=storm)
+        thread.start()
+        time.sleep(1)
+        during = wrk(f"{base}/health", seconds=seconds, connections=4)
+        thread.join()
+        load = storm_result["load"]
+        result.update(
+            health_idle_p99_ms=idle.latency_p99_ms,
+            health_storm_p99_ms=during.latency_p99_ms,
+            storm_rps=load.requests_per_second,  # type: ignore[attr-defined]
+        )
+        curve = []
+        for connections in (1, 4, 16, 64):
+            point = wrk(f"{base}/api/auth/login", seconds=max(3, seconds / 2), connections=connections, body=WRONG,
+                        many_clients=True)  # fmt: skip
+            curve.append((connections, point.latency_p50_ms, point.latency_p99_ms, point.requests_per_second))
+    result["verified_ratio"] = result["storm_rps"] / ceiling
+    result["health_p99_ratio"] = result["health_storm_p99_ms"] / max(result["health_idle_p99_ms"], 0.001)
+    plot_curve(curve)
+    for connections, p50, p99, rps in curve:
+        print(f"  {connections:>3} connections: {rps:7.0f} logins/s  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms")
+    return result
+
+
+def plot_curve(curve: list[tuple[int, float, float, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    connections = [c for c, *_ in curve]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(connections, [p50 for _, p50, _, _ in curve], marker="o", label="p50")
+    axis.plot(connections, [p99 for _, _, p99, _ in curve], marker="o", label="p99")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("concurrent connections (every attempt verified)")
+    axis.set_ylabel("login latency (ms)")
+    axis.set_title("Failed logins under rising load")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    (DOCS / "img").mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(DOCS / "img" / "login-latency.png", dpi=110)
+
+
+def main() -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--database-url")
+    parser.add_argument("--redis-url")
+    args = parser.parse_args()
+    r = run(args.seconds, args.database_url, args.redis_url)
+    print(
+        f"argon2 ceiling: {r['cores']:.0f} cores / {r['verify_ms']:.1f} ms = {r['ceiling_per_s']:.0f} verifications/s; "
+        f"storm verified {r['storm_rps']:.0f} failed logins/s = {r['verified_ratio']:.2f}x of the ceiling"
+    )
+    print(
+        f"/health p99 during the storm {r['health_storm_p99_ms']:.1f} ms vs idle {r['health_idle_p99_ms']:.1f} ms "
+        f"= {r['health_p99_ratio']:.1f}x"
+    )
+    return r
+
+
+if __name__ == "__main__":
+    main()
