@@ -21,13 +21,11 @@ import secrets
 import statistics
 import threading
 import time
-from pathlib import Path
 
 from argon2 import PasswordHasher
 
-from bench.common import api_process, servers, wrk
+from bench.common import api_process, save_plot, servers, wrk
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 WRONG = json.dumps({"phone_number": "0788123456", "password": "Wrong-Password-77"})
 
 
@@ -85,24 +83,15 @@ def run(seconds: float, database_url: str | None, redis_url: str | None) -> dict
 
 
 def plot_curve(curve: list[tuple[int, float, float, float]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    connections = [c for c, *_ in curve]
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot(connections, [p50 for _, p50, _, _ in curve], marker="o", label="p50")
-    axis.plot(connections, [p99 for _, _, p99, _ in curve], marker="o", label="p99")
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("concurrent connections (every attempt verified)")
-    axis.set_ylabel("login latency (ms)")
-    axis.set_title("Failed logins under rising load")
-    axis.legend()
-    axis.grid(alpha=0.3)
-    (DOCS / "img").mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(DOCS / "img" / "login-latency.png", dpi=110)
+    save_plot(
+        "login-latency",
+        [c for c, *_ in curve],
+        {"p50": [p50 for _, p50, _, _ in curve], "p99": [p99 for _, _, p99, _ in curve]},
+        xlabel="concurrent connections (every attempt verified)",
+        ylabel="login latency (ms)",
+        title="Failed logins under rising load",
+        logx=True,
+    )
 
 
 def main() -> dict[str, float]:

@@ -13,13 +13,11 @@ import argparse
 import json
 import threading
 import time
-from pathlib import Path
 
 import psutil
 
-from bench.common import api_process, servers, wrk
+from bench.common import api_process, save_plot, servers, wrk
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
 WRONG = json.dumps({"phone_number": "0788123456", "password": "Wrong-Password-77"})
 
 
@@ -76,21 +74,14 @@ def run(seconds: float, database_url: str | None, redis_url: str | None) -> dict
 
 
 def plot(samples: list[tuple[float, int]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot([t for t, _ in samples], [rss / 2**20 for _, rss in samples], marker=".")
-    axis.set_xlabel("seconds into the attack")
-    axis.set_ylabel("API worker RSS (MiB)")
-    axis.set_ylim(bottom=0)
-    axis.set_title("Worker memory during a sustained login attack")
-    axis.grid(alpha=0.3)
-    (DOCS / "img").mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(DOCS / "img" / "worker-rss.png", dpi=110)
+    save_plot(
+        "worker-rss",
+        [t for t, _ in samples],
+        {"RSS": [rss / 2**20 for _, rss in samples]},
+        xlabel="seconds into the attack",
+        ylabel="API worker RSS (MiB)",
+        title="Worker memory during a sustained login attack",
+    )
 
 
 def main() -> dict[str, float]:

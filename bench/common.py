@@ -22,8 +22,9 @@ import httpx
 
 from app.config import Settings
 from app.db import migrations
-from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
 
+DOCS = Path(__file__).resolve().parent.parent / "docs"
 BENCH_SECRET = "bench-secret-" + "b" * 40
 
 
@@ -76,45 +77,62 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def api_process(settings: Settings, workers: int = 1, **extra_env: str) -> Iterator[str]:
-    """``ladys-essence serve`` in a child process; yields its base URL."""
+def serving(command: list[str], env: dict[str, str]) -> Iterator[str]:
+    """Run a server command with ``--port`` appended; yields its base URL once /health answers."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve", "--port", str(port), "--workers", str(workers)],
-        env=server_env(settings, **extra_env),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        [*command, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(base, process)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, 20)
 
 
-@contextlib.contextmanager
-def uvicorn_process(app_ref: str, env: dict[str, str], *, factory: bool = True) -> Iterator[str]:
-    """Any ASGI app under uvicorn, one worker, the same options as ``serve``."""
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", app_ref, "--port", str(port), "--log-level", "warning"]
-    command += ["--factory"] if factory else []
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base, process, path="/health")
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+def api_process(settings: Settings, workers: int = 1, **extra_env: str) -> contextlib.AbstractContextManager[str]:
+    """``ladys-essence serve`` in a child process."""
+    command = [sys.executable, "-m", "app", "serve", "--workers", str(workers)]
+    return serving(command, server_env(settings, **extra_env))
+
+
+def uvicorn_process(app_ref: str, env: dict[str, str]) -> contextlib.AbstractContextManager[str]:
+    """Any ASGI app factory under uvicorn, one worker."""
+    return serving([sys.executable, "-m", "uvicorn", app_ref, "--factory", "--log-level", "warning"], env)
+
+
+def save_plot(
+    name: str,
+    xs: list[float],
+    series: dict[str, list[float]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    logx: bool = False,
+) -> None:
+    """A small line chart in docs/img/<name>.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    for label, ys in series.items():
+        axis.plot(xs, ys, marker="o" if len(xs) < 20 else ".", label=label)
+    if logx:
+        axis.set_xscale("log", base=2)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_ylim(bottom=0)
+    axis.set_title(title)
+    if len(series) > 1:
+        axis.legend()
+    axis.grid(alpha=0.3)
+    (DOCS / "img").mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(DOCS / "img" / f"{name}.png", dpi=110)
 
 
 def wait_healthy(base: str, process: subprocess.Popen[str], path: str = "/health", timeout: float = 60) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from app.config import Settings
-from app.embedded import free_port
+from app.embedded import free_port, stop_process
 from tests.conftest import TEST_JWT_SECRET, TEST_PIN_PEPPER
 
 
@@ -60,8 +60,4 @@ def api_server(
                 time.sleep(0.2)
             yield base
         finally:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process, 20)
