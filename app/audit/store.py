@@ -9,9 +9,10 @@ zero times more, so redelivery after a crash is harmless:
   the batch is written again with ``unnest``;
 - ``staging``: COPY into a temporary table, then the same ``INSERT ... ON CONFLICT``.
 
-bench/bench_audit_ingest.py compares them; the writer uses ``copy`` (fastest, see docs/audit.md).
+bench/bench_audit_ingest.py compares them; the writer uses ``copy``, the cheapest for Postgres
+(see docs/audit.md).
 
-Both run on the asyncpg connection underneath a SQLAlchemy engine: the app's pool is reused, and
+All run on the asyncpg connection underneath a SQLAlchemy engine: the app's pool is reused, and
 arrays and COPY go through asyncpg without SQLAlchemy's per-statement overhead.
 """
 

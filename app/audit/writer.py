@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit.events import EventDecodeError, LoginEvent, decode_entry
+from app.audit.events import EventDecodeError, LoginEvent, decode_entry, stream_fields
 from app.audit.metrics import GROUP, AuditMetrics, Backlog, read_backlog, shared_metrics
 from app.audit.store import InsertMethod, is_data_error, store_events
 from app.config import Settings
@@ -46,13 +46,16 @@ logger = logging.getLogger(__name__)
 
 # Acknowledge and delete in one step, so an entry is never acknowledged but left in the stream (a
 # phantom backlog forever) nor deleted but left pending. One call per stream keeps every key of a
-# call in one hash slot (Redis Cluster). Chunks stay under Lua's unpack() limit.
+# call in one hash slot (Redis Cluster). The IDs come space-separated in one argument: packing
+# hundreds of arguments was a good part of the writer's CPU. Chunks stay under unpack()'s limit.
 ACK_AND_DELETE = """
+local ids = {}
+for id in string.gmatch(ARGV[2], '%S+') do ids[#ids + 1] = id end
 local done = 0
-for first = 2, #ARGV, 1000 do
-  local last = math.min(first + 999, #ARGV)
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, first, last))
-  done = done + redis.call('XDEL', KEYS[1], unpack(ARGV, first, last))
+for first = 1, #ids, 1000 do
+  local last = math.min(first + 999, #ids)
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids, first, last))
+  done = done + redis.call('XDEL', KEYS[1], unpack(ids, first, last))
 end
 return done
 """
@@ -70,11 +73,14 @@ def default_consumer_name() -> str:
 
 class Entry(NamedTuple):
     stream: str
-    entry_id: bytes | str  # as Redis returned it: acknowledged as is, never re-encoded
-    fields: dict[Any, Any]
+    entry_id: bytes | str  # as Redis returned it
+    fields: dict[Any, Any] | None
 
 
-Batch = list[tuple[Entry, LoginEvent]]
+# What one read returns: per stream, its (entry id, fields) pairs, fields as Redis sent them.
+StreamReply = list[tuple[str, list[Any]]]
+# (stream, entry id, event): plain tuples, as the hot path builds one per event.
+Batch = list[tuple[str, bytes | str, LoginEvent]]
 
 
 class WriteAbandoned(Exception):
@@ -100,6 +106,19 @@ class Backoff:
 
 def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _fields(raw: Any) -> dict[Any, Any] | None:
+    """Entry fields from a raw reply: a flat [name, value, ...] list, or None for a deleted entry."""
+    if raw is None or isinstance(raw, dict):
+        return raw
+    if len(raw) == 2:  # the one ``e`` field of every event: skip the general case's slicing
+        return {raw[0]: raw[1]}
+    return dict(zip(raw[::2], raw[1::2], strict=True))
+
+
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response
 
 
 class AuditWriter:
@@ -138,6 +157,10 @@ class AuditWriter:
         self.claim_idle_ms = max(1, settings.audit_claim_idle_ms)
         self.claim_interval = min(30.0, max(0.2, self.claim_idle_ms / 2000))
         self.streams = keys.audit_streams()
+        # Same pool, but XREADGROUP replies left raw: redis-py's per-entry conversion was the
+        # largest single cost of the writer, and the hot path needs only one field per entry.
+        self._reader = type(redis)(connection_pool=redis.connection_pool)
+        self._reader.set_response_callback("XREADGROUP", _raw_reply)
         self._stopping = asyncio.Event()
         self._give_up_at = float("inf")
         self._task: asyncio.Task[None] | None = None
@@ -153,6 +176,8 @@ class AuditWriter:
         if self._task is None or self._task.done():
             self._stopping.clear()
             self._give_up_at = float("inf")
+            self._queue = asyncio.Queue(maxsize=2 * self.write_concurrency)  # nothing left from a cancelled run
+            self._groups_ready = False
             self._task = asyncio.get_running_loop().create_task(self.run(), name=f"audit-writer:{self.consumer}")
         return self._task
 
@@ -169,9 +194,11 @@ class AuditWriter:
         where another writer claims them; nothing is acknowledged that was not committed.
         """
         self.request_stop()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        task, self._task = self._task, None
+        if task is not None:
+            await asyncio.wait([task])  # raises only if *we* are cancelled, not if the task was
+            if not task.cancelled() and task.exception() is not None:
+                logger.error("audit writer %s ended with an error", self.consumer, exc_info=task.exception())
 
     @property
     def stopping(self) -> bool:
@@ -265,11 +292,10 @@ class AuditWriter:
         """Entries this consumer read but never acknowledged (a reused name, or a lost ACK reply)."""
         cursors: dict[str, bytes | str] = dict.fromkeys(self.streams, "0")
         while cursors and not self._stopping.is_set():
-            entries = await self._read(cursors, block=False)
-            cursors = {}
-            for entry in entries:  # walk each stream's pending list forward
-                cursors[entry.stream] = entry.entry_id
-            await self._dispatch(entries)
+            reply = await self._read(cursors, block=False)
+            # Walk each stream's pending list forward; a stream with nothing more drops out.
+            cursors = {stream: messages[-1][0] for stream, messages in reply if messages}
+            await self._dispatch(reply)
 
     async def claim_abandoned(self) -> None:
         """Take over entries pending longer than ``audit_claim_idle_ms`` (their reader likely died)."""
@@ -280,11 +306,10 @@ class AuditWriter:
                 reply = await self.redis.xautoclaim(
                     stream, self.group, self.consumer, self.claim_idle_ms, start_id=start, count=self.batch_size
                 )
-                start, claimed = reply[0], reply[1]
-                entries = [Entry(stream, i, fields) for i, fields in claimed if i is not None]
-                if entries:
-                    logger.info("audit writer %s claimed %d abandoned entries", self.consumer, len(entries))
-                    await self._dispatch(entries)
+                start, claimed = reply[0], [(i, fields) for i, fields in reply[1] if i is not None]
+                if claimed:
+                    logger.info("audit writer %s claimed %d abandoned entries", self.consumer, len(claimed))
+                    await self._dispatch([(stream, claimed)])
                 if _text(start) == "0-0":
                     break
         await self._forget_stale_consumers()
@@ -308,8 +333,8 @@ class AuditWriter:
                 pipe.xgroup_delconsumer(stream, self.group, name)
             await pipe.execute(raise_on_error=False)
 
-    async def _read(self, start_ids: dict[str, bytes | str], *, block: bool) -> list[Entry]:
-        reply: Any = await self.redis.xreadgroup(
+    async def _read(self, start_ids: dict[str, bytes | str], *, block: bool) -> StreamReply:
+        reply: Any = await self._reader.xreadgroup(
             self.group,
             self.consumer,
             start_ids,  # type: ignore[arg-type]
@@ -318,34 +343,34 @@ class AuditWriter:
         )
         if not reply:
             return []
-        resp3 = isinstance(reply, dict)
-        entries: list[Entry] = []
-        for stream, messages in reply.items() if resp3 else reply:
-            name = _text(stream)
-            entries.extend([Entry(name, entry_id, fields) for entry_id, fields in (messages[0] if resp3 else messages)])
-        return entries
+        pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 list
+        return [(_text(stream), messages) for stream, messages in pairs]
 
-    async def _dispatch(self, entries: list[Entry]) -> None:
+    async def _dispatch(self, reply: StreamReply) -> None:
         """Dead-letter what is not an event, queue the rest in batches for the write tasks."""
-        if not entries:
-            return
-        decoded: Batch = []
+        batch: Batch = []
         invalid: list[tuple[Entry, str]] = []
         vanished: list[Entry] = []
-        for entry in entries:
-            if not entry.fields:
-                vanished.append(entry)  # deleted while pending: nothing left to write
-                continue
-            try:
-                decoded.append((entry, decode_entry(entry.fields)))
-            except EventDecodeError as exc:
-                invalid.append((entry, str(exc)))
+        for stream, messages in reply:
+            for entry_id, raw_fields in messages:
+                fields = _fields(raw_fields)
+                if not fields:
+                    vanished.append(Entry(stream, entry_id, fields))  # deleted while pending: nothing to write
+                    continue
+                try:
+                    batch.append((stream, entry_id, decode_entry(fields)))
+                except EventDecodeError as exc:
+                    invalid.append((Entry(stream, entry_id, fields), str(exc)))
+                if len(batch) == self.batch_size:
+                    await self._queue.put(batch)
+                    batch = []
+                    await asyncio.sleep(0)  # a catch-up read is thousands of entries: let requests run
+        if batch:
+            await self._queue.put(batch)
         if invalid:
             await self._dead_letter(invalid)
         if vanished:
-            await self._acknowledge(vanished)
-        for first in range(0, len(decoded), self.batch_size):
-            await self._queue.put(decoded[first : first + self.batch_size])
+            await self._acknowledge([(entry.stream, entry.entry_id) for entry in vanished])
 
     # ---- writing -----------------------------------------------------------------------------------
 
@@ -365,7 +390,7 @@ class AuditWriter:
 
     async def _write(self, batch: Batch) -> None:
         """Commit ``batch``; retry while Postgres is unavailable; isolate rows Postgres refuses."""
-        events = list({event.event_id: event for _, event in batch}.values())
+        events = list({event.event_id: event for _, _, event in batch}.values())
         backoff = Backoff()
         while True:
             try:
@@ -394,8 +419,9 @@ class AuditWriter:
     async def _write_rows_apart(self, batch: Batch, exc: BaseException) -> None:
         """A row Postgres refuses must not block the batch forever: write one by one, dead-letter the bad."""
         if len(batch) == 1:
-            entry, event = batch[0]
+            stream, entry_id, event = batch[0]
             logger.error("audit event %s refused by Postgres: %s", event.event_id, exc)
+            entry = Entry(stream, entry_id, stream_fields(event))
             await self._dead_letter([(entry, f"refused by Postgres: {exc}")], acknowledge=False)
             return
         for item in batch:
@@ -406,20 +432,20 @@ class AuditWriter:
         backoff = Backoff()
         while True:
             try:
-                await self._acknowledge([entry for entry, _ in batch])
+                await self._acknowledge([(stream, entry_id) for stream, entry_id, _ in batch])
                 return
             except (RedisError, OSError, TimeoutError) as exc:
                 self._raise_if_giving_up(len(batch), exc)
                 await self._pause(backoff.next(), until_given_up=True)
 
-    async def _acknowledge(self, entries: Sequence[Entry]) -> None:
-        by_stream: dict[str, list[bytes | str]] = defaultdict(list)
-        for entry in entries:
-            by_stream[entry.stream].append(entry.entry_id)
+    async def _acknowledge(self, entries: Sequence[tuple[str, bytes | str]]) -> None:
+        by_stream: dict[str, list[bytes]] = defaultdict(list)
+        for stream, entry_id in entries:
+            by_stream[stream].append(entry_id if isinstance(entry_id, bytes) else entry_id.encode())
         pipe = self.redis.pipeline(transaction=False)
         for stream, ids in by_stream.items():
             # EVAL, not EVALSHA: no NOSCRIPT after a Redis restart, no SCRIPT EXISTS round trip.
-            pipe.eval(ACK_AND_DELETE, 1, stream, self.group, *ids)
+            pipe.eval(ACK_AND_DELETE, 1, stream, self.group, b" ".join(ids))
         await pipe.execute()
 
     async def _dead_letter(self, invalid: Sequence[tuple[Entry, str]], *, acknowledge: bool = True) -> None:
@@ -434,14 +460,14 @@ class AuditWriter:
                 "consumer": self.consumer,
                 "at": now,
             }
-            for name, value in entry.fields.items():
+            for name, value in (entry.fields or {}).items():
                 record[f"field:{_text(name)}"] = value
             pipe.xadd(self.keys.audit_dead_letter, record)
         await pipe.execute()  # stored before the originals go
         self.metrics.events_dead_lettered.inc(len(invalid))
         logger.warning("audit writer: %d entries dead-lettered (%s)", len(invalid), invalid[0][1])
         if acknowledge:
-            await self._acknowledge([entry for entry, _ in invalid])
+            await self._acknowledge([(entry.stream, entry.entry_id) for entry, _ in invalid])
 
     def _raise_if_giving_up(self, count: int, exc: BaseException) -> None:
         if self._stopping.is_set() and time.monotonic() >= self._give_up_at:

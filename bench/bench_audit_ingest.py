@@ -1,0 +1,321 @@
+"""How fast the audit writer moves events from the Redis streams into ``login_attempts``.
+
+Side by side in one run, on the same servers and table (medians of ``--repeat`` runs):
+
+(a)  raw COPY: ``copy_records_to_table`` of all N rows in one call, the ceiling for this table;
+(a') COPY in statements of ``audit_batch_size`` rows, what Postgres does at the writer's batch size;
+(b)  sustained ingest: N events pre-filled into the shard streams (pipelined XADDs), then the
+     writer drains them (read, decode, insert, acknowledge + delete); target (b)/(a) >= 0.6;
+(b') the same drain with each insert method, once, to justify the default;
+(b'') the same drain by ``--writers`` writer processes (``python -m app.audit.cli``) sharing the
+     group, as an API with that many workers runs them; timed from the moment all have joined;
+(c)  lag at a steady 1,000 events/s for ``--lag-seconds``: the publisher and a writer in one event
+     loop (as in an API process); per event, the row's insert time (``clock_timestamp()`` default of
+     a column the benchmark adds to its scratch table) minus the event's ``created_at``; target p99 < 1 s.
+
+    python bench/bench_audit_ingest.py [--events 200000] [--database-url URL] [--redis-url URL]
+
+Without URLs an embedded Postgres and Redis are started in a temporary directory. Either way the
+run uses a scratch database (created, migrated, dropped) and its own Redis key prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import msgspec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.audit.events import STREAM_FIELD, LoginEvent, new_event, stream_fields
+from app.audit.metrics import GROUP, AuditMetrics
+from app.audit.publisher import AuditPublisher
+from app.audit.store import COLUMNS, INSERT_METHODS, InsertMethod, _records
+from app.audit.writer import AuditWriter
+from app.config import PROJECT_ROOT, Settings, asyncpg_url
+from app.redis_client import create_redis
+from app.redis_keys import KeySpace
+from bench.common import servers
+
+RATIO_TARGET = 0.6
+LAG_P99_TARGET = 1.0
+PREFILL_CHUNK = 1000
+PREFILL_SCRIPT = "for i = 1, #ARGV do redis.call('XADD', KEYS[1], '*', 'e', ARGV[i]) end return #ARGV"
+
+
+def synthetic_events(count: int) -> list[LoginEvent]:
+    """Realistic rows: mostly failures from a few thousand addresses, a browser-sized user agent."""
+    return [
+        new_event(
+            phone_number=f"+2507{88000000 + n % 900_000}",
+            success=n % 4 == 0,
+            reason="ok" if n % 4 == 0 else "invalid_credentials",
+            auth_method="password" if n % 3 else "pin",
+            user_id=n if n % 4 == 0 else None,
+            ip_address=f"41.{n % 200}.{(n // 200) % 20}.{n % 250 + 1}",
+            user_agent="Mozilla/5.0 (Linux; Android 12; TECNO KG5) AppleWebKit/537.36 Chrome/120.0 Mobile",
+            request_id=f"req-{n:012d}",
+        )
+        for n in range(count)
+    ]
+
+
+def bench_event(n: int) -> LoginEvent:
+    return new_event(
+        phone_number=f"+25078{n:07d}",
+        success=False,
+        reason="invalid_credentials",
+        auth_method="pin",
+        ip_address=f"41.0.{n % 200}.1",
+    )
+
+
+def fmt(rate: float) -> str:
+    return f"{rate:>10,.0f} rows/s"
+
+
+class Bench:
+    def __init__(self, settings: Settings, events: int, repeat: int) -> None:
+        assert settings.database_url
+        self.settings = settings
+        self.dsn = settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self.events = events
+        self.repeat = repeat
+        self.keys = KeySpace(settings.redis_key_prefix, settings.redis_shards)
+        self.achieved_rate = 0.0
+
+    async def truncate(self, conn: asyncpg.Connection) -> None:
+        await conn.execute("TRUNCATE login_attempts")
+        await conn.execute("CHECKPOINT")  # each run starts from the same WAL state
+
+    async def runs(self, label: str, once: Callable[[], Awaitable[float]], repeat: int | None = None) -> float:
+        rates = [await once() for _ in range(repeat or self.repeat)]
+        median = statistics.median(rates)
+        print(f"{label:<38}{fmt(median)}   runs: {', '.join(f'{rate:,.0f}' for rate in rates)}", flush=True)
+        return median
+
+    async def raw_copy(self, conn: asyncpg.Connection, chunk: int | None) -> float:
+        records = _records(synthetic_events(self.events))
+        await self.truncate(conn)
+        started = time.perf_counter()
+        step = chunk or len(records)
+        for first in range(0, len(records), step):
+            await conn.copy_records_to_table("login_attempts", records=records[first : first + step], columns=COLUMNS)
+        return len(records) / (time.perf_counter() - started)
+
+    async def prefill(self, redis: Redis, events: list[LoginEvent]) -> None:
+        """The entries the limiter's script would have added (``XADD <shard stream> * e <json>``).
+
+        Appended by a Lua loop, a thousand per call: redis-py packing single XADDs would make the
+        set-up, not the measurement, the slow part of the run.
+        """
+        by_stream: dict[str, list[bytes]] = defaultdict(list)
+        for index, event in enumerate(events):
+            by_stream[self.keys.audit_stream(self.keys.shard_of(f"client-{index}"))].append(
+                stream_fields(event)[STREAM_FIELD]
+            )
+        for stream, payloads in by_stream.items():
+            pipe = redis.pipeline(transaction=False)
+            for first in range(0, len(payloads), PREFILL_CHUNK):
+                pipe.eval(PREFILL_SCRIPT, 1, stream, *payloads[first : first + PREFILL_CHUNK])
+            await pipe.execute()
+
+    async def drain(self, conn: asyncpg.Connection, engine: AsyncEngine, method: InsertMethod) -> float:
+        redis = create_redis(self.settings)
+        try:
+            await self.truncate(conn)
+            events = synthetic_events(self.events)
+            await self.prefill(redis, events)
+            writer = AuditWriter(redis, self.keys, engine, self.settings, AuditMetrics(), insert_method=method)
+            started = time.perf_counter()
+            await writer.run_until_drained(within_seconds=600)
+            elapsed = time.perf_counter() - started
+            stored = await conn.fetchval("SELECT count(*) FROM login_attempts")
+            assert stored == len(events), f"drained {stored} of {len(events)}"
+            return len(events) / elapsed
+        finally:
+            await redis.aclose()
+
+    async def drain_by_processes(self, conn: asyncpg.Connection, engine: AsyncEngine, writers: int) -> float:
+        redis = create_redis(self.settings)
+        processes: list[subprocess.Popen[bytes]] = []
+        try:
+            await self.truncate(conn)
+            await self.prefill(redis, synthetic_events(self.events))
+            await AuditWriter(redis, self.keys, engine, self.settings).ensure_groups()
+            processes = [
+                subprocess.Popen([sys.executable, "-m", "app.audit.cli"], cwd=PROJECT_ROOT, env=self.worker_env(n))
+                for n in range(writers)
+            ]
+            probe = self.keys.audit_stream(0)
+            while len(await redis.xinfo_consumers(probe, GROUP)) < writers:  # all imported and reading
+                await asyncio.sleep(0.01)
+            started, remaining = time.perf_counter(), await self.stream_length(redis)
+            while await self.stream_length(redis):
+                await asyncio.sleep(0.01)
+            elapsed = time.perf_counter() - started
+            stored = await conn.fetchval("SELECT count(*) FROM login_attempts")
+            assert stored == self.events, f"drained {stored} of {self.events}"
+            return remaining / elapsed
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                process.wait(30)
+            await redis.aclose()
+
+    def worker_env(self, n: int) -> dict[str, str]:
+        settings = self.settings
+        return {
+            **os.environ,
+            "APP_ENV": "test",
+            "DATABASE_URL": settings.database_url or "",
+            "REDIS_URL": settings.redis_url or "",
+            "REDIS_KEY_PREFIX": settings.redis_key_prefix,
+            "REDIS_SHARDS": str(settings.redis_shards),
+            "AUDIT_BATCH_SIZE": str(settings.audit_batch_size),
+            "AUDIT_CONSUMER_NAME": f"bench-{os.getpid()}-{n}",
+            "DATA_DIR": str(settings.data_dir),
+            "JWT_SECRET": settings.jwt_secret or "",
+            "PIN_PEPPER": settings.pin_pepper or "",
+            "LOG_LEVEL": "WARNING",
+        }
+
+    async def stream_length(self, redis: Redis) -> int:
+        pipe = redis.pipeline(transaction=False)
+        for stream in self.keys.audit_streams():
+            pipe.xlen(stream)
+        return sum(await pipe.execute())
+
+    async def lag(self, conn: asyncpg.Connection, engine: AsyncEngine, rate: int, seconds: float) -> list[float]:
+        await self.truncate(conn)
+        await conn.execute(
+            "ALTER TABLE login_attempts ADD COLUMN bench_written_at timestamptz DEFAULT clock_timestamp()"
+        )
+        redis = create_redis(self.settings)
+        metrics = AuditMetrics()
+        publisher = AuditPublisher(redis, self.keys, engine, metrics)
+        writer = AuditWriter(redis, self.keys, engine, self.settings, metrics)
+        writer.start()
+        published = 0
+        tick = 0.01
+        per_tick = max(1, round(rate * tick))
+        try:
+            started = time.perf_counter()
+            while (elapsed := time.perf_counter() - started) < seconds:
+                due = min(int(elapsed / tick) + 1, int(seconds / tick)) * per_tick
+                # Events of one tick are published concurrently, as concurrent requests would.
+                await asyncio.gather(
+                    *(publisher.publish(bench_event(n), f"client-{n % 1000}") for n in range(published, due))
+                )
+                published = max(published, due)
+                await asyncio.sleep(max(0.0, (published / per_tick) * tick - (time.perf_counter() - started)))
+            self.achieved_rate = published / (time.perf_counter() - started)
+            await writer.run_until_drained(within_seconds=60)
+        finally:
+            await writer.stop()
+            await redis.aclose()
+        lags = [
+            float(row["lag"])
+            for row in await conn.fetch(
+                "SELECT extract(epoch FROM bench_written_at - created_at) AS lag FROM login_attempts"
+            )
+        ]
+        await conn.execute("ALTER TABLE login_attempts DROP COLUMN bench_written_at")
+        assert len(lags) == published, f"{len(lags)} rows for {published} events"
+        return lags
+
+
+def main(args: argparse.Namespace) -> int:
+    # The servers' set-up runs its own event loops, so it stays outside the measuring one.
+    with servers(args.database_url, args.redis_url) as settings:
+        asyncio.run(
+            measure(msgspec.structs.replace(settings, redis_key_prefix=f"{settings.redis_key_prefix}audit:"), args)
+        )
+    return 0
+
+
+async def measure(settings: Settings, args: argparse.Namespace) -> None:
+    bench = Bench(settings, args.events, args.repeat)
+    print(
+        f"audit ingest: {args.events:,} events, batch {settings.audit_batch_size}, "
+        f"{settings.redis_shards} shard streams, medians of {args.repeat} runs",
+        flush=True,
+    )
+    assert settings.database_url
+    engine = create_async_engine(asyncpg_url(settings.database_url), pool_size=4)
+    conn = await asyncpg.connect(bench.dsn)
+    try:
+        copy_rate = await bench.runs("(a)  raw COPY, one statement", lambda: bench.raw_copy(conn, None))
+        await bench.runs(
+            f"(a') COPY, {settings.audit_batch_size}-row statements",
+            lambda: bench.raw_copy(conn, settings.audit_batch_size),
+        )
+        drain_rate = await bench.runs("(b)  writer drain (insert: copy)", lambda: bench.drain(conn, engine, "copy"))
+        if not args.skip_methods:
+            for method in INSERT_METHODS:
+                if method != "copy":
+                    await bench.runs(
+                        f"(b') writer drain (insert: {method})",
+                        lambda method=method: bench.drain(conn, engine, method),  # type: ignore[misc]
+                        repeat=1,
+                    )
+        fleet_rate = 0.0
+        if args.writers > 1:
+            fleet_rate = await bench.runs(
+                f"(b'') drain by {args.writers} writer processes",
+                lambda: bench.drain_by_processes(conn, engine, args.writers),
+                repeat=1,
+            )
+        for label, rate in (("ratio (b)/(a)", drain_rate), ("ratio (b'')/(a)", fleet_rate)):
+            if rate:
+                ratio = rate / copy_rate
+                verdict = "ok" if ratio >= RATIO_TARGET else "BELOW TARGET"
+                print(f"{label:<38}{ratio:>10.3f}   target >= {RATIO_TARGET}  {verdict}", flush=True)
+
+        lags = await bench.lag(conn, engine, args.rate, args.lag_seconds)
+        cuts = statistics.quantiles(lags, n=100)
+        p50, p99 = statistics.median(lags), cuts[98]
+        verdict = "ok" if p99 < LAG_P99_TARGET else "ABOVE TARGET"
+        print(
+            f"{f'(c)  lag at {bench.achieved_rate:,.0f}/s for {args.lag_seconds:.0f} s':<38}"
+            f"p50 {p50 * 1000:,.1f} ms, p99 {p99 * 1000:,.1f} ms, max {max(lags) * 1000:,.1f} ms "
+            f"({len(lags):,} events)   target p99 < {LAG_P99_TARGET:.0f} s  {verdict}",
+            flush=True,
+        )
+    finally:
+        await conn.close()
+        await engine.dispose()
+        redis = create_redis(settings)
+        await redis.delete(*bench.keys.audit_streams())
+        await redis.aclose()
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=1000, help="events per second for the lag measurement")
+    parser.add_argument("--lag-seconds", type=float, default=15.0)
+    parser.add_argument("--writers", type=int, default=2, help="writer processes for (b''); 0 or 1 to skip")
+    parser.add_argument("--skip-methods", action="store_true", help="skip the one-off drain per insert method")
+    parser.add_argument("--database-url", help="a Postgres server (a scratch database is created on it)")
+    parser.add_argument("--redis-url", help="a Redis server (keys go under a run-specific prefix)")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))

@@ -1,0 +1,220 @@
+"""The audit pipeline against real Redis and Postgres: publish, write once, batch, drain, recover."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import math
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.audit.events import LoginEvent, new_event, stream_fields
+from app.audit.metrics import AuditMetrics
+from app.audit.publisher import AuditPublisher, AuditUnavailable
+from app.audit.store import INSERT_METHODS, InsertMethod, store_events
+from app.audit.writer import AuditWriter
+from app.config import Settings, asyncpg_url
+from app.embedded import free_port
+from app.redis_client import create_redis
+from app.redis_keys import KeySpace
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    redis: Redis
+    engine: AsyncEngine
+    keys: KeySpace
+    metrics: AuditMetrics
+    publisher: AuditPublisher
+
+    def writer(self, **options: object) -> AuditWriter:
+        settings = msgspec.structs.replace(self.settings, **options)
+        return AuditWriter(self.redis, self.keys, self.engine, settings, self.metrics)
+
+    async def stream_length(self) -> int:
+        return sum([await self.redis.xlen(stream) for stream in self.keys.audit_streams()])
+
+
+@pytest.fixture
+async def pipeline(settings: Settings) -> AsyncIterator[Pipeline]:
+    assert settings.database_url
+    redis = create_redis(settings)
+    engine = create_async_engine(asyncpg_url(settings.database_url), pool_size=4)
+    keys = KeySpace(settings.redis_key_prefix, settings.redis_shards)
+    metrics = AuditMetrics()
+    yield Pipeline(settings, redis, engine, keys, metrics, AuditPublisher(redis, keys, engine, metrics))
+    await redis.delete(*keys.audit_streams(), keys.audit_dead_letter)
+    await redis.aclose()
+    await engine.dispose()
+
+
+def attempt(n: int, **changes: object) -> LoginEvent:
+    return new_event(
+        phone_number=f"+25078{n:07d}",
+        success=n % 3 == 0,
+        reason="ok" if n % 3 == 0 else "invalid_credentials",
+        auth_method="password" if n % 2 else "pin",
+        user_id=n if n % 3 == 0 else None,
+        ip_address=f"10.{n % 7}.0.{n % 250}" if n % 5 else f"2001:db8::{n % 999:x}",
+        user_agent="LadysEssence/3.1 (Android 12)",
+        request_id=f"req-{n}",
+    )
+
+
+async def add_to_streams(pipeline: Pipeline, events: list[LoginEvent]) -> None:
+    """What the limiter's Lua script does, pipelined: XADD e=<json> into the client's shard stream."""
+    pipe = pipeline.redis.pipeline(transaction=False)
+    for index, event in enumerate(events):
+        pipe.xadd(pipeline.keys.audit_stream(pipeline.keys.shard_of(f"client-{index}")), stream_fields(event))
+    await pipe.execute()
+
+
+async def stored_ids(db: asyncpg.Connection) -> list[str]:
+    return [str(row["event_id"]) for row in await db.fetch("SELECT event_id FROM login_attempts")]
+
+
+async def test_published_events_are_written_once_with_every_column(pipeline: Pipeline, db: asyncpg.Connection) -> None:
+    events = [attempt(n) for n in range(120)]
+    for index, event in enumerate(events):
+        await pipeline.publisher.publish(event, f"client-{index % 9}")
+    assert await pipeline.stream_length() == 120
+    backlog = await pipeline.writer().backlog()
+    assert backlog["stream_length"] == 120 and backlog["pending"] == 0 and backlog["lag_seconds"] >= 0
+
+    await pipeline.writer().run_until_drained(within_seconds=20)
+
+    rows = {row["event_id"]: row for row in await db.fetch("SELECT * FROM login_attempts")}
+    assert len(rows) == 120
+    for event in events:
+        row = rows[event.event_id]
+        assert row["created_at"] == event.created_at
+        assert (row["phone_number"], row["success"], row["reason"]) == (event.phone_number, event.success, event.reason)
+        assert (row["auth_method"], row["user_id"], row["request_id"]) == (
+            event.auth_method,
+            event.user_id,
+            event.request_id,
+        )
+        assert row["ip_address"] == ipaddress.ip_address(event.ip_address)
+        assert row["user_agent"] == event.user_agent
+    assert pipeline.metrics.value("events_published") == 120
+    assert pipeline.metrics.value("events_written") == 120
+    assert await pipeline.stream_length() == 0
+    assert await pipeline.writer().backlog() == {"stream_length": 0, "pending": 0, "lag_seconds": 0.0}
+
+
+async def test_an_event_delivered_twice_is_stored_once(pipeline: Pipeline, db: asyncpg.Connection) -> None:
+    event, other = attempt(1), attempt(2)
+    await pipeline.publisher.publish(event, "client-a")
+    await pipeline.publisher.publish(event, "client-a")  # a retried XADD
+    await pipeline.publisher.publish(other, "client-b")
+    await pipeline.publisher.store_directly(other)  # the request fell back after its XADD timed out
+    await pipeline.writer().run_until_drained(within_seconds=20)
+    assert sorted(await stored_ids(db)) == sorted([str(event.event_id), str(other.event_id)])
+    assert pipeline.metrics.value("events_duplicate") == 2
+    assert pipeline.metrics.value("events_fallback") == 1
+
+
+@pytest.mark.parametrize("method", INSERT_METHODS)
+async def test_every_insert_method_is_atomic_and_idempotent(
+    pipeline: Pipeline, db: asyncpg.Connection, method: InsertMethod
+) -> None:
+    events = [attempt(n) for n in range(50)]
+    assert await store_events(pipeline.engine, events[:20], method) == 20
+    # A batch overlapping what is stored: only the new rows count, nothing is doubled.
+    assert await store_events(pipeline.engine, events, method) == 30
+    assert await db.fetchval("SELECT count(DISTINCT event_id) FROM login_attempts") == 50
+    assert await db.fetchval("SELECT count(*) FROM login_attempts") == 50
+
+
+async def test_batches_never_exceed_audit_batch_size(pipeline: Pipeline, db: asyncpg.Connection) -> None:
+    await add_to_streams(pipeline, [attempt(n) for n in range(100)])
+    await pipeline.writer(audit_batch_size=7).run_until_drained(within_seconds=20)
+    # Rows committed by one statement share a transaction id.
+    per_transaction = [row["n"] for row in await db.fetch("SELECT count(*) AS n FROM login_attempts GROUP BY xmin")]
+    assert sum(per_transaction) == 100
+    assert max(per_transaction) <= 7
+    assert len(per_transaction) >= math.ceil(100 / 7)
+
+
+async def test_stop_writes_everything_it_read(pipeline: Pipeline, db: asyncpg.Connection) -> None:
+    await add_to_streams(pipeline, [attempt(n) for n in range(3000)])
+    writer = pipeline.writer(audit_batch_size=50)
+    writer.start()
+    while await db.fetchval("SELECT count(*) FROM login_attempts") == 0:
+        await asyncio.sleep(0.005)
+    await writer.stop()
+    written = await db.fetchval("SELECT count(*) FROM login_attempts")
+    backlog = await writer.backlog()
+    # Nothing read is left half-done: every event is either written or still unread in Redis.
+    assert backlog["pending"] == 0
+    assert 0 < written < 3000  # it did stop half-way
+    assert written + backlog["stream_length"] == 3000
+    assert pipeline.metrics.value("events_written") == written
+
+
+async def test_writers_sharing_the_group_write_each_event_once(pipeline: Pipeline, db: asyncpg.Connection) -> None:
+    events = [attempt(n) for n in range(4000)]
+    await add_to_streams(pipeline, events)
+    writers = [pipeline.writer(audit_batch_size=100) for _ in range(3)]
+    assert len({writer.consumer for writer in writers}) == 3
+    await asyncio.gather(*(writer.run_until_drained(within_seconds=30) for writer in writers))
+    assert await db.fetchval("SELECT count(*) FROM login_attempts") == 4000
+    assert sorted(await stored_ids(db)) == sorted(str(event.event_id) for event in events)
+
+
+async def test_writer_recreates_a_lost_consumer_group(pipeline: Pipeline, db: asyncpg.Connection) -> None:
+    writer = pipeline.writer()
+    writer.start()
+    await add_to_streams(pipeline, [attempt(n) for n in range(10)])
+    while await db.fetchval("SELECT count(*) FROM login_attempts") < 10:
+        await asyncio.sleep(0.02)
+    # What a Redis restart without persistence looks like: streams and group gone.
+    await pipeline.redis.delete(*pipeline.keys.audit_streams())
+    await add_to_streams(pipeline, [attempt(n) for n in range(10, 30)])
+    await writer.run_until_drained(within_seconds=20)
+    assert await db.fetchval("SELECT count(*) FROM login_attempts") == 30
+
+
+async def test_lag_reports_the_oldest_unwritten_event(pipeline: Pipeline) -> None:
+    await add_to_streams(pipeline, [attempt(1)])
+    await asyncio.sleep(0.3)
+    backlog = await pipeline.writer().backlog()
+    assert backlog["stream_length"] == 1
+    assert 0.25 <= backlog["lag_seconds"] < 5
+    assert pipeline.metrics.value("lag_seconds") == backlog["lag_seconds"]
+
+
+async def test_publish_without_redis_writes_directly(settings: Settings, db: asyncpg.Connection) -> None:
+    assert settings.database_url
+    dead_redis = create_redis(msgspec.structs.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    engine = create_async_engine(asyncpg_url(settings.database_url))
+    metrics = AuditMetrics()
+    publisher = AuditPublisher(dead_redis, KeySpace(settings.redis_key_prefix), engine, metrics)
+    try:
+        event = attempt(7)
+        await publisher.publish(event, "client-a")
+        assert await stored_ids(db) == [str(event.event_id)]
+        assert metrics.value("events_fallback") == 1 and metrics.value("events_published") == 0
+    finally:
+        await dead_redis.aclose()
+        await engine.dispose()
+
+
+async def test_publish_refuses_when_neither_store_takes_the_event(settings: Settings) -> None:
+    dead_redis = create_redis(msgspec.structs.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    dead_postgres = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/postgres")
+    publisher = AuditPublisher(dead_redis, KeySpace(settings.redis_key_prefix), dead_postgres, AuditMetrics())
+    try:
+        with pytest.raises(AuditUnavailable) as raised:
+            await publisher.publish(attempt(8), "client-a")
+        assert raised.value.status_code == 503 and raised.value.code == "audit_unavailable"
+    finally:
+        await dead_redis.aclose()
+        await dead_postgres.dispose()
