@@ -103,6 +103,7 @@ class LoginAttempt:
             self.account_reservation = decision.reservation
             return
         # The refusal event went out with the refusal; the client's slot was never used.
+        self.publisher.metrics.events_published.inc()
         self.recorded = True
         await self._release_client()
         if self.method == "pin":
@@ -123,6 +124,7 @@ class LoginAttempt:
                 success,
                 encode_event(event),
             )
+            self.publisher.metrics.events_published.inc()  # the settle script appended it
         except LimiterUnavailable:
             await self.publisher.store_directly(event)
         self.recorded = True
@@ -135,6 +137,7 @@ class LoginAttempt:
         try:
             if self.client_reservation is not None:
                 await self.limiter.settle(self.client_reservation, "release", encode_event(event))
+                self.publisher.metrics.events_published.inc()
             else:
                 await self.publisher.publish(event, self.client_key)
             if self.account_reservation is not None:

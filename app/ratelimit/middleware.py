@@ -175,6 +175,7 @@ class LoginGate:
 
         if decision is not None and not decision.allowed:
             LOGIN_REFUSED.labels("rate_limited").inc()
+            publisher.metrics.events_published.inc()  # the reserve script appended the refusal
             retry_after = decision.retry_after
             payload: dict[str, Any] = {
                 "message": "Too many failed sign-in attempts. Please wait before trying again.",
