@@ -8,7 +8,9 @@ import sys
 
 import click
 
+from app.audit.commands import AUDIT_COMMANDS
 from app.config import ConfigError, Settings
+from app.users_cli import users
 
 
 def _settings() -> Settings:
@@ -124,6 +126,33 @@ def worker(consumer: str | None, metrics_port: int | None) -> None:
     from app.audit.cli import run_worker
 
     run_worker(_settings(), consumer_name=consumer, metrics_port=metrics_port)
+
+
+@main.command(help="Attack a running server (127.0.0.1 unless --allow-remote) and say whether its limits held.")
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True)
+@click.option("--scenario", type=click.Choice(["brute-force", "spray", "stuffing", "mixed"]), default="brute-force")
+@click.option("--duration", type=float, default=30, show_default=True, help="Seconds of load.")
+@click.option("--concurrency", type=int, default=64, show_default=True)
+@click.option("--max-requests", type=int, default=100_000, show_default=True)
+@click.option("--database-url", default=None, help="Count this run's audit rows (default: DATABASE_URL or .data).")
+@click.option("--allow-remote", is_flag=True, help="Allow a target that is not this machine.")
+@click.option("--pin-max-failures", type=int, default=5, show_default=True)
+@click.option("--account-max-failures", type=int, default=20, show_default=True)
+def loadtest(**options: object) -> None:
+    from app.loadtest.runner import LoadTestError, default_database_url, run_loadtest
+
+    data_dir = Settings.__struct_defaults__[Settings.__struct_fields__.index("data_dir")]
+    database_url = options.pop("database_url") or default_database_url(os.environ.get("DATA_DIR") or data_dir)
+    try:
+        code = run_loadtest(database_url=database_url, **options)  # type: ignore[arg-type]
+    except LoadTestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(code)
+
+
+for _command in AUDIT_COMMANDS:  # query, export, prune
+    audit.add_command(_command)
+main.add_command(users)
 
 
 if __name__ == "__main__":

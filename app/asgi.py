@@ -15,8 +15,11 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import ASGIApp
+from redis.asyncio import Redis
 
-from app.audit.metrics import read_backlog, shared_metrics
+from app.audit.controller import AuditController
+from app.audit.dashboard import DASHBOARD_HANDLERS
+from app.audit.metrics import Backlog, read_backlog, shared_metrics
 from app.audit.publisher import AuditPublisher
 from app.audit.writer import AuditWriter
 from app.auth.controller import AccountSettingsController, AuthController
@@ -36,6 +39,12 @@ from app.redis_keys import KeySpace
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
+class MetricsController(PrometheusController):
+    """``GET /metrics``: Prometheus text, not part of the JSON API's schema."""
+
+    include_in_schema = False
+
+
 async def require_json_body(request: Request[Any, Any, Any]) -> None:
     """415 for a body that is not JSON; an empty body (Flask-era refresh) is fine."""
     if request.method not in BODY_METHODS:
@@ -44,6 +53,12 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
     content_type = request.headers.get("content-type", "")
     if has_body and content_type and "json" not in content_type.lower():
         raise UnsupportedMediaType()
+
+
+async def _observed_backlog(redis: Redis, keys: KeySpace) -> Backlog:
+    backlog = await read_backlog(redis, keys)
+    shared_metrics().observe_backlog(backlog)
+    return backlog
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -68,8 +83,10 @@ def create_app(settings: Settings) -> Litestar:
         if settings.audit_writer_enabled:
             app.state.audit_writer = AuditWriter(redis, keys, engine, settings, metrics)
             app.state.audit_writer.start()
+        # The backlog probe also refreshes the /metrics gauges, with or without a writer in this process.
+        backlog = app.state.audit_writer.backlog if app.state.audit_writer else partial(_observed_backlog, redis, keys)
         app.state.health_checks = HealthChecks(
-            {"database": database_check(app.state), "redis": redis.ping, "audit": partial(read_backlog, redis, keys)}
+            {"database": database_check(app.state), "redis": redis.ping, "audit": backlog}
         )
 
     async def stop(app: Litestar) -> None:
@@ -79,7 +96,14 @@ def create_app(settings: Settings) -> Litestar:
         app.state.hasher.close()
 
     return Litestar(
-        route_handlers=[HealthController, AuthController, AccountSettingsController, PrometheusController],
+        route_handlers=[
+            HealthController,
+            AuthController,
+            AccountSettingsController,
+            AuditController,
+            *DASHBOARD_HANDLERS,
+            MetricsController,
+        ],
         dependencies=AUTH_DEPENDENCIES,
         plugins=[SQLAlchemyPlugin(config=db_config)],
         on_startup=[start],

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+from advanced_alchemy.exceptions import DuplicateKeyError, NotFoundError, RepositoryError
 from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -20,7 +22,9 @@ from litestar.exceptions import (
     SerializationException,
     ValidationException,
 )
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 
 logger = logging.getLogger("app.errors")
 
@@ -177,10 +181,59 @@ def too_deep_handler(_: Request[Any, Any, Any], exc: RecursionError) -> Response
     return _json({"message": "The request body is nested too deeply.", "code": "malformed_json"}, 400)
 
 
+def repository_error_handler(request: Request[Any, Any, Any], exc: RepositoryError) -> Response[Any]:
+    """advanced-alchemy's wrapped database errors (its own handler would echo the driver's message)."""
+    if isinstance(exc, NotFoundError):
+        return _json({"message": _HTTP_CODES[404][1], "code": "not_found"}, 404)
+    if isinstance(exc, DuplicateKeyError) or isinstance(exc.__cause__, DatabaseIntegrityError):
+        body = {"message": "This clashes with a change made at the same moment. Please try again.", "code": "conflict"}
+        return _json(body, 409)
+    return internal_error_handler(request, exc)
+
+
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     body = {"message": "Something went wrong on our side. Please try again.", "code": "internal_error"}
     return _json(body, HTTP_500_INTERNAL_SERVER_ERROR)
+
+
+# ---- what the OpenAPI document says about errors ------------------------------------------------
+
+
+class FieldErrorBody(msgspec.Struct):
+    field: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct, kw_only=True):
+    """Every error response: ``errors`` on validation errors, ``retry_after`` on some 429s."""
+
+    message: str
+    code: str
+    errors: list[FieldErrorBody] | msgspec.UnsetType = msgspec.UNSET
+    retry_after: int | msgspec.UnsetType = msgspec.UNSET
+
+
+ERROR_DESCRIPTIONS = {
+    400: "Malformed JSON, or fields that need attention (listed in `errors`)",
+    401: "Not signed in, or the token is not valid",
+    403: "Not allowed",
+    409: "The phone number or email address belongs to another account",
+    413: "The request body is too large",
+    415: "The request body is not JSON",
+    429: "Too many attempts; see Retry-After",
+    503: "A dependency is unavailable; try again shortly",
+}
+
+
+def error_responses(*statuses: int, **descriptions: str) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the error statuses a route answers with; ``s401="..."`` overrides a description."""
+    return {
+        status: ResponseSpec(
+            ErrorBody, description=descriptions.get(f"s{status}", ERROR_DESCRIPTIONS[status]), generate_examples=False
+        )
+        for status in statuses
+    }
 
 
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
@@ -190,5 +243,6 @@ EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     MethodNotAllowedException: http_exception_handler,
     HTTPException: http_exception_handler,
     RecursionError: too_deep_handler,
+    RepositoryError: repository_error_handler,
     Exception: internal_error_handler,
 }

@@ -11,10 +11,12 @@ import asyncio
 import datetime
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 from litestar import Controller, Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy import text
 
 CHECK_TIMEOUT_SECONDS = 2.0
@@ -66,18 +68,32 @@ def database_check(state: State) -> Check:
     return database
 
 
+class HealthBody(msgspec.Struct):
+    """``checks`` maps each dependency to ``{"status": "ok"|"error", "latency_ms": ..., ...}``."""
+
+    status: Literal["healthy", "unhealthy"]
+    message: str
+    timestamp: str
+    checks: dict[str, dict[str, Any]]
+
+
 class HealthController(Controller):
     path = "/health"
     tags = ["health"]
 
-    @get("/", summary="Liveness and dependency checks", cache_control=None)
-    async def health(self, state: State) -> Response[dict[str, Any]]:
+    @get(
+        "/",
+        summary="Liveness and dependency checks",
+        cache_control=None,
+        responses={503: ResponseSpec(HealthBody, description="A dependency is down", generate_examples=False)},
+    )
+    async def health(self, state: State) -> Response[HealthBody]:
         checks = await state.health_checks.current()
         healthy = all(check["status"] == "ok" for check in checks.values())
-        body = {
-            "status": "healthy" if healthy else "unhealthy",
-            "message": "Lady's Essence API is running" if healthy else "Lady's Essence API is degraded",
-            "timestamp": datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
-            "checks": checks,
-        }
+        body = HealthBody(
+            status="healthy" if healthy else "unhealthy",
+            message="Lady's Essence API is running" if healthy else "Lady's Essence API is degraded",
+            timestamp=datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
+            checks=checks,
+        )
         return Response(body, status_code=200 if healthy else 503)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from litestar import Response, get
 from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
 
 STATIC = Path(__file__).resolve().parent / "static"
 SECURITY_HEADERS = {
@@ -30,4 +31,4 @@ async def dashboard_page() -> Response[bytes]:
 dashboard_assets = create_static_files_router(
     path="/audit/static", directories=[STATIC], include_in_schema=False, name="audit-static"
 )
-DASHBOARD_HANDLERS = [dashboard_page, dashboard_assets]
+DASHBOARD_HANDLERS: list[ControllerRouterHandler] = [dashboard_page, dashboard_assets]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Operation, RequestBody
 from litestar.params import Body, JSONBody
 
 from app.auth.attempt import LoginAttempt, rate_limit_headers
@@ -38,6 +39,7 @@ from app.errors import (
     RateLimited,
     ServiceUnavailable,
     UnsupportedMediaType,
+    error_responses,
 )
 from app.ratelimit.limiter import Decision, LimiterUnavailable, LoginLimiter
 from app.ratelimit.middleware import ATTEMPT_STATE_KEY, login_gate_factory
@@ -68,24 +70,34 @@ def auth_response(session: Session, message: str, **extra: Any) -> AuthResponse:
     )
 
 
-async def _optional_json_body(request: Request[Any, Any, Any], type_: type[RefreshRequest]) -> RefreshRequest | None:
-    """Refresh and logout accept no body at all (Flask-era header form) or a JSON object."""
+_refresh_body: msgspec.json.Decoder[RefreshRequest | None] = msgspec.json.Decoder(RefreshRequest | None)
+
+
+async def _optional_json_body(request: Request[Any, Any, Any]) -> RefreshRequest | None:
+    """Refresh and logout accept no body at all (Flask-era header form), JSON ``null``, or a JSON object."""
     body = await request.body()
     if not body.strip():
         return None
     if "json" not in request.headers.get("content-type", "application/json"):
         raise UnsupportedMediaType()
     try:
-        return msgspec.json.decode(body, type=type_)
+        return _refresh_body.decode(body)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
+        raise AppError("The request body has the wrong shape.", code="validation_error") from exc
     except msgspec.DecodeError as exc:
         raise AppError("The request body is not valid JSON.", code="malformed_json") from exc
-    except msgspec.ValidationError as exc:
-        raise AppError("The request body has the wrong shape.", code="validation_error") from exc
 
 
-class ErrorBody(msgspec.Struct):
-    message: str
-    code: str
+BODY_ERRORS = (400, 413, 415)
+
+
+@dataclass
+class OptionalBodyOperation(Operation):
+    """Refresh and logout also take no body at all (the Flask-era header form)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.request_body, RequestBody):
+            self.request_body.required = False
 
 
 async def take_register_budget(limiter: LoginLimiter, client_key: str, state: State) -> Decision | None:
@@ -112,7 +124,12 @@ class AuthController(Controller):
     path = "/api/auth"
     tags = ["auth"]
 
-    @post("/register", status_code=201, summary="Create an account and sign in")
+    @post(
+        "/register",
+        status_code=201,
+        summary="Create an account and sign in",
+        responses=error_responses(*BODY_ERRORS, 409, 429, 503, s503="Rate limiter unavailable (fails closed)"),
+    )
     async def register(
         self,
         data: JSONBody[RegisterRequest],
@@ -134,11 +151,17 @@ class AuthController(Controller):
         status_code=200,
         summary="Sign in with a phone number and a password or PIN",
         middleware=[login_gate_factory],
-        responses={
-            401: ResponseSpec(ErrorBody, description="Wrong phone number, password or PIN (one answer for all)"),
-            429: ResponseSpec(ErrorBody, description="Failure budget spent; see Retry-After"),
-            503: ResponseSpec(ErrorBody, description="Rate limiter unavailable (fails closed)"),
-        },
+        responses=error_responses(
+            *BODY_ERRORS,
+            401,
+            403,
+            429,
+            503,
+            s401="Wrong phone number, password or PIN (one answer for all)",
+            s403="PIN sign-in locked after too many wrong PINs; a password sign-in unlocks it",
+            s429="Failure budget spent; see Retry-After",
+            s503="Rate limiter unavailable (fails closed)",
+        ),
     )
     async def login(
         self,
@@ -166,6 +189,8 @@ class AuthController(Controller):
         "/refresh",
         status_code=200,
         summary="New access token from a refresh token (Bearer header, or JSON body which rotates it)",
+        responses=error_responses(*BODY_ERRORS, 401),
+        operation_class=OptionalBodyOperation,
     )
     async def refresh(
         self,
@@ -173,7 +198,7 @@ class AuthController(Controller):
         auth_service: NamedDependency[AuthService],
         data: Annotated[RefreshRequest | None, Body(description="Optional: the body form")] = None,
     ) -> RefreshResponse:
-        body = await _optional_json_body(request, RefreshRequest)
+        body = await _optional_json_body(request)
         token: str | None
         form: RefreshForm
         if body is not None and body.refresh_token:
@@ -192,7 +217,13 @@ class AuthController(Controller):
             response.refresh_token = session.refresh.token
         return response
 
-    @post("/logout", status_code=200, summary="End this session: its refresh tokens and access tokens")
+    @post(
+        "/logout",
+        status_code=200,
+        summary="End this session: its refresh tokens and access tokens",
+        responses=error_responses(*BODY_ERRORS, 401),
+        operation_class=OptionalBodyOperation,
+    )
     async def logout(
         self,
         request: Request[Any, Any, Any],
@@ -200,7 +231,7 @@ class AuthController(Controller):
         state: State,
         data: Annotated[RefreshRequest | None, Body(description="Optional: the refresh token")] = None,
     ) -> MessageResponse:
-        body = await _optional_json_body(request, RefreshRequest)
+        body = await _optional_json_body(request)
         token = bearer_token(request) or (body.refresh_token if body else None)
         if not token:
             raise NotAuthenticated()
@@ -217,11 +248,15 @@ class AuthController(Controller):
         await auth_service.logout(claims)
         return MessageResponse(message="Logged out successfully")
 
-    @get("/profile", summary="The signed-in user's profile")
+    @get("/profile", summary="The signed-in user's profile", responses=error_responses(401))
     async def get_profile(self, current_user: NamedDependency[User]) -> ProfileResponse:
         return ProfileResponse.of_user(current_user, "Profile retrieved")
 
-    @put("/profile", summary="Change the profile; password or PIN changes need current_password")
+    @put(
+        "/profile",
+        summary="Change the profile; password or PIN changes need current_password",
+        responses=error_responses(*BODY_ERRORS, 401, 409),
+    )
     async def update_profile(
         self,
         data: JSONBody[ProfileUpdateRequest],
@@ -259,11 +294,15 @@ class AccountSettingsController(Controller):
     path = "/api/settings/account"
     tags = ["settings"]
 
-    @get("/", summary="The signed-in user's account settings")
+    @get("/", summary="The signed-in user's account settings", responses=error_responses(401))
     async def get_account(self, current_user: NamedDependency[User]) -> ProfileResponse:
         return ProfileResponse.of_user(current_user, "Account settings retrieved")
 
-    @put("/", summary="Change account settings; password or PIN changes need current_password")
+    @put(
+        "/",
+        summary="Change account settings; password or PIN changes need current_password",
+        responses=error_responses(*BODY_ERRORS, 401, 409),
+    )
     async def update_account(
         self,
         data: JSONBody[ProfileUpdateRequest],

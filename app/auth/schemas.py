@@ -7,6 +7,7 @@ for people; the ``clean_*`` functions turn them into checked values or raise ``V
 from __future__ import annotations
 
 import datetime
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -212,7 +213,7 @@ def _clean_name(errors: _Errors, field_name: str, value: str | None, *, required
         if required:
             errors.add(field_name, "Enter your name.")
         return None
-    if len(text) > NAME_MAX_LENGTH or any(ord(ch) < 32 for ch in text):
+    if len(text) > NAME_MAX_LENGTH or any(unicodedata.category(ch) == "Cc" for ch in text):
         errors.add(field_name, f"Name must be at most {NAME_MAX_LENGTH} printable characters.")
         return None
     return text
@@ -343,6 +344,16 @@ def _given(value: Any) -> bool:
     return value is not UNSET
 
 
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(item) for item in value)
+    return False
+
+
 def clean_profile_update(data: ProfileUpdateRequest, user: User, region: str) -> ProfileChanges:
     errors = _Errors()
     changes = ProfileChanges()
@@ -390,7 +401,11 @@ def clean_profile_update(data: ProfileUpdateRequest, user: User, region: str) ->
         if _given(value):
             out[name] = value
     if _given(data.notification_preferences):
-        out["notification_preferences"] = data.notification_preferences
+        if _contains_nul(data.notification_preferences):
+            # Postgres text and jsonb cannot hold U+0000.
+            errors.add("notification_preferences", "Preferences must not contain the NUL character.")
+        else:
+            out["notification_preferences"] = data.notification_preferences
 
     new_password = data.new_password if _given(data.new_password) else data.password
     if isinstance(new_password, str) and new_password:

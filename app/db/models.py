@@ -1,4 +1,4 @@
-"""Tables: users (every Flask-era column plus ``role``), refresh_tokens, login_attempts."""
+"""Tables: users (every Flask-era column plus ``role``), refresh_tokens, login_attempts, audit_queries."""
 
 from __future__ import annotations
 
@@ -88,9 +88,16 @@ class LoginAttempt(IdentityBase):
     """
 
     __tablename__ = "login_attempts"
+    # Every audit page is ordered newest first by (created_at, id); each index ends in those two
+    # columns so a filtered page is one backward index scan that stops after ``limit`` rows, with
+    # the keyset cursor as an index condition. docs/audit-explain.md has the plans at 10M rows.
     __table_args__ = (
-        Index("ix_login_attempts_created_at", "created_at"),
-        Index("ix_login_attempts_phone_created_at", "phone_number", "created_at"),
+        # Time ranges, "failures only", prune's oldest-first batches, and any filter without its own index.
+        Index("ix_login_attempts_created_at_id", "created_at", "id"),
+        # Phone filter (the common investigation), also PIN-locked numbers and top phones of a range.
+        Index("ix_login_attempts_phone_created_at_id", "phone_number", "created_at", "id"),
+        # IP filter: one address is an equality, a CIDR a range (btree, not GiST: see the explain doc).
+        Index("ix_login_attempts_ip_created_at_id", "ip_address", "created_at", "id"),
     )
 
     event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
@@ -103,3 +110,22 @@ class LoginAttempt(IdentityBase):
     ip_address: Mapped[str | None] = mapped_column(INET, default=None)
     user_agent: Mapped[str | None] = mapped_column(String(255), default=None)
     request_id: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class AuditQuery(IdentityBase):
+    """One read of the login history (API or CLI): who asked, for what, when. Admins list them.
+
+    ``actor`` keeps who asked in words (the phone number of the account, or ``user@host`` for the
+    CLI) so the record still says who after the account is gone.
+    """
+
+    __tablename__ = "audit_queries"
+
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), server_default=func.now())
+    user_id: Mapped[int | None] = mapped_column(BigInteger, ForeignKey("users.id", ondelete="SET NULL"), default=None)
+    actor: Mapped[str] = mapped_column(String(255))
+    origin: Mapped[str] = mapped_column(String(8))  # api | cli
+    action: Mapped[str] = mapped_column(String(32))  # list | export | summary | queries | prune
+    filters: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    row_count: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    client_ip: Mapped[str | None] = mapped_column(INET, default=None)

@@ -1,0 +1,255 @@
+"""The security team's API over the login history: pages, export, summary, and who looked.
+
+Every route takes ``auditor`` (role security or admin) or ``admin``: 401 without a valid token, 403
+for other roles (app/auth/guards.py). Every call is recorded in ``audit_queries`` in the same
+transaction as the read, committed before the answer is sent. Parameters arrive as text and are
+checked by app/audit/query.py, so a bad value is a 400 naming the field, in the same words as the CLI.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any
+
+import asyncpg
+from litestar import Controller, Request, get
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
+from litestar.response import Stream
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.audit.export import EXPORT_FORMATS, MEDIA_TYPES, ExportFormat, export_chunks
+from app.audit.query import (
+    API_STATEMENT_TIMEOUT_MS,
+    AttemptPage,
+    AuditQueryTimeout,
+    Errors,
+    fetch_page,
+    parse_page_request,
+    pooled_connection,
+    read_filters,
+    read_transaction,
+)
+from app.audit.query_log import (
+    Action,
+    Actor,
+    AuditQueryPage,
+    fetch_query_log,
+    parse_query_log_request,
+    record_query,
+    set_row_count,
+)
+from app.audit.summary import Summary, parse_summary_request, summarise
+from app.auth.guards import ROLE_DEPENDENCIES
+from app.db.models import User
+from app.errors import error_responses
+
+# Bad filters, no token, another role, a query that ran out of time.
+AUDIT_ERRORS = error_responses(400, 401, 403, 503)
+
+
+def _query(description: str) -> Any:
+    return QueryParameter(description=description, required=False)
+
+
+# Query parameters, all text: app/audit/query.py checks them and names the field of every problem.
+Phone = Annotated[str | None, _query("Any form of the number; normalised as at sign-in.")]
+Ip = Annotated[str | None, _query("An address, or a network such as 41.186.0.0/16 or 2c0f:eb68::/32.")]
+Success = Annotated[str | None, _query("true or false.")]
+Reason = Annotated[str | None, _query("One reason, or several separated by commas.")]
+Method = Annotated[str | None, _query("password or pin.")]
+UserId = Annotated[str | None, _query("The account's id.")]
+Since = Annotated[str | None, _query("ISO-8601 date or time, inclusive; UTC when it has no offset.")]
+Until = Annotated[str | None, _query("ISO-8601 date or time, exclusive; UTC when it has no offset.")]
+CursorText = Annotated[str | None, _query("next_cursor of the previous page.")]
+Limit = Annotated[str | None, _query("Rows per page, 1 to 1,000 (default 100).")]
+Format = Annotated[str | None, _query("csv (default) or ndjson.")]
+SummarySince = Annotated[str | None, _query("ISO-8601, inclusive (default: 24 hours before until).")]
+SummaryUntil = Annotated[str | None, _query("ISO-8601, exclusive (default: now).")]
+BucketText = Annotated[str | None, _query("minute, hour (default) or day.")]
+Top = Annotated[str | None, _query("Length of the top lists, 1 to 100 (default 10).")]
+AccountId = Annotated[str | None, _query("Only this account's queries.")]
+
+
+def actor_of(user: User, request: Request[Any, Any, Any], state: State) -> Actor:
+    peer = request.scope.get("client")
+    address = state.client_resolver.resolve(peer[0] if peer else None, request.scope["headers"])
+    return Actor(
+        name=user.phone_number,
+        origin="api",
+        user_id=user.id,
+        client_ip=str(address) if address is not None else None,
+    )
+
+
+def _filter_params(**values: str | None) -> dict[str, str | None]:
+    return values
+
+
+class AuditController(Controller):
+    path = "/api/audit"
+    tags = ["audit"]
+    dependencies = ROLE_DEPENDENCIES
+
+    @get("/login-attempts", summary="Login attempts, newest first, one page at a time", responses=AUDIT_ERRORS)
+    async def list_attempts(
+        self,
+        auditor: NamedDependency[User],
+        request: Request[Any, Any, Any],
+        state: State,
+        db_engine: NamedDependency[AsyncEngine],
+        phone_number: Phone = None,
+        ip: Ip = None,
+        success: Success = None,
+        reason: Reason = None,
+        auth_method: Method = None,
+        user_id: UserId = None,
+        since: Since = None,
+        until: Until = None,
+        cursor: CursorText = None,
+        limit: Limit = None,
+    ) -> AttemptPage:
+        params = _filter_params(
+            phone_number=phone_number,
+            ip=ip,
+            success=success,
+            reason=reason,
+            auth_method=auth_method,
+            user_id=user_id,
+            since=since,
+            until=until,
+            cursor=cursor,
+            limit=limit,
+        )
+        page_request = parse_page_request(params, state.settings.default_phone_region)
+        actor = actor_of(auditor, request, state)
+        try:
+            async with read_transaction(db_engine, timeout_ms=API_STATEMENT_TIMEOUT_MS) as conn:
+                page = await fetch_page(conn, page_request)
+                await record_query(conn, actor, "list", page_request.describe(), len(page.items))
+        except asyncpg.QueryCanceledError as exc:  # statement_timeout
+            raise AuditQueryTimeout() from exc
+        return page
+
+    @get(
+        "/login-attempts/export",
+        summary="Every matching attempt as CSV or NDJSON, streamed",
+        response_description="text/csv (formula cells neutralised) or application/x-ndjson, newest first",
+        responses=AUDIT_ERRORS,
+    )
+    async def export_attempts(
+        self,
+        auditor: NamedDependency[User],
+        request: Request[Any, Any, Any],
+        state: State,
+        db_engine: NamedDependency[AsyncEngine],
+        phone_number: Phone = None,
+        ip: Ip = None,
+        success: Success = None,
+        reason: Reason = None,
+        auth_method: Method = None,
+        user_id: UserId = None,
+        since: Since = None,
+        until: Until = None,
+        format: Format = None,
+    ) -> Stream:
+        errors = Errors()
+        params = _filter_params(
+            phone_number=phone_number,
+            ip=ip,
+            success=success,
+            reason=reason,
+            auth_method=auth_method,
+            user_id=user_id,
+            since=since,
+            until=until,
+        )
+        filters = read_filters(params, state.settings.default_phone_region, errors)
+        fmt = (format or "csv").strip().lower()
+        if fmt not in EXPORT_FORMATS:
+            errors.add("format", "Choose csv or ndjson.")
+        errors.raise_if_any()
+        export_format: ExportFormat = "csv" if fmt == "csv" else "ndjson"
+        actor = actor_of(auditor, request, state)
+        async with read_transaction(db_engine) as conn:
+            record_id = await record_query(conn, actor, "export", {**filters.describe(), "format": export_format})
+
+        async def record_row_count(conn: Any, rows: int) -> None:
+            await set_row_count(conn, record_id, rows)
+
+        body = export_chunks(lambda: pooled_connection(db_engine), filters, export_format, finish=record_row_count)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        return Stream(
+            body,
+            media_type=MEDIA_TYPES[export_format],
+            headers={
+                "Content-Disposition": f'attachment; filename="login-attempts-{stamp}.{export_format}"',
+                "Cache-Control": "no-store",
+            },
+        )
+
+    @get(
+        "/summary",
+        summary="Outcomes per time bucket, top failing clients and numbers, PIN locks",
+        responses=AUDIT_ERRORS,
+    )
+    async def summary(
+        self,
+        auditor: NamedDependency[User],
+        request: Request[Any, Any, Any],
+        state: State,
+        db_engine: NamedDependency[AsyncEngine],
+        since: SummarySince = None,
+        until: SummaryUntil = None,
+        bucket: BucketText = None,
+        top: Top = None,
+        phone_number: Phone = None,
+        ip: Ip = None,
+        success: Success = None,
+        reason: Reason = None,
+        auth_method: Method = None,
+        user_id: UserId = None,
+    ) -> Summary:
+        params = _filter_params(
+            phone_number=phone_number,
+            ip=ip,
+            success=success,
+            reason=reason,
+            auth_method=auth_method,
+            user_id=user_id,
+            since=since,
+            until=until,
+            bucket=bucket,
+            top=top,
+        )
+        summary_request = parse_summary_request(params, state.settings.default_phone_region)
+        actor = actor_of(auditor, request, state)
+        try:
+            async with read_transaction(db_engine, timeout_ms=API_STATEMENT_TIMEOUT_MS, snapshot=True) as conn:
+                result = await summarise(conn, summary_request, ipv6_prefix=state.settings.rate_limit_ipv6_prefix)
+                await record_query(conn, actor, "summary", summary_request.describe(), result.totals.attempts)
+        except asyncpg.QueryCanceledError as exc:  # statement_timeout
+            raise AuditQueryTimeout() from exc
+        return result
+
+    @get("/queries", summary="Who read the login history, newest first (admins only)", responses=AUDIT_ERRORS)
+    async def audit_queries(
+        self,
+        admin: NamedDependency[User],
+        request: Request[Any, Any, Any],
+        state: State,
+        db_engine: NamedDependency[AsyncEngine],
+        user_id: AccountId = None,
+        cursor: CursorText = None,
+        limit: Limit = None,
+    ) -> AuditQueryPage:
+        log_request = parse_query_log_request({"user_id": user_id, "cursor": cursor, "limit": limit})
+        action: Action = "queries"
+        async with read_transaction(db_engine, timeout_ms=API_STATEMENT_TIMEOUT_MS) as conn:
+            page = await fetch_query_log(conn, log_request)
+            described: dict[str, Any] = {"limit": log_request.limit}
+            if log_request.user_id is not None:
+                described["user_id"] = log_request.user_id
+            await record_query(conn, actor_of(admin, request, state), action, described, len(page.items))
+        return page

@@ -1,0 +1,162 @@
+"""Streamed export of login attempts as CSV or NDJSON, in constant memory at any size.
+
+Postgres writes the file itself: one ``COPY (SELECT ...) TO STDOUT`` formats every row, so Python
+only passes chunks along (hundreds of thousands of rows a second). asyncpg stops reading from the
+socket while a chunk waits in the small queue below, so a slow client slows Postgres down instead
+of filling memory. The COPY is one statement, so the file is one consistent snapshot.
+
+CSV cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or
+carriage return; OWASP's list) get a leading single quote. That includes E.164 phone numbers
+(``'+250788123456``); a spreadsheet shows them as text, and the NDJSON export has them as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from app.audit.query import AttemptFilters, SqlParams, filter_conditions, where
+
+ExportFormat = Literal["csv", "ndjson"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("csv", "ndjson")
+MEDIA_TYPES: dict[ExportFormat, str] = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Chunks of asyncpg's socket reads (up to ~64 KiB each) waiting for the client.
+QUEUE_CHUNKS = 8
+# How long a COPY whose reader has gone may take to send its next chunk before it is cut off.
+STOP_GRACE_SECONDS = 10.0
+
+_ISO_UTC = """to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
+# Qualified: a bare ``created_at`` would name the formatted text column of the same name, and the
+# planner would sort a million strings on disk instead of walking the (created_at, id) index.
+NEWEST_FIRST_BY_COLUMNS = "ORDER BY login_attempts.created_at DESC, login_attempts.id DESC"
+
+
+def neutralise_formula(text: str) -> str:
+    """The Python twin of :func:`_neutralised_sql`, for cells written outside Postgres."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def _neutralised_sql(column: str) -> str:
+    # The first character's code compared as an integer: cheaper than left(column, 1) IN (...).
+    codes = ", ".join(str(ord(prefix)) for prefix in FORMULA_PREFIXES)
+    return f"CASE WHEN ascii({column}) IN ({codes}) THEN '''' || {column} ELSE {column} END"
+
+
+# The free-text columns (a client chose their text) are neutralised. reason and auth_method hold the
+# writer's own vocabulary (app/audit/events.py refuses anything else); the other columns are numbers,
+# a UUID, a timestamp, a boolean and an address, none of which can start a formula.
+CSV_COLUMNS = (
+    ("id", "id"),
+    ("event_id", "event_id"),
+    ("created_at", _ISO_UTC),
+    ("phone_number", _neutralised_sql("phone_number")),
+    ("user_id", "user_id"),
+    ("success", "success::text"),
+    ("auth_method", "auth_method"),
+    ("reason", "reason"),
+    ("ip_address", "host(ip_address)"),
+    ("user_agent", _neutralised_sql("user_agent")),
+    ("request_id", _neutralised_sql("request_id")),
+)
+# row_to_json of a row costs Postgres about half what json_build_object of its columns does.
+NDJSON_COLUMNS = (
+    f"id, event_id, {_ISO_UTC} AS created_at, phone_number, user_id, success, auth_method, reason, "
+    "host(ip_address) AS ip_address, user_agent, request_id"
+)
+
+# NDJSON: COPY in CSV mode with a quote and delimiter that JSON text cannot contain (it escapes
+# every control character), so each object comes out verbatim, one per line. (Text mode would
+# double every backslash of the JSON escapes.)
+NDJSON_COPY_OPTIONS = {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
+
+
+def export_sql(filters: AttemptFilters, fmt: ExportFormat) -> tuple[str, list[Any]]:
+    params = SqlParams()
+    conditions = filter_conditions(filters, params)
+    if fmt == "csv":
+        select = ",\n       ".join(name if sql == name else f"{sql} AS {name}" for name, sql in CSV_COLUMNS)
+        return f"SELECT {select}\nFROM login_attempts\n{where(conditions)}\n{NEWEST_FIRST_BY_COLUMNS}", params.values
+    rows = f"SELECT {NDJSON_COLUMNS}\n    FROM login_attempts\n    {where(conditions)}\n    {NEWEST_FIRST_BY_COLUMNS}"  # noqa: S608
+    return f"SELECT row_to_json(attempt)\nFROM (\n    {rows}\n) AS attempt", params.values
+
+
+@dataclass
+class ExportResult:
+    """Filled in as the export runs; ``rows`` is final once ``finished``."""
+
+    rows: int = 0
+    finished: bool = False
+
+
+Connect = Callable[[], AbstractAsyncContextManager[Any]]
+Finish = Callable[[Any, int], Awaitable[None]]
+
+
+class ExportStopped(Exception):
+    """Raised in the COPY's output when the reader has gone: asyncpg then cancels the COPY cleanly."""
+
+
+async def export_chunks(
+    connect: Connect,
+    filters: AttemptFilters,
+    fmt: ExportFormat,
+    result: ExportResult | None = None,
+    finish: Finish | None = None,
+) -> AsyncIterator[bytes]:
+    """The export as byte chunks.
+
+    ``connect()`` gives an asyncpg connection; the COPY runs in a transaction of its own on it (a
+    savepoint if one is open), and ``finish(conn, rows)`` in the same one after a complete COPY (to
+    record the row count). The COPY runs in a task of its own, so that when the
+    reader stops early (a client that hung up) the task still ends the COPY and releases its
+    connection by itself, whatever cancellation the reader is under.
+    """
+    sql, args = export_sql(filters, fmt)
+    options: dict[str, Any] = {"format": "csv", "header": True} if fmt == "csv" else dict(NDJSON_COPY_OPTIONS)
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
+    reader_gone = False
+
+    async def put(chunk: bytes | bytearray) -> None:
+        if not reader_gone:
+            await queue.put(bytes(chunk))  # asyncpg lends a bytearray
+        if reader_gone:
+            raise ExportStopped
+
+    async def copy() -> None:
+        try:
+            async with connect() as conn, conn.transaction():
+                # JIT compiles the row formatting for a second or more and never earns it back here.
+                await conn.execute("SET LOCAL jit = off")
+                status: str = await conn.copy_from_query(sql, *args, output=put, **options)
+                rows = int(status.rsplit(" ", 1)[-1])
+                if finish is not None:
+                    await finish(conn, rows)
+            if result is not None:
+                result.rows, result.finished = rows, True
+        except (asyncio.CancelledError, ExportStopped):
+            raise  # the reader is gone: nobody to wake
+        except BaseException:
+            await queue.put(None)  # wake the reader, which then awaits this task and re-raises
+            raise
+        await queue.put(None)
+
+    task = asyncio.create_task(copy())
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, not logged
+    try:
+        while (chunk := await queue.get()) is not None:
+            yield chunk
+        await task  # raises what the COPY raised
+    finally:
+        if not task.done():
+            # Stopped early. Cancelling the task mid-COPY would leave asyncpg's connection unusable,
+            # so the COPY is stopped from its output instead (at its next chunk; a put waiting for
+            # room is let through first). A COPY that sends nothing for a while is cut off, with
+            # its connection, after STOP_GRACE_SECONDS.
+            reader_gone = True
+            while not queue.empty():
+                queue.get_nowait()
+            asyncio.get_running_loop().call_later(STOP_GRACE_SECONDS, task.cancel)

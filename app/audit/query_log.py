@@ -1,0 +1,145 @@
+"""The record of who read the login history: one ``audit_queries`` row per query, export, summary or prune.
+
+Written in the same transaction as the read it records, and committed before any row leaves the
+service, so there is no way to read the history without leaving a trace. Admins list it through
+``GET /api/audit/queries``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import getpass
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from app.audit.query import Cursor, Errors, read_cursor, read_limit
+
+Origin = Literal["api", "cli"]
+Action = Literal["list", "export", "summary", "queries", "prune"]
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who is asking: an account (API) or an operator at a shell (CLI)."""
+
+    name: str
+    origin: Origin
+    user_id: int | None = None
+    client_ip: str | None = None
+
+    @classmethod
+    def from_shell(cls) -> Actor:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = "unknown"
+        return cls(name=f"{user}@{socket.gethostname()}"[:255], origin="cli")
+
+
+INSERT = """
+INSERT INTO audit_queries (user_id, actor, origin, action, filters, row_count, client_ip)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7::inet)
+RETURNING id
+"""
+
+
+async def record_query(
+    conn: Any, actor: Actor, action: Action, filters: Mapping[str, Any], row_count: int | None = None
+) -> int:
+    """Record one read of the history; returns the record's id (to fill ``row_count`` in later)."""
+    record_id: int = await conn.fetchval(
+        INSERT,
+        actor.user_id,
+        actor.name,
+        actor.origin,
+        action,
+        msgspec.json.encode(dict(filters)).decode(),
+        row_count,
+        actor.client_ip,
+    )
+    return record_id
+
+
+async def set_row_count(conn: Any, record_id: int, row_count: int) -> None:
+    await conn.execute("UPDATE audit_queries SET row_count = $2 WHERE id = $1", record_id, row_count)
+
+
+class AuditQueryView(msgspec.Struct, kw_only=True):
+    id: int
+    created_at: datetime.datetime
+    user_id: int | None
+    actor: str
+    origin: str
+    action: str
+    filters: dict[str, Any]
+    row_count: int | None
+    client_ip: str | None
+
+
+class AuditQueryPage(msgspec.Struct, kw_only=True):
+    items: list[AuditQueryView]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryLogRequest:
+    user_id: int | None = None
+    cursor: Cursor | None = None
+    limit: int = 100
+
+
+def parse_query_log_request(params: Mapping[str, str | None]) -> QueryLogRequest:
+    errors = Errors()
+    user_id: int | None = None
+    raw_user = (params.get("user_id") or "").strip()
+    if raw_user:
+        try:
+            user_id = int(raw_user)
+        except ValueError:
+            errors.add("user_id", "Enter a whole number.")
+    cursor = read_cursor(params.get("cursor"), errors)
+    limit = read_limit(params.get("limit"), errors)
+    errors.raise_if_any()
+    return QueryLogRequest(user_id, cursor, limit)
+
+
+async def fetch_query_log(conn: Any, request: QueryLogRequest) -> AuditQueryPage:
+    """Recorded audit queries, newest first (the table is small: no index beyond the key)."""
+    conditions: list[str] = []
+    args: list[Any] = []
+    if request.user_id is not None:
+        args.append(request.user_id)
+        conditions.append(f"user_id = ${len(args)}")
+    if request.cursor is not None:
+        args += [request.cursor.created_at, request.cursor.i]
+        conditions.append(f"(created_at, id) < (${len(args) - 1}, ${len(args)})")
+    args.append(request.limit + 1)
+    condition = "WHERE " + " AND ".join(conditions) if conditions else ""
+    sql = f"""SELECT id, created_at, user_id, actor, origin, action, filters::text AS filters, row_count,
+    host(client_ip) AS client_ip
+FROM audit_queries {condition}
+ORDER BY created_at DESC, id DESC
+LIMIT ${len(args)}"""  # noqa: S608 (values are parameters)
+    rows = await conn.fetch(sql, *args)
+    items = [
+        AuditQueryView(
+            id=row["id"],
+            created_at=row["created_at"],
+            user_id=row["user_id"],
+            actor=row["actor"],
+            origin=row["origin"],
+            action=row["action"],
+            filters=msgspec.json.decode(row["filters"]),
+            row_count=row["row_count"],
+            client_ip=row["client_ip"],
+        )
+        for row in rows[: request.limit]
+    ]
+    next_cursor = None
+    if len(rows) > request.limit:
+        next_cursor = Cursor.after(items[-1].created_at, items[-1].id).encode()
+    return AuditQueryPage(items=items, next_cursor=next_cursor)

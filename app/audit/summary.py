@@ -1,0 +1,290 @@
+"""What happened in a time range: outcomes per bucket, the busiest failing clients and numbers,
+and the phone numbers whose PIN sign-in was locked.
+
+Outcomes: a *success*; a *refusal* when the service would not check the credential
+(:data:`~app.audit.query.REFUSAL_REASONS`: budget spent, account or PIN locked, limiter down); a
+*failure* for every other unsuccessful attempt, ``invalid_request`` included. Clients are counted by
+address, IPv6 ones by their /64 (one subscriber's allocation, as the rate limiter groups them).
+Buckets are UTC and every bucket of the range is listed, empty ones as zeros, ready to chart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from app.audit.query import REFUSAL_REASONS, AttemptFilters, Errors, SqlParams, filter_conditions, read_filters, where
+
+Bucket = Literal["minute", "hour", "day"]
+BUCKET_LENGTHS: dict[Bucket, datetime.timedelta] = {
+    "minute": datetime.timedelta(minutes=1),
+    "hour": datetime.timedelta(hours=1),
+    "day": datetime.timedelta(days=1),
+}
+DEFAULT_RANGE = datetime.timedelta(hours=24)
+MAX_BUCKETS = 10_000
+DEFAULT_TOP = 10
+MAX_TOP = 100
+PIN_LOCKED_MAX = 1000
+IPV6_CLIENT_PREFIX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRequest:
+    filters: AttemptFilters  # since and until always set
+    bucket: Bucket = "hour"
+    top: int = DEFAULT_TOP
+
+    @property
+    def since(self) -> datetime.datetime:
+        assert self.filters.since is not None
+        return self.filters.since
+
+    @property
+    def until(self) -> datetime.datetime:
+        assert self.filters.until is not None
+        return self.filters.until
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.filters.describe(), "bucket": self.bucket, "top": self.top}
+
+
+def parse_summary_request(
+    params: Mapping[str, str | None], region: str, now: datetime.datetime | None = None
+) -> SummaryRequest:
+    """``since``/``until`` default to the 24 hours up to now; the other filters narrow it further."""
+    errors = Errors()
+    filters = read_filters(params, region, errors)
+    bucket_text = (params.get("bucket") or "hour").strip().lower()
+    bucket: Bucket = "hour"
+    if bucket_text in BUCKET_LENGTHS:
+        bucket = bucket_text
+    else:
+        errors.add("bucket", "Choose minute, hour or day.")
+    top = DEFAULT_TOP
+    if (raw_top := (params.get("top") or "").strip()) != "":
+        top = int(raw_top) if raw_top.isdigit() else 0
+        if not 1 <= top <= MAX_TOP:
+            errors.add("top", f"Enter a whole number from 1 to {MAX_TOP}.")
+    until = filters.until or now or datetime.datetime.now(datetime.UTC)
+    since = filters.since or until - DEFAULT_RANGE
+    if since >= until:
+        if filters.since is None or filters.until is None:  # else read_filters has said so
+            errors.add("since", "since must be earlier than until.")
+    elif (until - since) / BUCKET_LENGTHS[bucket] > MAX_BUCKETS:
+        errors.add("bucket", f"That range has more than {MAX_BUCKETS:,} {bucket}s: choose a larger bucket.")
+    errors.raise_if_any()
+    return SummaryRequest(dataclasses.replace(filters, since=since, until=until), bucket, top)
+
+
+# ---- response ------------------------------------------------------------------------------------
+
+
+class Counts(msgspec.Struct, kw_only=True):
+    attempts: int
+    successes: int
+    failures: int
+    refusals: int
+
+
+class BucketCounts(msgspec.Struct, kw_only=True):
+    start: datetime.datetime
+    successes: int
+    failures: int
+    refusals: int
+
+
+class ClientCounts(msgspec.Struct, kw_only=True):
+    client: str  # an IPv4 address, or an IPv6 /64 such as "2c0f:eb68:12::/64"
+    attempts: int
+    successes: int
+    failures: int
+    refusals: int
+
+
+class PhoneCounts(msgspec.Struct, kw_only=True):
+    phone_number: str
+    attempts: int
+    successes: int
+    failures: int
+    refusals: int
+
+
+class PinLocked(msgspec.Struct, kw_only=True):
+    phone_number: str
+    refused_attempts: int
+    first_at: datetime.datetime
+    last_at: datetime.datetime
+
+
+class Summary(msgspec.Struct, kw_only=True):
+    since: datetime.datetime
+    until: datetime.datetime
+    bucket: Bucket
+    totals: Counts
+    buckets: list[BucketCounts]
+    top_ips: list[ClientCounts]
+    top_phone_numbers: list[PhoneCounts]
+    pin_locked: list[PinLocked]
+    pin_locked_truncated: bool
+
+
+# ---- SQL -----------------------------------------------------------------------------------------
+#
+# Three statements, each one pass over the range, each aggregating in a hash table (the summary
+# transaction gives them the memory: SUMMARY_WORK_MEM) rather than sorting millions of rows:
+# buckets, one index range scan per bucket; clients; phone numbers with their PIN locks.
+
+
+def _attempts(request: SummaryRequest, params: SqlParams, *extra: str, columns: str = "") -> str:
+    """The matching attempts with ``refused`` worked out once per row ($1: the refusal reasons)."""
+    conditions = [*filter_conditions(request.filters, params), *extra]
+    return f"""SELECT success, reason = ANY($1::text[]) AS refused{columns}
+        FROM login_attempts
+        {where(conditions)}"""  # noqa: S608 (names are constants, values parameters)
+
+
+COUNTS = """count(*) FILTER (WHERE success) AS successes,
+           count(*) FILTER (WHERE NOT success AND NOT refused) AS failures,
+           count(*) FILTER (WHERE refused) AS refusals"""
+
+
+def _params() -> SqlParams:
+    params = SqlParams()
+    params.add(list(REFUSAL_REASONS))
+    return params
+
+
+def buckets_sql(request: SummaryRequest) -> tuple[str, list[Any]]:
+    """Every bucket of the range, each counted over its own slice of the (created_at, id) index.
+
+    (A GROUP BY date_trunc(...) would have the planner expect one group per row and sort them all.)
+    """
+    params = _params()
+    unit = request.bucket  # one of three constants, never client text
+    since, until = params.add(request.since), params.add(request.until)
+    # The filters hold since and until too, which clip the first and last buckets.
+    attempts = _attempts(
+        request,
+        params,
+        "created_at >= bucket.start AT TIME ZONE 'UTC'",
+        f"created_at < (bucket.start + interval '1 {unit}') AT TIME ZONE 'UTC'",
+    )
+    sql = f"""
+SELECT bucket.start AT TIME ZONE 'UTC' AS start, counts.successes, counts.failures, counts.refusals
+FROM generate_series(
+    date_trunc('{unit}', {since}::timestamptz AT TIME ZONE 'UTC'),
+    {until}::timestamptz AT TIME ZONE 'UTC' - interval '1 microsecond',
+    interval '1 {unit}') AS bucket (start)
+CROSS JOIN LATERAL (
+    SELECT {COUNTS}
+    FROM ({attempts}) AS attempt
+) AS counts
+ORDER BY bucket.start"""  # noqa: S608 (names are constants, values parameters)
+    return sql, params.values
+
+
+def top_ips_sql(request: SummaryRequest, ipv6_prefix: int = IPV6_CLIENT_PREFIX) -> tuple[str, list[Any]]:
+    """Clients by failures: an IPv4 address, or an IPv6 /64 (grouped as inet, shown as text)."""
+    params = _params()
+    prefix = int(ipv6_prefix)
+    client = f"CASE WHEN family(ip_address) = 6 THEN network(set_masklen(ip_address, {prefix})) ELSE ip_address END"
+    attempts = _attempts(request, params, "ip_address IS NOT NULL", columns=f", {client} AS client")
+    sql = f"""
+SELECT CASE WHEN family(client) = 6 THEN client::text ELSE host(client) END AS client,
+       count(*) AS attempts, {COUNTS}
+FROM ({attempts}) AS attempt
+GROUP BY attempt.client
+ORDER BY failures DESC, refusals DESC, attempts DESC, attempt.client
+LIMIT {params.add(request.top)}"""  # noqa: S608 (names are constants, values parameters)
+    return sql, params.values
+
+
+def phones_sql(request: SummaryRequest) -> tuple[str, list[Any]]:
+    """Phone numbers by failures, and those with PIN-locked refusals (most recent first), in one pass.
+
+    ``kind`` says which list a row belongs to; a number can be in both.
+    """
+    params = _params()
+    attempts = _attempts(request, params, columns=", phone_number, created_at, reason = 'pin_locked' AS pin_locked")
+    sql = f"""
+WITH phones AS MATERIALIZED (
+    SELECT phone_number, count(*) AS attempts, {COUNTS},
+           count(*) FILTER (WHERE pin_locked) AS refused_attempts,
+           min(created_at) FILTER (WHERE pin_locked) AS first_at,
+           max(created_at) FILTER (WHERE pin_locked) AS last_at
+    FROM ({attempts}) AS attempt
+    GROUP BY phone_number
+)
+(SELECT 'top' AS kind, * FROM phones
+ ORDER BY failures DESC, refusals DESC, attempts DESC, phone_number COLLATE "C"
+ LIMIT {params.add(request.top)})
+UNION ALL
+(SELECT 'pin_locked' AS kind, * FROM phones
+ WHERE refused_attempts > 0
+ ORDER BY last_at DESC, phone_number COLLATE "C"
+ LIMIT {params.add(PIN_LOCKED_MAX + 1)})"""  # noqa: S608 (names are constants, values parameters)
+    return sql, params.values
+
+
+# Hash tables for ~200,000 phone numbers and ~50,000 clients; without the room they spill to disk.
+SUMMARY_WORK_MEM = "64MB"
+
+
+async def _fetch(conn: Any, query: tuple[str, list[Any]]) -> list[Any]:
+    sql, args = query
+    rows: list[Any] = await conn.fetch(sql, *args)
+    return rows
+
+
+async def summarise(conn: Any, request: SummaryRequest, *, ipv6_prefix: int = IPV6_CLIENT_PREFIX) -> Summary:
+    """Run inside one REPEATABLE READ transaction for figures that agree with each other."""
+    async with conn.transaction():  # a savepoint in the caller's: SET LOCAL needs one
+        await conn.execute(f"SET LOCAL work_mem = '{SUMMARY_WORK_MEM}'")
+        await conn.execute("SET LOCAL jit = off")  # compiling costs more than it saves on these
+        buckets = [BucketCounts(**dict(row)) for row in await _fetch(conn, buckets_sql(request))]
+        top_ips = [ClientCounts(**dict(row)) for row in await _fetch(conn, top_ips_sql(request, ipv6_prefix))]
+        phones = await _fetch(conn, phones_sql(request))
+    top_phones = [
+        PhoneCounts(
+            phone_number=row["phone_number"],
+            attempts=row["attempts"],
+            successes=row["successes"],
+            failures=row["failures"],
+            refusals=row["refusals"],
+        )
+        for row in phones
+        if row["kind"] == "top"
+    ]
+    locked = [
+        PinLocked(
+            phone_number=row["phone_number"],
+            refused_attempts=row["refused_attempts"],
+            first_at=row["first_at"],
+            last_at=row["last_at"],
+        )
+        for row in phones
+        if row["kind"] == "pin_locked"
+    ]
+    totals = Counts(
+        attempts=sum(b.successes + b.failures + b.refusals for b in buckets),
+        successes=sum(b.successes for b in buckets),
+        failures=sum(b.failures for b in buckets),
+        refusals=sum(b.refusals for b in buckets),
+    )
+    return Summary(
+        since=request.since,
+        until=request.until,
+        bucket=request.bucket,
+        totals=totals,
+        buckets=buckets,
+        top_ips=top_ips,
+        top_phone_numbers=top_phones,
+        pin_locked=locked[:PIN_LOCKED_MAX],
+        pin_locked_truncated=len(locked) > PIN_LOCKED_MAX,
+    )

@@ -1,0 +1,442 @@
+"""The security team's audit API over real Postgres: roles, filters, pages, export, summary, records."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime
+import io
+import json
+from typing import Any
+
+import pytest
+
+from app.audit import controller as audit_controller
+from app.audit.query import Cursor
+from tests.helpers import bearer, e164, new_phone
+from tests.integration.audit_support import BASE_TIME, Row, insert_rows, staff_headers, staff_token
+
+ATTEMPTS = "/api/audit/login-attempts"
+EXPORT = "/api/audit/login-attempts/export"
+SUMMARY = "/api/audit/summary"
+QUERIES = "/api/audit/queries"
+MINUTE = datetime.timedelta(minutes=1)
+
+
+def audit_paths(app: Any) -> list[str]:
+    return sorted({route.path for route in app.routes if route.path.startswith("/api/audit")})
+
+
+# ---- access ---------------------------------------------------------------------------------------
+
+
+async def test_every_audit_route_needs_a_token(client, app):
+    paths = audit_paths(app)
+    assert set(paths) == {ATTEMPTS, EXPORT, SUMMARY, QUERIES}  # a new route must be added to these tests
+    for path in paths:
+        response = await client.get(path)
+        assert response.status_code == 401, path
+        assert response.json()["code"] == "not_authenticated"
+        response = await client.get(path, headers=bearer("not-a-token"))
+        assert response.status_code == 401, path
+
+
+@pytest.mark.parametrize(
+    ("role", "allowed"),
+    [
+        ("user", set()),
+        ("security", {ATTEMPTS, EXPORT, SUMMARY}),
+        ("admin", {ATTEMPTS, EXPORT, SUMMARY, QUERIES}),
+    ],
+)
+async def test_roles(client, app, db, role, allowed):
+    headers = await staff_headers(client, db, role)
+    for path in audit_paths(app):
+        response = await client.get(path, headers=headers)
+        expected = 200 if path in allowed else 403
+        assert response.status_code == expected, (role, path, response.text)
+        if expected == 403:
+            assert response.json() == {"message": "You do not have permission to do this.", "code": "forbidden"}
+
+
+async def test_a_role_taken_away_applies_to_the_next_request(client, db):
+    token, account = await staff_token(client, db, "security")
+    assert (await client.get(ATTEMPTS, headers=bearer(token))).status_code == 200
+    await db.execute("UPDATE users SET role = 'user' WHERE id = $1", account["user_id"])
+    assert (await client.get(ATTEMPTS, headers=bearer(token))).status_code == 403
+
+
+# ---- listing --------------------------------------------------------------------------------------
+
+
+async def test_filters_by_phone_in_any_form_newest_first(client, db):
+    headers = await staff_headers(client, db, "security")
+    local = new_phone()
+    rows = await insert_rows(
+        db,
+        [
+            Row(phone_number=e164(local), created_at=BASE_TIME, ip_address="2c0f:eb68:1:2::5"),
+            Row(phone_number=e164(local), created_at=BASE_TIME + MINUTE, success=True, reason="ok", user_id=7),
+            Row(phone_number="+250788999999", created_at=BASE_TIME + 2 * MINUTE),
+        ],
+    )
+    for typed in (local, e164(local), "+250 " + local[1:4] + " " + local[4:]):
+        response = await client.get(ATTEMPTS, params={"phone_number": typed}, headers=headers)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert [item["id"] for item in body["items"]] == [rows[1].id, rows[0].id]
+        assert body["next_cursor"] is None
+    newest = body["items"][0]
+    assert newest == {
+        "id": rows[1].id,
+        "event_id": str(rows[1].event_id),
+        "created_at": "2026-11-20T12:01:00Z",
+        "phone_number": e164(local),
+        "user_id": 7,
+        "success": True,
+        "outcome": "success",
+        "reason": "ok",
+        "auth_method": "password",
+        "ip_address": "41.186.1.2",
+        "user_agent": "okhttp/4.12.0",
+        "request_id": None,
+    }
+    assert body["items"][1]["ip_address"] == "2c0f:eb68:1:2::5"
+    assert body["items"][1]["outcome"] == "failure"
+
+
+async def test_ip_and_cidr_filters(client, db):
+    headers = await staff_headers(client, db, "security")
+    rows = await insert_rows(
+        db,
+        [
+            Row(ip_address="41.186.7.9"),
+            Row(ip_address="41.187.0.1"),
+            Row(ip_address="2c0f:eb68:1:2::5"),
+            Row(ip_address="2c0f:eb68:1:3::5"),
+            Row(ip_address=None),
+        ],
+    )
+    expectations = {
+        "41.186.0.0/16": {rows[0].id},
+        "41.186.7.9": {rows[0].id},
+        "41.186.7.9/32": {rows[0].id},
+        "41.0.0.0/8": {rows[0].id, rows[1].id},
+        "2c0f:eb68:1:2::/64": {rows[2].id},
+        "2c0f:eb68::/32": {rows[2].id, rows[3].id},
+        "0.0.0.0/0": {rows[0].id, rows[1].id},
+    }
+    for ip, expected in expectations.items():
+        response = await client.get(ATTEMPTS, params={"ip": ip}, headers=headers)
+        assert response.status_code == 200, response.text
+        assert {item["id"] for item in response.json()["items"]} == expected, ip
+
+
+async def test_bad_filters_are_400_with_every_field_named(client, db):
+    headers = await staff_headers(client, db, "security")
+    params = {
+        "ip": "41.186.0.0/33",
+        "success": "maybe",
+        "reason": "ok,guessed",
+        "auth_method": "sms",
+        "user_id": "seven",
+        "since": "yesterday",
+        "until": "2026-13-01",
+        "cursor": "not-a-cursor",
+        "limit": "1001",
+    }
+    response = await client.get(ATTEMPTS, params=params, headers=headers)
+    assert response.status_code == 400
+    body = response.json()
+    assert body["code"] == "validation_error"
+    assert {error["field"] for error in body["errors"]} == set(params)
+    assert all(error["message"] for error in body["errors"])
+
+
+async def test_until_before_since_is_a_field_error(client, db):
+    headers = await staff_headers(client, db, "security")
+    response = await client.get(
+        ATTEMPTS, params={"since": "2026-11-02", "until": "2026-11-01T23:00:00+02:00"}, headers=headers
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"] == [{"field": "until", "message": "until must be later than since."}]
+
+
+@pytest.mark.parametrize("limit", ["0", "-1", "1.5", "ten"])
+async def test_limit_out_of_range(client, db, limit):
+    headers = await staff_headers(client, db, "security")
+    response = await client.get(ATTEMPTS, params={"limit": limit}, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["field"] == "limit"
+
+
+async def test_tampered_cursor_is_a_400_not_a_500(client, db):
+    headers = await staff_headers(client, db, "security")
+    await insert_rows(db, [Row(created_at=BASE_TIME + n * MINUTE) for n in range(3)])
+    first = (await client.get(ATTEMPTS, params={"limit": "1"}, headers=headers)).json()
+    cursor = first["next_cursor"]
+    for tampered in (cursor[:-3], cursor + "x!", "A" * 500, "eyJ0IjoiYSIsImkiOjF9", "e30", "bnVsbA"):
+        response = await client.get(ATTEMPTS, params={"cursor": tampered}, headers=headers)
+        assert response.status_code == 400, tampered
+        assert response.json()["errors"][0]["field"] == "cursor"
+
+
+async def test_limit_defaults_to_100_and_caps_at_1000(client, db):
+    headers = await staff_headers(client, db, "security")
+    await insert_rows(db, [Row(created_at=BASE_TIME + n * MINUTE) for n in range(1005)])
+    default = (await client.get(ATTEMPTS, headers=headers)).json()
+    assert len(default["items"]) == 100 and default["next_cursor"]
+    most = (await client.get(ATTEMPTS, params={"limit": "1000"}, headers=headers)).json()
+    assert len(most["items"]) == 1000 and most["next_cursor"]
+    rest = (await client.get(ATTEMPTS, params={"cursor": most["next_cursor"], "limit": "1000"}, headers=headers)).json()
+    assert len(rest["items"]) == 5 and rest["next_cursor"] is None
+
+
+async def test_pages_visit_every_row_once_while_new_rows_arrive(client, db):
+    """Ties on created_at included: the id breaks them, and the cursor carries both."""
+    headers = await staff_headers(client, db, "security")
+    existing = await insert_rows(db, [Row(created_at=BASE_TIME + (n // 3) * MINUTE) for n in range(250)])
+    expected = [row.id for row in sorted(existing, key=lambda r: (r.created_at, r.id), reverse=True)]
+    stop = asyncio.Event()
+
+    async def keep_inserting() -> int:
+        added = 0
+        while not stop.is_set():
+            newer = BASE_TIME + datetime.timedelta(days=1, microseconds=added)
+            await insert_rows(db, [Row(created_at=newer), Row(created_at=newer)])
+            added += 2
+            await asyncio.sleep(0.001)
+        return added
+
+    params: dict[str, str] = {"limit": "37"}
+    first = (await client.get(ATTEMPTS, params=params, headers=headers)).json()
+    seen = [item["id"] for item in first["items"]]
+    params["cursor"] = first["next_cursor"]
+    writer = asyncio.create_task(keep_inserting())
+    pages = 1
+    try:
+        while params["cursor"]:
+            await asyncio.sleep(0.01)  # let rows arrive between pages
+            body = (await client.get(ATTEMPTS, params=params, headers=headers)).json()
+            pages += 1
+            seen += [item["id"] for item in body["items"]]
+            params["cursor"] = body["next_cursor"]
+    finally:
+        stop.set()
+        added = await writer
+    assert added > 0
+    assert seen == expected
+    assert pages == 7
+    # Meanwhile the newest rows are there for whoever starts again from the first page.
+    again = (await client.get(ATTEMPTS, params={"limit": "1"}, headers=headers)).json()
+    assert again["items"][0]["created_at"].startswith("2026-11-21")
+
+
+# ---- export ---------------------------------------------------------------------------------------
+
+FORMULAS = ["=1+2", "+SUM(A1)", "-2+3", "@SUM(A1:A2)", "\t=cmd", "\r=cmd", '=HYPERLINK("http://x")']
+
+
+async def test_csv_export_neutralises_formulas(client, db):
+    headers = await staff_headers(client, db, "security")
+    rows = [
+        Row(
+            phone_number=formula[:20],
+            user_agent=formula + " ua",
+            request_id=formula,
+            created_at=BASE_TIME + n * MINUTE,
+        )
+        for n, formula in enumerate(FORMULAS)
+    ]
+    rows.append(Row(phone_number="+250788123456", user_agent='plain, "quoted"\nnewline', created_at=BASE_TIME))
+    rows = await insert_rows(db, rows)
+    response = await client.get(EXPORT, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/csv")
+    assert "attachment" in response.headers["content-disposition"]
+    table = list(csv.DictReader(io.StringIO(response.text, newline="")))
+    assert len(table) == len(rows)
+    by_id = {int(record["id"]): record for record in table}
+    for row in rows:
+        record = by_id[row.id]
+        for column in ("phone_number", "user_agent", "request_id"):
+            original = getattr(row, column)
+            if original is None:
+                assert record[column] == ""
+            elif original[0] in "=+-@\t\r":
+                assert record[column] == "'" + original, column
+            else:
+                assert record[column] == original
+        assert record["ip_address"] == "41.186.1.2"
+        assert record["success"] == "false"
+    # No cell of the file starts a formula.
+    for record in table:
+        assert not any(value[:1] in ("=", "+", "-", "@", "\t", "\r") for value in record.values())
+    assert by_id[rows[-1].id]["phone_number"] == "'+250788123456"
+
+
+async def test_ndjson_export_has_the_rows_as_they_are_with_the_filters_applied(client, db):
+    headers = await staff_headers(client, db, "security")
+    rows = await insert_rows(
+        db,
+        [
+            Row(created_at=BASE_TIME + n * MINUTE, user_agent='quote " backslash \\ tab \t', success=n % 2 == 0)
+            for n in range(50)
+        ],
+    )
+    response = await client.get(EXPORT, params={"format": "ndjson", "success": "false"}, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    lines = response.text.splitlines()
+    objects = [json.loads(line) for line in lines]
+    expected = [row for row in reversed(rows) if not row.success]
+    assert [obj["id"] for obj in objects] == [row.id for row in expected]
+    assert objects[0]["user_agent"] == 'quote " backslash \\ tab \t'
+    assert objects[0]["created_at"] == expected[0].created_at.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    assert objects[0]["success"] is False and objects[0]["phone_number"] == "+250788000001"
+
+
+async def test_export_checks_filters_and_format_before_streaming(client, db):
+    headers = await staff_headers(client, db, "security")
+    response = await client.get(EXPORT, params={"format": "xlsx", "ip": "nope"}, headers=headers)
+    assert response.status_code == 400
+    assert {e["field"] for e in response.json()["errors"]} == {"format", "ip"}
+
+
+# ---- summary --------------------------------------------------------------------------------------
+
+
+async def test_summary_counts_buckets_clients_phones_and_pin_locks(client, db):
+    headers = await staff_headers(client, db, "security")
+    hour = datetime.timedelta(hours=1)
+    t0 = BASE_TIME
+    victim, other = "+250788000010", "+250788000020"
+    await insert_rows(
+        db,
+        [
+            # 12:00-13:00 — two successes and a failure from one IPv4 client
+            Row(created_at=t0, success=True, reason="ok", phone_number=other, ip_address="41.186.1.1"),
+            Row(created_at=t0 + MINUTE, success=True, reason="ok", phone_number=other, ip_address="41.186.1.1"),
+            Row(created_at=t0 + 2 * MINUTE, reason="invalid_request", phone_number=other, ip_address="41.186.1.1"),
+            # 13:00-14:00 — nothing; 14:00-15:00 — an IPv6 /64 guessing the victim's PIN, then locked out
+            *[
+                Row(created_at=t0 + 2 * hour + n * MINUTE, phone_number=victim, ip_address=f"2c0f:eb68:9:1::{n + 1}")
+                for n in range(4)
+            ],
+            Row(
+                created_at=t0 + 2 * hour + 10 * MINUTE,
+                reason="pin_locked",
+                phone_number=victim,
+                ip_address="2c0f:eb68:9:1::9",
+            ),
+            Row(
+                created_at=t0 + 2 * hour + 11 * MINUTE,
+                reason="pin_locked",
+                phone_number=victim,
+                ip_address="2c0f:eb68:9:2::1",
+            ),
+            Row(created_at=t0 + 2 * hour + 12 * MINUTE, reason="rate_limited", phone_number=other, ip_address=None),
+            # outside the range
+            Row(created_at=t0 + 3 * hour, reason="pin_locked", phone_number=other),
+            Row(created_at=t0 - MINUTE, reason="pin_locked", phone_number=other),
+        ],
+    )
+    params = {"since": "2026-11-20T12:00:00Z", "until": "2026-11-20T15:00:00Z", "bucket": "hour", "top": "5"}
+    response = await client.get(SUMMARY, params=params, headers=headers)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["since"] == "2026-11-20T12:00:00Z" and body["until"] == "2026-11-20T15:00:00Z"
+    assert body["bucket"] == "hour"
+    assert body["totals"] == {"attempts": 10, "successes": 2, "failures": 5, "refusals": 3}
+    assert body["buckets"] == [
+        {"start": "2026-11-20T12:00:00Z", "successes": 2, "failures": 1, "refusals": 0},
+        {"start": "2026-11-20T13:00:00Z", "successes": 0, "failures": 0, "refusals": 0},
+        {"start": "2026-11-20T14:00:00Z", "successes": 0, "failures": 4, "refusals": 3},
+    ]
+    assert body["top_ips"] == [
+        {"client": "2c0f:eb68:9:1::/64", "attempts": 5, "successes": 0, "failures": 4, "refusals": 1},
+        {"client": "41.186.1.1", "attempts": 3, "successes": 2, "failures": 1, "refusals": 0},
+        {"client": "2c0f:eb68:9:2::/64", "attempts": 1, "successes": 0, "failures": 0, "refusals": 1},
+    ]
+    assert body["top_phone_numbers"] == [
+        {"phone_number": victim, "attempts": 6, "successes": 0, "failures": 4, "refusals": 2},
+        {"phone_number": other, "attempts": 4, "successes": 2, "failures": 1, "refusals": 1},
+    ]
+    assert body["pin_locked"] == [
+        {
+            "phone_number": victim,
+            "refused_attempts": 2,
+            "first_at": "2026-11-20T14:10:00Z",
+            "last_at": "2026-11-20T14:11:00Z",
+        }
+    ]
+    assert body["pin_locked_truncated"] is False
+
+
+async def test_summary_defaults_and_bad_parameters(client, db):
+    headers = await staff_headers(client, db, "security")
+    now = datetime.datetime.now(datetime.UTC)
+    await insert_rows(db, [Row(created_at=now - datetime.timedelta(minutes=5))])
+    body = (await client.get(SUMMARY, headers=headers)).json()
+    assert body["bucket"] == "hour" and body["totals"]["attempts"] == 1
+    assert len(body["buckets"]) in (24, 25)  # the last 24 hours, by whole UTC hours
+    response = await client.get(
+        SUMMARY, params={"bucket": "minute", "since": "2026-01-01", "until": "2026-02-01"}, headers=headers
+    )
+    assert response.status_code == 400 and response.json()["errors"][0]["field"] == "bucket"
+    response = await client.get(SUMMARY, params={"bucket": "week", "top": "500"}, headers=headers)
+    assert {e["field"] for e in response.json()["errors"]} == {"bucket", "top"}
+
+
+# ---- who looked -----------------------------------------------------------------------------------
+
+
+async def test_every_audit_query_is_recorded_and_admins_can_see_them(client, db):
+    security_token, security = await staff_token(client, db, "security")
+    admin_headers = await staff_headers(client, db, "admin")
+    await insert_rows(db, [Row(created_at=BASE_TIME + n * MINUTE) for n in range(3)])
+    forwarded = {**bearer(security_token), "User-Agent": "dashboard"}
+    await client.get(ATTEMPTS, params={"ip": "41.186.0.0/16", "success": "false", "limit": "2"}, headers=forwarded)
+    await client.get(EXPORT, params={"format": "ndjson", "reason": "invalid_credentials"}, headers=forwarded)
+    await client.get(SUMMARY, params={"since": "2026-11-20", "until": "2026-11-21"}, headers=forwarded)
+    assert (await client.get(QUERIES, headers=forwarded)).status_code == 403
+
+    response = await client.get(QUERIES, params={"user_id": str(security["user_id"])}, headers=admin_headers)
+    assert response.status_code == 200, response.text
+    records = response.json()["items"]
+    assert [r["action"] for r in records] == ["summary", "export", "list"]
+    summary, export, listing = records
+    assert listing["user_id"] == security["user_id"]
+    assert listing["actor"] == security["user"]["phone_number"]
+    assert listing["origin"] == "api" and listing["client_ip"] == "127.0.0.1"
+    assert listing["filters"] == {"ip": "41.186.0.0/16", "success": False, "limit": 2}
+    assert listing["row_count"] == 2
+    assert export["filters"] == {"reason": "invalid_credentials", "format": "ndjson"}
+    assert export["row_count"] == 3
+    assert summary["filters"]["since"] == "2026-11-20T00:00:00Z" and summary["row_count"] == 3
+    assert datetime.datetime.fromisoformat(listing["created_at"]) > BASE_TIME
+
+    # The admin's own look at the record is recorded too, and pages like the rest.
+    everything = (await client.get(QUERIES, params={"limit": "2"}, headers=admin_headers)).json()
+    assert everything["items"][0]["action"] == "queries"
+    rest = (await client.get(QUERIES, params={"cursor": everything["next_cursor"]}, headers=admin_headers)).json()
+    # Four records existed when paging began (a query does not see its own record).
+    actions = [r["action"] for r in everything["items"] + rest["items"]]
+    assert actions == ["queries", "summary", "export", "list"]
+    assert rest["next_cursor"] is None
+
+
+def test_cursor_round_trip():
+    moment = datetime.datetime(2026, 11, 20, 12, 0, 0, 123456, tzinfo=datetime.UTC)
+    cursor = Cursor.after(moment, 42)
+    assert cursor.created_at == moment and cursor.i == 42
+
+
+async def test_a_query_over_its_time_limit_is_a_503_that_says_what_to_do(client, db, monkeypatch):
+    monkeypatch.setattr(audit_controller, "API_STATEMENT_TIMEOUT_MS", 1)
+    headers = await staff_headers(client, db, "security")
+    params = {"since": "2026-11-01", "until": "2026-11-07", "bucket": "minute"}  # 8,640 buckets: over 1 ms
+    response = await client.get(SUMMARY, params=params, headers=headers)
+    assert response.status_code == 503
+    assert response.json()["code"] == "audit_query_timeout"
+    assert await db.fetchval("SELECT count(*) FROM audit_queries") == 0
