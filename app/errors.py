@@ -35,6 +35,21 @@ class FieldError:
     message: str
 
 
+class FieldErrors:
+    """Collects field errors so that every problem of a request is reported at once."""
+
+    def __init__(self) -> None:
+        self.items: list[FieldError] = []
+
+    def add(self, field_name: str, message: str) -> None:
+        if all(item.field != field_name for item in self.items):
+            self.items.append(FieldError(field_name, message))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise ValidationFailed(self.items)
+
+
 class AppError(Exception):
     """A failure the client should hear about; subclasses fix status, code and message."""
 

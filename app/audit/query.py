@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.events import PHONE_MAX, REASONS
 from app.auth.phones import PhoneNumberError, normalise_phone
-from app.errors import AppError, FieldError, ValidationFailed
+from app.errors import AppError, FieldErrors
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Outcome = Literal["success", "failure", "refusal"]
@@ -92,19 +92,7 @@ class AttemptFilters:
         return {name: value for name, value in described.items() if value is not None}
 
 
-class Errors:
-    """Collects field errors so that every problem of a request is reported at once."""
-
-    def __init__(self) -> None:
-        self.items: list[FieldError] = []
-
-    def add(self, field_name: str, message: str) -> None:
-        if all(item.field != field_name for item in self.items):
-            self.items.append(FieldError(field_name, message))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise ValidationFailed(self.items)
+Errors = FieldErrors  # the name the audit modules use
 
 
 def iso(moment: datetime.datetime) -> str:

@@ -18,7 +18,7 @@ from msgspec import UNSET, UnsetType
 from app.auth.passwords import password_problem, pin_problem
 from app.auth.phones import PhoneNumberError, normalise_phone
 from app.db.models import User
-from app.errors import FieldError, ValidationFailed
+from app.errors import FieldErrors
 
 SELF_REGISTERED_USER_TYPES = ("parent", "adolescent")
 NAME_MAX_LENGTH = 200
@@ -194,20 +194,7 @@ def split_name(name: str) -> tuple[str, str]:
     return first, last.strip()
 
 
-class _Errors:
-    def __init__(self) -> None:
-        self.items: list[FieldError] = []
-
-    def add(self, field_name: str, message: str) -> None:
-        if all(item.field != field_name for item in self.items):
-            self.items.append(FieldError(field_name, message))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise ValidationFailed(self.items)
-
-
-def _clean_name(errors: _Errors, field_name: str, value: str | None, *, required: bool) -> str | None:
+def _clean_name(errors: FieldErrors, field_name: str, value: str | None, *, required: bool) -> str | None:
     text = " ".join((value or "").split())
     if not text:
         if required:
@@ -219,7 +206,7 @@ def _clean_name(errors: _Errors, field_name: str, value: str | None, *, required
     return text
 
 
-def _clean_phone(errors: _Errors, field_name: str, value: str | None, region: str, *, strict: bool) -> str | None:
+def _clean_phone(errors: FieldErrors, field_name: str, value: str | None, region: str, *, strict: bool) -> str | None:
     if not value or not value.strip():
         errors.add(field_name, "Enter your phone number.")
         return None
@@ -230,7 +217,7 @@ def _clean_phone(errors: _Errors, field_name: str, value: str | None, region: st
         return None
 
 
-def _clean_email(errors: _Errors, value: str | None) -> str | None:
+def _clean_email(errors: FieldErrors, value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
     try:
@@ -240,7 +227,7 @@ def _clean_email(errors: _Errors, value: str | None) -> str | None:
         return None
 
 
-def _clean_date_of_birth(errors: _Errors, value: str | None) -> datetime.date | None:
+def _clean_date_of_birth(errors: FieldErrors, value: str | None) -> datetime.date | None:
     if value is None or not value.strip():
         return None
     try:
@@ -257,7 +244,7 @@ def _clean_date_of_birth(errors: _Errors, value: str | None) -> datetime.date | 
     return born
 
 
-def _clean_pin(errors: _Errors, field_name: str, value: str | int | None) -> str | None:
+def _clean_pin(errors: FieldErrors, field_name: str, value: str | int | None) -> str | None:
     if value is None or value == "":
         return None
     pin = str(value).strip()
@@ -268,7 +255,7 @@ def _clean_pin(errors: _Errors, field_name: str, value: str | int | None) -> str
     return pin
 
 
-def _in_range(errors: _Errors, field_name: str, value: int | None, bounds: tuple[int, int], unit: str) -> None:
+def _in_range(errors: FieldErrors, field_name: str, value: int | None, bounds: tuple[int, int], unit: str) -> None:
     if value is not None and not bounds[0] <= value <= bounds[1]:
         errors.add(field_name, f"Must be between {bounds[0]} and {bounds[1]} {unit}.")
 
@@ -285,7 +272,7 @@ class NewAccount:
 
 
 def clean_registration(data: RegisterRequest, region: str) -> NewAccount:
-    errors = _Errors()
+    errors = FieldErrors()
     joined = " ".join(part for part in (data.first_name, data.last_name) if part)
     name = _clean_name(errors, "name", data.name or joined, required=True)
     phone = _clean_phone(errors, "phone_number", data.phone_number, region, strict=True)
@@ -315,7 +302,7 @@ class Credentials:
 
 
 def clean_login(data: LoginRequest, region: str) -> Credentials:
-    errors = _Errors()
+    errors = FieldErrors()
     phone = _clean_phone(errors, "phone_number", data.phone_number, region, strict=False)
     has_password = bool(data.password)
     has_pin = data.pin is not None and data.pin != ""
@@ -355,7 +342,7 @@ def _contains_nul(value: Any) -> bool:
 
 
 def clean_profile_update(data: ProfileUpdateRequest, user: User, region: str) -> ProfileChanges:
-    errors = _Errors()
+    errors = FieldErrors()
     changes = ProfileChanges()
     out = changes.fields
 
