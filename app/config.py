@@ -71,7 +71,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     argon2_time_cost: int = 2
     argon2_parallelism: int = 1
     hash_threads: int = 0  # 0: the cores shared out among the workers
-    hash_thread_nice: int = 10  # hashing yields the CPU to the event loop (Linux)
+    hash_thread_nice: int = 0  # > 0: hashing yields the CPU to the event loop (Linux); see docs/benchmarks.md
 
     max_body_bytes: int = 16 * 1024
 

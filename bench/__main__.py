@@ -33,6 +33,7 @@ class Benchmark:
     quick_args: tuple[str, ...] = ()
     image: str | None = None
     extra: str | None = None
+    servers: tuple[str, ...] = ("database", "redis")  # which --*-url options it takes
 
 
 BENCHMARKS = (
@@ -49,6 +50,7 @@ BENCHMARKS = (
         "Redis memory per tracked client (100,000 clients, budget full)",
         "<= 512 bytes per client",
         quick_args=("--clients", "10000"),
+        servers=("redis",),
     ),
     Benchmark(
         "storm",
@@ -91,10 +93,11 @@ def machine() -> str:
     )
 
 
-def run_one(bench: Benchmark, quick: bool, urls: list[str]) -> tuple[str, float, int]:
+def run_one(bench: Benchmark, quick: bool, urls: dict[str, str]) -> tuple[str, float, int]:
     if not (ROOT / (bench.module.replace(".", "/") + ".py")).exists():
         return "(not present in this checkout)", 0.0, 0
-    command = [sys.executable, "-m", bench.module, *(bench.quick_args if quick else bench.args), *urls]
+    given = [arg for name in bench.servers if name in urls for arg in (f"--{name}-url", urls[name])]
+    command = [sys.executable, "-m", bench.module, *(bench.quick_args if quick else bench.args), *given]
     print(f"== {bench.name}: {' '.join(command[1:])}", flush=True)
     started = time.monotonic()
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -143,11 +146,7 @@ def main() -> int:
     parser.add_argument("--database-url")
     parser.add_argument("--redis-url")
     args = parser.parse_args()
-    urls = []
-    if args.database_url:
-        urls += ["--database-url", args.database_url]
-    if args.redis_url:
-        urls += ["--redis-url", args.redis_url]
+    urls = {name: url for name, url in (("database", args.database_url), ("redis", args.redis_url)) if url}
     chosen = [b for b in BENCHMARKS if not args.only or b.name in args.only]
     results = [(bench, *run_one(bench, args.quick, urls)) for bench in chosen]
     if not args.only:

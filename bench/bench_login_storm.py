@@ -55,7 +55,12 @@ def run(seconds: float, database_url: str | None, redis_url: str | None) -> dict
 
         def storm() -> None:
             storm_result["load"] = wrk(
-                f"{base}/api/auth/login", seconds=seconds + 2, connections=64, body=WRONG, many_clients=True
+                f"{base}/api/auth/login",
+                seconds=seconds + 2,
+                connections=64,
+                body=WRONG,
+                many_clients=True,
+                many_numbers=True,
             )
 
         thread = threading.Thread(target=storm)

@@ -172,6 +172,10 @@ math.randomseed(os.time())
 request = function()
   local a, b, c = math.random(18, 19), math.random(0, 255), math.random(1, 254)
   wrk.headers["X-Forwarded-For"] = "198." .. a .. "." .. b .. "." .. c
+  if many_numbers then
+    -- another phone number each time too, so no per-number budget refuses: every guess is verified
+    wrk.body = '{"phone_number": "0788' .. math.random(100000, 999999) .. '", "password": "Wrong-Password-77"}'
+  end
   return wrk.format()
 end
 """
@@ -186,6 +190,7 @@ def wrk(
     body: str | None = None,
     headers: dict[str, str] | None = None,
     many_clients: bool = False,
+    many_numbers: bool = False,
 ) -> LoadResult:
     """Drive ``url`` with wrk for a bounded time (loopback only) and parse its summary."""
     if not shutil.which("wrk"):
@@ -197,7 +202,7 @@ def wrk(
         else:
             script.write(header_lines)
         if many_clients:
-            script.write(WRK_MANY_CLIENTS)
+            script.write(f"many_numbers = {'true' if many_numbers else 'false'}\n" + WRK_MANY_CLIENTS)
     try:
         command = [
             "wrk",
