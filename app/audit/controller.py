@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import asyncpg
 from litestar import Controller, Request, get
 from litestar.datastructures import State
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -87,10 +87,24 @@ def _filter_params(**values: str | None) -> dict[str, str | None]:
     return values
 
 
+async def provide_attempt_filters(
+    phone_number: Phone = None,
+    ip: Ip = None,
+    success: Success = None,
+    reason: Reason = None,
+    auth_method: Method = None,
+    user_id: UserId = None,
+) -> dict[str, str | None]:
+    """The filters every listing, the export and the summary share (checked by app/audit/query.py)."""
+    return _filter_params(
+        phone_number=phone_number, ip=ip, success=success, reason=reason, auth_method=auth_method, user_id=user_id
+    )
+
+
 class AuditController(Controller):
     path = "/api/audit"
     tags = ["audit"]
-    dependencies = ROLE_DEPENDENCIES
+    dependencies = {**ROLE_DEPENDENCIES, "attempt_filters": Provide(provide_attempt_filters)}
 
     @get("/login-attempts", summary="Login attempts, newest first, one page at a time", responses=AUDIT_ERRORS)
     async def list_attempts(
@@ -99,24 +113,14 @@ class AuditController(Controller):
         request: Request[Any, Any, Any],
         state: State,
         db_engine: NamedDependency[AsyncEngine],
-        phone_number: Phone = None,
-        ip: Ip = None,
-        success: Success = None,
-        reason: Reason = None,
-        auth_method: Method = None,
-        user_id: UserId = None,
+        attempt_filters: NamedDependency[dict[str, str | None]],
         since: Since = None,
         until: Until = None,
         cursor: CursorText = None,
         limit: Limit = None,
     ) -> AttemptPage:
         params = _filter_params(
-            phone_number=phone_number,
-            ip=ip,
-            success=success,
-            reason=reason,
-            auth_method=auth_method,
-            user_id=user_id,
+            **attempt_filters,
             since=since,
             until=until,
             cursor=cursor,
@@ -144,24 +148,14 @@ class AuditController(Controller):
         request: Request[Any, Any, Any],
         state: State,
         db_engine: NamedDependency[AsyncEngine],
-        phone_number: Phone = None,
-        ip: Ip = None,
-        success: Success = None,
-        reason: Reason = None,
-        auth_method: Method = None,
-        user_id: UserId = None,
+        attempt_filters: NamedDependency[dict[str, str | None]],
         since: Since = None,
         until: Until = None,
         format: Format = None,
     ) -> Stream:
         errors = Errors()
         params = _filter_params(
-            phone_number=phone_number,
-            ip=ip,
-            success=success,
-            reason=reason,
-            auth_method=auth_method,
-            user_id=user_id,
+            **attempt_filters,
             since=since,
             until=until,
         )
@@ -200,24 +194,14 @@ class AuditController(Controller):
         request: Request[Any, Any, Any],
         state: State,
         db_engine: NamedDependency[AsyncEngine],
+        attempt_filters: NamedDependency[dict[str, str | None]],
         since: SummarySince = None,
         until: SummaryUntil = None,
         bucket: BucketText = None,
         top: Top = None,
-        phone_number: Phone = None,
-        ip: Ip = None,
-        success: Success = None,
-        reason: Reason = None,
-        auth_method: Method = None,
-        user_id: UserId = None,
     ) -> Summary:
         params = _filter_params(
-            phone_number=phone_number,
-            ip=ip,
-            success=success,
-            reason=reason,
-            auth_method=auth_method,
-            user_id=user_id,
+            **attempt_filters,
             since=since,
             until=until,
             bucket=bucket,
