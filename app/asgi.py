@@ -29,6 +29,7 @@ from app.auth.tokens import TokenIssuer
 from app.config import Settings
 from app.db.config import sqlalchemy_config
 from app.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
+from app.gc_tuning import freeze_startup_heap
 from app.health import HealthChecks, HealthController, database_check
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
@@ -88,6 +89,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.health_checks = HealthChecks(
             {"database": database_check(app.state), "redis": redis.ping, "audit": backlog}
         )
+        freeze_startup_heap()
 
     async def stop(app: Litestar) -> None:
         if app.state.audit_writer is not None:

@@ -41,11 +41,12 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.audit.events import STREAM_FIELD, LoginEvent, new_event, stream_fields
-from app.audit.metrics import GROUP, AuditMetrics
+from app.audit.metrics import GROUP, AuditMetrics, unwritten_events
 from app.audit.publisher import AuditPublisher
 from app.audit.store import COLUMNS, INSERT_METHODS, InsertMethod, _records
 from app.audit.writer import AuditWriter
 from app.config import PROJECT_ROOT, Settings, asyncpg_url
+from app.gc_tuning import freeze_startup_heap
 from app.redis_client import create_redis
 from app.redis_keys import KeySpace
 from bench.common import servers
@@ -163,8 +164,8 @@ class Bench:
             probe = self.keys.audit_stream(0)
             while len(await redis.xinfo_consumers(probe, GROUP)) < writers:  # all imported and reading
                 await asyncio.sleep(0.01)
-            started, remaining = time.perf_counter(), await self.stream_length(redis)
-            while await self.stream_length(redis):
+            started, remaining = time.perf_counter(), await unwritten_events(redis, self.keys)
+            while await unwritten_events(redis, self.keys):
                 await asyncio.sleep(0.01)
             elapsed = time.perf_counter() - started
             stored = await conn.fetchval("SELECT count(*) FROM login_attempts")
@@ -193,12 +194,6 @@ class Bench:
             "PIN_PEPPER": settings.pin_pepper or "",
             "LOG_LEVEL": "WARNING",
         }
-
-    async def stream_length(self, redis: Redis) -> int:
-        pipe = redis.pipeline(transaction=False)
-        for stream in self.keys.audit_streams():
-            pipe.xlen(stream)
-        return sum(await pipe.execute())
 
     async def lag(self, conn: asyncpg.Connection, engine: AsyncEngine, rate: int, seconds: float) -> list[float]:
         await self.truncate(conn)
@@ -258,6 +253,7 @@ async def measure(settings: Settings, args: argparse.Namespace) -> None:
     assert settings.database_url
     engine = create_async_engine(asyncpg_url(settings.database_url), pool_size=4)
     conn = await asyncpg.connect(bench.dsn)
+    freeze_startup_heap()  # as the API and `audit worker` processes do once started
     try:
         copy_rate = await bench.runs("(a)  raw COPY, one statement", lambda: bench.raw_copy(conn, None))
         await bench.runs(

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.audit.metrics import shared_metrics
 from app.audit.writer import AuditWriter
 from app.config import ConfigError, Settings, asyncpg_url
+from app.gc_tuning import freeze_startup_heap
 from app.redis_client import create_redis
 from app.redis_keys import KeySpace
 
@@ -57,6 +58,7 @@ async def _work(settings: Settings, consumer_name: str | None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, writer.request_stop)
     logger.info("audit worker %s: writing to %s", writer.consumer, settings.database_url.rsplit("@", 1)[-1])
+    freeze_startup_heap()
     try:
         await writer.run()
     finally:

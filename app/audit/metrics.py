@@ -113,5 +113,13 @@ async def read_backlog(redis: Redis, keys: KeySpace, group: str = GROUP) -> Back
     return Backlog(stream_length=length, pending=pending, lag_seconds=round(lag, 3))
 
 
+async def unwritten_events(redis: Redis, keys: KeySpace) -> int:
+    """Entries in all shard streams (read or not): only stream lengths, one pipelined round trip."""
+    pipe = redis.pipeline(transaction=False)
+    for stream in keys.audit_streams():
+        pipe.xlen(stream)
+    return sum(await pipe.execute())
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

@@ -19,8 +19,6 @@ arrays and COPY go through asyncpg without SQLAlchemy's per-statement overhead.
 from __future__ import annotations
 
 import asyncio
-import functools
-import ipaddress
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -28,7 +26,7 @@ from typing import Any, Literal
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit.events import LoginEvent
+from app.audit.events import LoginEvent, packed_ip
 
 InsertMethod = Literal["unnest", "copy", "staging"]
 INSERT_METHODS: tuple[InsertMethod, ...] = ("unnest", "copy", "staging")
@@ -81,12 +79,6 @@ def is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, DATA_ERRORS)
 
 
-@functools.lru_cache(maxsize=8192)
-def _packed_ip(value: str) -> bytes:
-    """asyncpg parses an address string on every row; packed bytes skip that (a burst has few IPs)."""
-    return ipaddress.ip_address(value).packed
-
-
 def _records(events: Sequence[LoginEvent]) -> list[tuple[Any, ...]]:
     return [
         (
@@ -97,7 +89,7 @@ def _records(events: Sequence[LoginEvent]) -> list[tuple[Any, ...]]:
             e.success,
             e.auth_method,
             e.reason,
-            _packed_ip(e.ip_address) if e.ip_address is not None else None,
+            packed_ip(e.ip_address) if e.ip_address is not None else None,
             e.user_agent,
             e.request_id,
         )

@@ -37,7 +37,7 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.events import EventDecodeError, LoginEvent, decode_entry, stream_fields
-from app.audit.metrics import GROUP, AuditMetrics, Backlog, read_backlog, shared_metrics
+from app.audit.metrics import GROUP, AuditMetrics, Backlog, read_backlog, shared_metrics, unwritten_events
 from app.audit.store import InsertMethod, is_data_error, store_events
 from app.config import Settings
 from app.redis_keys import KeySpace
@@ -165,6 +165,7 @@ class AuditWriter:
         self._give_up_at = float("inf")
         self._task: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * self.write_concurrency)
+        self._acks: set[asyncio.Task[None]] = set()
         self._groups_ready = False
         self._next_claim = 0.0
         self._next_backlog = 0.0
@@ -216,10 +217,11 @@ class AuditWriter:
             for _ in writers:
                 await self._queue.put(None)
             await asyncio.gather(*writers)
+            await self._queue.join()  # the last acknowledgements
         finally:
-            for task in writers:  # only still running if we were cancelled: entries stay pending
+            for task in [*writers, *self._acks]:  # only still running if we were cancelled: entries stay pending
                 task.cancel()
-            await asyncio.gather(*writers, return_exceptions=True)
+            await asyncio.gather(*writers, *self._acks, return_exceptions=True)
         logger.info("audit writer %s stopped", self.consumer)
 
     async def run_until_drained(self, within_seconds: float = 60.0) -> None:
@@ -230,7 +232,9 @@ class AuditWriter:
             while True:
                 await asyncio.sleep(0.02)
                 with contextlib.suppress(RedisError, OSError):
-                    if (await self.backlog())["stream_length"] == 0:
+                    # Stream lengths only: the full backlog (pending, oldest entry) every 20 ms
+                    # cost the drain it was watching several per cent.
+                    if await unwritten_events(self.redis, self.keys) == 0:
                         return
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"audit streams not drained within {within_seconds} s")
@@ -378,15 +382,29 @@ class AuditWriter:
         while (batch := await self._queue.get()) is not None:
             try:
                 await self._write(batch)
-                await self._acknowledge_committed(batch)
             except WriteAbandoned as exc:
                 logger.warning("audit writer %s: %s", self.consumer, exc)
-            except Exception:
-                # Unknown trouble: the entries stay pending and are claimed again later.
-                logger.exception("audit writer %s: batch left pending", self.consumer)
-            finally:
                 self._queue.task_done()
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    # Unknown trouble: the entries stay pending and are claimed again later.
+                    logger.exception("audit writer %s: batch left pending", self.consumer)
+                self._queue.task_done()
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            else:
+                # Committed. The acknowledgement is Redis's business and need not hold up the next
+                # commit; the batch counts as done (queue.join()) only once it is acknowledged.
+                ack = asyncio.get_running_loop().create_task(self._acknowledge_committed(batch))
+                self._acks.add(ack)
+                ack.add_done_callback(self._acknowledged)
         self._queue.task_done()
+
+    def _acknowledged(self, ack: asyncio.Task[None]) -> None:
+        self._acks.discard(ack)
+        self._queue.task_done()
+        if not ack.cancelled() and (exc := ack.exception()) is not None and not isinstance(exc, WriteAbandoned):
+            logger.error("audit writer %s: acknowledgement failed; entries stay pending", self.consumer, exc_info=exc)
 
     async def _write(self, batch: Batch) -> None:
         """Commit ``batch``; retry while Postgres is unavailable; isolate rows Postgres refuses."""

@@ -74,7 +74,7 @@ async def assert_stored_exactly_once(dsn: str, events: list[LoginEvent]) -> None
     conn = await asyncpg.connect(dsn)
     try:
         total, distinct = await conn.fetchrow("SELECT count(*), count(DISTINCT event_id) FROM login_attempts")
-        stored = {row["event_id"] for row in await conn.fetch("SELECT event_id FROM login_attempts")}
+        stored = {str(row["event_id"]) for row in await conn.fetch("SELECT event_id FROM login_attempts")}
     finally:
         await conn.close()
     assert (total, distinct) == (len(events), len(events))
