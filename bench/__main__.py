@@ -77,6 +77,13 @@ BENCHMARKS = (
         image="img/audit-lag.png",
     ),
     Benchmark(
+        "audit-overhead",
+        "bench.bench_audit_overhead",
+        "The login path with auditing on vs off (verified sign-in and refused path)",
+        "audit on >= 0.9x of audit off",
+        quick_args=("--rounds", "1", "--seconds", "2"),
+    ),
+    Benchmark(
         "audit-queries",
         "bench.bench_audit_queries",
         "Security team queries on 10 million rows; export throughput",

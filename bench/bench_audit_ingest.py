@@ -256,7 +256,7 @@ async def measure(settings: Settings, args: argparse.Namespace) -> None:
     freeze_startup_heap()  # as the API and `audit worker` processes do once started
     try:
         copy_rate = await bench.runs("(a)  raw COPY, one statement", lambda: bench.raw_copy(conn, None))
-        await bench.runs(
+        batch_copy_rate = await bench.runs(
             f"(a') COPY, {settings.audit_batch_size}-row statements",
             lambda: bench.raw_copy(conn, settings.audit_batch_size),
         )
@@ -276,9 +276,15 @@ async def measure(settings: Settings, args: argparse.Namespace) -> None:
                 lambda: bench.drain_by_processes(conn, engine, args.writers),
                 repeat=1,
             )
-        for label, rate in (("ratio (b)/(a)", drain_rate), ("ratio (b'')/(a)", fleet_rate)):
+        ratios = (
+            ("ratio (b)/(a)", drain_rate, copy_rate),
+            ("ratio (b'')/(a)", fleet_rate, copy_rate),
+            # The writer must commit each batch before acknowledging it: (a') is COPY with that shape.
+            ("ratio (b)/(a')", drain_rate, batch_copy_rate),
+        )
+        for label, rate, baseline in ratios:
             if rate:
-                ratio = rate / copy_rate
+                ratio = rate / baseline
                 verdict = "ok" if ratio >= RATIO_TARGET else "BELOW TARGET"
                 print(f"{label:<38}{ratio:>10.3f}   target >= {RATIO_TARGET}  {verdict}", flush=True)
 

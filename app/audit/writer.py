@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import math
 import os
 import random
 import secrets
@@ -166,6 +167,9 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * self.write_concurrency)
         self._acks: set[asyncio.Task[None]] = set()
+        self.flush_seconds = max(0, settings.audit_flush_ms) / 1000
+        self._partial: Batch = []  # read, not yet handed to a write task
+        self._partial_due = 0.0
         self._groups_ready = False
         self._next_claim = 0.0
         self._next_backlog = 0.0
@@ -178,6 +182,7 @@ class AuditWriter:
             self._stopping.clear()
             self._give_up_at = float("inf")
             self._queue = asyncio.Queue(maxsize=2 * self.write_concurrency)  # nothing left from a cancelled run
+            self._partial = []  # entries of a cancelled run stay pending in Redis and are re-read
             self._groups_ready = False
             self._task = asyncio.get_running_loop().create_task(self.run(), name=f"audit-writer:{self.consumer}")
         return self._task
@@ -214,6 +219,7 @@ class AuditWriter:
         ]
         try:
             await self._read_loop()
+            await self._flush_partial()
             for _ in writers:
                 await self._queue.put(None)
             await asyncio.gather(*writers)
@@ -254,12 +260,20 @@ class AuditWriter:
         while not self._stopping.is_set():
             try:
                 if not self._groups_ready:
-                    await self._queue.join()  # our own pending entries are then only the stuck ones
+                    await self._settle_in_hand()  # our own pending entries are then only the stuck ones
                     await self.ensure_groups()
                     await self._recover_own_pending()
                 if time.monotonic() >= self._next_claim:
-                    await self._queue.join()
+                    await self._settle_in_hand()
                     await self.claim_abandoned()
+                if self._partial:
+                    # Let the batch fill up in Redis, then take what came in one read: under a
+                    # steady stream every read returns at once, and each costs a round trip.
+                    await self._pause(self._partial_due - time.monotonic())
+                    if not self._stopping.is_set():
+                        await self._dispatch(await self._read({stream: ">" for stream in self.streams}, block=False))
+                    await self._flush_partial()
+                    continue
                 await self._dispatch(await self._read({stream: ">" for stream in self.streams}, block=True))
                 backoff.reset()
                 if time.monotonic() >= self._next_backlog:
@@ -343,16 +357,39 @@ class AuditWriter:
             self.consumer,
             start_ids,  # type: ignore[arg-type]
             count=self.batch_size,
-            block=self.block_ms if block else None,
+            block=self._block_ms() if block else None,
         )
         if not reply:
             return []
         pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 list
         return [(_text(stream), messages) for stream, messages in pairs]
 
+    def _block_ms(self) -> int:
+        """How long a read may wait: never past the moment the batch being filled is due."""
+        if not self._partial:
+            return self.block_ms
+        return max(1, min(self.block_ms, math.ceil((self._partial_due - time.monotonic()) * 1000)))
+
+    async def _flush_partial(self) -> None:
+        batch, self._partial = self._partial, []
+        if batch:
+            await self._queue.put(batch)
+
+    async def _settle_in_hand(self) -> None:
+        """Write and acknowledge everything read so far (before re-reading our own pending list)."""
+        await self._flush_partial()
+        await self._queue.join()
+
     async def _dispatch(self, reply: StreamReply) -> None:
-        """Dead-letter what is not an event, queue the rest in batches for the write tasks."""
-        batch: Batch = []
+        """Dead-letter what is not an event, queue the rest in batches for the write tasks.
+
+        A batch goes out when it holds ``audit_batch_size`` events, or ``audit_flush_ms`` after its
+        first event arrived: under a steady trickle (an attack refused at a few thousand per
+        second) one COPY and one acknowledgement then carry hundreds of events, not a handful.
+        """
+        batch = self._partial
+        if not batch:
+            self._partial_due = time.monotonic() + self.flush_seconds
         invalid: list[tuple[Entry, str]] = []
         vanished: list[Entry] = []
         for stream, messages in reply:
@@ -368,9 +405,9 @@ class AuditWriter:
                 if len(batch) == self.batch_size:
                     await self._queue.put(batch)
                     batch = []
+                    self._partial_due = time.monotonic() + self.flush_seconds
                     await asyncio.sleep(0)  # a catch-up read is thousands of entries: let requests run
-        if batch:
-            await self._queue.put(batch)
+        self._partial = batch
         if invalid:
             await self._dead_letter(invalid)
         if vanished:

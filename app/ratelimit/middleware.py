@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from typing import Any
 
 import msgspec
+import uuid_utils
 from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -143,7 +143,7 @@ class LoginGate:
         peer = scope.get("client")
         address = resolver.resolve(peer[0] if peer else None, scope["headers"])
         headers = dict(scope["headers"])
-        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:64] or str(uuid.uuid4())
+        request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:64] or str(uuid_utils.uuid4())
         cors = _cors_headers(settings, headers.get(b"origin"))
         attempt = LoginAttempt(
             limiter=limiter,
