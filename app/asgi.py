@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from app.audit.controller import AuditController
 from app.audit.dashboard import DASHBOARD_HANDLERS
+from app.audit.export import ExportSlots
 from app.audit.metrics import Backlog, read_backlog, shared_metrics
 from app.audit.publisher import AuditPublisher
 from app.audit.writer import AuditWriter
@@ -80,6 +81,7 @@ def create_app(settings: Settings) -> Litestar:
         )
         app.state.limiter = LoginLimiter(redis, settings)
         app.state.audit_publisher = AuditPublisher(redis, keys, engine, metrics)
+        app.state.export_slots = ExportSlots(settings.audit_export_concurrency)
         app.state.audit_writer = None
         if settings.audit_writer_enabled:
             app.state.audit_writer = AuditWriter(redis, keys, engine, settings, metrics)

@@ -96,6 +96,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_claim_idle_ms: int = 30_000
     audit_writer_enabled: bool = True
     audit_retention_days: int = 365
+    audit_export_concurrency: int = 2  # exports streaming at once per process (each holds a DB connection)
     cors_allow_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
     @classmethod

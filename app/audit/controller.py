@@ -19,7 +19,7 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit.export import EXPORT_FORMATS, MEDIA_TYPES, ExportFormat, export_chunks
+from app.audit.export import EXPORT_FORMATS, MEDIA_TYPES, ExportFormat, ExportSlots, export_chunks
 from app.audit.query import (
     API_STATEMENT_TIMEOUT_MS,
     AttemptPage,
@@ -47,6 +47,7 @@ from app.errors import error_responses
 
 # Bad filters, no token, another role, a query that ran out of time.
 AUDIT_ERRORS = error_responses(400, 401, 403, 503)
+EXPORT_ERRORS = error_responses(400, 401, 403, 429, 503)
 
 
 def _query(description: str) -> Any:
@@ -140,7 +141,7 @@ class AuditController(Controller):
         "/login-attempts/export",
         summary="Every matching attempt as CSV or NDJSON, streamed",
         response_description="text/csv (formula cells neutralised) or application/x-ndjson, newest first",
-        responses=AUDIT_ERRORS,
+        responses=EXPORT_ERRORS,
     )
     async def export_attempts(
         self,
@@ -165,6 +166,8 @@ class AuditController(Controller):
             errors.add("format", "Choose csv or ndjson.")
         errors.raise_if_any()
         export_format: ExportFormat = "csv" if fmt == "csv" else "ndjson"
+        slots: ExportSlots = state.export_slots
+        slots.check()
         actor = actor_of(auditor, request, state)
         async with read_transaction(db_engine) as conn:
             record_id = await record_query(conn, actor, "export", {**filters.describe(), "format": export_format})
@@ -172,7 +175,9 @@ class AuditController(Controller):
         async def record_row_count(conn: Any, rows: int) -> None:
             await set_row_count(conn, record_id, rows)
 
-        body = export_chunks(lambda: pooled_connection(db_engine), filters, export_format, finish=record_row_count)
+        body = slots.stream(
+            export_chunks(lambda: pooled_connection(db_engine), filters, export_format, finish=record_row_count)
+        )
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         return Stream(
             body,

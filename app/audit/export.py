@@ -13,12 +13,13 @@ carriage return; OWASP's list) get a leading single quote. That includes E.164 p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from app.audit.query import AttemptFilters, SqlParams, filter_conditions, where
+from app.errors import AppError
 
 ExportFormat = Literal["csv", "ndjson"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("csv", "ndjson")
@@ -106,7 +107,7 @@ async def export_chunks(
     fmt: ExportFormat,
     result: ExportResult | None = None,
     finish: Finish | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The export as byte chunks.
 
     ``connect()`` gives an asyncpg connection; the COPY runs in a transaction of its own on it (a
@@ -160,3 +161,33 @@ async def export_chunks(
             while not queue.empty():
                 queue.get_nowait()
             asyncio.get_running_loop().call_later(STOP_GRACE_SECONDS, task.cancel)
+
+
+class ExportsBusy(AppError):
+    status_code = 429
+    code = "exports_busy"
+    message = "Too many exports are running. Try again when one has finished."
+
+
+class ExportSlots:
+    """At most ``limit`` exports stream at once in this process.
+
+    An export holds a pooled database connection for as long as the file takes (minutes for
+    millions of rows), and the pool is the logins' pool too: without a cap, a few browser tabs
+    of exports could leave sign-ins waiting for a connection.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._semaphore = asyncio.Semaphore(max(1, limit))
+
+    def check(self) -> None:
+        """Refuse up front when every slot is taken (the usual case of a busy server)."""
+        if self._semaphore.locked():
+            raise ExportsBusy(headers={"Retry-After": "30"})
+
+    async def stream(self, chunks: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+        """``chunks`` holding a slot; the slot is taken before the first chunk opens a connection,
+        so the cap is exact even when two requests pass :meth:`check` at once."""
+        async with self._semaphore, aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk

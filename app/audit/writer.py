@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import datetime
 import logging
-import math
 import os
 import random
 import secrets
@@ -357,18 +356,12 @@ class AuditWriter:
             self.consumer,
             start_ids,  # type: ignore[arg-type]
             count=self.batch_size,
-            block=self._block_ms() if block else None,
+            block=self.block_ms if block else None,
         )
         if not reply:
             return []
         pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 list
         return [(_text(stream), messages) for stream, messages in pairs]
-
-    def _block_ms(self) -> int:
-        """How long a read may wait: never past the moment the batch being filled is due."""
-        if not self._partial:
-            return self.block_ms
-        return max(1, min(self.block_ms, math.ceil((self._partial_due - time.monotonic()) * 1000)))
 
     async def _flush_partial(self) -> None:
         batch, self._partial = self._partial, []

@@ -7,6 +7,7 @@ import csv
 import datetime
 import io
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -301,6 +302,38 @@ async def test_export_checks_filters_and_format_before_streaming(client, db):
     response = await client.get(EXPORT, params={"format": "xlsx", "ip": "nope"}, headers=headers)
     assert response.status_code == 400
     assert {e["field"] for e in response.json()["errors"]} == {"format", "ip"}
+
+
+async def test_exports_beyond_the_concurrency_cap_are_refused_until_one_ends(app, client, db):
+    headers = await staff_headers(client, db, "security")
+    await insert_rows(db, [Row(created_at=BASE_TIME + n * MINUTE) for n in range(3)])
+    slots = app.state.export_slots
+    closed: list[bool] = []
+
+    async def held_export() -> AsyncIterator[bytes]:
+        try:
+            yield b"first chunk"
+            await asyncio.sleep(3600)
+            yield b"never"
+        finally:
+            closed.append(True)
+
+    # Exports already streaming hold every slot (AUDIT_EXPORT_CONCURRENCY, 2 by default).
+    running = [slots.stream(held_export()) for _ in range(app.state.settings.audit_export_concurrency)]
+    for export in running:
+        assert await anext(export) == b"first chunk"
+    busy = await client.get(EXPORT, headers=headers)
+    assert busy.status_code == 429
+    assert busy.json()["code"] == "exports_busy" and busy.json()["message"]
+    assert busy.headers["retry-after"] == "30"
+
+    await running[0].aclose()  # a client hung up: its slot and its source are released
+    assert closed == [True]
+    response = await client.get(EXPORT, params={"format": "ndjson"}, headers=headers)
+    assert response.status_code == 200
+    assert len(response.text.splitlines()) == 3
+    for export in running[1:]:
+        await export.aclose()
 
 
 # ---- summary --------------------------------------------------------------------------------------
