@@ -90,6 +90,7 @@ BENCHMARKS = (
         "each filtered page p95 < 50 ms; export >= 100,000 rows/s",
         quick_args=("--rows", "200000"),
         extra="EXPLAIN plans: [audit-explain.md](audit-explain.md).",
+        servers=("database",),
     ),
 )
 

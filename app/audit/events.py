@@ -157,13 +157,14 @@ def storable(event: LoginEvent) -> LoginEvent:
     return msgspec.structs.replace(event, **changes) if changes else event
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=8192)
 def packed_ip(value: str) -> bytes | None:
     """The address's packed bytes, or None if ``value`` is not an IP address.
 
     The writer needs both answers per event (is it storable, and what asyncpg should encode): one
     cached parse serves both, and inet_pton (C) takes the common forms before ipaddress (Python)
-    sees the rare ones, such as an IPv6 scope. The cache spans a whole catch-up read.
+    sees the rare ones, such as an IPv6 scope. The cache is bounded (an attack from millions of
+    addresses must not grow the worker); a miss costs one inet_pton.
     """
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
