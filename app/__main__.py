@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+from types import FrameType
 
 import click
 
@@ -27,6 +29,10 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 @main.command(help="Serve the API (embedded Postgres and Redis when DATABASE_URL / REDIS_URL are unset).")
 @click.option("--host", default=None, help="Address to bind (HOST, default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (PORT, default 8000).")
@@ -41,6 +47,10 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     host = host or settings.host
     port = port or settings.port
     workers = workers or settings.workers
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the default action,
+    # which would end the process before the embedded servers below are stopped. As an exception
+    # it unwinds through ``servers_for`` instead (exit status 143 as before).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with servers_for(settings) as resolved:
         migrations.upgrade(resolved)
         # Workers are separate processes: hand them the resolved URLs and development secrets.

@@ -38,8 +38,8 @@ def start(data_dir, port):
     raise AssertionError("serve did not become healthy in time")
 
 
-def stop(process):
-    process.send_signal(signal.SIGINT)
+def stop(process, signum=signal.SIGINT):
+    process.send_signal(signum)
     try:
         output, _ = process.communicate(timeout=30)
     except subprocess.TimeoutExpired:
@@ -76,4 +76,8 @@ def test_serve_from_nothing_then_again_finds_the_same_users(tmp_path):
         )
         assert login.status_code == 200, login.text
     finally:
-        stop(process)
+        output = stop(process, signal.SIGTERM)  # as a service manager or `docker stop` ends it
+    # The embedded servers went down with it, not left running as orphans.
+    assert process.returncode in (0, 128 + signal.SIGTERM, -signal.SIGTERM), output
+    assert not (tmp_path / "data" / "postgres" / "postmaster.pid").exists()
+    assert "ready to exit" in (tmp_path / "data" / "redis" / "redis.log").read_text()
