@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from litestar import Controller, Request, get
+from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
@@ -175,12 +176,15 @@ class AuditController(Controller):
         async def record_row_count(conn: Any, rows: int) -> None:
             await set_row_count(conn, record_id, rows)
 
-        body = slots.stream(
-            export_chunks(lambda: pooled_connection(db_engine), filters, export_format, finish=record_row_count)
+        body = export_chunks(
+            slots.connection(lambda: pooled_connection(db_engine)), filters, export_format, finish=record_row_count
         )
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         return Stream(
             body,
+            # Litestar stops sending when the client hangs up but leaves the body open; closing it
+            # stops the COPY and gives its connection and export slot back now, not at the next GC.
+            background=BackgroundTask(body.aclose),
             media_type=MEDIA_TYPES[export_format],
             headers={
                 "Content-Disposition": f'attachment; filename="login-attempts-{stamp}.{export_format}"',

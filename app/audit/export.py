@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, aclosing
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -170,11 +170,11 @@ class ExportsBusy(AppError):
 
 
 class ExportSlots:
-    """At most ``limit`` exports stream at once in this process.
+    """At most ``limit`` exports hold a database connection at once in this process.
 
-    An export holds a pooled database connection for as long as the file takes (minutes for
-    millions of rows), and the pool is the logins' pool too: without a cap, a few browser tabs
-    of exports could leave sign-ins waiting for a connection.
+    An export holds a pooled connection for as long as the file takes (minutes for millions of
+    rows), and the pool is the logins' pool too: without a cap, a few browser tabs of exports
+    could leave sign-ins waiting for a connection.
     """
 
     def __init__(self, limit: int) -> None:
@@ -185,9 +185,14 @@ class ExportSlots:
         if self._semaphore.locked():
             raise ExportsBusy(headers={"Retry-After": "30"})
 
-    async def stream(self, chunks: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
-        """``chunks`` holding a slot; the slot is taken before the first chunk opens a connection,
-        so the cap is exact even when two requests pass :meth:`check` at once."""
-        async with self._semaphore, aclosing(chunks):
-            async for chunk in chunks:
-                yield chunk
+    def connection(self, connect: Connect) -> Connect:
+        """``connect`` holding a slot exactly as long as the connection is held: taken before it is
+        opened (exact even when two requests pass :meth:`check` at once), given back after the COPY
+        has let it go, which may be a little after its reader has hung up."""
+
+        @asynccontextmanager
+        async def slotted() -> AsyncIterator[Any]:
+            async with self._semaphore, connect() as conn:
+                yield conn
+
+        return slotted

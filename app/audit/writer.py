@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import os
 import random
@@ -166,6 +167,7 @@ class AuditWriter:
         self._task: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * self.write_concurrency)
         self._acks: set[asyncio.Task[None]] = set()
+        self._ack_slots = asyncio.Semaphore(self.write_concurrency)
         self.flush_seconds = max(0, settings.audit_flush_ms) / 1000
         self._partial: Batch = []  # read, not yet handed to a write task
         self._partial_due = 0.0
@@ -212,17 +214,19 @@ class AuditWriter:
     async def run(self) -> None:
         """Read, write and acknowledge until :meth:`stop`; outlives outages of Redis and Postgres."""
         logger.info("audit writer %s started on %d streams", self.consumer, len(self.streams))
+        # This run's tasks keep this run's queue, even if a later start() makes a new one.
+        queue = self._queue
         writers = [
-            asyncio.get_running_loop().create_task(self._write_loop(), name=f"audit-writer:{self.consumer}:{n}")
+            asyncio.get_running_loop().create_task(self._write_loop(queue), name=f"audit-writer:{self.consumer}:{n}")
             for n in range(self.write_concurrency)
         ]
         try:
             await self._read_loop()
             await self._flush_partial()
             for _ in writers:
-                await self._queue.put(None)
+                await queue.put(None)
             await asyncio.gather(*writers)
-            await self._queue.join()  # the last acknowledgements
+            await queue.join()  # the last acknowledgements
         finally:
             for task in [*writers, *self._acks]:  # only still running if we were cancelled: entries stay pending
                 task.cancel()
@@ -380,7 +384,8 @@ class AuditWriter:
         first event arrived: under a steady trickle (an attack refused at a few thousand per
         second) one COPY and one acknowledgement then carry hundreds of events, not a handful.
         """
-        batch = self._partial
+        # Taken out while it grows: a batch handed to a write task must never be appended to.
+        batch, self._partial = self._partial, []
         if not batch:
             self._partial_due = time.monotonic() + self.flush_seconds
         invalid: list[tuple[Entry, str]] = []
@@ -408,31 +413,34 @@ class AuditWriter:
 
     # ---- writing -----------------------------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
-        while (batch := await self._queue.get()) is not None:
+    async def _write_loop(self, queue: asyncio.Queue[Batch | None]) -> None:
+        while (batch := await queue.get()) is not None:
             try:
                 await self._write(batch)
+                # Committed. The acknowledgement is Redis's business and need not hold up the next
+                # commit, but only a few may be in flight (each holds a connection of the pool the
+                # limiter uses too); the batch counts as done (queue.join()) once acknowledged.
+                await self._ack_slots.acquire()
             except WriteAbandoned as exc:
                 logger.warning("audit writer %s: %s", self.consumer, exc)
-                self._queue.task_done()
+                queue.task_done()
             except BaseException as exc:
                 if not isinstance(exc, asyncio.CancelledError):
                     # Unknown trouble: the entries stay pending and are claimed again later.
                     logger.exception("audit writer %s: batch left pending", self.consumer)
-                self._queue.task_done()
+                queue.task_done()
                 if isinstance(exc, asyncio.CancelledError):
                     raise
             else:
-                # Committed. The acknowledgement is Redis's business and need not hold up the next
-                # commit; the batch counts as done (queue.join()) only once it is acknowledged.
                 ack = asyncio.get_running_loop().create_task(self._acknowledge_committed(batch))
                 self._acks.add(ack)
-                ack.add_done_callback(self._acknowledged)
-        self._queue.task_done()
+                ack.add_done_callback(functools.partial(self._acknowledged, queue))
+        queue.task_done()
 
-    def _acknowledged(self, ack: asyncio.Task[None]) -> None:
+    def _acknowledged(self, queue: asyncio.Queue[Batch | None], ack: asyncio.Task[None]) -> None:
         self._acks.discard(ack)
-        self._queue.task_done()
+        self._ack_slots.release()
+        queue.task_done()
         if not ack.cancelled() and (exc := ack.exception()) is not None and not isinstance(exc, WriteAbandoned):
             logger.error("audit writer %s: acknowledgement failed; entries stay pending", self.consumer, exc_info=exc)
 

@@ -8,6 +8,7 @@ import datetime
 import io
 import json
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -308,32 +309,36 @@ async def test_exports_beyond_the_concurrency_cap_are_refused_until_one_ends(app
     headers = await staff_headers(client, db, "security")
     await insert_rows(db, [Row(created_at=BASE_TIME + n * MINUTE) for n in range(3)])
     slots = app.state.export_slots
-    closed: list[bool] = []
+    released: list[int] = []
 
-    async def held_export() -> AsyncIterator[bytes]:
-        try:
-            yield b"first chunk"
-            await asyncio.sleep(3600)
-            yield b"never"
-        finally:
-            closed.append(True)
+    def connect(number: int) -> Any:
+        @asynccontextmanager
+        async def held() -> AsyncIterator[str]:
+            try:
+                yield f"connection {number}"
+            finally:
+                released.append(number)
+
+        return held
 
     # Exports already streaming hold every slot (AUDIT_EXPORT_CONCURRENCY, 2 by default).
-    running = [slots.stream(held_export()) for _ in range(app.state.settings.audit_export_concurrency)]
-    for export in running:
-        assert await anext(export) == b"first chunk"
-    busy = await client.get(EXPORT, headers=headers)
-    assert busy.status_code == 429
-    assert busy.json()["code"] == "exports_busy" and busy.json()["message"]
-    assert busy.headers["retry-after"] == "30"
+    async with AsyncExitStack() as running:
+        first = await running.enter_async_context(slots.connection(connect(1))())
+        for number in range(2, app.state.settings.audit_export_concurrency + 1):
+            await running.enter_async_context(slots.connection(connect(number))())
+        assert first == "connection 1"
+        busy = await client.get(EXPORT, headers=headers)
+        assert busy.status_code == 429
+        assert busy.json()["code"] == "exports_busy" and busy.json()["message"]
+        assert busy.headers["retry-after"] == "30"
+    assert sorted(released) == list(range(1, app.state.settings.audit_export_concurrency + 1))
 
-    await running[0].aclose()  # a client hung up: its slot and its source are released
-    assert closed == [True]
-    response = await client.get(EXPORT, params={"format": "ndjson"}, headers=headers)
-    assert response.status_code == 200
-    assert len(response.text.splitlines()) == 3
-    for export in running[1:]:
-        await export.aclose()
+    # The slots came back with their connections: exports run again, and give theirs back.
+    for _ in range(app.state.settings.audit_export_concurrency + 1):
+        response = await client.get(EXPORT, params={"format": "ndjson"}, headers=headers)
+        assert response.status_code == 200
+        assert len(response.text.splitlines()) == 3
+    slots.check()  # no slot left taken
 
 
 # ---- summary --------------------------------------------------------------------------------------

@@ -80,6 +80,14 @@ def test_stream_entry_is_the_event_json_under_one_field() -> None:
         ({b"x": b"1"}, "no 'e' field"),
         ({b"e": b"garbage"}, "malformed"),
         ({b"e": b'{"event_id": "not-a-uuid"}'}, "event_id"),
+        # A trailing newline passes a regex ending in "$"; asyncpg would then refuse the row forever.
+        (
+            {
+                b"e": b'{"event_id": "01a21d08-aef3-70e6-ae05-e2564d25253b\\n", "created_at": "2026-01-01T00:00:00Z",'
+                b' "phone_number": "+250788123456", "success": false, "reason": "ok"}'
+            },
+            "event_id",
+        ),
     ],
 )
 def test_entries_that_are_not_events_are_refused(fields: dict[bytes, bytes], message: str) -> None:
