@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import datetime
+import gc
 import io
 import json
 from collections.abc import AsyncIterator
@@ -339,6 +340,61 @@ async def test_exports_beyond_the_concurrency_cap_are_refused_until_one_ends(app
         assert response.status_code == 200
         assert len(response.text.splitlines()) == 3
     slots.check()  # no slot left taken
+
+
+async def test_a_client_hanging_up_mid_export_gives_its_slot_and_connection_back(app, client, db):
+    headers = await staff_headers(client, db, "security")
+    await db.execute(
+        "INSERT INTO login_attempts (event_id, created_at, phone_number, success, reason, user_agent) "
+        "SELECT gen_random_uuid(), $1::timestamptz + i * interval '1 second', '+250788000001', false, "
+        "'invalid_credentials', repeat('x', 200) FROM generate_series(1, 50000) AS i",
+        BASE_TIME,
+    )
+    chunks: list[bytes] = []
+    hung_up = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if not chunks:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await hung_up.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            chunks.append(message["body"])
+            if len(chunks) > 1:
+                # The browser stopped reading (its download was cancelled): the write never drains.
+                hung_up.set()
+                await asyncio.Event().wait()
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": EXPORT,
+        "raw_path": EXPORT.encode(),
+        "query_string": b"format=csv",
+        "root_path": "",
+        "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+    gc.disable()  # what is released must be released by the app, not by a collection happening to run
+    try:
+        await asyncio.wait_for(app(scope, receive, send), 30)
+        await asyncio.sleep(0.1)
+        assert chunks and sum(map(len, chunks)) < 50_000 * 200  # stopped long before the end
+        app.state.export_slots.check()  # the slot is back at once, not at some later GC
+        # and the COPY's connection has left the export: nothing runs COPY on the server any more
+        active = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%' AND state = 'active'"
+        )
+        assert active == 0
+    finally:
+        gc.enable()
 
 
 # ---- summary --------------------------------------------------------------------------------------
