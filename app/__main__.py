@@ -49,7 +49,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     workers = workers or settings.workers
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the default action,
     # which would end the process before the embedded servers below are stopped. As an exception
-    # it unwinds through ``servers_for`` instead (exit status 143 as before).
+    # it unwinds through ``servers_for`` instead (exit status 143; with --workers > 1 uvicorn's
+    # supervisor handles the signal itself and returns normally).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with servers_for(settings) as resolved:
         migrations.upgrade(resolved)
