@@ -9,6 +9,8 @@ checked by app/audit/query.py, so a bad value is a 400 naming the field, in the 
 from __future__ import annotations
 
 import datetime
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import asyncpg
@@ -103,6 +105,17 @@ async def provide_attempt_filters(
     )
 
 
+@asynccontextmanager
+async def api_read(engine: AsyncEngine, *, snapshot: bool = False) -> AsyncIterator[Any]:
+    """An audit read for the API: its statements stop after API_STATEMENT_TIMEOUT_MS, and a
+    statement stopped that way is the client's 503 ``audit_query_timeout``, never a 500."""
+    try:
+        async with read_transaction(engine, timeout_ms=API_STATEMENT_TIMEOUT_MS, snapshot=snapshot) as conn:
+            yield conn
+    except asyncpg.QueryCanceledError as exc:  # statement_timeout
+        raise AuditQueryTimeout() from exc
+
+
 class AuditController(Controller):
     path = "/api/audit"
     tags = ["audit"]
@@ -130,12 +143,9 @@ class AuditController(Controller):
         )
         page_request = parse_page_request(params, state.settings.default_phone_region)
         actor = actor_of(auditor, request, state)
-        try:
-            async with read_transaction(db_engine, timeout_ms=API_STATEMENT_TIMEOUT_MS) as conn:
-                page = await fetch_page(conn, page_request)
-                await record_query(conn, actor, "list", page_request.describe(), len(page.items))
-        except asyncpg.QueryCanceledError as exc:  # statement_timeout
-            raise AuditQueryTimeout() from exc
+        async with api_read(db_engine) as conn:
+            page = await fetch_page(conn, page_request)
+            await record_query(conn, actor, "list", page_request.describe(), len(page.items))
         return page
 
     @get(
@@ -218,12 +228,9 @@ class AuditController(Controller):
         )
         summary_request = parse_summary_request(params, state.settings.default_phone_region)
         actor = actor_of(auditor, request, state)
-        try:
-            async with read_transaction(db_engine, timeout_ms=API_STATEMENT_TIMEOUT_MS, snapshot=True) as conn:
-                result = await summarise(conn, summary_request, ipv6_prefix=state.settings.rate_limit_ipv6_prefix)
-                await record_query(conn, actor, "summary", summary_request.describe(), result.totals.attempts)
-        except asyncpg.QueryCanceledError as exc:  # statement_timeout
-            raise AuditQueryTimeout() from exc
+        async with api_read(db_engine, snapshot=True) as conn:
+            result = await summarise(conn, summary_request, ipv6_prefix=state.settings.rate_limit_ipv6_prefix)
+            await record_query(conn, actor, "summary", summary_request.describe(), result.totals.attempts)
         return result
 
     @get("/queries", summary="Who read the login history, newest first (admins only)", responses=AUDIT_ERRORS)
@@ -239,7 +246,7 @@ class AuditController(Controller):
     ) -> AuditQueryPage:
         log_request = parse_query_log_request({"user_id": user_id, "cursor": cursor, "limit": limit})
         action: Action = "queries"
-        async with read_transaction(db_engine, timeout_ms=API_STATEMENT_TIMEOUT_MS) as conn:
+        async with api_read(db_engine) as conn:
             page = await fetch_query_log(conn, log_request)
             described: dict[str, Any] = {"limit": log_request.limit}
             if log_request.user_id is not None:
