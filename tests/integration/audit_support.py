@@ -8,20 +8,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.audit.store import COLUMNS
 from tests.helpers import bearer, registered
 
-COLUMNS = (
-    "event_id",
-    "created_at",
-    "phone_number",
-    "user_id",
-    "success",
-    "auth_method",
-    "reason",
-    "ip_address",
-    "user_agent",
-    "request_id",
-)
 BASE_TIME = datetime.datetime(2026, 11, 20, 12, 0, tzinfo=datetime.UTC)
 
 

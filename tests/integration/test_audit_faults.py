@@ -24,7 +24,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.audit.events import LoginEvent, encode_event, new_event, stream_fields
-from app.audit.metrics import GROUP, AuditMetrics
+from app.audit.metrics import GROUP, AuditMetrics, unwritten_events
 from app.audit.publisher import AuditPublisher
 from app.audit.writer import AuditWriter
 from app.config import PROJECT_ROOT, Settings, asyncpg_url
@@ -64,10 +64,6 @@ async def add_to_streams(redis: Redis, keys: KeySpace, events: list[LoginEvent])
     for index, event in enumerate(events):
         pipe.xadd(keys.audit_stream(keys.shard_of(f"client-{index}")), stream_fields(event))
     await pipe.execute()
-
-
-async def stream_length(redis: Redis, keys: KeySpace) -> int:
-    return sum([await redis.xlen(stream) for stream in keys.audit_streams()])
 
 
 async def assert_stored_exactly_once(dsn: str, events: list[LoginEvent]) -> None:
@@ -167,7 +163,7 @@ async def test_writer_killed_mid_batch_loses_and_doubles_nothing(
         rescuer = start_worker(settings, "rescuer", log)
 
         async def drained() -> bool:
-            return await stream_length(redis, keys) == 0
+            return await unwritten_events(redis, keys) == 0
 
         await eventually(drained, 30, "the second worker to claim and write the rest")
         rescuer.send_signal(signal.SIGTERM)
@@ -254,7 +250,7 @@ async def test_postgres_outage_keeps_events_pending_until_it_returns(
         await add_to_streams(redis, keys, before)
 
         async def first_events_written() -> bool:
-            return await stream_length(redis, keys) == 0
+            return await unwritten_events(redis, keys) == 0
 
         await eventually(first_events_written, 20, "the writer to store the first events")
         await asyncio.to_thread(postgres.stop)
@@ -313,5 +309,5 @@ async def test_malformed_entries_are_dead_lettered_and_good_ones_still_written(
     assert dead[1][1][b"field:x"] == b"no event here"
     assert b"totally_fine" in dead[2][1][b"error"] and dead[2][1][b"field:e"] == encode_event(wrong_reason)
     assert metrics.value("events_dead_lettered") == 3
-    assert await stream_length(redis, keys) == 0
+    assert await unwritten_events(redis, keys) == 0
     assert await db.fetchval("SELECT count(*) FROM login_attempts") == len(good)

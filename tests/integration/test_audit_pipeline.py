@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.audit.events import LoginEvent, new_event, stream_fields
-from app.audit.metrics import AuditMetrics
+from app.audit.metrics import AuditMetrics, unwritten_events
 from app.audit.publisher import AuditPublisher, AuditUnavailable
 from app.audit.store import INSERT_METHODS, InsertMethod, store_events
 from app.audit.writer import AuditWriter
@@ -39,7 +39,7 @@ class Pipeline:
         return AuditWriter(self.redis, self.keys, self.engine, settings, self.metrics)
 
     async def stream_length(self) -> int:
-        return sum([await self.redis.xlen(stream) for stream in self.keys.audit_streams()])
+        return await unwritten_events(self.redis, self.keys)
 
 
 @pytest.fixture
