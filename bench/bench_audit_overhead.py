@@ -17,7 +17,6 @@ stored an audit row for every answered request and the "off" server stored none.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import time
@@ -25,7 +24,7 @@ import time
 import asyncpg
 import httpx
 
-from bench.common import median, server_env, servers, uvicorn_process, wrk
+from bench.common import bench_parser, median, server_env, servers, uvicorn_process, wrk
 
 TARGET = 0.9
 PHONE = "0788555123"
@@ -133,11 +132,9 @@ async def clear_budgets(redis_url: str, prefixes: list[str]) -> None:
 
 
 def main() -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--database-url")
-    parser.add_argument("--redis-url")
     args = parser.parse_args()
     result = run(args.rounds, args.seconds, args.database_url, args.redis_url)
     for path, label in (("verified", "verified sign-in (200)"), ("refused", "refused path (429)")):

@@ -9,12 +9,11 @@ in-process audit writer draining it into Postgres. uvicorn with one worker, wrk 
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import httpx
 
-from bench.common import api_process, median, server_env, servers, uvicorn_process, wrk
+from bench.common import api_process, bench_parser, median, server_env, servers, uvicorn_process, wrk
 
 WRONG = json.dumps({"phone_number": "0788123456", "password": "Wrong-Password-77"})
 
@@ -55,11 +54,9 @@ def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | 
 
 
 def main() -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--database-url")
-    parser.add_argument("--redis-url")
     args = parser.parse_args()
     result = run(args.rounds, args.seconds, args.database_url, args.redis_url)
     print(

@@ -17,7 +17,6 @@ nearly every attempt is verified: the worst case for the CPU, not for the limite
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import datetime
@@ -32,7 +31,7 @@ import asyncpg
 import httpx
 from argon2 import PasswordHasher
 
-from bench.common import api_process, save_plot, servers, wrk
+from bench.common import api_process, bench_parser, save_plot, servers, wrk
 
 WRONG = json.dumps({"phone_number": "0788123456", "password": "Wrong-Password-77"})
 
@@ -194,10 +193,8 @@ def plot_curve(curve: list[tuple[int, float, float, float]]) -> None:
 
 
 def main() -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--database-url")
-    parser.add_argument("--redis-url")
     args = parser.parse_args()
     r = run(args.seconds, args.database_url, args.redis_url)
     print(

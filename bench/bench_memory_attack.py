@@ -9,14 +9,13 @@ every few seconds and plotted to docs/img/worker-rss.png.
 
 from __future__ import annotations
 
-import argparse
 import json
 import threading
 import time
 
 import psutil
 
-from bench.common import api_process, save_plot, servers, wrk
+from bench.common import api_process, bench_parser, save_plot, servers, wrk
 
 WRONG = json.dumps({"phone_number": "0788123456", "password": "Wrong-Password-77"})
 
@@ -85,10 +84,8 @@ def plot(samples: list[tuple[float, int]]) -> None:
 
 
 def main() -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=300)
-    parser.add_argument("--database-url")
-    parser.add_argument("--redis-url")
     args = parser.parse_args()
     r = run(args.seconds, args.database_url, args.redis_url)
     print(

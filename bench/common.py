@@ -6,6 +6,7 @@ mean little. Load comes from ``wrk`` (Debian package ``wrk``) when it is install
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import re
@@ -58,6 +59,14 @@ def servers(database_url: str | None = None, redis_url: str | None = None) -> It
         finally:
             for server in reversed(started):
                 server.stop()
+
+
+def bench_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring's first line, and the servers it may be given."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--database-url", help="a Postgres server (a scratch database is created on it)")
+    parser.add_argument("--redis-url", help="a Redis server (keys go under a run-specific prefix)")
+    return parser
 
 
 def server_env(settings: Settings, **extra: str) -> dict[str, str]:
