@@ -45,7 +45,7 @@ def run_worker(settings: Settings, *, consumer_name: str | None = None, metrics_
 async def _work(settings: Settings, consumer_name: str | None) -> None:
     assert settings.database_url
     redis = create_redis(settings)
-    engine = create_async_engine(asyncpg_url(settings.database_url), pool_size=2, max_overflow=2, pool_pre_ping=True)
+    engine = create_async_engine(asyncpg_url(settings.database_url), pool_size=2, max_overflow=2)
     writer = AuditWriter(
         redis,
         KeySpace(settings.redis_key_prefix, settings.redis_shards),

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit.events import PHONE_MAX, REASONS
+from app.audit.events import AUTH_METHODS, PHONE_MAX, REASONS
 from app.auth.phones import PhoneNumberError, normalise_phone
 from app.errors import AppError, FieldErrors
 
@@ -37,7 +37,7 @@ Outcome = Literal["success", "failure", "refusal"]
 # unsuccessful attempt is a failure, ``invalid_request`` included: the client did try to sign in,
 # and attack tools send malformed requests too.
 REFUSAL_REASONS = ("rate_limited", "account_locked", "pin_locked", "limiter_unavailable")
-AUTH_METHODS = ("password", "pin")
+
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 INT64_MAX = 2**63 - 1

@@ -118,6 +118,10 @@ def _fields(raw: Any) -> dict[Any, Any] | None:
     return dict(zip(raw[::2], raw[1::2], strict=True))
 
 
+def _event_id(item: tuple[str, bytes | str, LoginEvent]) -> str:
+    return item[2].event_id
+
+
 def _raw_reply(response: Any, **options: Any) -> Any:
     return response
 
@@ -165,15 +169,22 @@ class AuditWriter:
         self._stopping = asyncio.Event()
         self._give_up_at = float("inf")
         self._task: asyncio.Task[None] | None = None
-        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2 * self.write_concurrency)
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=self._queue_depth())
         self._acks: set[asyncio.Task[None]] = set()
         self._ack_slots = asyncio.Semaphore(self.write_concurrency)
         self.flush_seconds = max(0, settings.audit_flush_ms) / 1000
         self._partial: Batch = []  # read, not yet handed to a write task
         self._partial_due = 0.0
+        self._behind = False  # the last read stopped at its count on some stream: more are waiting
+        self._new_entries: dict[str, bytes | str] = dict.fromkeys(self.streams, ">")
         self._groups_ready = False
         self._next_claim = 0.0
         self._next_backlog = 0.0
+
+    def _queue_depth(self) -> int:
+        # Room for a whole catch-up read (a batch's worth from every stream) plus what is being
+        # written: the reader can then decode the next read while Postgres writes this one.
+        return len(self.streams) + 2 * self.write_concurrency
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -182,7 +193,7 @@ class AuditWriter:
         if self._task is None or self._task.done():
             self._stopping.clear()
             self._give_up_at = float("inf")
-            self._queue = asyncio.Queue(maxsize=2 * self.write_concurrency)  # nothing left from a cancelled run
+            self._queue = asyncio.Queue(maxsize=self._queue_depth())  # nothing left from a cancelled run
             self._partial = []  # entries of a cancelled run stay pending in Redis and are re-read
             self._groups_ready = False
             self._task = asyncio.get_running_loop().create_task(self.run(), name=f"audit-writer:{self.consumer}")
@@ -269,15 +280,18 @@ class AuditWriter:
                 if time.monotonic() >= self._next_claim:
                     await self._settle_in_hand()
                     await self.claim_abandoned()
-                if self._partial:
-                    # Let the batch fill up in Redis, then take what came in one read: under a
-                    # steady stream every read returns at once, and each costs a round trip.
+                if self._partial and not self._behind:
+                    # Caught up, and a batch is filling: let it fill in Redis, then take what came
+                    # in one read (under a steady trickle each read costs a round trip).
                     await self._pause(self._partial_due - time.monotonic())
-                    if not self._stopping.is_set():
-                        await self._dispatch(await self._read({stream: ">" for stream in self.streams}, block=False))
-                    await self._flush_partial()
+                    if self._stopping.is_set():
+                        continue
+                    await self._dispatch(await self._read(self._new_entries, block=False))
+                    if not self._behind:
+                        await self._flush_partial()
                     continue
-                await self._dispatch(await self._read({stream: ">" for stream in self.streams}, block=True))
+                # Behind (the last read was full): read on at once, no waiting for a batch to fill.
+                await self._dispatch(await self._read(self._new_entries, block=not self._behind))
                 backoff.reset()
                 if time.monotonic() >= self._next_backlog:
                     self._next_backlog = time.monotonic() + BACKLOG_REFRESH_SECONDS
@@ -363,9 +377,12 @@ class AuditWriter:
             block=self.block_ms if block else None,
         )
         if not reply:
+            self._behind = False
             return []
         pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 list
-        return [(_text(stream), messages) for stream, messages in pairs]
+        result = [(_text(stream), messages) for stream, messages in pairs]
+        self._behind = any(len(messages) >= self.batch_size for _, messages in result)
+        return result
 
     async def _flush_partial(self) -> None:
         batch, self._partial = self._partial, []
@@ -384,12 +401,9 @@ class AuditWriter:
         first event arrived: under a steady trickle (an attack refused at a few thousand per
         second) one COPY and one acknowledgement then carry hundreds of events, not a handful.
         """
-        # Taken out while it grows: a batch handed to a write task must never be appended to.
-        batch, self._partial = self._partial, []
-        if not batch:
-            self._partial_due = time.monotonic() + self.flush_seconds
         invalid: list[tuple[Entry, str]] = []
         vanished: list[Entry] = []
+        decoded: Batch = []
         for stream, messages in reply:
             for entry_id, raw_fields in messages:
                 fields = _fields(raw_fields)
@@ -397,14 +411,25 @@ class AuditWriter:
                     vanished.append(Entry(stream, entry_id, fields))  # deleted while pending: nothing to write
                     continue
                 try:
-                    batch.append((stream, entry_id, decode_entry(fields)))
+                    decoded.append((stream, entry_id, decode_entry(fields)))
                 except EventDecodeError as exc:
                     invalid.append((Entry(stream, entry_id, fields), str(exc)))
-                if len(batch) == self.batch_size:
-                    await self._queue.put(batch)
-                    batch = []
-                    self._partial_due = time.monotonic() + self.flush_seconds
-                    await asyncio.sleep(0)  # a catch-up read is thousands of entries: let requests run
+            if len(messages) > 100:
+                await asyncio.sleep(0)  # a catch-up read is thousands of entries: let requests run
+        # In time order (UUIDv7 ids), as the events happened: the shards interleave in time, and a
+        # batch cut stream by stream would insert all over the indexes' key ranges instead of at
+        # their right edges, which cost Postgres ~40% more per row.
+        decoded.sort(key=_event_id)
+        # Taken out while it grows: a batch handed to a write task must never be appended to.
+        batch, self._partial = self._partial, []
+        if not batch:
+            self._partial_due = time.monotonic() + self.flush_seconds
+        for item in decoded:
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                await self._queue.put(batch)
+                batch = []
+                self._partial_due = time.monotonic() + self.flush_seconds
         self._partial = batch
         if invalid:
             await self._dead_letter(invalid)

@@ -7,7 +7,7 @@ import uuid
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from app.audit.events import (
@@ -49,6 +49,45 @@ events = st.builds(
 @given(events)
 def test_encode_decode_round_trip(event: LoginEvent) -> None:
     assert decode_event(encode_event(event)) == event
+
+
+_EXAMPLE = LoginEvent(
+    event_id="01a21d08-aef3-70e6-ae05-e2564d25253b",
+    created_at=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+    phone_number="+250788123456",
+    success=False,
+    reason="invalid_credentials",
+)
+# Anything a stream entry may carry: naive times, unknown methods and reasons, addresses that are not.
+any_events = st.builds(
+    LoginEvent,
+    event_id=st.uuids().map(str),
+    created_at=st.one_of(st.datetimes(timezones=st.just(datetime.UTC)), st.datetimes()),
+    phone_number=json_text,
+    success=st.booleans(),
+    reason=st.one_of(st.sampled_from(REASONS), st.text(max_size=5)),
+    auth_method=st.sampled_from([None, "password", "pin", "sms"]),
+    user_id=st.one_of(st.none(), st.integers(-(2**64), 2**64)),
+    ip_address=st.one_of(ips, st.text(max_size=8)),
+    user_agent=st.one_of(st.none(), json_text),
+    request_id=st.one_of(st.none(), json_text),
+)
+
+
+@given(any_events)
+@example(msgspec.structs.replace(_EXAMPLE, phone_number="07\x008"))  # NUL: JSON escapes it, Postgres cannot hold it
+@example(msgspec.structs.replace(_EXAMPLE, user_agent='say "hi"'))  # an escape, but no NUL
+def test_the_writers_fast_decoding_agrees_with_decoding_then_settling(event: LoginEvent) -> None:
+    """decode_entry checks fitting events in one msgspec call; it must decide as the general path does."""
+    payload = encode_event(event)
+    try:
+        expected = storable(decode_event(payload))
+    except EventDecodeError:
+        with pytest.raises(EventDecodeError):
+            decode_entry({b"e": payload})
+    else:
+        assert decode_entry({b"e": payload}) == expected
+        assert decode_entry({"e": payload.decode()}) == expected
 
 
 @given(events)
