@@ -166,7 +166,7 @@ async def test_each_batch_is_a_stretch_of_time_across_the_streams(pipeline: Pipe
     """Batches are cut from a read in event order, not stream by stream.
 
     The streams interleave in time; a batch of one stream's entries would spread its inserts over the
-    whole key range of the time and event-id indexes (measured: ~40% more Postgres time per row).
+    whole key range of the time and event-id indexes (measured: 30-40% more Postgres time per row).
     """
     await add_to_streams(pipeline, [attempt(n) for n in range(2000)])  # spread over the shard streams
     await pipeline.writer(audit_batch_size=250).run_until_drained(within_seconds=20)
