@@ -6,6 +6,7 @@ Side by side in one run, on the same servers and table (medians of ``--repeat`` 
 (a') COPY in statements of ``audit_batch_size`` rows, what Postgres does at the writer's batch size;
 (b)  sustained ingest: N events pre-filled into the shard streams (pipelined XADDs), then the
      writer drains them (read, decode, insert, acknowledge + delete); target (b)/(a) >= 0.6;
+     with the CPU time the writer, Postgres and Redis each spent per event (the two cores' budget);
 (b') the same drain with each insert method, once, to justify the default;
 (b'') the same drain by ``--writers`` writer processes (``python -m app.audit.cli``) sharing the
      group, as an API with that many workers runs them; timed from the moment all have joined;
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import statistics
 import subprocess
@@ -34,6 +36,7 @@ from pathlib import Path
 
 import asyncpg
 import msgspec
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -84,6 +87,22 @@ def bench_event(n: int) -> LoginEvent:
     )
 
 
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds so far of each Postgres process on this machine (none if the server is remote)."""
+    seconds = {}
+    for process in psutil.process_iter(["name"]):
+        if (process.info["name"] or "").startswith("postgres"):
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+async def redis_cpu(redis: Redis) -> float:
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def fmt(rate: float) -> str:
     return f"{rate:>10,.0f} rows/s"
 
@@ -97,6 +116,7 @@ class Bench:
         self.repeat = repeat
         self.keys = KeySpace(settings.redis_key_prefix, settings.redis_shards)
         self.achieved_rate = 0.0
+        self.drain_cpu: dict[float, dict[str, float]] = {}  # rate of a drain -> CPU µs per event
 
     async def truncate(self, conn: asyncpg.Connection) -> None:
         await conn.execute("TRUNCATE login_attempts")
@@ -141,12 +161,22 @@ class Bench:
             events = synthetic_events(self.events)
             await self.prefill(redis, events)
             writer = AuditWriter(redis, self.keys, engine, self.settings, AuditMetrics(), insert_method=method)
+            postgres_before, redis_before, own_before = postgres_cpu(), await redis_cpu(redis), time.process_time()
             started = time.perf_counter()
             await writer.run_until_drained(within_seconds=600)
             elapsed = time.perf_counter() - started
+            own, postgres_after, redis_after = time.process_time(), postgres_cpu(), await redis_cpu(redis)
             stored = await conn.fetchval("SELECT count(*) FROM login_attempts")
             assert stored == len(events), f"drained {stored} of {len(events)}"
-            return len(events) / elapsed
+            rate = len(events) / elapsed
+            # Where the two cores went, per event: this process (the writer), Postgres, Redis.
+            postgres = sum(after - postgres_before.get(pid, 0.0) for pid, after in postgres_after.items())
+            self.drain_cpu[rate] = {
+                "writer": (own - own_before) / len(events) * 1e6,
+                "Postgres": postgres / len(events) * 1e6,
+                "Redis": (redis_after - redis_before) / len(events) * 1e6,
+            }
+            return rate
         finally:
             await redis.aclose()
 
@@ -261,6 +291,13 @@ async def measure(settings: Settings, args: argparse.Namespace) -> None:
             lambda: bench.raw_copy(conn, settings.audit_batch_size),
         )
         drain_rate = await bench.runs("(b)  writer drain (insert: copy)", lambda: bench.drain(conn, engine, "copy"))
+        cpu = bench.drain_cpu[min(bench.drain_cpu, key=lambda rate: abs(rate - drain_rate))]
+        print(
+            f"{'     CPU per event (median run)':<38}"
+            + ", ".join(f"{name} {micros:.1f} µs" for name, micros in cpu.items())
+            + ("" if cpu["Postgres"] else " (Postgres not on this machine)"),
+            flush=True,
+        )
         if not args.skip_methods:
             for method in INSERT_METHODS:
                 if method != "copy":
