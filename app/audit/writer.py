@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit.events import EventDecodeError, LoginEvent, decode_entry, stream_fields
+from app.audit.events import STREAM_FIELD, EventDecodeError, LoginEvent, decode_entry, decode_storable, stream_fields
 from app.audit.metrics import GROUP, AuditMetrics, Backlog, read_backlog, shared_metrics, unwritten_events
 from app.audit.store import InsertMethod, is_data_error, store_events
 from app.config import Settings
@@ -61,6 +61,7 @@ end
 return done
 """
 
+_EVENT_FIELD = (STREAM_FIELD.encode(), STREAM_FIELD)  # as Redis sends it, with or without decode_responses
 # A blocking read longer than the client's socket timeout (2 s) would look like a dead Redis.
 MAX_BLOCK_MS = 1000
 BACKLOG_REFRESH_SECONDS = 1.0
@@ -406,6 +407,12 @@ class AuditWriter:
         decoded: Batch = []
         for stream, messages in reply:
             for entry_id, raw_fields in messages:
+                # The common entry, [b"e", <event JSON>], goes straight to the decoder (no dict per
+                # entry); anything else, and an event that does not decode, the general way below.
+                if type(raw_fields) is list and len(raw_fields) == 2 and raw_fields[0] in _EVENT_FIELD:
+                    with contextlib.suppress(EventDecodeError):
+                        decoded.append((stream, entry_id, decode_storable(raw_fields[1])))
+                        continue
                 fields = _fields(raw_fields)
                 if not fields:
                     vanished.append(Entry(stream, entry_id, fields))  # deleted while pending: nothing to write
