@@ -11,7 +11,9 @@ The youngest generation is also collected after 20,000 net allocations instead o
 read holds tens of thousands of reply lists at once, and at 700 the collector ran ~700 times per
 200,000 events, ~8% of the writer's CPU; at 20,000 it runs a few times (~3%). Only garbage in
 reference cycles waits longer (everything else is freed at once by reference counting), so the cost
-is at most a few MB held a little longer. Nothing is disabled.
+is at most a few MB held a little longer; API processes get the same setting, writer or not
+(fewer collections on the request path too; `bench/bench_memory_attack.py` watches their RSS).
+Nothing is disabled.
 """
 
 from __future__ import annotations

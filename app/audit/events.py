@@ -65,7 +65,8 @@ class LoginEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defau
 
 
 # The same fields without the storage constraints (the event id's form excepted): what any login
-# event may hold before :func:`storable` settles it. Derived, so the two can never drift apart.
+# event may hold before :func:`storable` settles it. Derived from the fields' names, types and
+# defaults (LoginEvent renames nothing; a unit test holds the two to the same wire form).
 _hints = typing.get_type_hints(LoginEvent)  # without the Annotated constraints
 _UncheckedEvent = msgspec.defstruct(
     "UncheckedLoginEvent",
@@ -141,7 +142,10 @@ def decode_storable(payload: bytes | str) -> LoginEvent:
     which JSON carries escaped, so a payload holding that escape goes the general way too.
     """
     if isinstance(payload, str):
-        payload = payload.encode()
+        try:
+            payload = payload.encode()
+        except UnicodeError as exc:  # a lone surrogate: not JSON any client could have sent
+            raise EventDecodeError(str(exc)) from exc
     # Any escape at all is rare (a quote in a user agent): one memchr for the common case.
     if b"\\" not in payload or _NUL_ESCAPE not in payload:
         try:

@@ -170,14 +170,39 @@ async def test_each_batch_is_a_stretch_of_time_across_the_streams(pipeline: Pipe
     """
     await add_to_streams(pipeline, [attempt(n) for n in range(2000)])  # spread over the shard streams
     await pipeline.writer(audit_batch_size=250).run_until_drained(within_seconds=20)
+    batches = await batches_as_inserted(db)
+    assert sum(map(len, batches)) == 2000 and len(batches) >= 8
+    assert_time_ordered(batches)
+
+
+async def test_batches_stay_in_time_order_across_reads(pipeline: Pipeline, db: asyncpg.Connection) -> None:
+    """The partial batch a read leaves is merged with the next read, whose head may be older."""
+    older, newer = [attempt(n) for n in range(250)], [attempt(1000 + n) for n in range(30)]
+    pipe = pipeline.redis.pipeline(transaction=False)
+    for stream, events in ((pipeline.keys.audit_stream(2), older), (pipeline.keys.audit_stream(9), newer)):
+        for event in events:
+            pipe.xadd(stream, stream_fields(event))
+    await pipe.execute()
+    # Reads of 100 per stream: 100 older + the 30 newer, then 100 older, then 50 older.
+    await pipeline.writer(audit_batch_size=100, audit_flush_ms=200).run_until_drained(within_seconds=20)
+    batches = await batches_as_inserted(db)
+    assert sorted(map(len, batches), reverse=True) == [100, 100, 80]
+    assert_time_ordered(batches)
+
+
+async def batches_as_inserted(db: asyncpg.Connection) -> list[list[str]]:
+    """Event ids per statement (rows committed together share a transaction id), in insert order."""
     rows = await db.fetch("SELECT xmin::text::bigint AS tx, event_id::text AS event_id FROM login_attempts ORDER BY id")
     batches: dict[int, list[str]] = {}
     for row in rows:
         batches.setdefault(row["tx"], []).append(row["event_id"])
-    assert sum(map(len, batches.values())) == 2000 and len(batches) >= 8
-    for ids in batches.values():
+    return list(batches.values())
+
+
+def assert_time_ordered(batches: list[list[str]]) -> None:
+    for ids in batches:
         assert ids == sorted(ids)  # inserted in time order
-    spans = sorted((ids[0], ids[-1]) for ids in batches.values())
+    spans = sorted((ids[0], ids[-1]) for ids in batches)
     assert all(last < next_first for (_, last), (next_first, _) in itertools.pairwise(spans)), spans
 
 

@@ -15,6 +15,7 @@ from app.audit.events import (
     STREAM_FIELD,
     EventDecodeError,
     LoginEvent,
+    _UncheckedEvent,
     decode_entry,
     decode_event,
     encode_event,
@@ -88,6 +89,20 @@ def test_the_writers_fast_decoding_agrees_with_decoding_then_settling(event: Log
     else:
         assert decode_entry({b"e": payload}) == expected
         assert decode_entry({"e": payload.decode()}) == expected
+
+
+def test_the_unchecked_twin_reads_the_same_wire_form() -> None:
+    """decode_event's twin must take exactly LoginEvent's fields, names and defaults."""
+    twin = msgspec.structs.fields(_UncheckedEvent)
+    assert [(f.name, f.encode_name, f.default) for f in twin] == [
+        (f.name, f.encode_name, f.default) for f in msgspec.structs.fields(LoginEvent)
+    ]
+    assert _UncheckedEvent.__struct_config__.forbid_unknown_fields == LoginEvent.__struct_config__.forbid_unknown_fields
+
+
+def test_a_str_payload_that_cannot_be_utf8_is_refused_not_raised() -> None:
+    with pytest.raises(EventDecodeError):
+        decode_entry({"e": '{"phone_number": "\ud800"}'})
 
 
 @given(events)
