@@ -132,9 +132,7 @@ async def clear_budgets(redis_url: str, prefixes: list[str]) -> None:
 
 
 def main() -> dict[str, float]:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=5)
+    parser = bench_parser(__doc__, rounds=True)
     args = parser.parse_args()
     result = run(args.rounds, args.seconds, args.database_url, args.redis_url)
     for path, label in (("verified", "verified sign-in (200)"), ("refused", "refused path (429)")):

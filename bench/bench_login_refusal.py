@@ -54,9 +54,7 @@ def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | 
 
 
 def main() -> dict[str, float]:
-    parser = bench_parser(__doc__)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=float, default=5)
+    parser = bench_parser(__doc__, rounds=True)
     args = parser.parse_args()
     result = run(args.rounds, args.seconds, args.database_url, args.redis_url)
     print(

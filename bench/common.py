@@ -61,11 +61,15 @@ def servers(database_url: str | None = None, redis_url: str | None = None) -> It
                 server.stop()
 
 
-def bench_parser(doc: str | None) -> argparse.ArgumentParser:
-    """A benchmark's command line: its docstring's first line, and the servers it may be given."""
+def bench_parser(doc: str | None, *, rounds: bool = False) -> argparse.ArgumentParser:
+    """A benchmark's command line: its docstring's first line, and the servers it may be given;
+    with ``rounds``, the alternating wrk rounds (``--rounds``) of ``--seconds`` each."""
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--database-url", help="a Postgres server (a scratch database is created on it)")
     parser.add_argument("--redis-url", help="a Redis server (keys go under a run-specific prefix)")
+    if rounds:
+        parser.add_argument("--rounds", type=int, default=5)
+        parser.add_argument("--seconds", type=float, default=5)
     return parser
 
 
