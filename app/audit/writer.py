@@ -419,13 +419,13 @@ class AuditWriter:
                 if seen % YIELD_EVERY == 0:
                     await asyncio.sleep(0)  # a catch-up read is thousands of entries: let requests run
                 # The common entry, [b"e", <event JSON>], goes straight to the decoder (no dict per
-                # entry); anything else, and an event that does not decode, the general way below.
+                # entry); anything else the general way below.
                 if type(raw_fields) is list and len(raw_fields) == 2 and raw_fields[0] in _EVENT_FIELD:
                     try:
                         decoded.append((stream, entry_id, decode_storable(raw_fields[1])))
-                        continue
-                    except EventDecodeError:
-                        pass
+                    except EventDecodeError as exc:
+                        invalid.append((Entry(stream, entry_id, _fields(raw_fields)), str(exc)))
+                    continue
                 fields = _fields(raw_fields)
                 if not fields:
                     vanished.append(Entry(stream, entry_id, fields))  # deleted while pending: nothing to write
