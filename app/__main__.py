@@ -10,9 +10,9 @@ from types import FrameType
 
 import click
 
-from app.audit.commands import AUDIT_COMMANDS
-from app.config import ConfigError, Settings
-from app.users_cli import users
+from app.audit.history.commands import AUDIT_COMMANDS
+from app.cli.users import users
+from app.core.settings import ConfigError, Settings
 
 
 def _settings() -> Settings:
@@ -40,8 +40,8 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     import uvicorn
 
+    from app.core.embedded import servers_for
     from app.db import migrations
-    from app.embedded import servers_for
 
     settings = _settings()
     host = host or settings.host
@@ -84,8 +84,8 @@ def db() -> None:
 @db.command(help="Apply migrations up to REVISION (default: head).")
 @click.argument("revision", default="head")
 def upgrade(revision: str) -> None:
+    from app.core.embedded import servers_for
     from app.db import migrations
-    from app.embedded import servers_for
 
     with servers_for(_settings(), redis=False) as settings:
         migrations.upgrade(settings, revision)
@@ -95,8 +95,8 @@ def upgrade(revision: str) -> None:
 @db.command(help="Undo migrations down to REVISION (default: one step).")
 @click.argument("revision", default="-1")
 def downgrade(revision: str) -> None:
+    from app.core.embedded import servers_for
     from app.db import migrations
-    from app.embedded import servers_for
 
     with servers_for(_settings(), redis=False) as settings:
         migrations.downgrade(settings, revision)
@@ -105,8 +105,8 @@ def downgrade(revision: str) -> None:
 
 @db.command(help="Fail unless there is one head, the database is at it, and models match migrations.")
 def check() -> None:
+    from app.core.embedded import servers_for
     from app.db import migrations
-    from app.embedded import servers_for
 
     with servers_for(_settings(), redis=False) as settings:
         result = migrations.check(settings)
@@ -134,7 +134,7 @@ def audit() -> None:
 @click.option("--consumer", default=None, help="Consumer name in the group (default: host-pid-random).")
 @click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
 def worker(consumer: str | None, metrics_port: int | None) -> None:
-    from app.audit.cli import run_worker
+    from app.audit.pipeline.worker import run_worker
 
     run_worker(_settings(), consumer_name=consumer, metrics_port=metrics_port)
 

@@ -17,26 +17,26 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import ASGIApp
 from redis.asyncio import Redis
 
-from app.audit.controller import AuditController
-from app.audit.dashboard import DASHBOARD_HANDLERS
-from app.audit.export import ExportSlots
-from app.audit.metrics import Backlog, read_backlog, shared_metrics
-from app.audit.publisher import AuditPublisher
-from app.audit.writer import AuditWriter
-from app.auth.controller import AccountSettingsController, AuthController
-from app.auth.deps import AUTH_DEPENDENCIES
-from app.auth.passwords import Hasher
-from app.auth.tokens import TokenIssuer
-from app.config import Settings
+from app.accounts.controller import AccountSettingsController, AuthController
+from app.accounts.deps import AUTH_DEPENDENCIES
+from app.accounts.passwords import Hasher
+from app.accounts.tokens import TokenIssuer
+from app.audit.history.controller import AuditController
+from app.audit.history.dashboard import DASHBOARD_HANDLERS
+from app.audit.history.export import ExportSlots
+from app.audit.pipeline.metrics import Backlog, read_backlog, shared_metrics
+from app.audit.pipeline.publisher import AuditPublisher
+from app.audit.pipeline.writer import AuditWriter
+from app.core.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
+from app.core.gc import freeze_startup_heap
+from app.core.redis import create_redis
+from app.core.redis_keys import KeySpace
+from app.core.settings import Settings
 from app.db.config import sqlalchemy_config
-from app.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
-from app.gc_tuning import freeze_startup_heap
 from app.health import HealthChecks, HealthController, database_check
+from app.login.gate import LoginGate
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
-from app.ratelimit.middleware import LoginGate
-from app.redis_client import create_redis
-from app.redis_keys import KeySpace
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 

@@ -8,7 +8,7 @@ Side by side in one run, on the same servers and table (medians of ``--repeat`` 
      writer drains them (read, decode, insert, acknowledge + delete); target (b)/(a) >= 0.6;
      with the CPU time the writer, Postgres and Redis each spent per event (the two cores' budget);
 (b') the same drain with each insert method, once, to justify the default;
-(b'') the same drain by ``--writers`` writer processes (``python -m app.audit.cli``) sharing the
+(b'') the same drain by ``--writers`` writer processes (``python -m app.audit.pipeline.worker``) sharing the
      group, as an API with that many workers runs them; timed from the moment all have joined;
 (c)  lag at a steady 1,000 events/s for ``--lag-seconds``: the publisher and a writer in one event
      loop (as in an API process); per event, the row's insert time (``clock_timestamp()`` default of
@@ -43,15 +43,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.audit.events import STREAM_FIELD, LoginEvent, new_event, stream_fields
-from app.audit.metrics import GROUP, AuditMetrics, unwritten_events
-from app.audit.publisher import AuditPublisher
-from app.audit.store import COLUMNS, INSERT_METHODS, InsertMethod, _records
-from app.audit.writer import AuditWriter
-from app.config import PROJECT_ROOT, Settings, asyncpg_url
-from app.gc_tuning import freeze_startup_heap
-from app.redis_client import create_redis
-from app.redis_keys import KeySpace
+from app.audit.pipeline.events import STREAM_FIELD, LoginEvent, new_event, stream_fields
+from app.audit.pipeline.metrics import GROUP, AuditMetrics, unwritten_events
+from app.audit.pipeline.publisher import AuditPublisher
+from app.audit.pipeline.store import COLUMNS, INSERT_METHODS, InsertMethod, _records
+from app.audit.pipeline.writer import AuditWriter
+from app.core.gc import freeze_startup_heap
+from app.core.redis import create_redis
+from app.core.redis_keys import KeySpace
+from app.core.settings import PROJECT_ROOT, Settings, asyncpg_url
 from bench.common import servers
 
 RATIO_TARGET = 0.6
@@ -191,7 +191,9 @@ class Bench:
             await self.prefill(redis, synthetic_events(self.events))
             await AuditWriter(redis, self.keys, engine, self.settings).ensure_groups()
             processes = [
-                subprocess.Popen([sys.executable, "-m", "app.audit.cli"], cwd=PROJECT_ROOT, env=self.worker_env(n))
+                subprocess.Popen(
+                    [sys.executable, "-m", "app.audit.pipeline.worker"], cwd=PROJECT_ROOT, env=self.worker_env(n)
+                )
                 for n in range(writers)
             ]
             probe = self.keys.audit_stream(0)

@@ -47,9 +47,9 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.audit.export import ExportFormat, ExportResult, export_chunks, export_sql
-from app.audit.query import PageRequest, fetch_page, page_sql, parse_page_request
-from app.audit.summary import (
+from app.audit.history.export import ExportFormat, ExportResult, export_chunks, export_sql
+from app.audit.history.query import PageRequest, fetch_page, page_sql, parse_page_request
+from app.audit.history.summary import (
     SUMMARY_WORK_MEM,
     buckets_sql,
     parse_summary_request,
@@ -57,7 +57,7 @@ from app.audit.summary import (
     summarise,
     top_ips_sql,
 )
-from app.config import PROJECT_ROOT, Settings
+from app.core.settings import PROJECT_ROOT, Settings
 from app.db import migrations
 from bench.audit_data import DAYS, END, HEAVY_NETWORKS, PHONES, generate, phone_text
 from bench.common import BENCH_SECRET, servers

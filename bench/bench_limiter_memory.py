@@ -29,8 +29,8 @@ from redis.asyncio import Redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.config import Settings
-from app.embedded import EmbeddedRedis
+from app.core.embedded import EmbeddedRedis
+from app.core.settings import Settings
 from app.ratelimit.limiter import LoginLimiter, ScriptCall
 
 TARGET_BYTES = 512

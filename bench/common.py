@@ -21,9 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from app.config import Settings
+from app.core.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
+from app.core.settings import Settings
 from app.db import migrations
-from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, stop_process
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BENCH_SECRET = "bench-secret-" + "b" * 40

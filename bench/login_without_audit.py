@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import app.auth.attempt
-import app.ratelimit.middleware
+import app.login.attempt
+import app.login.gate
 from app.asgi import create_app_from_env
 
 
@@ -20,7 +20,7 @@ def _no_event(event: Any) -> None:
 
 
 def create_app() -> Any:
-    app.auth.attempt.encode_event = _no_event  # type: ignore[assignment]
-    app.ratelimit.middleware.encode_event = _no_event  # type: ignore[assignment]
+    app.login.attempt.encode_event = _no_event  # type: ignore[assignment]
+    app.login.gate.encode_event = _no_event  # type: ignore[assignment]
     os.environ["AUDIT_WRITER_ENABLED"] = "false"
     return create_app_from_env()

@@ -20,10 +20,10 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
-from app.config import Settings
+from app.core.embedded import EmbeddedPostgres, EmbeddedRedis
+from app.core.settings import Settings
 from app.db import migrations
-from app.embedded import EmbeddedPostgres, EmbeddedRedis
-from app.ratelimit.middleware import LoginGate
+from app.login.gate import LoginGate
 
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 TEST_PIN_PEPPER = "test-pin-pepper-" + "y" * 32

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from app.config import Settings
-from app.embedded import free_port, stop_process
+from app.core.embedded import free_port, stop_process
+from app.core.settings import Settings
 from tests.conftest import TEST_JWT_SECRET, TEST_PIN_PEPPER
 
 

@@ -9,7 +9,7 @@ from advanced_alchemy.extensions.litestar import (
     SQLAlchemyAsyncConfig,
 )
 
-from app.config import PROJECT_ROOT, Settings, asyncpg_url
+from app.core.settings import PROJECT_ROOT, Settings, asyncpg_url
 
 MIGRATIONS_DIR = PROJECT_ROOT / "db" / "migrations"
 

@@ -15,7 +15,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from app.config import Settings
+from app.core.settings import Settings
 from app.db.config import sqlalchemy_config
 from app.db.models import metadata
 

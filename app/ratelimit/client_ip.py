@@ -26,7 +26,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Literal
 
-from app.config import parse_networks
+from app.core.settings import parse_networks
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

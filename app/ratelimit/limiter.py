@@ -6,7 +6,7 @@ live reservations reach the limit, so however many workers or hosts verify concu
 guesses are verified than the budget allows. A reservation that is never settled (its request
 died) lapses after ``rate_limit_reservation_seconds``. Both scripts (``reserve.lua``,
 ``settle.lua``, next to this file) touch keys of one hash slot only, the budget and the audit
-stream of its shard (see :mod:`app.redis_keys`), so they run unchanged on Redis Cluster; and a
+stream of its shard (see :mod:`app.core.redis_keys`), so they run unchanged on Redis Cluster; and a
 refusal or a settle records its audit event in the same round trip.
 
 Budgets:
@@ -38,9 +38,9 @@ import redis.asyncio
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from app.audit.events import STREAM_FIELD
-from app.config import Settings
-from app.redis_keys import KeySpace
+from app.audit.pipeline.events import STREAM_FIELD
+from app.core.redis_keys import KeySpace
+from app.core.settings import Settings
 
 PIN_LOCK_SECONDS = 30 * 24 * 3600
 

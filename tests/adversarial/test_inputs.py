@@ -22,11 +22,11 @@ from litestar import Litestar, get
 from litestar.params import QueryParameter
 
 from app.asgi import create_app
-from app.auth.phones import PhoneNumberError, normalise_phone
-from app.config import Settings
+from app.core.phones import PhoneNumberError, normalise_phone
+from app.core.redis_keys import KeySpace
+from app.core.settings import Settings
+from app.login.gate import LoginGate
 from app.ratelimit.client_ip import ClientResolver
-from app.ratelimit.middleware import LoginGate
-from app.redis_keys import KeySpace
 from tests.helpers import STRONG_PASSWORD, bearer, e164, new_phone, registered
 
 BODY_ROUTES = [

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from app.config import Settings
-from app.errors import InvalidToken
+from app.core.errors import InvalidToken
+from app.core.settings import Settings
 from tests.helpers import STRONG_PASSWORD, bearer, new_phone, registered
 
 FORGED = {"message": InvalidToken.message, "code": "invalid_token"}

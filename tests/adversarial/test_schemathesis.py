@@ -28,8 +28,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from app.asgi import create_app
-from app.config import Settings
-from app.ratelimit.middleware import LoginGate
+from app.core.settings import Settings
+from app.login.gate import LoginGate
 from tests.helpers import GOOD_PIN, OTHER_PASSWORD, STRONG_PASSWORD, bearer, new_phone, registered
 
 CHECKS = [

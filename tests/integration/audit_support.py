@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.audit.store import COLUMNS
+from app.audit.pipeline.store import COLUMNS
 from tests.helpers import bearer, registered
 
 BASE_TIME = datetime.datetime(2026, 11, 20, 12, 0, tzinfo=datetime.UTC)

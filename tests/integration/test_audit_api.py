@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from app.audit import controller as audit_controller
-from app.audit.query import Cursor
+from app.audit.history import controller as audit_controller
+from app.audit.history.query import Cursor
 from tests.helpers import bearer, e164, new_phone
 from tests.integration.audit_support import BASE_TIME, Row, insert_rows, staff_headers, staff_token
 

@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from app.__main__ import main
-from app.audit.prune import parse_age, prune
-from app.config import Settings
+from app.audit.history.prune import parse_age, prune
+from app.core.settings import Settings
 from tests.conftest import TEST_JWT_SECRET, TEST_PIN_PEPPER, plain_dsn
 from tests.helpers import STRONG_PASSWORD, bearer
 from tests.integration.audit_support import BASE_TIME, Row, insert_rows

@@ -11,8 +11,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from app.audit.export import ExportResult, export_chunks, export_sql, neutralise_formula
-from app.audit.query import AttemptFilters
+from app.audit.history.export import ExportResult, export_chunks, export_sql, neutralise_formula
+from app.audit.history.query import AttemptFilters
 from tests.conftest import plain_dsn
 from tests.integration.audit_support import BASE_TIME
 

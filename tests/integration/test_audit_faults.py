@@ -1,7 +1,7 @@
 """Nothing lost: the audit pipeline through a killed writer, a killed Redis, a stopped Postgres, bad entries.
 
 Real processes and servers on 127.0.0.1 (or a Unix socket): the writer runs as ``python -m
-app.audit.cli`` and is killed with SIGKILL; Redis and Postgres are servers of the test's own, so
+app.audit.pipeline.worker`` and is killed with SIGKILL; Redis and Postgres are servers of the test's own, so
 they can be killed and restarted on the same address. Every test ends by itself within seconds.
 """
 
@@ -23,15 +23,15 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.audit.events import LoginEvent, encode_event, new_event, stream_fields
-from app.audit.metrics import GROUP, AuditMetrics, unwritten_events
-from app.audit.publisher import AuditPublisher
-from app.audit.writer import AuditWriter
-from app.config import PROJECT_ROOT, Settings, asyncpg_url
+from app.audit.pipeline.events import LoginEvent, encode_event, new_event, stream_fields
+from app.audit.pipeline.metrics import GROUP, AuditMetrics, unwritten_events
+from app.audit.pipeline.publisher import AuditPublisher
+from app.audit.pipeline.writer import AuditWriter
+from app.core.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from app.core.redis import create_redis
+from app.core.redis_keys import KeySpace
+from app.core.settings import PROJECT_ROOT, Settings, asyncpg_url
 from app.db import migrations
-from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
-from app.redis_client import create_redis
-from app.redis_keys import KeySpace
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +114,7 @@ def start_worker(settings: Settings, consumer: str, log: Path) -> subprocess.Pop
     }
     with log.open("ab") as output:
         return subprocess.Popen(
-            [sys.executable, "-m", "app.audit.cli"], cwd=PROJECT_ROOT, env=env, stdout=output, stderr=output
+            [sys.executable, "-m", "app.audit.pipeline.worker"], cwd=PROJECT_ROOT, env=env, stdout=output, stderr=output
         )
 
 

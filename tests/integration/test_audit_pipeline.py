@@ -15,15 +15,15 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.audit.events import LoginEvent, new_event, stream_fields
-from app.audit.metrics import AuditMetrics, unwritten_events
-from app.audit.publisher import AuditPublisher, AuditUnavailable
-from app.audit.store import INSERT_METHODS, InsertMethod, store_events
-from app.audit.writer import AuditWriter
-from app.config import Settings, asyncpg_url
-from app.embedded import free_port
-from app.redis_client import create_redis
-from app.redis_keys import KeySpace
+from app.audit.pipeline.events import LoginEvent, new_event, stream_fields
+from app.audit.pipeline.metrics import AuditMetrics, unwritten_events
+from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
+from app.audit.pipeline.store import INSERT_METHODS, InsertMethod, store_events
+from app.audit.pipeline.writer import AuditWriter
+from app.core.embedded import free_port
+from app.core.redis import create_redis
+from app.core.redis_keys import KeySpace
+from app.core.settings import Settings, asyncpg_url
 
 
 @dataclass

@@ -21,10 +21,17 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from app.audit.events import REASONS
-from app.audit.export import export_chunks
-from app.audit.query import REFUSAL_REASONS, AttemptFilters, Cursor, decode_cursor, fetch_page, parse_page_request
-from app.audit.summary import parse_summary_request, summarise
+from app.audit.history.export import export_chunks
+from app.audit.history.query import (
+    REFUSAL_REASONS,
+    AttemptFilters,
+    Cursor,
+    decode_cursor,
+    fetch_page,
+    parse_page_request,
+)
+from app.audit.history.summary import parse_summary_request, summarise
+from app.audit.pipeline.events import REASONS
 from tests.conftest import plain_dsn
 from tests.integration.audit_support import BASE_TIME, Row, insert_rows
 

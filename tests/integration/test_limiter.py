@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.crc import key_slot
 
-from app.audit.events import STREAM_FIELD
-from app.config import Settings
-from app.embedded import EmbeddedRedis, free_port
+from app.audit.pipeline.events import STREAM_FIELD
+from app.core.embedded import EmbeddedRedis, free_port
+from app.core.redis import create_redis
+from app.core.settings import Settings
 from app.ratelimit.limiter import PIN_LOCK_SECONDS, LimiterUnavailable, LoginLimiter, ScriptCall
-from app.redis_client import create_redis
 
 START_MS = 1_700_000_000_000
 PHONE = "+250788123456"

@@ -7,7 +7,7 @@ import asyncpg
 import httpx
 import pytest
 
-from app.embedded import EmbeddedRedis
+from app.core.embedded import EmbeddedRedis
 from tests.conftest import plain_dsn
 from tests.helpers import STRONG_PASSWORD
 from tests.servers import api_server

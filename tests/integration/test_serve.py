@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from app.embedded import free_port
+from app.core.embedded import free_port
 from tests.helpers import STRONG_PASSWORD
 
 pytestmark = pytest.mark.slow

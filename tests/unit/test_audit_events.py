@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from app.audit.events import (
+from app.audit.pipeline.events import (
     REASONS,
     STREAM_FIELD,
     EventDecodeError,
@@ -23,8 +23,8 @@ from app.audit.events import (
     storable,
     stream_fields,
 )
-from app.audit.metrics import AuditMetrics, shared_metrics
-from app.audit.writer import Backoff
+from app.audit.pipeline.metrics import AuditMetrics, shared_metrics
+from app.audit.pipeline.writer import Backoff
 
 # Text as JSON can carry it: no lone surrogates (msgspec refuses those on decode, as it should).
 json_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=300)

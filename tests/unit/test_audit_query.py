@@ -7,8 +7,8 @@ import ipaddress
 
 import pytest
 
-from app.audit.commands import printable
-from app.audit.query import (
+from app.audit.history.commands import printable
+from app.audit.history.query import (
     DEFAULT_LIMIT,
     AttemptFilters,
     Cursor,
@@ -19,8 +19,8 @@ from app.audit.query import (
     parse_page_request,
     phone_filter_value,
 )
-from app.audit.summary import MAX_BUCKETS, parse_summary_request
-from app.errors import ValidationFailed
+from app.audit.history.summary import MAX_BUCKETS, parse_summary_request
+from app.core.errors import ValidationFailed
 
 UTC = datetime.UTC
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from app.config import ConfigError
+from app.core.settings import ConfigError
 from app.ratelimit.client_ip import ClientResolver, parse_address
 
 PROXIES = ["10.0.0.0/8", "192.168.1.1/32", "fd00::/8"]

@@ -1,6 +1,6 @@
 import pytest
 
-from app.config import ConfigError, Settings, asyncpg_url
+from app.core.settings import ConfigError, Settings, asyncpg_url
 
 STRONG = "8f3a" * 16
 

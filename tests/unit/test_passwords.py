@@ -3,8 +3,8 @@ import asyncio
 import bcrypt
 import pytest
 
-from app.auth.passwords import Hasher, common_passwords, password_problem, pin_problem
-from app.config import Settings
+from app.accounts.passwords import Hasher, common_passwords, password_problem, pin_problem
+from app.core.settings import Settings
 
 
 def settings(**overrides):

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.auth.phones import PhoneNumberError, normalise_phone
+from app.core.phones import PhoneNumberError, normalise_phone
 
 # Rwandan mobile prefixes (MTN 078/079, Airtel 072/073).
 rwandan_subscriber = (

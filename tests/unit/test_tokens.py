@@ -6,9 +6,9 @@ import uuid
 import jwt
 import pytest
 
-from app.auth.tokens import TokenIssuer
-from app.config import Settings
-from app.errors import InvalidToken
+from app.accounts.tokens import TokenIssuer
+from app.core.errors import InvalidToken
+from app.core.settings import Settings
 
 SECRET = "s" * 40
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # Values copied from tutorials and .env examples; refused outside development.
 PLACEHOLDER_SECRETS = frozenset(

@@ -13,10 +13,10 @@ from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 
-from app.auth.service import AuthService, RefreshTokenService, UserService
-from app.auth.tokens import TokenClaims, TokenIssuer
+from app.accounts.service import AuthService, RefreshTokenService, UserService
+from app.accounts.tokens import TokenClaims, TokenIssuer
+from app.core.errors import NotAuthenticated
 from app.db.models import User
-from app.errors import NotAuthenticated
 
 
 def bearer_token(request: Request[Any, Any, Any]) -> str | None:

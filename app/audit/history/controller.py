@@ -22,8 +22,9 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit.export import EXPORT_FORMATS, MEDIA_TYPES, ExportFormat, ExportSlots, export_chunks
-from app.audit.query import (
+from app.accounts.guards import ROLE_DEPENDENCIES
+from app.audit.history.export import EXPORT_FORMATS, MEDIA_TYPES, ExportFormat, ExportSlots, export_chunks
+from app.audit.history.query import (
     API_STATEMENT_TIMEOUT_MS,
     AttemptPage,
     AuditQueryTimeout,
@@ -34,7 +35,7 @@ from app.audit.query import (
     read_filters,
     read_transaction,
 )
-from app.audit.query_log import (
+from app.audit.history.query_log import (
     Action,
     Actor,
     AuditQueryPage,
@@ -43,10 +44,9 @@ from app.audit.query_log import (
     record_query,
     set_row_count,
 )
-from app.audit.summary import Summary, parse_summary_request, summarise
-from app.auth.guards import ROLE_DEPENDENCIES
+from app.audit.history.summary import Summary, parse_summary_request, summarise
+from app.core.errors import error_responses
 from app.db.models import User
-from app.errors import error_responses
 
 # Bad filters, no token, another role, a query that ran out of time.
 AUDIT_ERRORS = error_responses(400, 401, 403, 503)

@@ -38,11 +38,18 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit.events import STREAM_FIELD, EventDecodeError, LoginEvent, decode_entry, decode_storable, stream_fields
-from app.audit.metrics import GROUP, AuditMetrics, Backlog, read_backlog, shared_metrics, unwritten_events
-from app.audit.store import InsertMethod, is_data_error, store_events
-from app.config import Settings
-from app.redis_keys import KeySpace
+from app.audit.pipeline.events import (
+    STREAM_FIELD,
+    EventDecodeError,
+    LoginEvent,
+    decode_entry,
+    decode_storable,
+    stream_fields,
+)
+from app.audit.pipeline.metrics import GROUP, AuditMetrics, Backlog, read_backlog, shared_metrics, unwritten_events
+from app.audit.pipeline.store import InsertMethod, is_data_error, store_events
+from app.core.redis_keys import KeySpace
+from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import msgspec
 from email_validator import EmailNotValidError, validate_email
 from msgspec import UNSET, UnsetType
 
-from app.auth.passwords import password_problem, pin_problem
-from app.auth.phones import PhoneNumberError, normalise_phone
+from app.accounts.passwords import password_problem, pin_problem
+from app.core.errors import FieldErrors
+from app.core.phones import PhoneNumberError, normalise_phone
 from app.db.models import User
-from app.errors import FieldErrors
 
 SELF_REGISTERED_USER_TYPES = ("parent", "adolescent")
 NAME_MAX_LENGTH = 200

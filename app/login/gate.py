@@ -19,11 +19,11 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import Counter
 
-from app.audit.events import encode_event
-from app.audit.publisher import AuditPublisher, AuditUnavailable
-from app.auth.attempt import LoginAttempt, rate_limit_headers
-from app.auth.phones import PhoneNumberError, normalise_phone
-from app.config import Settings
+from app.audit.pipeline.events import encode_event
+from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
+from app.core.phones import PhoneNumberError, normalise_phone
+from app.core.settings import Settings
+from app.login.attempt import LoginAttempt, rate_limit_headers
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LimiterUnavailable, LoginLimiter
 

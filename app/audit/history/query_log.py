@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from app.audit.query import Cursor, Errors, read_cursor, read_limit
+from app.audit.history.query import Cursor, Errors, read_cursor, read_limit
 
 Origin = Literal["api", "cli"]
 Action = Literal["list", "export", "summary", "queries", "prune"]

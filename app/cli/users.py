@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from app.config import ConfigError, Settings
+from app.core.settings import ConfigError, Settings
 
 STAFF_ROLES = ("security", "admin")
 
@@ -37,7 +37,7 @@ def users() -> None:
     "--promote", is_flag=True, help="If the phone number has an account, give it the role (password unchanged)."
 )
 def create_admin(phone: str, name: str, role: str, password_stdin: bool, promote: bool) -> None:
-    from app.auth.phones import PhoneNumberError, normalise_phone
+    from app.core.phones import PhoneNumberError, normalise_phone
 
     try:
         settings = Settings.from_env()
@@ -51,14 +51,14 @@ def create_admin(phone: str, name: str, role: str, password_stdin: bool, promote
     if not display_name or len(display_name) > 200:
         raise click.UsageError("--name: enter the person's name (at most 200 characters).")
 
-    from app.embedded import servers_for
+    from app.core.embedded import servers_for
 
     with servers_for(settings, redis=False) as resolved:
         if promote and asyncio.run(_promote(resolved, phone_number, role)):
             click.echo(f"{phone_number} already had an account: its role is now {role}")
             return
         password = _read_password(password_stdin)
-        from app.auth.passwords import password_problem
+        from app.accounts.passwords import password_problem
 
         problem = password_problem(password, phone_digits=phone_number.lstrip("+"), name=display_name)
         if problem:
@@ -79,7 +79,7 @@ async def _create(settings: Settings, phone_number: str, name: str, role: str, p
     from sqlalchemy.exc import IntegrityError
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from app.auth.passwords import Hasher
+    from app.accounts.passwords import Hasher
     from app.db.config import sqlalchemy_config
     from app.db.models import User
 

@@ -26,7 +26,7 @@ from typing import Any, Literal
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit.events import LoginEvent, packed_ip
+from app.audit.pipeline.events import LoginEvent, packed_ip
 
 InsertMethod = Literal["unnest", "copy", "staging"]
 INSERT_METHODS: tuple[InsertMethod, ...] = ("unnest", "copy", "staging")

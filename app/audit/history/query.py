@@ -26,9 +26,9 @@ from typing import Any, Literal
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit.events import AUTH_METHODS, PHONE_MAX, REASONS
-from app.auth.phones import PhoneNumberError, normalise_phone
-from app.errors import AppError, FieldErrors
+from app.audit.pipeline.events import AUTH_METHODS, PHONE_MAX, REASONS
+from app.core.errors import AppError, FieldErrors
+from app.core.phones import PhoneNumberError, normalise_phone
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Outcome = Literal["success", "failure", "refusal"]

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 
 from litestar.di import NamedDependency, Provide
 
+from app.core.errors import PermissionDenied
 from app.db.models import ROLES, User
-from app.errors import PermissionDenied
 
 AUDIT_ROLES = frozenset({"security", "admin"})
 ADMIN_ROLES = frozenset({"admin"})

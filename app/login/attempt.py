@@ -11,9 +11,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from app.audit.events import LoginEvent, encode_event, new_event
-from app.audit.publisher import AuditPublisher
-from app.errors import AppError, RateLimited
+from app.audit.pipeline.events import LoginEvent, encode_event, new_event
+from app.audit.pipeline.publisher import AuditPublisher
+from app.core.errors import AppError, RateLimited
 from app.ratelimit.limiter import Decision, LimiterUnavailable, LoginLimiter, Reservation
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import bcrypt
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from app.config import Settings
+from app.core.settings import Settings
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from app.config import Settings
+from app.core.settings import Settings
 
 REDIS_POOL_SIZE = 64
 

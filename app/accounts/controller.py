@@ -12,9 +12,8 @@ from litestar.di import NamedDependency
 from litestar.openapi.spec import Operation, RequestBody
 from litestar.params import Body, JSONBody
 
-from app.auth.attempt import LoginAttempt, rate_limit_headers
-from app.auth.deps import bearer_token
-from app.auth.schemas import (
+from app.accounts.deps import bearer_token
+from app.accounts.schemas import (
     AuthResponse,
     LoginRequest,
     MessageResponse,
@@ -28,10 +27,9 @@ from app.auth.schemas import (
     clean_profile_update,
     clean_registration,
 )
-from app.auth.service import AuthService, LoginFailed, RefreshForm, Session
-from app.auth.tokens import TokenClaims
-from app.db.models import User
-from app.errors import (
+from app.accounts.service import AuthService, LoginFailed, RefreshForm, Session
+from app.accounts.tokens import TokenClaims
+from app.core.errors import (
     AppError,
     InvalidCredentials,
     InvalidToken,
@@ -41,8 +39,10 @@ from app.errors import (
     UnsupportedMediaType,
     error_responses,
 )
+from app.db.models import User
+from app.login.attempt import LoginAttempt, rate_limit_headers
+from app.login.gate import ATTEMPT_STATE_KEY, login_gate_factory
 from app.ratelimit.limiter import Decision, LimiterUnavailable, LoginLimiter
-from app.ratelimit.middleware import ATTEMPT_STATE_KEY, login_gate_factory
 
 USER_AGENT_MAX = 255
 

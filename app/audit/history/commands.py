@@ -16,7 +16,7 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from app.config import ConfigError, Settings
+from app.core.settings import ConfigError, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,14 +59,14 @@ def _settings() -> Settings:
 
 
 def _database(settings: Settings) -> AbstractContextManager[Settings]:
-    from app.embedded import servers_for
+    from app.core.embedded import servers_for
 
     manager: AbstractContextManager[Settings] = servers_for(settings, redis=False)
     return manager
 
 
 def _dsn(settings: Settings) -> str:
-    from app.config import asyncpg_url
+    from app.core.settings import asyncpg_url
 
     assert settings.database_url
     return asyncpg_url(settings.database_url).replace("postgresql+asyncpg://", "postgresql://", 1)
@@ -77,7 +77,7 @@ def _filter_params(options: dict[str, Any]) -> dict[str, str | None]:
 
 
 def _usage_error(exc: Exception) -> click.ClickException:
-    from app.errors import ValidationFailed
+    from app.core.errors import ValidationFailed
 
     if isinstance(exc, ValidationFailed):
         lines = [f"{OPTION_FOR_FIELD.get(e.field, e.field)}: {e.message}" for e in exc.errors]
@@ -141,9 +141,9 @@ def format_table(items: list[Any]) -> list[str]:
 def query_command(limit: str, cursor: str | None, as_json: bool, **options: Any) -> None:
     import msgspec
 
-    from app.audit.query import fetch_page, parse_page_request
-    from app.audit.query_log import Actor, record_query
-    from app.errors import ValidationFailed
+    from app.audit.history.query import fetch_page, parse_page_request
+    from app.audit.history.query_log import Actor, record_query
+    from app.core.errors import ValidationFailed
 
     settings = _settings()
     params = {**_filter_params(options), "limit": limit, "cursor": cursor}
@@ -181,10 +181,10 @@ def query_command(limit: str, cursor: str | None, as_json: bool, **options: Any)
 @click.option("--format", "fmt", type=click.Choice(["csv", "ndjson"]), default="csv", show_default=True)
 @click.option("--output", "-o", default="-", show_default=True, help="File to write; - for stdout.")
 def export_command(fmt: str, output: str, **options: Any) -> None:
-    from app.audit.export import ExportFormat, ExportResult, export_chunks
-    from app.audit.query import parse_filters
-    from app.audit.query_log import Actor, record_query, set_row_count
-    from app.errors import ValidationFailed
+    from app.audit.history.export import ExportFormat, ExportResult, export_chunks
+    from app.audit.history.query import parse_filters
+    from app.audit.history.query_log import Actor, record_query, set_row_count
+    from app.core.errors import ValidationFailed
 
     settings = _settings()
     try:
@@ -237,9 +237,9 @@ def export_command(fmt: str, output: str, **options: Any) -> None:
 @click.option("--pause", type=click.FloatRange(0), default=0.0, show_default=True, help="Seconds between batches.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 def prune_command(older_than: str | None, batch_size: int, pause: float, dry_run: bool) -> None:
-    from app.audit.prune import PruneProgress, count_older_than, parse_age, prune
-    from app.audit.query import iso
-    from app.audit.query_log import Actor, record_query, set_row_count
+    from app.audit.history.prune import PruneProgress, count_older_than, parse_age, prune
+    from app.audit.history.query import iso
+    from app.audit.history.query_log import Actor, record_query, set_row_count
 
     settings = _settings()
     age_text = older_than or f"{settings.audit_retention_days}d"

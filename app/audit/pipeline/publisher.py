@@ -15,11 +15,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit.events import LoginEvent, storable, stream_fields
-from app.audit.metrics import AuditMetrics, shared_metrics
-from app.audit.store import store_events
-from app.errors import ServiceUnavailable
-from app.redis_keys import KeySpace
+from app.audit.pipeline.events import LoginEvent, storable, stream_fields
+from app.audit.pipeline.metrics import AuditMetrics, shared_metrics
+from app.audit.pipeline.store import store_events
+from app.core.errors import ServiceUnavailable
+from app.core.redis_keys import KeySpace
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ For deployments that run the API with ``AUDIT_WRITER_ENABLED=false`` (or want ex
 worker joins the same consumer group as the in-process writers, so any mix of them is safe.
 SIGTERM / SIGINT stop reading, finish the batch in hand, and exit.
 
-Also runnable as ``python -m app.audit.cli`` with settings from the environment (the fault tests
+Also runnable as ``python -m app.audit.pipeline.worker`` with settings from the environment (the fault tests
 do this, so they kill -9 the real worker).
 """
 
@@ -16,12 +16,12 @@ import signal
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.audit.metrics import shared_metrics
-from app.audit.writer import AuditWriter
-from app.config import ConfigError, Settings, asyncpg_url
-from app.gc_tuning import freeze_startup_heap
-from app.redis_client import create_redis
-from app.redis_keys import KeySpace
+from app.audit.pipeline.metrics import shared_metrics
+from app.audit.pipeline.writer import AuditWriter
+from app.core.gc import freeze_startup_heap
+from app.core.redis import create_redis
+from app.core.redis_keys import KeySpace
+from app.core.settings import ConfigError, Settings, asyncpg_url
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Literal
 
 import jwt
 
-from app.config import Settings
-from app.errors import InvalidToken
+from app.core.errors import InvalidToken
+from app.core.settings import Settings
 
 TokenType = Literal["access", "refresh"]
 ALGORITHM = "HS256"

@@ -15,12 +15,12 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app.auth.passwords import Hasher
-from app.auth.schemas import Credentials, NewAccount, ProfileChanges
-from app.auth.tokens import IssuedToken, TokenClaims, TokenIssuer, token_digest
-from app.config import Settings
+from app.accounts.passwords import Hasher
+from app.accounts.schemas import Credentials, NewAccount, ProfileChanges
+from app.accounts.tokens import IssuedToken, TokenClaims, TokenIssuer, token_digest
+from app.core.errors import Conflict, FieldError, InvalidCredentials, InvalidToken, ValidationFailed
+from app.core.settings import Settings
 from app.db.models import RefreshToken, User
-from app.errors import Conflict, FieldError, InvalidCredentials, InvalidToken, ValidationFailed
 
 RefreshForm = Literal["header", "body"]
 

@@ -18,8 +18,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.audit.query import AttemptFilters, SqlParams, filter_conditions, where
-from app.errors import AppError
+from app.audit.history.query import AttemptFilters, SqlParams, filter_conditions, where
+from app.core.errors import AppError
 
 ExportFormat = Literal["csv", "ndjson"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("csv", "ndjson")

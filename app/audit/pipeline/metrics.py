@@ -14,7 +14,7 @@ from typing import TypedDict
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from redis.asyncio import Redis
 
-from app.redis_keys import KeySpace
+from app.core.redis_keys import KeySpace
 
 GROUP = "audit-writer"
 NAMESPACE = "ladys_essence"

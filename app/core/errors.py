@@ -26,7 +26,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 
-logger = logging.getLogger("app.errors")
+logger = logging.getLogger("app.core.errors")
 
 
 @dataclass(frozen=True, slots=True)
