@@ -15,7 +15,7 @@ PY_OK := import sys; assert sys.version_info[:2] in ((3, 11), (3, 12))
 PYTHON ?= $(or $(shell for p in python3.12 python3.11 python3; do \
 	if "$$p" -c '$(PY_OK)' >/dev/null 2>&1; then echo "$$p"; break; fi; done),python3)
 
-.PHONY: help install run test lint format bench clean
+.PHONY: help install run test test-fast lint format bench clean
 
 help: ## List the targets
 	@echo "Usage: make <target>   (variables: PYTHON=..., PYTEST_ARGS=...)"
@@ -44,6 +44,9 @@ run: install ## Serve the API on http://127.0.0.1:8000 (embedded Postgres and Re
 
 test: install ## Run the test suite (extra arguments: make test PYTEST_ARGS='-k login -x')
 	"$(VENV)/bin/pytest" $(PYTEST_ARGS)
+
+test-fast: install ## The suite without the slow tests (real servers, timing, 10,000 clients): the inner loop
+	"$(VENV)/bin/pytest" -m "not slow" $(PYTEST_ARGS)
 
 lint: install ## ruff check, ruff format --check, mypy
 	"$(VENV)/bin/ruff" check $(LINT_PATHS)

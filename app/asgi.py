@@ -17,7 +17,7 @@ from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import ASGIApp
 from redis.asyncio import Redis
 
-from app.accounts.controller import AccountSettingsController, AuthController
+from app.accounts.controller import AuthController
 from app.accounts.deps import AUTH_DEPENDENCIES
 from app.accounts.passwords import Hasher
 from app.accounts.tokens import TokenIssuer
@@ -34,6 +34,7 @@ from app.core.redis_keys import KeySpace
 from app.core.settings import Settings
 from app.db.config import sqlalchemy_config
 from app.health import HealthChecks, HealthController, database_check
+from app.login.controller import LoginController
 from app.login.gate import LoginGate
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
@@ -103,7 +104,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             HealthController,
             AuthController,
-            AccountSettingsController,
+            LoginController,
             AuditController,
             *DASHBOARD_HANDLERS,
             MetricsController,

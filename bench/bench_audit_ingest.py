@@ -49,6 +49,7 @@ from app.audit.pipeline.publisher import AuditPublisher
 from app.audit.pipeline.store import COLUMNS, INSERT_METHODS, InsertMethod, _records
 from app.audit.pipeline.writer import AuditWriter
 from app.core.gc import freeze_startup_heap
+from app.core.postgres import plain_dsn
 from app.core.redis import create_redis
 from app.core.redis_keys import KeySpace
 from app.core.settings import PROJECT_ROOT, Settings, asyncpg_url
@@ -111,7 +112,7 @@ class Bench:
     def __init__(self, settings: Settings, events: int, repeat: int) -> None:
         assert settings.database_url
         self.settings = settings
-        self.dsn = settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self.dsn = plain_dsn(settings.database_url)
         self.events = events
         self.repeat = repeat
         self.keys = KeySpace(settings.redis_key_prefix, settings.redis_shards)

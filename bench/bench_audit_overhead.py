@@ -24,6 +24,7 @@ import time
 import asyncpg
 import httpx
 
+from app.core.postgres import plain_dsn
 from bench.common import bench_parser, median, server_env, servers, uvicorn_process, wrk
 
 TARGET = 0.9
@@ -52,7 +53,7 @@ def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | 
     rates: dict[tuple[str, str], list[float]] = {}
     answered: dict[str, int] = {"on": 0, "off": 0}
     with servers(database_url, redis_url) as settings:
-        dsn = (settings.database_url or "").replace("postgresql+asyncpg://", "postgresql://", 1)
+        dsn = plain_dsn(settings.database_url or "")
         envs = {
             # Sign-ins come from many simulated clients (X-Forwarded-For from a trusted loopback proxy):
             # one client may have only 5 attempts in flight, as the budget counts reservations.

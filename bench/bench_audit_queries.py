@@ -57,6 +57,7 @@ from app.audit.history.summary import (
     summarise,
     top_ips_sql,
 )
+from app.core.postgres import database_url_with, plain_dsn
 from app.core.settings import PROJECT_ROOT, Settings
 from app.db import migrations
 from bench.audit_data import DAYS, END, HEAVY_NETWORKS, PHONES, generate, phone_text
@@ -92,16 +93,12 @@ class Case:
         return ordered[max(0, round(0.95 * len(ordered)) - 1)]
 
 
-def plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 @contextlib.contextmanager
 def kept_database(database_url: str, name: str) -> Iterator[Settings]:
     """``name`` on the given server, created if missing and migrated to head; never dropped."""
 
     async def create() -> None:
-        conn = await asyncpg.connect(plain(migrations.database_url_with(database_url, "postgres")))
+        conn = await asyncpg.connect(plain_dsn(database_url_with(database_url, "postgres")))
         try:
             if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
                 await conn.execute(f'CREATE DATABASE "{name}"')
@@ -112,7 +109,7 @@ def kept_database(database_url: str, name: str) -> Iterator[Settings]:
     settings = Settings.from_env(
         {},
         app_env="test",
-        database_url=migrations.database_url_with(database_url, name),
+        database_url=database_url_with(database_url, name),
         jwt_secret=BENCH_SECRET,
         pin_pepper=BENCH_SECRET[::-1],
         data_dir=tempfile.gettempdir(),
@@ -302,7 +299,7 @@ async def measure_export(dsn: str, rows_total: int, export_rows: int, fmt: Expor
 
 async def run(settings: Settings, args: argparse.Namespace, log: Callable[[str], None]) -> int:
     assert settings.database_url
-    dsn = plain(settings.database_url)
+    dsn = plain_dsn(settings.database_url)
     conn = await asyncpg.connect(dsn)
     report: list[str] = []
     missed = 0

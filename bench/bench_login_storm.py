@@ -31,6 +31,7 @@ import asyncpg
 import httpx
 from argon2 import PasswordHasher
 
+from app.core.postgres import plain_dsn
 from bench.common import api_process, bench_parser, save_plot, servers, wrk
 
 WRONG = json.dumps({"phone_number": "0788123456", "password": "Wrong-Password-77"})
@@ -148,7 +149,7 @@ def run(seconds: float, database_url: str | None, redis_url: str | None) -> dict
                 many_numbers=True,
             )
 
-        dsn = (settings.database_url or "").replace("postgresql+asyncpg://", "postgresql://", 1)
+        dsn = plain_dsn(settings.database_url or "")
         thread = threading.Thread(target=storm)
         thread.start()
         time.sleep(1)

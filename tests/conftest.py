@@ -20,6 +20,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from app.asgi import create_app
+from app.core import postgres
 from app.core.embedded import EmbeddedPostgres, EmbeddedRedis
 from app.core.settings import Settings
 from app.db import migrations
@@ -72,7 +73,7 @@ def base_settings(server_urls: dict[str, str], tmp_path_factory: pytest.TempPath
 
 def plain_dsn(settings: Settings) -> str:
     assert settings.database_url
-    return settings.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    return postgres.plain_dsn(settings.database_url)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""HTTP side of the auth API: paths and JSON shapes of the Flask-era backend."""
+"""HTTP side of the accounts API (register, refresh, logout, profile): the Flask-era paths and JSON shapes."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from litestar.openapi.spec import Operation, RequestBody
 from litestar.params import Body, JSONBody
 
 from app.accounts.deps import bearer_token
+from app.accounts.forms import clean_profile_update, clean_registration
 from app.accounts.schemas import (
     AuthResponse,
-    LoginRequest,
     MessageResponse,
     ProfileResponse,
     ProfileUpdateRequest,
@@ -23,32 +23,25 @@ from app.accounts.schemas import (
     RefreshResponse,
     RegisterRequest,
     UserView,
-    clean_login,
-    clean_profile_update,
-    clean_registration,
 )
-from app.accounts.service import AuthService, LoginFailed, RefreshForm, Session
+from app.accounts.service import AuthService, RefreshForm, Session
 from app.accounts.tokens import TokenClaims
 from app.core.errors import (
     AppError,
-    InvalidCredentials,
     InvalidToken,
+    LimiterUnavailable,
     NotAuthenticated,
     RateLimited,
-    ServiceUnavailable,
     UnsupportedMediaType,
     error_responses,
 )
+from app.core.http import user_agent_of
 from app.db.models import User
-from app.login.attempt import LoginAttempt, rate_limit_headers
-from app.login.gate import ATTEMPT_STATE_KEY, login_gate_factory
-from app.ratelimit.limiter import Decision, LimiterUnavailable, LoginLimiter
-
-USER_AGENT_MAX = 255
+from app.ratelimit.limiter import Decision, LoginLimiter, rate_limit_headers
 
 
 def user_agent(request: Request[Any, Any, Any]) -> str | None:
-    return request.headers.get("user-agent", "")[:USER_AGENT_MAX] or None
+    return user_agent_of(request.headers.get("user-agent"))
 
 
 def _expires_in(session: Session) -> int:
@@ -107,9 +100,8 @@ async def take_register_budget(limiter: LoginLimiter, client_key: str, state: St
     except LimiterUnavailable:
         if state.settings.rate_limit_fail_open:
             return None
-        raise ServiceUnavailable(
-            "Registration is temporarily unavailable. Please try again in a minute.",
-            code="rate_limiter_unavailable",
+        raise LimiterUnavailable(
+            message="Registration is temporarily unavailable. Please try again in a minute."
         ) from None
     if not decision.allowed:
         raise RateLimited(
@@ -121,11 +113,13 @@ async def take_register_budget(limiter: LoginLimiter, client_key: str, state: St
 
 
 class AuthController(Controller):
-    path = "/api/auth"
+    """Registration, sessions and the profile; ``/api/settings/account`` is the profile as the settings page uses it."""
+
+    path = "/api"
     tags = ["auth"]
 
     @post(
-        "/register",
+        "/auth/register",
         status_code=201,
         summary="Create an account and sign in",
         responses=error_responses(*BODY_ERRORS, 409, 429, 503, s503="Rate limiter unavailable (fails closed)"),
@@ -137,8 +131,7 @@ class AuthController(Controller):
         auth_service: NamedDependency[AuthService],
         state: State,
     ) -> Response[AuthResponse]:
-        peer = request.scope.get("client")
-        address = state.client_resolver.resolve(peer[0] if peer else None, request.scope["headers"])
+        address = state.client_resolver.address_of(request.scope)
         decision = await take_register_budget(state.limiter, state.client_resolver.client_key(address), state)
         headers = rate_limit_headers("register", decision) if decision else {}
         account = clean_registration(data, state.settings.default_phone_region)
@@ -147,46 +140,7 @@ class AuthController(Controller):
         return Response(body, status_code=201, headers=headers)
 
     @post(
-        "/login",
-        status_code=200,
-        summary="Sign in with a phone number and a password or PIN",
-        middleware=[login_gate_factory],
-        responses=error_responses(
-            *BODY_ERRORS,
-            401,
-            403,
-            429,
-            503,
-            s401="Wrong phone number, password or PIN (one answer for all)",
-            s403="PIN sign-in locked after too many wrong PINs; a password sign-in unlocks it",
-            s429="Failure budget spent; see Retry-After",
-            s503="Rate limiter unavailable (fails closed)",
-        ),
-    )
-    async def login(
-        self,
-        data: JSONBody[LoginRequest],
-        request: Request[Any, Any, Any],
-        auth_service: NamedDependency[AuthService],
-        state: State,
-    ) -> Response[AuthResponse]:
-        attempt: LoginAttempt = request.scope["state"][ATTEMPT_STATE_KEY]
-        credentials = clean_login(data, state.settings.default_phone_region)
-        attempt.phone_number = credentials.phone_number
-        attempt.method = credentials.method  # type: ignore[assignment]
-        await attempt.reserve_account()
-        try:
-            user = await auth_service.authenticate(credentials)
-        except LoginFailed as failed:
-            await attempt.finish(success=False, reason=failed.failure.reason, user_id=failed.failure.user_id)
-            raise InvalidCredentials(headers=attempt.headers()) from None
-        await attempt.finish(success=True, reason="ok", user_id=user.id)
-        session = await auth_service.start_session(user, user_agent(request))
-        body = auth_response(session, "Login successful", auth_method=credentials.method)
-        return Response(body, headers=attempt.headers(success=True))
-
-    @post(
-        "/refresh",
+        "/auth/refresh",
         status_code=200,
         summary="New access token from a refresh token (Bearer header, or JSON body which rotates it)",
         responses=error_responses(*BODY_ERRORS, 401),
@@ -218,7 +172,7 @@ class AuthController(Controller):
         return response
 
     @post(
-        "/logout",
+        "/auth/logout",
         status_code=200,
         summary="End this session: its refresh tokens and access tokens",
         responses=error_responses(*BODY_ERRORS, 401),
@@ -248,12 +202,21 @@ class AuthController(Controller):
         await auth_service.logout(claims)
         return MessageResponse(message="Logged out successfully")
 
-    @get("/profile", summary="The signed-in user's profile", responses=error_responses(401))
-    async def get_profile(self, current_user: NamedDependency[User]) -> ProfileResponse:
-        return ProfileResponse.of_user(current_user, "Profile retrieved")
+    @get(
+        ["/auth/profile", "/settings/account"],
+        summary="The signed-in user's profile (also the settings page's account settings)",
+        responses=error_responses(401),
+    )
+    async def get_profile(
+        self, request: Request[Any, Any, Any], current_user: NamedDependency[User]
+    ) -> ProfileResponse:
+        settings_page = request.url.path.startswith("/api/settings/")
+        return ProfileResponse.of_user(
+            current_user, "Account settings retrieved" if settings_page else "Profile retrieved"
+        )
 
     @put(
-        "/profile",
+        ["/auth/profile", "/settings/account"],
         summary="Change the profile; password or PIN changes need current_password",
         responses=error_responses(*BODY_ERRORS, 401, 409),
     )
@@ -265,50 +228,14 @@ class AuthController(Controller):
         auth_service: NamedDependency[AuthService],
         state: State,
     ) -> ProfileResponse:
-        return await apply_profile_update(data, request, current_user, auth_service, state)
-
-
-async def apply_profile_update(
-    data: ProfileUpdateRequest,
-    request: Request[Any, Any, Any],
-    user: User,
-    auth_service: AuthService,
-    state: State,
-) -> ProfileResponse:
-    changes = clean_profile_update(data, user, state.settings.default_phone_region)
-    session = await auth_service.update_profile(user, changes, user_agent(request))
-    if session is None:
-        return ProfileResponse.of_user(user, "Profile updated successfully")
-    assert session.refresh is not None
-    return ProfileResponse.of_user(
-        user,
-        "Profile updated. You were signed out on your other devices.",
-        access_token=session.access.token,
-        refresh_token=session.refresh.token,
-    )
-
-
-class AccountSettingsController(Controller):
-    """``/api/settings/account``: the same profile, as today's settings page uses it."""
-
-    path = "/api/settings/account"
-    tags = ["settings"]
-
-    @get("/", summary="The signed-in user's account settings", responses=error_responses(401))
-    async def get_account(self, current_user: NamedDependency[User]) -> ProfileResponse:
-        return ProfileResponse.of_user(current_user, "Account settings retrieved")
-
-    @put(
-        "/",
-        summary="Change account settings; password or PIN changes need current_password",
-        responses=error_responses(*BODY_ERRORS, 401, 409),
-    )
-    async def update_account(
-        self,
-        data: JSONBody[ProfileUpdateRequest],
-        request: Request[Any, Any, Any],
-        current_user: NamedDependency[User],
-        auth_service: NamedDependency[AuthService],
-        state: State,
-    ) -> ProfileResponse:
-        return await apply_profile_update(data, request, current_user, auth_service, state)
+        changes = clean_profile_update(data, current_user, state.settings.default_phone_region)
+        session = await auth_service.update_profile(current_user, changes, user_agent(request))
+        if session is None:
+            return ProfileResponse.of_user(current_user, "Profile updated successfully")
+        assert session.refresh is not None
+        return ProfileResponse.of_user(
+            current_user,
+            "Profile updated. You were signed out on your other devices.",
+            access_token=session.access.token,
+            refresh_token=session.refresh.token,
+        )

@@ -12,13 +12,14 @@ from typing import Literal
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from app.accounts.forms import Credentials, NewAccount, ProfileChanges
 from app.accounts.passwords import Hasher
-from app.accounts.schemas import Credentials, NewAccount, ProfileChanges
 from app.accounts.tokens import IssuedToken, TokenClaims, TokenIssuer, token_digest
 from app.core.errors import Conflict, FieldError, InvalidCredentials, InvalidToken, ValidationFailed
+from app.core.http import user_agent_of
 from app.core.settings import Settings
 from app.db.models import RefreshToken, User
 
@@ -38,12 +39,73 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
     async def get_by_phone(self, phone_number: str) -> User | None:
         return await self.get_one_or_none(User.phone_number == phone_number)
 
+    async def set_columns(self, user: User, values: dict[str, object]) -> None:
+        """One UPDATE of ``values`` (no reload: the sign-in path's connection was handed back)."""
+        await self.repository.session.execute(update(User).where(User.id == user.id).values(**values))
+        for key, value in values.items():
+            setattr(user, key, value)
+
 
 class RefreshTokenService(SQLAlchemyAsyncRepositoryService[RefreshToken]):
+    """The ``refresh_tokens`` table: one row per issued refresh token, a family per session."""
+
     class Repo(SQLAlchemyAsyncRepository[RefreshToken]):
         model_type = RefreshToken
 
     repository_type = Repo
+
+    async def store(self, issued: IssuedToken, user_agent: str | None) -> RefreshToken:
+        claims = issued.claims
+        row = RefreshToken(
+            jti=claims.jti,
+            family_id=claims.session_id,
+            user_id=claims.user_id,
+            token_hash=token_digest(issued.token),
+            expires_at=claims.expires_at,
+            user_agent=user_agent_of(user_agent),
+        )
+        return await self.create(row, auto_commit=False)
+
+    async def live_row(self, token: str, claims: TokenClaims) -> RefreshToken | None:
+        """The row of a presented refresh token, unless it is unknown, forged or revoked."""
+        row = await self.get_one_or_none(RefreshToken.jti == claims.jti)
+        if row is None or row.token_hash != token_digest(token) or row.revoked_at is not None:
+            return None
+        return row
+
+    async def rotate(self, row: RefreshToken, now: datetime.datetime) -> bool:
+        """Mark ``row`` rotated; False when another request rotated it first (then ``row`` is reloaded)."""
+        first = await self.repository.session.execute(
+            update(RefreshToken)
+            .where(RefreshToken.id == row.id, RefreshToken.rotated_at.is_(None))
+            .values(rotated_at=now)
+            .returning(RefreshToken.id)
+        )
+        if first.scalar_one_or_none() is not None:
+            return True
+        await self.repository.session.refresh(row)
+        return False
+
+    async def revoke_family(self, family_id: uuid.UUID, reason: str) -> None:
+        """End one session: every token of the family."""
+        await self._revoke(RefreshToken.family_id == family_id, reason)
+
+    async def revoke_all(self, user_id: int, reason: str) -> None:
+        """End every session of a user."""
+        await self._revoke(RefreshToken.user_id == user_id, reason)
+
+    async def _revoke(self, which: ColumnElement[bool], reason: str) -> None:
+        await self.repository.session.execute(
+            update(RefreshToken)
+            .where(which, RefreshToken.revoked_at.is_(None))
+            .values(revoked_at=utcnow(), revoked_reason=reason)
+        )
+
+    async def is_revoked(self, family_id: uuid.UUID) -> bool:
+        revoked = await self.repository.session.scalar(
+            select(exists().where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_not(None)))
+        )
+        return bool(revoked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +146,9 @@ class AuthService:
         self.issuer = issuer
         self.settings = settings
 
-    @property
-    def _db(self):  # type: ignore[no-untyped-def]  # AsyncSession, shared by both services
-        return self.users.repository.session
+    async def _release_connection(self) -> None:
+        """End the transaction so the pooled connection goes back before a slow hash."""
+        await self.users.repository.session.commit()
 
     # ---- accounts -----------------------------------------------------------------------------
 
@@ -127,7 +189,7 @@ class AuthService:
         """Verify a phone number with a password or PIN; every failure costs one hash verification."""
         user = await self.users.get_by_phone(credentials.phone_number)
         # Release the pooled connection before the slow hash, so a login storm cannot starve the pool.
-        await self._db.commit()
+        await self._release_connection()
         if credentials.method == "pin":
             pin_usable = user is not None and user.enable_pin_auth and user.pin_hash is not None
             result = await self.hasher.verify_pin(user.pin_hash if pin_usable and user else None, credentials.secret)
@@ -147,9 +209,7 @@ class AuthService:
                 changes["pin_hash"] = await self.hasher.hash_pin(credentials.secret)
             else:
                 changes["password_hash"] = await self.hasher.hash_password(credentials.secret)
-        await self._db.execute(update(User).where(User.id == user.id).values(**changes))
-        for key, value in changes.items():
-            setattr(user, key, value)
+        await self.users.set_columns(user, changes)
         return user
 
     async def start_session(self, user: User, user_agent: str | None) -> Session:
@@ -160,15 +220,7 @@ class AuthService:
 
     async def _store_refresh(self, user: User, family: uuid.UUID, user_agent: str | None) -> IssuedToken:
         refresh = self.issuer.issue("refresh", user_id=user.id, role=user.role, session_id=family)
-        row = RefreshToken(
-            jti=refresh.claims.jti,
-            family_id=family,
-            user_id=user.id,
-            token_hash=token_digest(refresh.token),
-            expires_at=refresh.claims.expires_at,
-            user_agent=(user_agent or "")[:255] or None,
-        )
-        await self.tokens.create(row, auto_commit=False)
+        await self.tokens.store(refresh, user_agent)
         return refresh
 
     # ---- refresh ------------------------------------------------------------------------------
@@ -179,8 +231,8 @@ class AuthService:
 
     async def refresh(self, token: str, form: RefreshForm, user_agent: str | None) -> Session:
         claims = self.issuer.decode(token, "refresh")
-        row = await self.tokens.get_one_or_none(RefreshToken.jti == claims.jti)
-        if row is None or row.token_hash != token_digest(token) or row.revoked_at is not None:
+        row = await self.tokens.live_row(token, claims)
+        if row is None:
             raise InvalidToken()
         user = await self._active_user(claims.user_id)
         now = utcnow()
@@ -189,15 +241,8 @@ class AuthService:
             access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=row.family_id)
             return Session(user=user, access=access, refresh=None)
 
-        first_rotation = await self._db.execute(
-            update(RefreshToken)
-            .where(RefreshToken.id == row.id, RefreshToken.rotated_at.is_(None))
-            .values(rotated_at=now)
-            .returning(RefreshToken.id)
-        )
-        if first_rotation.scalar_one_or_none() is None:
+        if not await self.tokens.rotate(row, now):
             # Another request rotated it meanwhile: fine inside the grace interval (parallel refreshes).
-            await self._db.refresh(row)
             await self._refuse_reuse(row, now)
         access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=row.family_id)
         refresh = await self._store_refresh(user, row.family_id, user_agent)
@@ -208,8 +253,8 @@ class AuthService:
         grace = datetime.timedelta(seconds=self.settings.refresh_reuse_grace_seconds)
         if row.rotated_at is None or now - row.rotated_at <= grace:
             return
-        await self.revoke_family(row.family_id, reason="reuse_detected")
-        await self._db.commit()  # the revocation must outlive the 401 that follows
+        await self.tokens.revoke_family(row.family_id, reason="reuse_detected")
+        await self.tokens.repository.session.commit()  # the revocation must outlive the 401 that follows
         raise InvalidToken(
             "This sign-in was used again after it was replaced. Please sign in again.",
             code="refresh_token_reused",
@@ -223,29 +268,12 @@ class AuthService:
 
     # ---- sessions -----------------------------------------------------------------------------
 
-    async def revoke_family(self, family_id: uuid.UUID, reason: str) -> None:
-        await self._db.execute(
-            update(RefreshToken)
-            .where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_(None))
-            .values(revoked_at=utcnow(), revoked_reason=reason)
-        )
-
-    async def revoke_all_sessions(self, user_id: int, reason: str) -> None:
-        await self._db.execute(
-            update(RefreshToken)
-            .where(RefreshToken.user_id == user_id, RefreshToken.revoked_at.is_(None))
-            .values(revoked_at=utcnow(), revoked_reason=reason)
-        )
-
     async def logout(self, claims: TokenClaims) -> None:
-        await self.revoke_family(claims.session_id, reason="logout")
+        await self.tokens.revoke_family(claims.session_id, reason="logout")
 
     async def user_for_access_token(self, claims: TokenClaims) -> User:
         """The signed-in user, provided the account is active and the session not revoked."""
-        revoked = await self._db.scalar(
-            select(exists().where(RefreshToken.family_id == claims.session_id, RefreshToken.revoked_at.is_not(None)))
-        )
-        if revoked:
+        if await self.tokens.is_revoked(claims.session_id):
             raise InvalidToken()
         return await self._active_user(claims.user_id)
 
@@ -275,11 +303,10 @@ class AuthService:
         for key, value in fields.items():
             setattr(user, key, value)
         try:
-            await self.users.update(user, auto_commit=False)
-            await self._db.flush()
+            await self.users.update(user, auto_commit=False, auto_refresh=False)
         except IntegrityError as exc:
             raise Conflict("That phone number or email address belongs to another account.") from exc
         if not changes.changes_credentials:
             return None
-        await self.revoke_all_sessions(user.id, reason="credentials_changed")
+        await self.tokens.revoke_all(user.id, reason="credentials_changed")
         return await self.start_session(user, user_agent)

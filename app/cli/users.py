@@ -12,7 +12,8 @@ import sys
 
 import click
 
-from app.core.settings import ConfigError, Settings
+from app.core.cli import load_settings
+from app.core.settings import Settings
 
 STAFF_ROLES = ("security", "admin")
 
@@ -39,10 +40,7 @@ def users() -> None:
 def create_admin(phone: str, name: str, role: str, password_stdin: bool, promote: bool) -> None:
     from app.core.phones import PhoneNumberError, normalise_phone
 
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    settings = load_settings()
     try:
         phone_number = normalise_phone(phone, settings.default_phone_region, strict=True)
     except PhoneNumberError as exc:

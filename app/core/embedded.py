@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.core.postgres import database_url_with, plain_dsn
+
 logger = logging.getLogger(__name__)
 
 
@@ -116,8 +118,6 @@ class EmbeddedPostgres:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         admin_url = self._start_pgserver() or self._start_from_path()
         _ensure_database(admin_url, self.database)
-        from app.db.migrations import database_url_with
-
         return database_url_with(admin_url, self.database)
 
     def _start_pgserver(self) -> str | None:
@@ -171,7 +171,7 @@ def _ensure_database(admin_url: str, database: str) -> None:
     import asyncpg
 
     async def create() -> None:
-        conn = await asyncpg.connect(_plain_dsn(admin_url))
+        conn = await asyncpg.connect(plain_dsn(admin_url))
         try:
             exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
             if not exists:
@@ -180,11 +180,6 @@ def _ensure_database(admin_url: str, database: str) -> None:
             await conn.close()
 
     asyncio.run(create())
-
-
-def _plain_dsn(url: str) -> str:
-    """asyncpg wants ``postgresql://``; SQLAlchemy's ``+asyncpg`` suffix is ours."""
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 @contextlib.contextmanager

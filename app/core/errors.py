@@ -125,10 +125,33 @@ class RateLimited(AppError):
     message = "Too many attempts. Please wait before trying again."
 
 
+UNAVAILABLE_RETRY_AFTER = 30  # seconds a client is told to wait when a dependency is down
+
+
 class ServiceUnavailable(AppError):
     status_code = 503
     code = "service_unavailable"
     message = "The service is temporarily unavailable. Please try again shortly."
+
+
+class LimiterUnavailable(ServiceUnavailable):
+    """The limiter's store could not answer or take the write: the attempt is refused (fail closed).
+
+    ``detail`` (the driver's words) is for the logs only; the client hears the fixed message.
+    """
+
+    code = "rate_limiter_unavailable"
+    message = "Sign-in is temporarily unavailable. Please try again in a minute."
+
+    def __init__(self, detail: str = "", *, message: str | None = None) -> None:
+        super().__init__(message, headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
+        self.detail = detail
+
+
+class PayloadTooLarge(AppError):
+    status_code = 413
+    code = "payload_too_large"
+    message = "The request body is too large."
 
 
 class UnsupportedMediaType(AppError):
@@ -143,7 +166,7 @@ _HTTP_CODES = {
     403: ("forbidden", "You do not have permission to do this."),
     404: ("not_found", "Nothing here. Check the address."),
     405: ("method_not_allowed", "This address does not accept that method."),
-    413: ("payload_too_large", "The request body is too large."),
+    413: ("payload_too_large", PayloadTooLarge.message),
     415: ("unsupported_media_type", UnsupportedMediaType.message),
     429: ("rate_limited", RateLimited.message),
     503: ("service_unavailable", ServiceUnavailable.message),
@@ -156,6 +179,14 @@ def _json(body: dict[str, Any], status: int, headers: Mapping[str, str] | None =
 
 def app_error_handler(_: Request[Any, Any, Any], exc: AppError) -> Response[Any]:
     return _json(exc.body(), exc.status_code, exc.headers)
+
+
+_error_encoder = msgspec.json.Encoder()
+
+
+def encode_error(exc: AppError) -> bytes:
+    """The JSON body of ``exc``, for answers sent before routing (the login gate): the same as the handler's."""
+    return _error_encoder.encode(exc.body())
 
 
 def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> Response[Any]:

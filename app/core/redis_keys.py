@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import zlib
 
+# The one field of an audit stream entry: the encoded login event (written by the limiter's scripts and
+# the publisher, read by the audit writer).
+STREAM_FIELD = "e"
+
 
 class KeySpace:
     def __init__(self, prefix: str, shards: int = 16) -> None:

@@ -16,6 +16,9 @@ from typing import Literal
 
 import msgspec
 
+from app.core.postgres import DatabaseUrlError
+from app.core.postgres import asyncpg_url as asyncpg_url  # the one normalisation, re-exported
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 # Values copied from tutorials and .env examples; refused outside development.
@@ -117,7 +120,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return settings.validated()
 
     def validated(self) -> Settings:
-        """Refuse unsafe combinations, and fill development secrets from ``.data/``."""
+        """Refuse unsafe combinations, normalise the database URL, fill development secrets from ``.data/``."""
+        if self.database_url:
+            try:
+                url = asyncpg_url(self.database_url)
+            except DatabaseUrlError as exc:
+                raise ConfigError(str(exc)) from exc
+            if url != self.database_url:
+                return msgspec.structs.replace(self, database_url=url).validated()
         parse_networks(self.trusted_proxies)
         if not 0 < self.rate_limit_ipv6_prefix <= 128 or self.redis_shards < 1:
             raise ConfigError("RATE_LIMIT_IPV6_PREFIX must be 1-128 and REDIS_SHARDS at least 1")
@@ -135,10 +145,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             jwt_secret=self.jwt_secret or stored["jwt_secret"],
             pin_pepper=self.pin_pepper or stored["pin_pepper"],
         )
-
-    @property
-    def is_development(self) -> bool:
-        return self.app_env == "development"
 
     @property
     def hash_thread_count(self) -> int:
@@ -188,14 +194,6 @@ def _development_secrets(data_dir: Path) -> dict[str, str]:
     finally:
         tmp.unlink(missing_ok=True)
     return stored
-
-
-def asyncpg_url(url: str) -> str:
-    """Accept the usual ``postgresql://`` form; the driver is the app's business."""
-    for prefix in ("postgresql+asyncpg://", "postgresql://", "postgres://", "postgresql+psycopg://"):
-        if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    raise ConfigError("DATABASE_URL must start with postgresql://")
 
 
 def parse_networks(values: list[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

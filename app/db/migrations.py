@@ -15,6 +15,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
+from app.core.postgres import database_url_with, plain_dsn
 from app.core.settings import Settings
 from app.db.config import sqlalchemy_config
 from app.db.models import metadata
@@ -107,7 +108,7 @@ def scratch_database(settings: Settings, name: str | None = None) -> Iterator[Se
 
     assert settings.database_url
     name = name or f"le_scratch_{uuid.uuid4().hex[:12]}"
-    admin_dsn = database_url_with(settings.database_url, "postgres").replace("postgresql+asyncpg://", "postgresql://")
+    admin_dsn = plain_dsn(database_url_with(settings.database_url, "postgres"))
 
     async def execute(sql: str) -> None:
         conn = await asyncpg.connect(admin_dsn)
@@ -121,9 +122,3 @@ def scratch_database(settings: Settings, name: str | None = None) -> Iterator[Se
         yield msgspec.structs.replace(settings, database_url=database_url_with(settings.database_url, name))
     finally:
         asyncio.run(execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-def database_url_with(url: str, database: str) -> str:
-    """Swap the database name in a ``postgresql://user@host/db?query`` URL."""
-    head, sep, query = url.partition("?")
-    return f"{head.rsplit('/', 1)[0]}/{database}{sep}{query}"

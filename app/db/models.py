@@ -27,7 +27,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 metadata = orm_registry.metadata
 
 ROLES = ("user", "security", "admin")
-USER_TYPES = ("parent", "adolescent", "admin", "caregiver")
+# Every Flask-era user type: the families sign up as the first two, staff accounts are created for the rest.
+USER_TYPES = ("parent", "adolescent", "admin", "content_writer", "health_provider")
 
 
 class User(IdentityAuditBase):

@@ -5,3 +5,5 @@ client and per phone number (which answers came back, which credentials were ver
 at the end, and no extra runtime; one process of asyncio drives thousands of concurrent requests
 on loopback, which is as much as one 2-core machine can answer anyway.
 """
+
+SCENARIOS = ("brute-force", "spray", "stuffing", "mixed")

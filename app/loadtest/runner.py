@@ -24,7 +24,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-SCENARIOS = ("brute-force", "spray", "stuffing", "mixed")
+from app.core.postgres import plain_dsn
+
 COMMON_PIN = "2580"  # the classic keypad column; the service refuses it as a new PIN
 WRONG_PASSWORD = "Wrong-Password-77"  # noqa: S105 - the guess an attacker sends
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -326,7 +327,7 @@ async def count_audit_rows(database_url: str, run: Run, settle_seconds: float = 
     """Rows of this run in login_attempts (by request id), once the audit writer has caught up."""
     import asyncpg
 
-    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    dsn = plain_dsn(database_url)
     conn = await asyncpg.connect(dsn)
     try:
         deadline = time.monotonic() + settle_seconds

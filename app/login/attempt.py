@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from app.audit.pipeline.events import LoginEvent, encode_event, new_event
-from app.audit.pipeline.publisher import AuditPublisher
-from app.core.errors import AppError, RateLimited
-from app.ratelimit.limiter import Decision, LimiterUnavailable, LoginLimiter, Reservation
+from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
+from app.core.errors import AppError, LimiterUnavailable, RateLimited
+from app.ratelimit.limiter import Decision, LoginLimiter, Reservation, rate_limit_headers
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +30,6 @@ class PinLocked(AppError):
 class AccountLocked(RateLimited):
     code = "account_locked"
     message = "Too many failed sign-ins for this phone number. Please wait before trying again."
-
-
-def rate_limit_headers(policy: str, decision: Decision) -> dict[str, str]:
-    """draft-ietf-httpapi-ratelimit-headers: the policy, what is left, and when it resets."""
-    reset = decision.retry_after if not decision.allowed else decision.reset_after
-    return {
-        "RateLimit-Policy": f'"{policy}";q={decision.limit};w={decision.window}',
-        "RateLimit": f'"{policy}";r={decision.remaining};t={reset}',
-    }
 
 
 @dataclass
@@ -73,17 +64,10 @@ class LoginAttempt:
         return self.client_decision.reservation if self.client_decision else None
 
     def headers(self, success: bool = False) -> dict[str, str]:
-        """RateLimit headers for a finished attempt: a success gives its slot back, a failure
-        keeps it until it leaves the window."""
-        decision = self.client_decision
-        if decision is None:
+        """RateLimit headers for a finished attempt (see :func:`rate_limit_headers`)."""
+        if self.client_decision is None:
             return {}
-        remaining = min(decision.limit, decision.remaining + 1) if success else decision.remaining
-        reset = decision.reset_after if success else (decision.reset_after or decision.window)
-        return {
-            "RateLimit-Policy": f'"login";q={decision.limit};w={decision.window}',
-            "RateLimit": f'"login";r={remaining};t={reset}',
-        }
+        return rate_limit_headers("login", self.client_decision, "success" if success else "failure")
 
     async def reserve_account(self) -> None:
         """Per phone number, from every client: PIN lock, and the password-failure window."""
@@ -96,6 +80,8 @@ class LoginAttempt:
             )
         except LimiterUnavailable:
             if not self.fail_open:
+                await self._release_client()
+                await self.refuse_unavailable()
                 raise
             logger.warning("rate limiter unavailable; per-account limit skipped (RATE_LIMIT_FAIL_OPEN)")
             return
@@ -144,6 +130,14 @@ class LoginAttempt:
                 await self.limiter.settle(self.account_reservation, "release")
         except LimiterUnavailable:
             await self.publisher.store_directly(event)
+        self.recorded = True
+
+    async def refuse_unavailable(self) -> None:
+        """Fail closed: no budget, no login; the attempt still reaches the audit table through Postgres."""
+        try:
+            await self.publisher.store_directly(self.event("limiter_unavailable"))
+        except AuditUnavailable:
+            logger.error("login attempt could not be audited: Redis and Postgres both refused it")
         self.recorded = True
 
     async def _release_client(self) -> None:

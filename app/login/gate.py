@@ -21,11 +21,13 @@ from prometheus_client import Counter
 
 from app.audit.pipeline.events import encode_event
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
+from app.core.errors import AppError, LimiterUnavailable, PayloadTooLarge, RateLimited, encode_error
+from app.core.http import user_agent_of
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.core.settings import Settings
-from app.login.attempt import LoginAttempt, rate_limit_headers
+from app.login.attempt import LoginAttempt
 from app.ratelimit.client_ip import ClientResolver
-from app.ratelimit.limiter import LimiterUnavailable, LoginLimiter
+from app.ratelimit.limiter import LoginLimiter, rate_limit_headers
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,11 @@ def _replaying(messages: list[Any], receive: Receive) -> Receive:
     return replay
 
 
+async def send_error(send: Send, exc: AppError, headers: dict[str, str]) -> None:
+    """Answer with ``exc`` exactly as the app's error mapping would, from outside the app."""
+    await send_json(send, exc.status_code, encode_error(exc), {**exc.headers, **headers})
+
+
 async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
     raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw_headers += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
@@ -101,9 +108,6 @@ async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str
     await send(start)
     end: Any = {"type": "http.response.body", "body": body}
     await send(end)
-
-
-_encoder = msgspec.json.Encoder()
 
 
 LOGIN_PATH = "/api/auth/login"
@@ -140,8 +144,7 @@ class LoginGate:
         resolver: ClientResolver = state.client_resolver
 
         body, messages = await read_body(receive, settings.max_body_bytes)
-        peer = scope.get("client")
-        address = resolver.resolve(peer[0] if peer else None, scope["headers"])
+        address = resolver.address_of(scope)
         headers = dict(scope["headers"])
         request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:64] or str(uuid_utils.uuid4())
         cors = _cors_headers(settings, headers.get(b"origin"))
@@ -150,14 +153,13 @@ class LoginGate:
             publisher=publisher,
             client_key=resolver.client_key(address),
             ip_address=str(address) if address is not None else None,
-            user_agent=(headers.get(b"user-agent") or b"").decode("latin-1")[:255] or None,
+            user_agent=user_agent_of(headers.get(b"user-agent")),
             request_id=request_id,
             fail_open=settings.rate_limit_fail_open,
         )
         if body is None:
             await _record_unfinished(attempt)
-            too_large = {"message": "The request body is too large.", "code": "payload_too_large"}
-            await send_json(send, 413, _encoder.encode(too_large), cors)
+            await send_error(send, PayloadTooLarge(), cors)
             return
         attempt.phone_number, method = peek_login(body, settings.default_phone_region)
         attempt.method = method  # type: ignore[assignment]
@@ -166,9 +168,11 @@ class LoginGate:
             decision = await limiter.reserve_client(
                 attempt.client_key, refusal_event=encode_event(attempt.event("rate_limited"))
             )
-        except LimiterUnavailable:
+        except LimiterUnavailable as unavailable:
             if not settings.rate_limit_fail_open:
-                await _refuse_unavailable(attempt, send, cors)
+                LOGIN_REFUSED.labels("limiter_unavailable").inc()
+                await attempt.refuse_unavailable()
+                await send_error(send, unavailable, cors)
                 return
             logger.warning("rate limiter unavailable; login allowed without a budget (RATE_LIMIT_FAIL_OPEN)")
             decision = None
@@ -176,18 +180,12 @@ class LoginGate:
         if decision is not None and not decision.allowed:
             LOGIN_REFUSED.labels("rate_limited").inc()
             publisher.metrics.events_published.inc()  # the reserve script appended the refusal
-            retry_after = decision.retry_after
-            payload: dict[str, Any] = {
-                "message": "Too many failed sign-in attempts. Please wait before trying again.",
-                "code": "rate_limited",
-                "retry_after": retry_after,
-            }
-            await send_json(
-                send,
-                429,
-                _encoder.encode(payload),
-                {"Retry-After": str(retry_after), **rate_limit_headers("login", decision), **cors},
+            refused = RateLimited(
+                "Too many failed sign-in attempts. Please wait before trying again.",
+                headers={"Retry-After": str(decision.retry_after), **rate_limit_headers("login", decision)},
+                extra={"retry_after": decision.retry_after},
             )
+            await send_error(send, refused, cors)
             return
 
         attempt.client_decision = decision
@@ -222,18 +220,3 @@ async def _record_unfinished(attempt: LoginAttempt) -> None:
         await attempt.record_unfinished()
     except AuditUnavailable:
         logger.error("login attempt could not be audited: Redis and Postgres both refused it")
-
-
-async def _refuse_unavailable(attempt: LoginAttempt, send: Send, cors: dict[str, str]) -> None:
-    """Fail closed: no budget, no login; the attempt still reaches the audit table through Postgres."""
-    LOGIN_REFUSED.labels("limiter_unavailable").inc()
-    try:
-        await attempt.publisher.store_directly(attempt.event("limiter_unavailable"))
-    except AuditUnavailable:
-        logger.error("login attempt could not be audited: Redis and Postgres both refused it")
-    attempt.recorded = True
-    payload = {
-        "message": "Sign-in is temporarily unavailable. Please try again in a minute.",
-        "code": "rate_limiter_unavailable",
-    }
-    await send_json(send, 503, _encoder.encode(payload), {"Retry-After": "30", **cors})

@@ -23,8 +23,8 @@ can rotate through it at will.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
 
 from app.core.settings import parse_networks
 
@@ -156,6 +156,11 @@ class ClientResolver:
         if forwarded:
             return [_forwarded_for(element) or "" for element in ",".join(forwarded).rsplit(",", MAX_HOPS)[-MAX_HOPS:]]
         return []
+
+    def address_of(self, scope: Mapping[str, Any]) -> Address | None:
+        """The client's address of an ASGI ``scope`` (see :meth:`resolve`)."""
+        peer = scope.get("client")
+        return self.resolve(peer[0] if peer else None, scope["headers"])
 
     def client_key(self, address: Address | None) -> str:
         """The budget key: an IPv4 address, or the IPv6 network of ``ipv6_prefix`` bits containing it."""

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, Literal
@@ -38,9 +38,10 @@ import redis.asyncio
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
-from app.audit.pipeline.events import STREAM_FIELD
-from app.core.redis_keys import KeySpace
+from app.core.errors import LimiterUnavailable
+from app.core.redis_keys import STREAM_FIELD, KeySpace
 from app.core.settings import Settings
+from app.ratelimit.coalescer import Coalescer
 
 PIN_LOCK_SECONDS = 30 * 24 * 3600
 
@@ -48,21 +49,10 @@ Budget = Literal["login", "register", "password", "pin"]
 Outcome = Literal["success", "failure", "release"]
 _OUTCOME_CODES: dict[str, str] = {"success": "s", "failure": "f", "release": "r"}
 
-# Errors meaning "the store cannot answer now": the caller fails closed (503), never open.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,  # includes BusyLoadingError, MaxConnectionsError
-    redis.exceptions.TimeoutError,
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.ClusterDownError,
-    redis.exceptions.TryAgainError,
-    OSError,
-    TimeoutError,
-)
-
-
-class LimiterUnavailable(Exception):
-    """Redis could not be reached or could not take the write; the attempt must be refused."""
+# Every error of the store means "no budget could be taken": the caller fails closed (503, and the
+# attempt still reaches the audit trail), never open. That covers a script error or BUSY as much as
+# a lost connection: a login path that let those escape answered 500 with no audit record.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
@@ -87,6 +77,26 @@ class Decision:
     reservation: Reservation | None
     reason: str | None  # "rate_limited" | "account_locked" | "pin_locked" when refused
     reset_after: int = 0  # when allowed: whole seconds until the oldest counted failure leaves the window
+
+
+def rate_limit_headers(
+    policy: str, decision: Decision, outcome: Literal["success", "failure"] | None = None
+) -> dict[str, str]:
+    """draft-ietf-httpapi-ratelimit-headers: the policy, what is left, and when it resets.
+
+    ``outcome`` is how the attempt holding this decision's slot ended: a success gives its slot
+    back, a failure keeps it until it leaves the window.
+    """
+    remaining = decision.remaining
+    reset = decision.reset_after if decision.allowed else decision.retry_after
+    if outcome == "success":
+        remaining = min(decision.limit, remaining + 1)
+    elif outcome == "failure":
+        reset = decision.reset_after or decision.window
+    return {
+        "RateLimit-Policy": f'"{policy}";q={decision.limit};w={decision.window}',
+        "RateLimit": f'"{policy}";r={remaining};t={reset}',
+    }
 
 
 @dataclass(frozen=True)
@@ -114,59 +124,6 @@ _event_phone = msgspec.json.Decoder(_EventPhone)
 
 def _script_source(name: str) -> str:
     return files(__package__).joinpath(name).read_text(encoding="utf-8")
-
-
-class Coalescer:
-    """Collects the script calls made during one turn of the event loop and runs them as one batch.
-
-    Every submitted call gets its own future, and every future is resolved: with its reply, with
-    its own error, or with the batch's error when Redis could not be reached.
-    """
-
-    def __init__(self, run_batch: Callable[[Sequence[ScriptCall]], Awaitable[list[Any]]], max_batch: int = 512):
-        self._run_batch = run_batch
-        self._max_batch = max_batch
-        self._pending: list[tuple[ScriptCall, asyncio.Future[Any]]] = []
-        self._flush_scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def submit(self, call: ScriptCall) -> Any:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        self._pending.append((call, future))
-        if len(self._pending) >= self._max_batch:
-            self._flush()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.ensure_future(self._run(batch))
-            self._tasks.add(task)  # keep a reference until done
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[tuple[ScriptCall, asyncio.Future[Any]]]) -> None:
-        try:
-            replies = await self._run_batch([call for call, _ in batch])
-        except BaseException as exc:
-            error = exc if isinstance(exc, Exception) else LimiterUnavailable("the batch was cancelled")
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(error)
-            if not isinstance(exc, Exception):
-                raise
-            return
-        for (_, future), reply in zip(batch, replies, strict=True):
-            if future.done():
-                continue  # its request was cancelled; the reservation lapses by itself
-            if isinstance(reply, Exception):
-                future.set_exception(reply)
-            else:
-                future.set_result(reply)
 
 
 class LoginLimiter:

@@ -92,6 +92,7 @@ async def assert_indistinguishable(client: Any, groups: dict[str, Any]) -> None:
     assert len(header_sets) == 1, header_sets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [REAL_ARGON2], indirect=True)
 async def test_password_logins_of_unknown_and_known_numbers_cost_and_read_the_same(client: Any, db: Any) -> None:
     known = new_phone()
@@ -107,6 +108,7 @@ async def test_password_logins_of_unknown_and_known_numbers_cost_and_read_the_sa
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [REAL_ARGON2], indirect=True)
 async def test_pin_logins_of_unknown_numbers_disabled_pins_and_wrong_pins_cost_and_read_the_same(client: Any) -> None:
     with_pin, without_pin = new_phone(), new_phone()

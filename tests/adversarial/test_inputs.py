@@ -486,6 +486,7 @@ def client_address(index: int) -> str:
 MANY_CLIENTS = {**PROXIED, "argon2_memory_kib": 8, "audit_writer_enabled": False}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", [MANY_CLIENTS], indirect=True)
 async def test_ten_thousand_clients_each_failing_once_are_never_limited(served: Any, settings: Settings) -> None:
     count, in_flight = 10_000, 8  # within the database pool (10): more only queues and churns connections

@@ -19,9 +19,10 @@ from redis.crc import key_slot
 
 from app.audit.pipeline.events import STREAM_FIELD
 from app.core.embedded import EmbeddedRedis, free_port
+from app.core.errors import LimiterUnavailable
 from app.core.redis import create_redis
 from app.core.settings import Settings
-from app.ratelimit.limiter import PIN_LOCK_SECONDS, LimiterUnavailable, LoginLimiter, ScriptCall
+from app.ratelimit.limiter import PIN_LOCK_SECONDS, LoginLimiter, ScriptCall
 
 START_MS = 1_700_000_000_000
 PHONE = "+250788123456"

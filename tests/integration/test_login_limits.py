@@ -4,7 +4,9 @@ import asyncio
 
 import pytest
 
-from tests.helpers import GOOD_PIN, STRONG_PASSWORD, new_phone, registered
+from app.core.redis import create_redis
+from app.core.redis_keys import KeySpace
+from tests.helpers import GOOD_PIN, STRONG_PASSWORD, e164, new_phone, registered
 
 WRONG = "Wrong-Password-77"
 
@@ -145,3 +147,21 @@ async def test_registration_limit_per_client(client):
     )
     assert refused.status_code == 429
     assert int(refused.headers["Retry-After"]) >= 1
+
+
+async def test_redis_failing_at_the_number_budget_answers_503_and_records_the_attempt(client, settings, db):
+    """A Redis error at the per-number budget (after the client's budget was taken) was a 500 with no audit row."""
+    phone = new_phone()
+    await registered(client, phone_number=phone)
+    redis = create_redis(settings)
+    try:
+        # A key of the wrong type makes the per-number script fail inside Redis, as BUSY or a script error would.
+        await redis.set(KeySpace(settings.redis_key_prefix, settings.redis_shards).phone(e164(phone), "password"), "x")
+        response = await login(client, phone_number=phone, password="wrong-password-1")
+    finally:
+        await redis.aclose()
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "rate_limiter_unavailable"
+    assert response.headers["Retry-After"].isdigit()
+    rows = await db.fetch("SELECT reason FROM login_attempts WHERE phone_number = $1", e164(phone))
+    assert [row["reason"] for row in rows] == ["limiter_unavailable"]

@@ -4,12 +4,13 @@ import asyncio
 
 import asyncpg
 
+from app.core.postgres import plain_dsn
 from app.db import migrations
 
 
 def _tables(settings):
     async def read():
-        conn = await asyncpg.connect(settings.database_url.replace("+asyncpg", ""))
+        conn = await asyncpg.connect(plain_dsn(settings.database_url))
         try:
             rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
             return {row["tablename"] for row in rows}

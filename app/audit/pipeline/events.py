@@ -17,6 +17,8 @@ from typing import Annotated, Any
 import msgspec
 import uuid_utils
 
+from app.core.redis_keys import STREAM_FIELD as STREAM_FIELD  # the stream entry holds the event as JSON
+
 REASONS = (
     "ok",
     "invalid_credentials",
@@ -29,8 +31,6 @@ REASONS = (
     "limiter_unavailable",
     "invalid_request",
 )
-# The stream entry holds the whole event as JSON under this one field.
-STREAM_FIELD = "e"
 
 # A UUID in its canonical text form. Kept as text from minting to the COPY (asyncpg encodes it):
 # building ``uuid.UUID`` objects was 2.5 µs per event on each side, most of the writer's decoding.

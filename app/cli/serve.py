@@ -1,0 +1,58 @@
+"""``ladys-essence serve``: the API under uvicorn, with embedded servers when no URLs are set."""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import FrameType
+
+import click
+
+from app.core.cli import load_settings
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+@click.command(help="Serve the API (embedded Postgres and Redis when DATABASE_URL / REDIS_URL are unset).")
+@click.option("--host", default=None, help="Address to bind (HOST, default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (PORT, default 8000).")
+@click.option("--workers", type=int, default=None, help="uvicorn worker processes (WORKERS, default 1).")
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    import uvicorn
+
+    from app.core.embedded import servers_for
+    from app.db import migrations
+
+    settings = load_settings()
+    host = host or settings.host
+    port = port or settings.port
+    workers = workers or settings.workers
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again for the default action,
+    # which would end the process before the embedded servers below are stopped. As an exception
+    # it unwinds through ``servers_for`` instead (exit status 143; with --workers > 1 uvicorn's
+    # supervisor handles the signal itself and returns normally).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with servers_for(settings) as resolved:
+        migrations.upgrade(resolved)
+        # Workers are separate processes: hand them the resolved URLs and development secrets.
+        os.environ.update(
+            DATABASE_URL=resolved.database_url or "",
+            REDIS_URL=resolved.redis_url or "",
+            JWT_SECRET=resolved.jwt_secret or "",
+            PIN_PEPPER=resolved.pin_pepper or "",
+            WORKERS=str(workers),
+        )
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        click.echo(f"Lady's Essence Auth on http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)")
+        uvicorn.run(
+            "app.asgi:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=settings.log_level.lower(),
+            proxy_headers=False,
+            server_header=False,
+        )
