@@ -38,11 +38,12 @@ from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.pipeline import streams
+from app.audit.pipeline.backlog import is_full, stream_share
 from app.audit.pipeline.batcher import Batch, Batcher, Decoded, Entry, StreamReply, decode_messages
 from app.audit.pipeline.events import stream_fields
 from app.audit.pipeline.metrics import AuditMetrics, shared_metrics
 from app.audit.pipeline.store import InsertMethod, is_data_error, store_events
-from app.audit.pipeline.streams import GROUP, STALE_CONSUMER_MS, Backlog, read_backlog, unwritten_events
+from app.audit.pipeline.streams import GROUP, STALE_CONSUMER_MS, Backlog, read_backlog_by_stream, unwritten_events
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings
 
@@ -115,6 +116,7 @@ class AuditWriter:
         self.claim_idle_ms = max(1, settings.audit_claim_idle_ms)
         self.claim_interval = min(30.0, max(0.2, self.claim_idle_ms / 2000))
         self.streams = keys.audit_streams()
+        self._stream_share = stream_share(settings.audit_max_backlog, keys.shards)
         self._reader = streams.raw_reader(redis)
         self._stopping = asyncio.Event()
         self._give_up_at = float("inf")
@@ -213,8 +215,9 @@ class AuditWriter:
 
     async def backlog(self) -> Backlog:
         """Unwritten and pending events and the oldest one's age, for /health and /metrics."""
-        backlog = await read_backlog(self.redis, self.keys, self.group)
+        backlog, lengths = await read_backlog_by_stream(self.redis, self.keys, self.group)
         self.metrics.observe_backlog(backlog)
+        self.metrics.backlog_full.set(int(is_full(lengths, self._stream_share)))
         return backlog
 
     # ---- reading -----------------------------------------------------------------------------------
