@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
@@ -15,7 +14,6 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import ASGIApp
-from redis.asyncio import Redis
 
 from app.accounts.controller import AuthController
 from app.accounts.deps import AUTH_DEPENDENCIES
@@ -24,7 +22,8 @@ from app.accounts.tokens import TokenIssuer
 from app.audit.history.controller import AuditController
 from app.audit.history.dashboard import DASHBOARD_HANDLERS
 from app.audit.history.export import ExportSlots
-from app.audit.pipeline.metrics import Backlog, read_backlog, shared_metrics
+from app.audit.pipeline.backlog import BacklogProbe
+from app.audit.pipeline.metrics import shared_metrics
 from app.audit.pipeline.publisher import AuditPublisher
 from app.audit.pipeline.writer import AuditWriter
 from app.core.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
@@ -58,12 +57,6 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
         raise UnsupportedMediaType()
 
 
-async def _observed_backlog(redis: Redis, keys: KeySpace) -> Backlog:
-    backlog = await read_backlog(redis, keys)
-    shared_metrics().observe_backlog(backlog)
-    return backlog
-
-
 def create_app(settings: Settings) -> Litestar:
     db_config = sqlalchemy_config(settings)
 
@@ -81,16 +74,16 @@ def create_app(settings: Settings) -> Litestar:
             settings.trusted_proxies, settings.rate_limit_ipv6_prefix, forwarded_headers=settings.forwarded_header
         )
         app.state.limiter = LoginLimiter(redis, settings)
-        app.state.audit_publisher = AuditPublisher(redis, keys, engine, metrics)
+        app.state.audit_publisher = AuditPublisher(redis, keys, engine, metrics, max_backlog=settings.audit_max_backlog)
         app.state.export_slots = ExportSlots(settings.audit_export_concurrency)
         app.state.audit_writer = None
         if settings.audit_writer_enabled:
             app.state.audit_writer = AuditWriter(redis, keys, engine, settings, metrics)
             app.state.audit_writer.start()
         # The backlog probe also refreshes the /metrics gauges, with or without a writer in this process.
-        backlog = app.state.audit_writer.backlog if app.state.audit_writer else partial(_observed_backlog, redis, keys)
+        backlog = BacklogProbe(redis, keys, metrics, settings.audit_max_backlog)
         app.state.health_checks = HealthChecks(
-            {"database": database_check(app.state), "redis": redis.ping, "audit": backlog}
+            {"database": database_check(app.state), "redis": redis.ping, "audit": backlog.check}
         )
         freeze_startup_heap()
 

@@ -27,6 +27,17 @@ def plain_dsn(url: str) -> str:
     return "postgresql://" + url[len(SQLALCHEMY_SCHEME) :] if url.startswith(SQLALCHEMY_SCHEME) else url
 
 
+def inserted_rows(status: str) -> int:
+    """Rows a statement touched, from asyncpg's command tag (``INSERT 0 5``, ``COPY 5``, ``DELETE 3``).
+
+    The count is always the tag's last word; a tag without one (``CREATE TABLE``) is a caller's bug.
+    """
+    head, _, count = status.rpartition(" ")
+    if not head or not count.isdigit():
+        raise ValueError(f"no row count in command tag {status!r}")
+    return int(count)
+
+
 def database_url_with(url: str, database: str) -> str:
     """Swap the database name in a ``postgresql://user@host/db?query`` URL."""
     head, sep, query = url.partition("?")

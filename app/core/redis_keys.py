@@ -14,6 +14,22 @@ import zlib
 # the publisher, read by the audit writer).
 STREAM_FIELD = "e"
 
+# The bound on the audit streams (AUDIT_MAX_BACKLOG, see app/audit/pipeline/backlog.py): whatever
+# appends an event checks its stream's length in the same call.
+# KEYS[1] the stream; ARGV: its share of the bound, the field, the event. 1 if appended, 0 if full.
+BOUNDED_APPEND = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
+return 1
+"""
+
+
+def stream_share(max_backlog: int, shards: int) -> int:
+    """Entries one shard stream may hold: an equal share, so that all together stay within the bound."""
+    return max(1, max_backlog // max(1, shards))
+
 
 class KeySpace:
     def __init__(self, prefix: str, shards: int = 16) -> None:

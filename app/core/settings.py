@@ -100,6 +100,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_writer_enabled: bool = True
     audit_retention_days: int = 365
     audit_export_concurrency: int = 2  # exports streaming at once per process (each holds a DB connection)
+    audit_max_backlog: int = 1_000_000  # unwritten events Redis may hold; past it events go to Postgres directly
     cors_allow_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
     @classmethod
@@ -131,6 +132,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         parse_networks(self.trusted_proxies)
         if not 0 < self.rate_limit_ipv6_prefix <= 128 or self.redis_shards < 1:
             raise ConfigError("RATE_LIMIT_IPV6_PREFIX must be 1-128 and REDIS_SHARDS at least 1")
+        if self.audit_max_backlog < 1:
+            raise ConfigError("AUDIT_MAX_BACKLOG must be at least 1")
         if self.refresh_reuse_grace_seconds < 0 or self.access_token_minutes < 1 or self.refresh_token_days < 1:
             raise ConfigError("token lifetimes must be positive")
         if self.app_env == "production":

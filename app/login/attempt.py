@@ -88,8 +88,12 @@ class LoginAttempt:
         if decision.allowed:
             self.account_reservation = decision.reservation
             return
-        # The refusal event went out with the refusal; the client's slot was never used.
-        self.publisher.metrics.events_published.inc()
+        # The refusal event went out with the refusal (or, its stream full, goes to Postgres now); the
+        # client's slot was never used.
+        if decision.event_queued:
+            self.publisher.metrics.events_published.inc()
+        else:
+            await self.publisher.store_directly(refusal, backlog_full=True)
         self.recorded = True
         await self._release_client()
         if self.method == "pin":
@@ -103,16 +107,20 @@ class LoginAttempt:
         """Settle both budgets and publish the event, in one round trip; Postgres if Redis fails."""
         event = self.event(reason, success=success, user_id=user_id)
         try:
-            await self.limiter.settle_login(
+            queued = await self.limiter.settle_login(
                 self.client_reservation,
                 self.account_reservation,
                 self.method or "password",
                 success,
                 encode_event(event),
             )
-            self.publisher.metrics.events_published.inc()  # the settle script appended it
         except LimiterUnavailable:
             await self.publisher.store_directly(event)
+        else:
+            if queued:
+                self.publisher.metrics.events_published.inc()  # the settle script appended it
+            else:
+                await self.publisher.store_directly(event, backlog_full=True)
         self.recorded = True
 
     async def record_unfinished(self) -> None:
@@ -122,8 +130,10 @@ class LoginAttempt:
         event = self.event("invalid_request")
         try:
             if self.client_reservation is not None:
-                await self.limiter.settle(self.client_reservation, "release", encode_event(event))
-                self.publisher.metrics.events_published.inc()
+                if await self.limiter.settle(self.client_reservation, "release", encode_event(event)):
+                    self.publisher.metrics.events_published.inc()
+                else:
+                    await self.publisher.store_directly(event, backlog_full=True)
             else:
                 await self.publisher.publish(event, self.client_key)
             if self.account_reservation is not None:

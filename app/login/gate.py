@@ -19,7 +19,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 from prometheus_client import Counter
 
-from app.audit.pipeline.events import encode_event
+from app.audit.pipeline.events import LoginEvent, encode_event
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
 from app.core.errors import AppError, LimiterUnavailable, PayloadTooLarge, RateLimited, encode_error
 from app.core.http import user_agent_of
@@ -164,10 +164,9 @@ class LoginGate:
         attempt.phone_number, method = peek_login(body, settings.default_phone_region)
         attempt.method = method  # type: ignore[assignment]
 
+        refusal = attempt.event("rate_limited")
         try:
-            decision = await limiter.reserve_client(
-                attempt.client_key, refusal_event=encode_event(attempt.event("rate_limited"))
-            )
+            decision = await limiter.reserve_client(attempt.client_key, refusal_event=encode_event(refusal))
         except LimiterUnavailable as unavailable:
             if not settings.rate_limit_fail_open:
                 LOGIN_REFUSED.labels("limiter_unavailable").inc()
@@ -179,7 +178,10 @@ class LoginGate:
 
         if decision is not None and not decision.allowed:
             LOGIN_REFUSED.labels("rate_limited").inc()
-            publisher.metrics.events_published.inc()  # the reserve script appended the refusal
+            if decision.event_queued:
+                publisher.metrics.events_published.inc()  # the reserve script appended the refusal
+            else:
+                await _store_refusal(publisher, refusal)  # its audit stream is full (AUDIT_MAX_BACKLOG)
             refused = RateLimited(
                 "Too many failed sign-in attempts. Please wait before trying again.",
                 headers={"Retry-After": str(decision.retry_after), **rate_limit_headers("login", decision)},
@@ -220,3 +222,10 @@ async def _record_unfinished(attempt: LoginAttempt) -> None:
         await attempt.record_unfinished()
     except AuditUnavailable:
         logger.error("login attempt could not be audited: Redis and Postgres both refused it")
+
+
+async def _store_refusal(publisher: AuditPublisher, refusal: LoginEvent) -> None:
+    try:
+        await publisher.store_directly(refusal, backlog_full=True)
+    except AuditUnavailable:
+        logger.error("login refusal could not be audited: its stream is full and Postgres refused it")

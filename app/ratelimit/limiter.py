@@ -7,7 +7,9 @@ guesses are verified than the budget allows. A reservation that is never settled
 died) lapses after ``rate_limit_reservation_seconds``. Both scripts (``reserve.lua``,
 ``settle.lua``, next to this file) touch keys of one hash slot only, the budget and the audit
 stream of its shard (see :mod:`app.core.redis_keys`), so they run unchanged on Redis Cluster; and a
-refusal or a settle records its audit event in the same round trip.
+refusal or a settle records its audit event in the same round trip, unless that stream is at its
+share of ``AUDIT_MAX_BACKLOG``: then the reply says the event was not appended, and the caller
+stores it in Postgres (see :mod:`app.audit.pipeline.backlog`).
 
 Budgets:
 - ``login`` per client (``RATE_LIMIT_LOGIN_*``): failed logins in a sliding window;
@@ -39,7 +41,7 @@ import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from app.core.errors import LimiterUnavailable
-from app.core.redis_keys import STREAM_FIELD, KeySpace
+from app.core.redis_keys import BOUNDED_APPEND, STREAM_FIELD, KeySpace, stream_share
 from app.core.settings import Settings
 from app.ratelimit.coalescer import Coalescer
 
@@ -77,6 +79,9 @@ class Decision:
     reservation: Reservation | None
     reason: str | None  # "rate_limited" | "account_locked" | "pin_locked" when refused
     reset_after: int = 0  # when allowed: whole seconds until the oldest counted failure leaves the window
+    # When refused with a refusal event: it is in the audit stream. False: the stream was full, the
+    # caller must store the event itself.
+    event_queued: bool = False
 
 
 def rate_limit_headers(
@@ -157,6 +162,8 @@ class LoginLimiter:
         self._coalescer = Coalescer(self._run_batch)
         self._reserve = redis.register_script(_script_source("reserve.lua"))
         self._settle = redis.register_script(_script_source("settle.lua"))
+        self._append = redis.register_script(BOUNDED_APPEND)
+        self._stream_share = stream_share(settings.audit_max_backlog, settings.redis_shards)
 
     # ---- the contract the HTTP layer uses ------------------------------------------------------
 
@@ -180,9 +187,13 @@ class LoginLimiter:
         (reply,) = await self.execute([call])
         return self.decision("register", client_key, reply)
 
-    async def settle(self, reservation: Reservation, outcome: Outcome, event: bytes | None = None) -> None:
-        """Settle one reservation; ``event`` is appended to the audit stream of its shard in the same call."""
-        await self.execute([self.settle_call(reservation, outcome, event)])
+    async def settle(self, reservation: Reservation, outcome: Outcome, event: bytes | None = None) -> bool:
+        """Settle one reservation; ``event`` is appended to the audit stream of its shard in the same call.
+
+        False when ``event`` was not appended (its stream is full): the caller stores it elsewhere.
+        """
+        (reply,) = await self.execute([self.settle_call(reservation, outcome, event)])
+        return bool(int(reply))
 
     async def settle_login(
         self,
@@ -192,14 +203,15 @@ class LoginLimiter:
         success: bool,
         event: bytes | None,
         shard_identity: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Settle both reservations of a login attempt and publish its event, in one round trip.
 
         The event goes with the client's settle (the client's shard stream); without a client
         reservation, with the account's (the phone's shard stream); with neither, a plain XADD to the
         stream of ``shard_identity``'s shard (the client key), or of the event's phone number when
         not given. A success clears the number's PIN lock whatever the method, through
-        ``account.clears``, so pass the account reservation whenever one was taken.
+        ``account.clears``, so pass the account reservation whenever one was taken. False when the
+        event was not appended because its stream is full: the caller stores it elsewhere.
         """
         if account is not None and account.budget != method:
             raise ValueError(f"account reservation is for {account.budget}, not {method}")
@@ -210,14 +222,17 @@ class LoginLimiter:
         if account is not None:
             calls.append(self.settle_call(account, outcome, event if client is None else None))
         if calls:
-            await self.execute(calls)
-        elif event is not None:
-            identity = shard_identity if shard_identity is not None else _event_phone.decode(event).phone_number
-            stream = self.keys.audit_stream(self.keys.shard_of(identity))
-            try:
-                await self._redis.xadd(stream, {STREAM_FIELD: event})
-            except _UNAVAILABLE as exc:
-                raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
+            replies = await self.execute(calls)
+            return bool(int(replies[0]))  # the first call carries the event
+        if event is None:
+            return True
+        identity = shard_identity if shard_identity is not None else _event_phone.decode(event).phone_number
+        stream = self.keys.audit_stream(self.keys.shard_of(identity))
+        try:
+            appended = await self._append(keys=[stream], args=[self._stream_share, STREAM_FIELD, event])
+        except _UNAVAILABLE as exc:
+            raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
+        return bool(int(appended))
 
     # ---- building blocks, for pipelining many requests' calls together -------------------------
 
@@ -238,14 +253,14 @@ class LoginLimiter:
         policy = self._policies[budget]
         key = self.budget_key(budget, identity)
         # An integer is the most compact listpack entry. Not a secret (it never leaves Redis, and a
-        # clash only lengthens it), so the fast PRNG: secrets' urandom call was ~5% of a refusal.
+        # clash only lengthens it), so the fast PRNG: secrets' urandom call was a measurable share of a refusal.
         member = str(random.getrandbits(32))
         now = self._now_ms()
         args: tuple[str | int | bytes, ...] = (now, policy.window_ms, policy.limit, self._hold_ms, member, mode)
         if refusal_event is None:
             return ScriptCall(self._reserve, (key,), args)
         stream = self.keys.audit_stream(self.keys.shard_of(identity))
-        return ScriptCall(self._reserve, (key, stream), (*args, STREAM_FIELD, refusal_event))
+        return ScriptCall(self._reserve, (key, stream), (*args, STREAM_FIELD, refusal_event, self._stream_share))
 
     def settle_call(self, reservation: Reservation, outcome: Outcome, event: bytes | None = None) -> ScriptCall:
         policy = self._policies[reservation.budget]
@@ -261,7 +276,7 @@ class LoginLimiter:
         )
         if event is not None:
             keys = (*keys, self.keys.audit_stream(reservation.shard))
-            args = (*args, STREAM_FIELD, event)
+            args = (*args, STREAM_FIELD, event, self._stream_share)
         return ScriptCall(self._settle, keys, args)
 
     def decision(self, budget: Budget, identity: str, reply: Any) -> Decision:
@@ -269,7 +284,8 @@ class LoginLimiter:
         policy = self._policies[budget]
         window = policy.window_ms // 1000
         if not int(reply[0]):
-            return Decision(False, policy.limit, 0, int(reply[1]), window, None, policy.reason)
+            queued = len(reply) > 2 and bool(int(reply[2]))
+            return Decision(False, policy.limit, 0, int(reply[1]), window, None, policy.reason, event_queued=queued)
         reservation = None
         if budget != "register":
             member = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])

@@ -2,13 +2,15 @@
 --
 -- KEYS[1]  the budget: a sorted set of counted entries, all in one hash slot with KEYS[2]
 -- KEYS[2]  the audit stream of the same shard (only read when an event is given)
--- ARGV     now_ms, window_ms, limit, hold_ms, member, mode, [stream_field, event]
+-- ARGV     now_ms, window_ms, limit, hold_ms, member, mode, [stream_field, event, stream_share]
 --          mode "r": add a reservation that lapses at now + hold_ms unless settled;
 --          mode "h": add a failure now (every attempt counts, e.g. registrations).
 --
 -- Entries: a failure is scored by the time it happened (> 0); a reservation by minus the time it
 -- lapses (< 0), so both are pruned with one range each and members stay short random ids.
--- Returns {1, remaining, member, reset_seconds} when allowed, {0, retry_after_seconds} when refused.
+-- Returns {1, remaining, member, reset_seconds} when allowed, {0, retry_after_seconds, appended}
+-- when refused: appended is 0 when the stream already holds stream_share entries (its part of
+-- AUDIT_MAX_BACKLOG), and the caller then stores the event in Postgres itself.
 -- A refusal writes nothing to the budget, so refused attempts never extend the window.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -38,10 +40,11 @@ if count >= limit then
     end
   end
   local retry_after = math.max(1, math.ceil((free_at - now) / 1000))
-  if ARGV[8] then
+  if ARGV[8] and redis.call('XLEN', KEYS[2]) < tonumber(ARGV[9]) then
     redis.call('XADD', KEYS[2], '*', ARGV[7], ARGV[8])
+    return {0, retry_after, 1}
   end
-  return {0, retry_after}
+  return {0, retry_after, 0}
 end
 
 local member = ARGV[5]

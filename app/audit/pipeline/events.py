@@ -33,7 +33,7 @@ REASONS = (
 )
 
 # A UUID in its canonical text form. Kept as text from minting to the COPY (asyncpg encodes it):
-# building ``uuid.UUID`` objects was 2.5 µs per event on each side, most of the writer's decoding.
+# building ``uuid.UUID`` objects was most of the writer's decoding (docs/audit.md has the figure).
 # \Z, not $: a "$" would let "<uuid>\n" through, which asyncpg then refuses with a bare ValueError.
 EventId = Annotated[str, msgspec.Meta(pattern=r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")]
 

@@ -9,28 +9,15 @@ the default registry that ``GET /metrics`` exposes.
 from __future__ import annotations
 
 import functools
-from typing import TypedDict
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
-from redis.asyncio import Redis
 
-from app.core.redis_keys import KeySpace
+# Where they were before the writer's Redis plumbing got its own module; tests and benches use them.
+from app.audit.pipeline.streams import GROUP, Backlog, read_backlog, unwritten_events
 
-GROUP = "audit-writer"
+__all__ = ["GROUP", "NAMESPACE", "AuditMetrics", "Backlog", "read_backlog", "shared_metrics", "unwritten_events"]
+
 NAMESPACE = "ladys_essence"
-
-
-class Backlog(TypedDict):
-    """What is in Redis and not yet in Postgres.
-
-    ``stream_length``: entries in the shard streams; the writer deletes an entry once its row is
-    committed, so this is exactly the unwritten events. ``pending``: of those, the ones a writer
-    has read and not yet committed. ``lag_seconds``: age of the oldest unwritten event (0 if none).
-    """
-
-    stream_length: int
-    pending: int
-    lag_seconds: float
 
 
 class AuditMetrics:
@@ -51,6 +38,10 @@ class AuditMetrics:
         self.events_fallback = counter(
             "events_fallback", "Events written straight to Postgres because Redis refused them."
         )
+        self.events_backlog_direct = counter(
+            "events_backlog_direct",
+            "Events written straight to Postgres because their audit stream was full (AUDIT_MAX_BACKLOG).",
+        )
         self.events_dead_lettered = counter(
             "events_dead_lettered", "Stream entries that are not valid login events, moved to the dead-letter stream."
         )
@@ -65,6 +56,9 @@ class AuditMetrics:
         self.stream_length = gauge("stream_length", "Unwritten events in the Redis audit streams.")
         self.pending = gauge("pending", "Events read by a writer and not yet committed to Postgres.")
         self.lag_seconds = gauge("lag_seconds", "Age of the oldest unwritten audit event, in seconds.")
+        self.backlog_full = gauge(
+            "backlog_full", "1 while some audit stream is at its share of AUDIT_MAX_BACKLOG (events go to Postgres)."
+        )
 
     def observe_backlog(self, backlog: Backlog) -> None:
         self.stream_length.set(backlog["stream_length"])
@@ -84,42 +78,3 @@ class AuditMetrics:
 def shared_metrics() -> AuditMetrics:
     """The process-wide metrics on prometheus_client's default registry (what ``/metrics`` serves)."""
     return AuditMetrics(REGISTRY)
-
-
-async def read_backlog(redis: Redis, keys: KeySpace, group: str = GROUP) -> Backlog:
-    """One pipelined round trip over every shard stream: lengths, pending counts, oldest entry."""
-    streams = keys.audit_streams()
-    pipe = redis.pipeline(transaction=False)
-    pipe.time()
-    for stream in streams:
-        pipe.xlen(stream)
-        pipe.xpending(stream, group)
-        pipe.xrange(stream, "-", "+", count=1)
-    replies = await pipe.execute(raise_on_error=False)
-    seconds, micros = replies[0]
-    now_ms = seconds * 1000 + micros // 1000
-    length = pending = 0
-    oldest_ms: int | None = None
-    for index in range(len(streams)):
-        xlen, xpending, first = replies[1 + 3 * index : 4 + 3 * index]
-        if isinstance(xlen, int):
-            length += xlen
-        if isinstance(xpending, dict):  # an error (no stream or group yet) means nothing pending
-            pending += int(xpending["pending"])
-        if isinstance(first, list) and first:
-            entry_ms = int(_text(first[0][0]).split("-", 1)[0])
-            oldest_ms = entry_ms if oldest_ms is None else min(oldest_ms, entry_ms)
-    lag = max(0.0, (now_ms - oldest_ms) / 1000) if oldest_ms is not None else 0.0
-    return Backlog(stream_length=length, pending=pending, lag_seconds=round(lag, 3))
-
-
-async def unwritten_events(redis: Redis, keys: KeySpace) -> int:
-    """Entries in all shard streams (read or not): only stream lengths, one pipelined round trip."""
-    pipe = redis.pipeline(transaction=False)
-    for stream in keys.audit_streams():
-        pipe.xlen(stream)
-    return sum(await pipe.execute())
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -27,6 +27,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.pipeline.events import LoginEvent, packed_ip
+from app.core.postgres import inserted_rows
 
 InsertMethod = Literal["unnest", "copy", "staging"]
 INSERT_METHODS: tuple[InsertMethod, ...] = ("unnest", "copy", "staging")
@@ -97,11 +98,6 @@ def _records(events: Sequence[LoginEvent]) -> list[tuple[Any, ...]]:
     ]
 
 
-def _inserted(status: str) -> int:
-    """Rows inserted, from a command tag such as ``INSERT 0 498``."""
-    return int(status.rsplit(" ", 1)[-1])
-
-
 async def insert_events(conn: Any, events: Sequence[LoginEvent], method: InsertMethod = "copy") -> int:
     """Insert ``events`` on an asyncpg connection atomically; return how many rows were new."""
     if not events:
@@ -116,7 +112,7 @@ async def insert_events(conn: Any, events: Sequence[LoginEvent], method: InsertM
 async def _unnest_insert(conn: Any, events: Sequence[LoginEvent]) -> int:
     columns = list(zip(*_records(events), strict=True))
     status: str = await conn.execute(INSERT_UNNEST, *columns)
-    return _inserted(status)
+    return inserted_rows(status)
 
 
 async def _copy_or_insert(conn: Any, events: Sequence[LoginEvent]) -> int:
@@ -135,7 +131,7 @@ async def _staging_insert(conn: Any, events: Sequence[LoginEvent]) -> int:
         await conn.execute(CREATE_STAGING)
         await conn.copy_records_to_table(_STAGING, records=_records(events), columns=COLUMNS)
         status: str = await conn.execute(INSERT_FROM_STAGING)
-    return _inserted(status)
+    return inserted_rows(status)
 
 
 @asynccontextmanager

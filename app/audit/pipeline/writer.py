@@ -15,88 +15,48 @@ Entries that are not login events go to the dead-letter stream with their raw fi
 dropped silently. Postgres down: the batch is retried with capped exponential backoff, nothing
 read further, nothing acknowledged. Redis down: the same backoff, then the groups are re-created
 if Redis came back empty, and the writer's own pending entries are re-read.
+
+This module is the loop; ``batcher.py`` holds the pure decoding and batching, ``streams.py`` the
+Redis conversations.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import functools
-import heapq
 import logging
 import os
 import random
 import secrets
 import socket
 import time
-from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit.pipeline.events import (
-    STREAM_FIELD,
-    EventDecodeError,
-    LoginEvent,
-    decode_entry,
-    decode_storable,
-    stream_fields,
-)
-from app.audit.pipeline.metrics import GROUP, AuditMetrics, Backlog, read_backlog, shared_metrics, unwritten_events
+from app.audit.pipeline import streams
+from app.audit.pipeline.backlog import is_full
+from app.audit.pipeline.batcher import Batch, Batcher, Decoded, Entry, StreamReply, decode_messages
+from app.audit.pipeline.events import stream_fields
+from app.audit.pipeline.metrics import AuditMetrics, shared_metrics
 from app.audit.pipeline.store import InsertMethod, is_data_error, store_events
-from app.core.redis_keys import KeySpace
+from app.audit.pipeline.streams import GROUP, STALE_CONSUMER_MS, Backlog, read_backlog_by_stream, unwritten_events
+from app.core.redis_keys import KeySpace, stream_share
 from app.core.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Acknowledge and delete in one step, so an entry is never acknowledged but left in the stream (a
-# phantom backlog forever) nor deleted but left pending. One call per batch: a batch holds events of
-# every shard stream (it is cut in time order), and a call per stream was ~8% of the writer's CPU.
-# (On Redis Cluster this call, like the writer's one XREADGROUP over all shard streams, would have
-# to be split by hash slot; the limiter's scripts already keep to one slot each.) KEYS are the
-# streams; ARGV[1] the group, ARGV[1 + k] the space-separated IDs for KEYS[k]: packing hundreds of
-# arguments was a good part of the writer's CPU. Chunks stay under unpack()'s limit.
-ACK_AND_DELETE = """
-local done = 0
-for k = 1, #KEYS do
-  local ids = {}
-  for id in string.gmatch(ARGV[k + 1], '%S+') do ids[#ids + 1] = id end
-  for first = 1, #ids, 1000 do
-    local last = math.min(first + 999, #ids)
-    redis.call('XACK', KEYS[k], ARGV[1], unpack(ids, first, last))
-    done = done + redis.call('XDEL', KEYS[k], unpack(ids, first, last))
-  end
-end
-return done
-"""
-
-_EVENT_FIELD = (STREAM_FIELD.encode(), STREAM_FIELD)  # as Redis sends it, with or without decode_responses
 YIELD_EVERY = 500  # entries decoded between turns of the event loop
 # A blocking read longer than the client's socket timeout (2 s) would look like a dead Redis.
 MAX_BLOCK_MS = 1000
 BACKLOG_REFRESH_SECONDS = 1.0
-# Consumers left behind by stopped processes are removed once idle this long with nothing pending.
-STALE_CONSUMER_MS = 3_600_000
 
 
 def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-class Entry(NamedTuple):
-    stream: str
-    entry_id: bytes | str  # as Redis returned it
-    fields: dict[Any, Any] | None
-
-
-# What one read returns: per stream, its (entry id, fields) pairs, fields as Redis sent them.
-StreamReply = list[tuple[str, list[Any]]]
-# (stream, entry id, event): plain tuples, as the hot path builds one per event.
-Batch = list[tuple[str, bytes | str, LoginEvent]]
 
 
 class WriteAbandoned(Exception):
@@ -118,27 +78,6 @@ class Backoff:
 
     def reset(self) -> None:
         self._next = self.first
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else value
-
-
-def _fields(raw: Any) -> dict[Any, Any] | None:
-    """Entry fields from a raw reply: a flat [name, value, ...] list, or None for a deleted entry."""
-    if raw is None or isinstance(raw, dict):
-        return raw
-    if len(raw) == 2:  # the one ``e`` field of every event: skip the general case's slicing
-        return {raw[0]: raw[1]}
-    return dict(zip(raw[::2], raw[1::2], strict=True))
-
-
-def _event_id(item: tuple[str, bytes | str, LoginEvent]) -> str:
-    return item[2].event_id
-
-
-def _raw_reply(response: Any, **options: Any) -> Any:
-    return response
 
 
 class AuditWriter:
@@ -177,10 +116,8 @@ class AuditWriter:
         self.claim_idle_ms = max(1, settings.audit_claim_idle_ms)
         self.claim_interval = min(30.0, max(0.2, self.claim_idle_ms / 2000))
         self.streams = keys.audit_streams()
-        # Same pool, but XREADGROUP replies left raw: redis-py's per-entry conversion was the
-        # largest single cost of the writer, and the hot path needs only one field per entry.
-        self._reader = type(redis)(connection_pool=redis.connection_pool)
-        self._reader.set_response_callback("XREADGROUP", _raw_reply)
+        self._stream_share = stream_share(settings.audit_max_backlog, keys.shards)
+        self._reader = streams.raw_reader(redis)
         self._stopping = asyncio.Event()
         self._give_up_at = float("inf")
         self._task: asyncio.Task[None] | None = None
@@ -188,7 +125,7 @@ class AuditWriter:
         self._acks: set[asyncio.Task[None]] = set()
         self._ack_slots = asyncio.Semaphore(self.write_concurrency)
         self.flush_seconds = max(0, settings.audit_flush_ms) / 1000
-        self._partial: Batch = []  # read, not yet handed to a write task
+        self._batcher = Batcher(self.batch_size)  # its partial batch: read, not yet handed to a write task
         self._partial_due = 0.0
         self._behind = False  # the last read stopped at its count on some stream: more are waiting
         self._new_entries: dict[str, bytes | str] = dict.fromkeys(self.streams, ">")
@@ -209,7 +146,7 @@ class AuditWriter:
             self._stopping.clear()
             self._give_up_at = float("inf")
             self._queue = asyncio.Queue(maxsize=self._queue_depth())  # nothing left from a cancelled run
-            self._partial = []  # entries of a cancelled run stay pending in Redis and are re-read
+            self._batcher.take()  # entries of a cancelled run stay pending in Redis and are re-read
             self._groups_ready = False
             self._task = asyncio.get_running_loop().create_task(self.run(), name=f"audit-writer:{self.consumer}")
         return self._task
@@ -278,8 +215,9 @@ class AuditWriter:
 
     async def backlog(self) -> Backlog:
         """Unwritten and pending events and the oldest one's age, for /health and /metrics."""
-        backlog = await read_backlog(self.redis, self.keys, self.group)
+        backlog, lengths = await read_backlog_by_stream(self.redis, self.keys, self.group)
         self.metrics.observe_backlog(backlog)
+        self.metrics.backlog_full.set(int(is_full(lengths, self._stream_share)))
         return backlog
 
     # ---- reading -----------------------------------------------------------------------------------
@@ -295,7 +233,7 @@ class AuditWriter:
                 if time.monotonic() >= self._next_claim:
                     await self._settle_in_hand()
                     await self.claim_abandoned()
-                if self._partial and not self._behind:
+                if self._batcher.partial and not self._behind:
                     # Caught up, and a batch is filling: let it fill in Redis, then take what came
                     # in one read (under a steady trickle each read costs a round trip).
                     await self._pause(self._partial_due - time.monotonic())
@@ -330,12 +268,7 @@ class AuditWriter:
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on every shard stream (from the start, so nothing is skipped)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for stream in self.streams:
-            pipe.xgroup_create(stream, self.group, id="0", mkstream=True)
-        for reply in await pipe.execute(raise_on_error=False):
-            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
-                raise reply
+        await streams.ensure_groups(self.redis, self.streams, self.group)
         self._groups_ready = True
 
     async def _recover_own_pending(self) -> None:
@@ -351,56 +284,28 @@ class AuditWriter:
         """Take over entries pending longer than ``audit_claim_idle_ms`` (their reader likely died)."""
         self._next_claim = time.monotonic() + self.claim_interval
         for stream in self.streams:
-            start: Any = "0-0"
-            while not self._stopping.is_set():
-                reply = await self.redis.xautoclaim(
-                    stream, self.group, self.consumer, self.claim_idle_ms, start_id=start, count=self.batch_size
-                )
-                start, claimed = reply[0], [(i, fields) for i, fields in reply[1] if i is not None]
-                if claimed:
+            pages = streams.claim_idle(
+                self.redis, stream, self.group, self.consumer, self.claim_idle_ms, self.batch_size
+            )
+            async with contextlib.aclosing(pages):
+                async for claimed in pages:
                     logger.info("audit writer %s claimed %d abandoned entries", self.consumer, len(claimed))
                     await self._dispatch([(stream, claimed)])
-                if _text(start) == "0-0":
-                    break
-        await self._forget_stale_consumers()
-
-    async def _forget_stale_consumers(self) -> None:
-        """Drop consumers of stopped processes; only ever ones with nothing pending (that is safe)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for stream in self.streams:
-            pipe.xinfo_consumers(stream, self.group)
-        replies = await pipe.execute(raise_on_error=False)
-        stale = [
-            (stream, consumer["name"])
-            for stream, consumers in zip(self.streams, replies, strict=True)
-            if isinstance(consumers, list)
-            for consumer in consumers
-            if consumer["pending"] == 0 and consumer["idle"] > max(STALE_CONSUMER_MS, 10 * self.claim_idle_ms)
-        ]
-        if stale:
-            pipe = self.redis.pipeline(transaction=False)
-            for stream, name in stale:
-                pipe.xgroup_delconsumer(stream, self.group, name)
-            await pipe.execute(raise_on_error=False)
+                    if self._stopping.is_set():
+                        break
+        # Consumers of stopped processes, once idle well past any claim: only ones with nothing pending.
+        idle_ms = max(STALE_CONSUMER_MS, 10 * self.claim_idle_ms)
+        await streams.forget_stale_consumers(self.redis, self.streams, self.group, idle_ms)
 
     async def _read(self, start_ids: dict[str, bytes | str], *, block: bool) -> StreamReply:
-        reply: Any = await self._reader.xreadgroup(
-            self.group,
-            self.consumer,
-            start_ids,  # type: ignore[arg-type]
-            count=self.batch_size,
-            block=self.block_ms if block else None,
+        reply = await streams.read_group(
+            self._reader, self.group, self.consumer, start_ids, self.batch_size, self.block_ms if block else None
         )
-        if not reply:
-            self._behind = False
-            return []
-        pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 list
-        result = [(_text(stream), messages) for stream, messages in pairs]
-        self._behind = any(len(messages) >= self.batch_size for _, messages in result)
-        return result
+        self._behind = any(len(messages) >= self.batch_size for _, messages in reply)
+        return reply
 
     async def _flush_partial(self) -> None:
-        batch, self._partial = self._partial, []
+        batch = self._batcher.take()
         if batch:
             await self._queue.put(batch)
 
@@ -416,53 +321,24 @@ class AuditWriter:
         first event arrived: under a steady trickle (an attack refused at a few thousand per
         second) one COPY and one acknowledgement then carry hundreds of events, not a handful.
         """
-        invalid: list[tuple[Entry, str]] = []
-        vanished: list[Entry] = []
-        decoded: Batch = []
+        decoded = Decoded()
         seen = 0
         for stream, messages in reply:
-            for entry_id, raw_fields in messages:
-                seen += 1
-                if seen % YIELD_EVERY == 0:
-                    await asyncio.sleep(0)  # a catch-up read is thousands of entries: let requests run
-                # The common entry, [b"e", <event JSON>], goes straight to the decoder (no dict per
-                # entry); anything else the general way below.
-                if type(raw_fields) is list and len(raw_fields) == 2 and raw_fields[0] in _EVENT_FIELD:
-                    try:
-                        decoded.append((stream, entry_id, decode_storable(raw_fields[1])))
-                    except EventDecodeError as exc:
-                        invalid.append((Entry(stream, entry_id, _fields(raw_fields)), str(exc)))
-                    continue
-                fields = _fields(raw_fields)
-                if not fields:
-                    vanished.append(Entry(stream, entry_id, fields))  # deleted while pending: nothing to write
-                    continue
-                try:
-                    decoded.append((stream, entry_id, decode_entry(fields)))
-                except EventDecodeError as exc:
-                    invalid.append((Entry(stream, entry_id, fields), str(exc)))
-        # In time order (UUIDv7 ids), as the events happened: the shards interleave in time, and a
-        # batch cut stream by stream would insert all over the indexes' key ranges instead of at
-        # their right edges, which cost Postgres 30-40% more per row. The partial batch left by
-        # earlier reads (sorted too) is merged in: catching up, a read's head is often older than
-        # the last read's tail.
-        decoded.sort(key=_event_id)
-        # Taken out while it grows: a batch handed to a write task must never be appended to.
-        partial, self._partial = self._partial, []
-        if not partial:
+            decode_messages(stream, messages, decoded)
+            seen += len(messages)
+            if seen >= YIELD_EVERY:
+                seen = 0
+                await asyncio.sleep(0)  # a catch-up read is thousands of entries: let requests run
+        fresh = not self._batcher.partial
+        full = self._batcher.add(decoded.events)
+        for batch in full:
+            await self._queue.put(batch)
+        if fresh or full:
             self._partial_due = time.monotonic() + self.flush_seconds
-        batch: Batch = []
-        for item in heapq.merge(partial, decoded, key=_event_id):
-            batch.append(item)
-            if len(batch) == self.batch_size:
-                await self._queue.put(batch)
-                batch = []
-                self._partial_due = time.monotonic() + self.flush_seconds
-        self._partial = batch
-        if invalid:
-            await self._dead_letter(invalid)
-        if vanished:
-            await self._acknowledge([(entry.stream, entry.entry_id) for entry in vanished])
+        if decoded.invalid:
+            await self._dead_letter(decoded.invalid)
+        if decoded.vanished:
+            await self._acknowledge([(entry.stream, entry.entry_id) for entry in decoded.vanished])
 
     # ---- writing -----------------------------------------------------------------------------------
 
@@ -548,32 +424,11 @@ class AuditWriter:
                 await self._pause(backoff.next(), until_given_up=True)
 
     async def _acknowledge(self, entries: Sequence[tuple[str, bytes | str]]) -> None:
-        by_stream: dict[str, list[bytes]] = defaultdict(list)
-        for stream, entry_id in entries:
-            by_stream[stream].append(entry_id if isinstance(entry_id, bytes) else entry_id.encode())
-        if not by_stream:
-            return
-        # EVAL, not EVALSHA: no NOSCRIPT after a Redis restart, no SCRIPT EXISTS round trip.
-        await self.redis.eval(
-            ACK_AND_DELETE, len(by_stream), *by_stream, self.group, *(b" ".join(ids) for ids in by_stream.values())
-        )
+        await streams.acknowledge(self.redis, self.group, entries)
 
     async def _dead_letter(self, invalid: Sequence[tuple[Entry, str]], *, acknowledge: bool = True) -> None:
         """Keep each bad entry, its origin and the reason in the dead-letter stream, then let it go."""
-        now = datetime.datetime.now(datetime.UTC).isoformat()
-        pipe = self.redis.pipeline(transaction=False)
-        for entry, reason in invalid:
-            record: dict[Any, Any] = {
-                "stream": entry.stream,
-                "id": entry.entry_id,
-                "error": reason[:500],
-                "consumer": self.consumer,
-                "at": now,
-            }
-            for name, value in (entry.fields or {}).items():
-                record[f"field:{_text(name)}"] = value
-            pipe.xadd(self.keys.audit_dead_letter, record)
-        await pipe.execute()  # stored before the originals go
+        await streams.dead_letter(self.redis, self.keys.audit_dead_letter, invalid, self.consumer)  # stored first
         self.metrics.events_dead_lettered.inc(len(invalid))
         logger.warning("audit writer: %d entries dead-lettered (%s)", len(invalid), invalid[0][1])
         if acknowledge:

@@ -1,0 +1,201 @@
+"""Redis plumbing of the audit pipeline: consumer groups, reads, claims, acknowledgement, backlog.
+
+Each function is one Redis conversation about the shard streams; none keeps state. The writer
+(``writer.py``) decides when to call which.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections import defaultdict
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, TypedDict
+
+from redis.asyncio import Redis
+
+from app.audit.pipeline.batcher import Entry, StreamReply, text
+from app.core.redis_keys import KeySpace
+
+GROUP = "audit-writer"
+# Consumers left behind by stopped processes are removed once idle this long with nothing pending.
+STALE_CONSUMER_MS = 3_600_000
+
+# Acknowledge and delete in one step, so an entry is never acknowledged but left in the stream (a
+# phantom backlog forever) nor deleted but left pending. One call per batch: a batch holds events of
+# every shard stream (it is cut in time order), and a call per stream cost the writer a measurable
+# share of its CPU (docs/audit.md). (On Redis Cluster this call, like the writer's one XREADGROUP
+# over all shard streams, would have to be split by hash slot; the limiter's scripts already keep to
+# one slot each.) KEYS are the streams; ARGV[1] the group, ARGV[1 + k] the space-separated IDs for
+# KEYS[k]: packing hundreds of arguments was a good part of the writer's CPU. Chunks stay under
+# unpack()'s limit.
+ACK_AND_DELETE = """
+local done = 0
+for k = 1, #KEYS do
+  local ids = {}
+  for id in string.gmatch(ARGV[k + 1], '%S+') do ids[#ids + 1] = id end
+  for first = 1, #ids, 1000 do
+    local last = math.min(first + 999, #ids)
+    redis.call('XACK', KEYS[k], ARGV[1], unpack(ids, first, last))
+    done = done + redis.call('XDEL', KEYS[k], unpack(ids, first, last))
+  end
+end
+return done
+"""
+
+
+class Backlog(TypedDict):
+    """What is in Redis and not yet in Postgres.
+
+    ``stream_length``: entries in the shard streams; the writer deletes an entry once its row is
+    committed, so this is exactly the unwritten events. ``pending``: of those, the ones a writer
+    has read and not yet committed. ``lag_seconds``: age of the oldest unwritten event (0 if none).
+    """
+
+    stream_length: int
+    pending: int
+    lag_seconds: float
+
+
+def _raw_reply(response: Any, **options: Any) -> Any:
+    return response
+
+
+def raw_reader(redis: Redis) -> Redis:
+    """A client on the same pool whose XREADGROUP replies are left raw.
+
+    redis-py's per-entry conversion was the largest single cost of the writer, and the hot path
+    needs only one field per entry.
+    """
+    reader = type(redis)(connection_pool=redis.connection_pool)
+    reader.set_response_callback("XREADGROUP", _raw_reply)
+    return reader
+
+
+async def read_group(
+    reader: Redis,
+    group: str,
+    consumer: str,
+    start_ids: dict[str, bytes | str],
+    count: int,
+    block_ms: int | None,
+) -> StreamReply:
+    """One XREADGROUP over ``start_ids``' streams (``">"``: new entries; an id: our pending ones)."""
+    reply: Any = await reader.xreadgroup(group, consumer, start_ids, count=count, block=block_ms)  # type: ignore[arg-type]
+    if not reply:
+        return []
+    pairs = reply.items() if isinstance(reply, dict) else reply  # RESP3 map or RESP2 list
+    return [(text(stream), messages) for stream, messages in pairs]
+
+
+async def ensure_groups(redis: Redis, streams: Sequence[str], group: str) -> None:
+    """Create the consumer group on every shard stream (from the start, so nothing is skipped)."""
+    pipe = redis.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xgroup_create(stream, group, id="0", mkstream=True)
+    for reply in await pipe.execute(raise_on_error=False):
+        if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+            raise reply
+
+
+async def claim_idle(
+    redis: Redis, stream: str, group: str, consumer: str, idle_ms: int, count: int
+) -> AsyncGenerator[list[tuple[Any, Any]]]:
+    """Pages of entries of ``stream`` pending longer than ``idle_ms``, now pending for ``consumer``."""
+    start: Any = "0-0"
+    while True:
+        reply = await redis.xautoclaim(stream, group, consumer, idle_ms, start_id=start, count=count)
+        start, claimed = reply[0], [(i, fields) for i, fields in reply[1] if i is not None]
+        if claimed:
+            yield claimed
+        if text(start) == "0-0":
+            return
+
+
+async def forget_stale_consumers(redis: Redis, streams: Sequence[str], group: str, idle_ms: int) -> None:
+    """Drop consumers idle over ``idle_ms`` with nothing pending (only ever those: that is safe)."""
+    pipe = redis.pipeline(transaction=False)
+    for stream in streams:
+        pipe.xinfo_consumers(stream, group)
+    replies = await pipe.execute(raise_on_error=False)
+    stale = [
+        (stream, consumer["name"])
+        for stream, consumers in zip(streams, replies, strict=True)
+        if isinstance(consumers, list)
+        for consumer in consumers
+        if consumer["pending"] == 0 and consumer["idle"] > idle_ms
+    ]
+    if stale:
+        pipe = redis.pipeline(transaction=False)
+        for stream, name in stale:
+            pipe.xgroup_delconsumer(stream, group, name)
+        await pipe.execute(raise_on_error=False)
+
+
+async def acknowledge(redis: Redis, group: str, entries: Sequence[tuple[str, bytes | str]]) -> None:
+    """Acknowledge and delete ``entries`` (stream, entry id) in one script call."""
+    by_stream: dict[str, list[bytes]] = defaultdict(list)
+    for stream, entry_id in entries:
+        by_stream[stream].append(entry_id if isinstance(entry_id, bytes) else entry_id.encode())
+    if not by_stream:
+        return
+    # EVAL, not EVALSHA: no NOSCRIPT after a Redis restart, no SCRIPT EXISTS round trip.
+    await redis.eval(ACK_AND_DELETE, len(by_stream), *by_stream, group, *(b" ".join(ids) for ids in by_stream.values()))
+
+
+async def dead_letter(redis: Redis, stream: str, invalid: Sequence[tuple[Entry, str]], consumer: str) -> None:
+    """Keep each bad entry, its origin and the reason in the dead-letter ``stream``."""
+    now = datetime.datetime.now(datetime.UTC).isoformat()
+    pipe = redis.pipeline(transaction=False)
+    for entry, reason in invalid:
+        record: dict[Any, Any] = {
+            "stream": entry.stream,
+            "id": entry.entry_id,
+            "error": reason[:500],
+            "consumer": consumer,
+            "at": now,
+        }
+        for name, value in (entry.fields or {}).items():
+            record[f"field:{text(name)}"] = value
+        pipe.xadd(stream, record)
+    await pipe.execute()
+
+
+async def read_backlog(redis: Redis, keys: KeySpace, group: str = GROUP) -> Backlog:
+    """One pipelined round trip over every shard stream: lengths, pending counts, oldest entry."""
+    backlog, _ = await read_backlog_by_stream(redis, keys, group)
+    return backlog
+
+
+async def read_backlog_by_stream(redis: Redis, keys: KeySpace, group: str = GROUP) -> tuple[Backlog, list[int]]:
+    """:func:`read_backlog`, and each shard stream's length (for the backlog bound)."""
+    streams = keys.audit_streams()
+    pipe = redis.pipeline(transaction=False)
+    pipe.time()
+    for stream in streams:
+        pipe.xlen(stream)
+        pipe.xpending(stream, group)
+        pipe.xrange(stream, "-", "+", count=1)
+    replies = await pipe.execute(raise_on_error=False)
+    seconds, micros = replies[0]
+    now_ms = seconds * 1000 + micros // 1000
+    lengths: list[int] = []
+    pending = 0
+    oldest_ms: int | None = None
+    for index in range(len(streams)):
+        xlen, xpending, first = replies[1 + 3 * index : 4 + 3 * index]
+        lengths.append(xlen if isinstance(xlen, int) else 0)
+        if isinstance(xpending, dict):  # an error (no stream or group yet) means nothing pending
+            pending += int(xpending["pending"])
+        if isinstance(first, list) and first:
+            entry_ms = int(text(first[0][0]).split("-", 1)[0])
+            oldest_ms = entry_ms if oldest_ms is None else min(oldest_ms, entry_ms)
+    lag = max(0.0, (now_ms - oldest_ms) / 1000) if oldest_ms is not None else 0.0
+    return Backlog(stream_length=sum(lengths), pending=pending, lag_seconds=round(lag, 3)), lengths
+
+
+async def unwritten_events(redis: Redis, keys: KeySpace) -> int:
+    """Entries in all shard streams (read or not): only stream lengths, one pipelined round trip."""
+    pipe = redis.pipeline(transaction=False)
+    for stream in keys.audit_streams():
+        pipe.xlen(stream)
+    return sum(await pipe.execute())
