@@ -23,32 +23,19 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from app.audit.pipeline.events import LoginEvent, encode_event, new_event, stream_fields
+from app.audit.pipeline.events import LoginEvent, encode_event, stream_fields
 from app.audit.pipeline.metrics import GROUP, AuditMetrics, unwritten_events
 from app.audit.pipeline.publisher import AuditPublisher
 from app.audit.pipeline.writer import AuditWriter
 from app.core.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+from app.core.postgres import plain_dsn
 from app.core.redis import create_redis
 from app.core.redis_keys import KeySpace
 from app.core.settings import PROJECT_ROOT, Settings, asyncpg_url
 from app.db import migrations
+from tests.factories import login_event
 
 pytestmark = pytest.mark.slow
-
-
-def attempt(n: int) -> LoginEvent:
-    return new_event(
-        phone_number=f"+25079{n:07d}",
-        success=False,
-        reason="invalid_credentials",
-        auth_method="pin",
-        ip_address=f"192.0.2.{n % 250}",
-        user_agent="Feature phone USSD gateway",
-    )
-
-
-def plain(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
@@ -123,12 +110,12 @@ async def test_writer_killed_mid_batch_loses_and_doubles_nothing(
 ) -> None:
     assert settings.database_url
     keys = KeySpace(settings.redis_key_prefix, settings.redis_shards)
-    events = [attempt(n) for n in range(5000)]
+    events = [login_event(n, success=False, reason="invalid_credentials") for n in range(5000)]
     await add_to_streams(redis, keys, events)
     log = private_dir / "workers.log"
     victim = start_worker(settings, "victim", log)
     rescuer: subprocess.Popen[bytes] | None = None
-    lock = await asyncpg.connect(plain(settings.database_url))
+    lock = await asyncpg.connect(plain_dsn(settings.database_url))
     try:
 
         async def some_rows_written() -> bool:
@@ -175,7 +162,7 @@ async def test_writer_killed_mid_batch_loses_and_doubles_nothing(
             if process and process.poll() is None:
                 process.kill()
                 process.wait()
-    await assert_stored_exactly_once(plain(settings.database_url), events)
+    await assert_stored_exactly_once(plain_dsn(settings.database_url), events)
 
 
 # ---- 2. Redis is killed during a burst of publishes -----------------------------------------------
@@ -200,7 +187,7 @@ async def test_redis_killed_during_a_burst_loses_no_event(
 
         async def burst(count: int) -> None:
             for _ in range(count):
-                event = attempt(len(events))
+                event = login_event(len(events), success=False, reason="invalid_credentials")
                 events.append(event)
                 await publisher.publish(event, f"client-{len(events) % 50}")  # must never raise
 
@@ -227,7 +214,7 @@ async def test_redis_killed_during_a_burst_loses_no_event(
         await writer_redis.aclose()
         await engine.dispose()
         server.stop()
-    await assert_stored_exactly_once(plain(settings.database_url), events)
+    await assert_stored_exactly_once(plain_dsn(settings.database_url), events)
 
 
 # ---- 3. Postgres is down while events keep coming -------------------------------------------------
@@ -244,7 +231,10 @@ async def test_postgres_outage_keeps_events_pending_until_it_returns(
     engine = create_async_engine(asyncpg_url(url), pool_size=2)
     metrics = AuditMetrics()
     writer = AuditWriter(redis, keys, engine, own, metrics)
-    before, during = [attempt(n) for n in range(200)], [attempt(n) for n in range(200, 500)]
+    before, during = (
+        [login_event(n, success=False, reason="invalid_credentials") for n in range(200)],
+        [login_event(n, success=False, reason="invalid_credentials") for n in range(200, 500)],
+    )
     try:
         writer.start()
         await add_to_streams(redis, keys, before)
@@ -271,7 +261,7 @@ async def test_postgres_outage_keeps_events_pending_until_it_returns(
         # A commit whose reply was cut by the shutdown comes back as a duplicate, not a second row.
         handled = metrics.value("events_written") + metrics.value("events_duplicate")
         assert handled == len(before) + len(during)
-        await assert_stored_exactly_once(plain(url), before + during)
+        await assert_stored_exactly_once(plain_dsn(url), before + during)
     finally:
         await writer.stop()
         await engine.dispose()
@@ -287,13 +277,15 @@ async def test_malformed_entries_are_dead_lettered_and_good_ones_still_written(
     assert settings.database_url
     keys = KeySpace(settings.redis_key_prefix, settings.redis_shards)
     stream = keys.audit_stream(3)
-    wrong_reason = msgspec.structs.replace(attempt(0), reason="totally_fine")
+    wrong_reason = msgspec.structs.replace(
+        login_event(0, success=False, reason="invalid_credentials"), reason="totally_fine"
+    )
     bad_ids = [
         await redis.xadd(stream, {"e": b"garbage"}),
         await redis.xadd(stream, {"x": b"no event here"}),
         await redis.xadd(stream, {"e": encode_event(wrong_reason)}),
     ]
-    good = [attempt(n) for n in range(1, 21)]
+    good = [login_event(n, success=False, reason="invalid_credentials") for n in range(1, 21)]
     await add_to_streams(redis, keys, good)
     engine = create_async_engine(asyncpg_url(settings.database_url))
     metrics = AuditMetrics()

@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.audit.pipeline.events import LoginEvent, new_event, stream_fields
+from app.audit.pipeline.events import LoginEvent, stream_fields
 from app.audit.pipeline.metrics import AuditMetrics, unwritten_events
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
 from app.audit.pipeline.store import INSERT_METHODS, InsertMethod, store_events
@@ -24,6 +24,7 @@ from app.core.embedded import free_port
 from app.core.redis import create_redis
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings, asyncpg_url
+from tests.factories import login_event
 
 
 @dataclass
@@ -56,19 +57,6 @@ async def pipeline(settings: Settings) -> AsyncIterator[Pipeline]:
     await engine.dispose()
 
 
-def attempt(n: int, **changes: object) -> LoginEvent:
-    return new_event(
-        phone_number=f"+25078{n:07d}",
-        success=n % 3 == 0,
-        reason="ok" if n % 3 == 0 else "invalid_credentials",
-        auth_method="password" if n % 2 else "pin",
-        user_id=n if n % 3 == 0 else None,
-        ip_address=f"10.{n % 7}.0.{n % 250}" if n % 5 else f"2001:db8::{n % 999:x}",
-        user_agent="LadysEssence/3.1 (Android 12)",
-        request_id=f"req-{n}",
-    )
-
-
 async def add_to_streams(pipeline: Pipeline, events: list[LoginEvent]) -> None:
     """What the limiter's Lua script does, pipelined: XADD e=<json> into the client's shard stream."""
     pipe = pipeline.redis.pipeline(transaction=False)
@@ -82,7 +70,7 @@ async def stored_ids(db: asyncpg.Connection) -> list[str]:
 
 
 async def test_published_events_are_written_once_with_every_column(pipeline: Pipeline, db: asyncpg.Connection) -> None:
-    events = [attempt(n) for n in range(120)]
+    events = [login_event(n) for n in range(120)]
     for index, event in enumerate(events):
         await pipeline.publisher.publish(event, f"client-{index % 9}")
     assert await pipeline.stream_length() == 120
@@ -111,7 +99,7 @@ async def test_published_events_are_written_once_with_every_column(pipeline: Pip
 
 
 async def test_an_event_delivered_twice_is_stored_once(pipeline: Pipeline, db: asyncpg.Connection) -> None:
-    event, other = attempt(1), attempt(2)
+    event, other = login_event(1), login_event(2)
     await pipeline.publisher.publish(event, "client-a")
     await pipeline.publisher.publish(event, "client-a")  # a retried XADD
     await pipeline.publisher.publish(other, "client-b")
@@ -126,7 +114,7 @@ async def test_an_event_delivered_twice_is_stored_once(pipeline: Pipeline, db: a
 async def test_every_insert_method_is_atomic_and_idempotent(
     pipeline: Pipeline, db: asyncpg.Connection, method: InsertMethod
 ) -> None:
-    events = [attempt(n) for n in range(50)]
+    events = [login_event(n) for n in range(50)]
     assert await store_events(pipeline.engine, events[:20], method) == 20
     # A batch overlapping what is stored: only the new rows count, nothing is doubled.
     assert await store_events(pipeline.engine, events, method) == 30
@@ -135,7 +123,7 @@ async def test_every_insert_method_is_atomic_and_idempotent(
 
 
 async def test_batches_never_exceed_audit_batch_size(pipeline: Pipeline, db: asyncpg.Connection) -> None:
-    await add_to_streams(pipeline, [attempt(n) for n in range(100)])
+    await add_to_streams(pipeline, [login_event(n) for n in range(100)])
     await pipeline.writer(audit_batch_size=7).run_until_drained(within_seconds=20)
     # Rows committed by one statement share a transaction id.
     per_transaction = [row["n"] for row in await db.fetch("SELECT count(*) AS n FROM login_attempts GROUP BY xmin")]
@@ -149,7 +137,7 @@ async def test_a_trickle_of_events_is_written_in_few_batches(pipeline: Pipeline,
     writer = pipeline.writer(audit_batch_size=500, audit_flush_ms=1000)
     writer.start()
     try:
-        events = [attempt(n) for n in range(60)]
+        events = [login_event(n) for n in range(60)]
         for index, event in enumerate(events):
             await pipeline.publisher.publish(event, f"client-{index}")
             await asyncio.sleep(0.005)
@@ -168,7 +156,7 @@ async def test_each_batch_is_a_stretch_of_time_across_the_streams(pipeline: Pipe
     The streams interleave in time; a batch of one stream's entries would spread its inserts over the
     whole key range of the time and event-id indexes (measured: 30-40% more Postgres time per row).
     """
-    await add_to_streams(pipeline, [attempt(n) for n in range(2000)])  # spread over the shard streams
+    await add_to_streams(pipeline, [login_event(n) for n in range(2000)])  # spread over the shard streams
     await pipeline.writer(audit_batch_size=250).run_until_drained(within_seconds=20)
     batches = await batches_as_inserted(db)
     assert sum(map(len, batches)) == 2000 and len(batches) >= 8
@@ -177,7 +165,7 @@ async def test_each_batch_is_a_stretch_of_time_across_the_streams(pipeline: Pipe
 
 async def test_batches_stay_in_time_order_across_reads(pipeline: Pipeline, db: asyncpg.Connection) -> None:
     """The partial batch a read leaves is merged with the next read, whose head may be older."""
-    older, newer = [attempt(n) for n in range(250)], [attempt(1000 + n) for n in range(30)]
+    older, newer = [login_event(n) for n in range(250)], [login_event(1000 + n) for n in range(30)]
     pipe = pipeline.redis.pipeline(transaction=False)
     for stream, events in ((pipeline.keys.audit_stream(2), older), (pipeline.keys.audit_stream(9), newer)):
         for event in events:
@@ -208,12 +196,12 @@ def assert_time_ordered(batches: list[list[str]]) -> None:
 
 async def test_a_backlog_goes_out_in_full_batches(pipeline: Pipeline, db: asyncpg.Connection) -> None:
     """Catching up, the writer reads on at once instead of waiting AUDIT_FLUSH_MS for a batch to fill."""
-    hot = [attempt(n) for n in range(1300)]  # one client's burst: all in one shard stream
+    hot = [login_event(n) for n in range(1300)]  # one client's burst: all in one shard stream
     pipe = pipeline.redis.pipeline(transaction=False)
     for event in hot:
         pipe.xadd(pipeline.keys.audit_stream(3), stream_fields(event))
     for n in range(100):
-        pipe.xadd(pipeline.keys.audit_stream(5), stream_fields(attempt(2000 + n)))
+        pipe.xadd(pipeline.keys.audit_stream(5), stream_fields(login_event(2000 + n)))
     await pipe.execute()
     await pipeline.writer(audit_batch_size=500, audit_flush_ms=500).run_until_drained(within_seconds=20)
     per_transaction = [row["n"] for row in await db.fetch("SELECT count(*) AS n FROM login_attempts GROUP BY xmin")]
@@ -222,7 +210,7 @@ async def test_a_backlog_goes_out_in_full_batches(pipeline: Pipeline, db: asyncp
 
 
 async def test_stop_writes_everything_it_read(pipeline: Pipeline, db: asyncpg.Connection) -> None:
-    await add_to_streams(pipeline, [attempt(n) for n in range(3000)])
+    await add_to_streams(pipeline, [login_event(n) for n in range(3000)])
     writer = pipeline.writer(audit_batch_size=50)
     writer.start()
     while await db.fetchval("SELECT count(*) FROM login_attempts") == 0:
@@ -238,7 +226,7 @@ async def test_stop_writes_everything_it_read(pipeline: Pipeline, db: asyncpg.Co
 
 
 async def test_writers_sharing_the_group_write_each_event_once(pipeline: Pipeline, db: asyncpg.Connection) -> None:
-    events = [attempt(n) for n in range(4000)]
+    events = [login_event(n) for n in range(4000)]
     await add_to_streams(pipeline, events)
     writers = [pipeline.writer(audit_batch_size=100) for _ in range(3)]
     assert len({writer.consumer for writer in writers}) == 3
@@ -250,18 +238,18 @@ async def test_writers_sharing_the_group_write_each_event_once(pipeline: Pipelin
 async def test_writer_recreates_a_lost_consumer_group(pipeline: Pipeline, db: asyncpg.Connection) -> None:
     writer = pipeline.writer()
     writer.start()
-    await add_to_streams(pipeline, [attempt(n) for n in range(10)])
+    await add_to_streams(pipeline, [login_event(n) for n in range(10)])
     while await db.fetchval("SELECT count(*) FROM login_attempts") < 10:
         await asyncio.sleep(0.02)
     # What a Redis restart without persistence looks like: streams and group gone.
     await pipeline.redis.delete(*pipeline.keys.audit_streams())
-    await add_to_streams(pipeline, [attempt(n) for n in range(10, 30)])
+    await add_to_streams(pipeline, [login_event(n) for n in range(10, 30)])
     await writer.run_until_drained(within_seconds=20)
     assert await db.fetchval("SELECT count(*) FROM login_attempts") == 30
 
 
 async def test_lag_reports_the_oldest_unwritten_event(pipeline: Pipeline) -> None:
-    await add_to_streams(pipeline, [attempt(1)])
+    await add_to_streams(pipeline, [login_event(1)])
     await asyncio.sleep(0.3)
     backlog = await pipeline.writer().backlog()
     assert backlog["stream_length"] == 1
@@ -276,7 +264,7 @@ async def test_publish_without_redis_writes_directly(settings: Settings, db: asy
     metrics = AuditMetrics()
     publisher = AuditPublisher(dead_redis, KeySpace(settings.redis_key_prefix), engine, metrics)
     try:
-        event = attempt(7)
+        event = login_event(7)
         await publisher.publish(event, "client-a")
         assert await stored_ids(db) == [event.event_id]
         assert metrics.value("events_fallback") == 1 and metrics.value("events_published") == 0
@@ -291,7 +279,7 @@ async def test_publish_refuses_when_neither_store_takes_the_event(settings: Sett
     publisher = AuditPublisher(dead_redis, KeySpace(settings.redis_key_prefix), dead_postgres, AuditMetrics())
     try:
         with pytest.raises(AuditUnavailable) as raised:
-            await publisher.publish(attempt(8), "client-a")
+            await publisher.publish(login_event(8), "client-a")
         assert raised.value.status_code == 503 and raised.value.code == "audit_unavailable"
     finally:
         await dead_redis.aclose()
