@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from app.accounts.controller import AccountSettingsController, AuthController
 from app.accounts.deps import AUTH_DEPENDENCIES
+from app.accounts.guards import ROLE_DEPENDENCIES
 from app.accounts.passwords import Hasher
 from app.accounts.tokens import TokenIssuer
 from app.audit.history.controller import AuditController
@@ -108,7 +109,7 @@ def create_app(settings: Settings) -> Litestar:
             *DASHBOARD_HANDLERS,
             MetricsController,
         ],
-        dependencies=AUTH_DEPENDENCIES,
+        dependencies={**AUTH_DEPENDENCIES, **ROLE_DEPENDENCIES},  # ROLE_DEPENDENCIES: the audit API's auditor/admin
         plugins=[SQLAlchemyPlugin(config=db_config)],
         on_startup=[start],
         on_shutdown=[stop],

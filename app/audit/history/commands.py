@@ -1,6 +1,6 @@
 """``ladys-essence audit query | export | prune``: the security team's API at a shell.
 
-Same filters and checks as the API (app/audit/query.py), same record of who looked
+Same filters and checks as the API (app/audit/history/filters.py), same record of who looked
 (``audit_queries``, with ``user@host`` as the actor). Heavy imports wait until a command runs.
 """
 
@@ -141,7 +141,8 @@ def format_table(items: list[Any]) -> list[str]:
 def query_command(limit: str, cursor: str | None, as_json: bool, **options: Any) -> None:
     import msgspec
 
-    from app.audit.history.query import fetch_page, parse_page_request
+    from app.audit.history.attempts import fetch_page
+    from app.audit.history.filters import parse_page_request
     from app.audit.history.query_log import Actor, record_query
     from app.core.errors import ValidationFailed
 
@@ -182,7 +183,7 @@ def query_command(limit: str, cursor: str | None, as_json: bool, **options: Any)
 @click.option("--output", "-o", default="-", show_default=True, help="File to write; - for stdout.")
 def export_command(fmt: str, output: str, **options: Any) -> None:
     from app.audit.history.export import ExportFormat, ExportResult, export_chunks
-    from app.audit.history.query import parse_filters
+    from app.audit.history.filters import parse_filters
     from app.audit.history.query_log import Actor, record_query, set_row_count
     from app.core.errors import ValidationFailed
 
@@ -237,8 +238,8 @@ def export_command(fmt: str, output: str, **options: Any) -> None:
 @click.option("--pause", type=click.FloatRange(0), default=0.0, show_default=True, help="Seconds between batches.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 def prune_command(older_than: str | None, batch_size: int, pause: float, dry_run: bool) -> None:
+    from app.audit.history.filters import iso
     from app.audit.history.prune import PruneProgress, count_older_than, parse_age, prune
-    from app.audit.history.query import iso
     from app.audit.history.query_log import Actor, record_query, set_row_count
 
     settings = _settings()

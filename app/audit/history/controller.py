@@ -1,19 +1,18 @@
 """The security team's API over the login history: pages, export, summary, and who looked.
 
 Every route takes ``auditor`` (role security or admin) or ``admin``: 401 without a valid token, 403
-for other roles (app/auth/guards.py). Every call is recorded in ``audit_queries`` in the same
-transaction as the read, committed before the answer is sent. Parameters arrive as text and are
-checked by app/audit/query.py, so a bad value is a 400 naming the field, in the same words as the CLI.
+for other roles. The application provides both dependencies (app/asgi.py registers the account
+package's role checks), so this package never imports accounts. Every call is recorded in
+``audit_queries`` in the same transaction as the read, committed before the answer is sent.
+Parameters arrive as text and are checked by the same functions the CLI uses (app/audit/history/
+filters.py and its neighbours), so a bad value is a 400 naming the field, in the same words as the CLI.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import asyncpg
 from litestar import Controller, Request, get
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
@@ -22,19 +21,10 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.accounts.guards import ROLE_DEPENDENCIES
+from app.audit.history.attempts import AttemptPage, fetch_page
+from app.audit.history.connections import api_read, pooled_connection, read_transaction
 from app.audit.history.export import EXPORT_FORMATS, MEDIA_TYPES, ExportFormat, ExportSlots, export_chunks
-from app.audit.history.query import (
-    API_STATEMENT_TIMEOUT_MS,
-    AttemptPage,
-    AuditQueryTimeout,
-    Errors,
-    fetch_page,
-    parse_page_request,
-    pooled_connection,
-    read_filters,
-    read_transaction,
-)
+from app.audit.history.filters import Errors, parse_page_request, read_filters
 from app.audit.history.query_log import (
     Action,
     Actor,
@@ -57,7 +47,7 @@ def _query(description: str) -> Any:
     return QueryParameter(description=description, required=False)
 
 
-# Query parameters, all text: app/audit/query.py checks them and names the field of every problem.
+# Query parameters, all text: the history's parsers check them and names the field of every problem.
 Phone = Annotated[str | None, _query("Any form of the number; normalised as at sign-in.")]
 Ip = Annotated[str | None, _query("An address, or a network such as 41.186.0.0/16 or 2c0f:eb68::/32.")]
 Success = Annotated[str | None, _query("true or false.")]
@@ -99,27 +89,17 @@ async def provide_attempt_filters(
     auth_method: Method = None,
     user_id: UserId = None,
 ) -> dict[str, str | None]:
-    """The filters every listing, the export and the summary share (checked by app/audit/query.py)."""
+    """The filters every listing, the export and the summary share (checked by filters.read_filters)."""
     return _filter_params(
         phone_number=phone_number, ip=ip, success=success, reason=reason, auth_method=auth_method, user_id=user_id
     )
 
 
-@asynccontextmanager
-async def api_read(engine: AsyncEngine, *, snapshot: bool = False) -> AsyncIterator[Any]:
-    """An audit read for the API: its statements stop after API_STATEMENT_TIMEOUT_MS, and a
-    statement stopped that way is the client's 503 ``audit_query_timeout``, never a 500."""
-    try:
-        async with read_transaction(engine, timeout_ms=API_STATEMENT_TIMEOUT_MS, snapshot=snapshot) as conn:
-            yield conn
-    except asyncpg.QueryCanceledError as exc:  # statement_timeout
-        raise AuditQueryTimeout() from exc
-
-
 class AuditController(Controller):
     path = "/api/audit"
     tags = ["audit"]
-    dependencies = {**ROLE_DEPENDENCIES, "attempt_filters": Provide(provide_attempt_filters)}
+    # ``auditor`` and ``admin`` come from the application (see the module docstring).
+    dependencies = {"attempt_filters": Provide(provide_attempt_filters)}
 
     @get("/login-attempts", summary="Login attempts, newest first, one page at a time", responses=AUDIT_ERRORS)
     async def list_attempts(

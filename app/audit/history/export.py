@@ -18,7 +18,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.audit.history.query import AttemptFilters, SqlParams, filter_conditions, where
+from app.audit.history.filters import AttemptFilters
+from app.audit.history.sql import SqlParams, filter_conditions, where
 from app.core.errors import AppError
 
 ExportFormat = Literal["csv", "ndjson"]

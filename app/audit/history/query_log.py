@@ -16,7 +16,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from app.audit.history.query import Cursor, Errors, read_cursor, read_limit
+from app.audit.history.cursor import Cursor, read_cursor
+from app.audit.history.filters import Errors, read_limit
 
 Origin = Literal["api", "cli"]
 Action = Literal["list", "export", "summary", "queries", "prune"]

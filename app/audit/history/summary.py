@@ -2,7 +2,7 @@
 and the phone numbers whose PIN sign-in was locked.
 
 Outcomes: a *success*; a *refusal* when the service would not check the credential
-(:data:`~app.audit.history.query.REFUSAL_REASONS`: budget spent, account or PIN locked, limiter down); a
+(:data:`~app.audit.history.attempts.REFUSAL_REASONS`: budget spent, account or PIN locked, limiter down); a
 *failure* for every other unsuccessful attempt, ``invalid_request`` included. Clients are counted by
 address, IPv6 ones by their /64 (one subscriber's allocation, as the rate limiter groups them).
 Buckets are UTC and every bucket of the range is listed, empty ones as zeros, ready to chart.
@@ -18,15 +18,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from app.audit.history.query import (
-    REFUSAL_REASONS,
-    AttemptFilters,
-    Errors,
-    SqlParams,
-    filter_conditions,
-    read_filters,
-    where,
-)
+from app.audit.history.attempts import REFUSAL_REASONS
+from app.audit.history.filters import AttemptFilters, Errors, read_filters
+from app.audit.history.sql import SqlParams, filter_conditions, where
 
 Bucket = Literal["minute", "hour", "day"]
 BUCKET_LENGTHS: dict[Bucket, datetime.timedelta] = {
