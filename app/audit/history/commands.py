@@ -182,17 +182,15 @@ def query_command(limit: str, cursor: str | None, as_json: bool, **options: Any)
 @click.option("--format", "fmt", type=click.Choice(["csv", "ndjson"]), default="csv", show_default=True)
 @click.option("--output", "-o", default="-", show_default=True, help="File to write; - for stdout.")
 def export_command(fmt: str, output: str, **options: Any) -> None:
-    from app.audit.history.export import ExportFormat, ExportResult, export_chunks
-    from app.audit.history.filters import parse_filters
+    from app.audit.history.export import ExportResult, export_chunks, parse_export_request
     from app.audit.history.query_log import Actor, record_query, set_row_count
     from app.core.errors import ValidationFailed
 
     settings = _settings()
     try:
-        filters = parse_filters(_filter_params(options), settings.default_phone_region)
+        request = parse_export_request({**_filter_params(options), "format": fmt}, settings.default_phone_region)
     except ValidationFailed as exc:
         raise _usage_error(exc) from exc
-    export_format: ExportFormat = "csv" if fmt == "csv" else "ndjson"
 
     async def run(dsn: str, sink: IO[bytes]) -> ExportResult:
         import asyncpg
@@ -208,8 +206,9 @@ def export_command(fmt: str, output: str, **options: Any) -> None:
             await set_row_count(conn, record_id, rows)
 
         try:
-            record_id = await record_query(conn, Actor.from_shell(), "export", {**filters.describe(), "format": fmt})
-            async for chunk in export_chunks(connection, filters, export_format, result, finish=record_row_count):
+            record_id = await record_query(conn, Actor.from_shell(), "export", request.describe())
+            chunks = export_chunks(connection, request.filters, request.format, result, finish=record_row_count)
+            async for chunk in chunks:
                 sink.write(chunk)
         finally:
             await conn.close()

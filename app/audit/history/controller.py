@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.history.attempts import AttemptPage, fetch_page
 from app.audit.history.connections import api_read, pooled_connection, read_transaction
-from app.audit.history.export import EXPORT_FORMATS, MEDIA_TYPES, ExportFormat, ExportSlots, export_chunks
-from app.audit.history.filters import Errors, parse_page_request, read_filters
+from app.audit.history.export import MEDIA_TYPES, ExportSlots, export_chunks, parse_export_request
+from app.audit.history.filters import parse_page_request
 from app.audit.history.query_log import (
     Action,
     Actor,
@@ -145,29 +145,24 @@ class AuditController(Controller):
         until: Until = None,
         format: Format = None,
     ) -> Stream:
-        errors = Errors()
-        params = _filter_params(
-            **attempt_filters,
-            since=since,
-            until=until,
+        export_request = parse_export_request(
+            _filter_params(**attempt_filters, since=since, until=until, format=format),
+            state.settings.default_phone_region,
         )
-        filters = read_filters(params, state.settings.default_phone_region, errors)
-        fmt = (format or "csv").strip().lower()
-        if fmt not in EXPORT_FORMATS:
-            errors.add("format", "Choose csv or ndjson.")
-        errors.raise_if_any()
-        export_format: ExportFormat = "csv" if fmt == "csv" else "ndjson"
         slots: ExportSlots = state.export_slots
         slots.check()
         actor = actor_of(auditor, request, state)
         async with read_transaction(db_engine) as conn:
-            record_id = await record_query(conn, actor, "export", {**filters.describe(), "format": export_format})
+            record_id = await record_query(conn, actor, "export", export_request.describe())
 
         async def record_row_count(conn: Any, rows: int) -> None:
             await set_row_count(conn, record_id, rows)
 
         body = export_chunks(
-            slots.connection(lambda: pooled_connection(db_engine)), filters, export_format, finish=record_row_count
+            slots.connection(lambda: pooled_connection(db_engine)),
+            export_request.filters,
+            export_request.format,
+            finish=record_row_count,
         )
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         return Stream(
@@ -175,9 +170,9 @@ class AuditController(Controller):
             # Litestar stops sending when the client hangs up but leaves the body open; closing it
             # stops the COPY and gives its connection and export slot back now, not at the next GC.
             background=BackgroundTask(body.aclose),
-            media_type=MEDIA_TYPES[export_format],
+            media_type=MEDIA_TYPES[export_request.format],
             headers={
-                "Content-Disposition": f'attachment; filename="login-attempts-{stamp}.{export_format}"',
+                "Content-Disposition": f'attachment; filename="login-attempts-{stamp}.{export_request.format}"',
                 "Cache-Control": "no-store",
             },
         )

@@ -14,9 +14,8 @@ import datetime
 
 import msgspec
 
-from app.core.errors import FieldErrors
+from app.audit.history.params import INT64_MAX, Params
 
-INT64_MAX = 2**63 - 1
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 CURSOR_MAX_LENGTH = 200
 
@@ -58,11 +57,11 @@ def decode_cursor(token: str) -> Cursor:
     return cursor
 
 
-def read_cursor(value: str | None, errors: FieldErrors) -> Cursor | None:
-    if value is None or not value.strip():
+def read_cursor(params: Params) -> Cursor | None:
+    if (token := params.text("cursor", max_length=CURSOR_MAX_LENGTH)) is None:
         return None
     try:
-        return decode_cursor(value.strip())
+        return decode_cursor(token)
     except ValueError:
-        errors.add("cursor", "This cursor is not valid. Start again from the first page.")
+        params.errors.add("cursor", "This cursor is not valid. Start again from the first page.")
         return None

@@ -13,12 +13,13 @@ carriage return; OWASP's list) get a leading single quote. That includes E.164 p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.audit.history.filters import AttemptFilters
+from app.audit.history.filters import AttemptFilters, read_filters
+from app.audit.history.params import Params
 from app.audit.history.sql import SqlParams, filter_conditions, where
 from app.core.errors import AppError
 
@@ -84,6 +85,24 @@ def export_sql(filters: AttemptFilters, fmt: ExportFormat) -> tuple[str, list[An
         return f"SELECT {select}\nFROM login_attempts\n{where(conditions)}\n{NEWEST_FIRST_BY_COLUMNS}", params.values
     rows = f"SELECT {NDJSON_COLUMNS}\n    FROM login_attempts\n    {where(conditions)}\n    {NEWEST_FIRST_BY_COLUMNS}"  # noqa: S608
     return f"SELECT row_to_json(attempt)\nFROM (\n    {rows}\n) AS attempt", params.values
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRequest:
+    filters: AttemptFilters
+    format: ExportFormat = "csv"
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.filters.describe(), "format": self.format}
+
+
+def parse_export_request(values: Mapping[str, str | None], region: str) -> ExportRequest:
+    """The filters and ``format`` (default csv), every problem reported together."""
+    params = Params(values)
+    filters = read_filters(params, region)
+    chosen = params.choice("format", EXPORT_FORMATS, "Choose csv or ndjson.")
+    params.raise_if_any()
+    return ExportRequest(filters, "ndjson" if chosen == "ndjson" else "csv")
 
 
 @dataclass
