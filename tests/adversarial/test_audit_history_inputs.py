@@ -8,11 +8,16 @@ parameter, never a 500.
 
 from __future__ import annotations
 
+import csv
+import io
+import itertools
+import json
 from typing import Any
 
 import pytest
 
-from tests.integration.audit_support import staff_headers
+from app.audit.history.export import neutralise_formula
+from tests.integration.audit_support import BASE_TIME, Row, insert_rows, staff_headers
 
 ATTEMPTS = "/api/audit/login-attempts"
 EXPORT = "/api/audit/login-attempts/export"
@@ -160,3 +165,68 @@ async def test_booleans_other_than_true_or_false_are_field_errors(client, admin,
     for path in (ATTEMPTS, EXPORT, SUMMARY):
         with subtests.test(path=path):
             field_error(await client.get(path, params={"success": value}, headers=admin), "success")
+
+
+# ---- item 17: formula cells in the CSV export ------------------------------------------------------
+
+FULLWIDTH = ("\uff1d", "\uff0b", "\uff0d", "\uff20")  # = + - @ as wide as a CJK character
+FORMULA_STARTS = ("=", "+", "-", "@", *FULLWIDTH)
+BLANKS = [" ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u2003", "\u3000", " \u3000\t"]
+
+
+def runs_as_formula(cell: str) -> bool:
+    """What a spreadsheet may evaluate: a formula character after any leading whitespace; tab or CR first."""
+    return cell.startswith(("\t", "\r")) or cell.lstrip().startswith(FORMULA_STARTS)
+
+
+HOSTILE_CELLS = [
+    *(blank + start + "1+2" for blank, start in itertools.product(["", *BLANKS], FORMULA_STARTS)),
+    '\uff1dHYPERLINK("http://x")',
+    " =cmd|' /C calc'!A0",
+    # Harmless: left as they are.
+    "okhttp/4.12.0",
+    " plain",
+    "a=1",
+    "\u3000text",
+    "'=already quoted",
+]
+
+
+async def test_csv_export_neutralises_formulas_behind_whitespace_and_in_fullwidth_forms(client, db):
+    headers = await staff_headers(client, db, "security")
+    rows = await insert_rows(
+        db,
+        [Row(user_agent=cell, request_id=cell, phone_number=cell[:20], created_at=BASE_TIME) for cell in HOSTILE_CELLS],
+    )
+    response = await client.get(EXPORT, headers=headers)
+    assert response.status_code == 200, response.text
+    by_id = {int(record["id"]): record for record in csv.DictReader(io.StringIO(response.text, newline=""))}
+    assert len(by_id) == len(rows)
+    for row in rows:
+        for column in ("user_agent", "request_id", "phone_number"):
+            original, cell = getattr(row, column), by_id[row.id][column]
+            assert not runs_as_formula(cell), (column, original, cell)
+            assert cell == ("'" + original if runs_as_formula(original) else original), (column, original)
+            assert cell == neutralise_formula(original)  # the Python twin agrees with Postgres
+
+
+# ---- item 18: the export's media types --------------------------------------------------------------
+
+
+async def test_export_sends_one_charset(client, admin):
+    response = await client.get(EXPORT, headers=admin)
+    assert response.status_code == 200, response.text
+    content_type = response.headers["content-type"]
+    assert content_type.split(";")[0].strip() == "text/csv"
+    assert content_type.lower().count("charset") == 1, content_type
+    assert response.headers.get_list("content-type") == [content_type]
+    ndjson = await client.get(EXPORT, params={"format": "ndjson"}, headers=admin)
+    assert ndjson.headers["content-type"].split(";")[0].strip() == "application/x-ndjson"
+    assert ndjson.headers["content-type"].lower().count("charset") <= 1
+
+
+async def test_openapi_document_lists_the_export_media_types(client):
+    response = await client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    ok = json.loads(response.text)["paths"][EXPORT]["get"]["responses"]["200"]
+    assert set(ok["content"]) == {"text/csv", "application/x-ndjson"}, ok

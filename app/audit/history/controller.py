@@ -11,19 +11,21 @@ filters.py and its neighbours), so a bad value is a 400 naming the field, in the
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.history.attempts import AttemptPage, fetch_page
 from app.audit.history.connections import api_read, pooled_connection, read_transaction
-from app.audit.history.export import MEDIA_TYPES, ExportSlots, export_chunks, parse_export_request
+from app.audit.history.export import MEDIA_TYPES, ExportFormat, ExportSlots, export_chunks, parse_export_request
 from app.audit.history.filters import parse_page_request
 from app.audit.history.query_log import (
     Action,
@@ -41,6 +43,10 @@ from app.db.models import User
 # Bad filters, no token, another role, a query that ran out of time.
 AUDIT_ERRORS = error_responses(400, 401, 403, 503)
 EXPORT_ERRORS = error_responses(400, 401, 403, 429, 503)
+EXPORT_DESCRIPTIONS: dict[ExportFormat, str] = {
+    "csv": "A header line, then one attempt per line; formula cells start with a single quote.",
+    "ndjson": "One JSON object per line, one per attempt.",
+}
 
 
 def _query(description: str) -> Any:
@@ -64,6 +70,20 @@ SummaryUntil = Annotated[str | None, _query("ISO-8601, exclusive (default: now).
 BucketText = Annotated[str | None, _query("minute, hour (default) or day.")]
 Top = Annotated[str | None, _query("Length of the top lists, 1 to 100 (default 10).")]
 AccountId = Annotated[str | None, _query("Only this account's queries.")]
+
+
+@dataclass
+class ExportOperation(Operation):
+    """The export's 200 as it is sent, CSV or NDJSON (Litestar documents one media type per response,
+    application/json for a Stream)."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            ok.content = {
+                MEDIA_TYPES[fmt]: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, description=description))
+                for fmt, description in EXPORT_DESCRIPTIONS.items()
+            }
 
 
 def actor_of(user: User, request: Request[Any, Any, Any], state: State) -> Actor:
@@ -133,6 +153,7 @@ class AuditController(Controller):
         summary="Every matching attempt as CSV or NDJSON, streamed",
         response_description="text/csv (formula cells neutralised) or application/x-ndjson, newest first",
         responses=EXPORT_ERRORS,
+        operation_class=ExportOperation,
     )
     async def export_attempts(
         self,

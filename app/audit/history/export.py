@@ -5,15 +5,17 @@ only passes chunks along (hundreds of thousands of rows a second). asyncpg stops
 socket while a chunk waits in the small queue below, so a slow client slows Postgres down instead
 of filling memory. The COPY is one statement, so the file is one consistent snapshot.
 
-CSV cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or
-carriage return; OWASP's list) get a leading single quote. That includes E.164 phone numbers
+CSV cells that a spreadsheet would run as a formula get a leading single quote: those starting with
+``=``, ``+``, ``-``, ``@``, tab or carriage return (OWASP's list), with the fullwidth forms of the
+first four (some spreadsheets read them as the ASCII ones), and with any of those formula characters
+after leading whitespace (which spreadsheets skip). That includes E.164 phone numbers
 (``'+250788123456``); a spreadsheet shows them as text, and the NDJSON export has them as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,8 +27,12 @@ from app.core.errors import AppError
 
 ExportFormat = Literal["csv", "ndjson"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("csv", "ndjson")
-MEDIA_TYPES: dict[ExportFormat, str] = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Litestar adds "; charset=utf-8" to text/* itself (naming it here sent it twice).
+MEDIA_TYPES: dict[ExportFormat, str] = {"csv": "text/csv", "ndjson": "application/x-ndjson"}
+FORMULA_CHARACTERS = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")  # and the fullwidth four
+FORMULA_PREFIXES = (*FORMULA_CHARACTERS, "\t", "\r")  # a cell starting with one of these is neutralised
+# Skipped by spreadsheets before a formula: every character Python counts as whitespace (U+3000 is the last).
+LEADING_WHITESPACE = "".join(ch for ch in map(chr, range(0x3001)) if ch.isspace())
 # Chunks of asyncpg's socket reads (up to ~64 KiB each) waiting for the client.
 QUEUE_CHUNKS = 8
 # How long a COPY whose reader has gone may take to send its next chunk before it is cut off.
@@ -40,13 +46,25 @@ NEWEST_FIRST_BY_COLUMNS = "ORDER BY login_attempts.created_at DESC, login_attemp
 
 def neutralise_formula(text: str) -> str:
     """The Python twin of :func:`_neutralised_sql`, for cells written outside Postgres."""
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+    if text.startswith(FORMULA_PREFIXES) or text.lstrip(LEADING_WHITESPACE).startswith(FORMULA_CHARACTERS):
+        return "'" + text
+    return text
+
+
+def _codes(characters: Iterable[str]) -> str:
+    return ", ".join(str(ord(character)) for character in characters)
 
 
 def _neutralised_sql(column: str) -> str:
-    # The first character's code compared as an integer: cheaper than left(column, 1) IN (...).
-    codes = ", ".join(str(ord(prefix)) for prefix in FORMULA_PREFIXES)
-    return f"CASE WHEN ascii({column}) IN ({codes}) THEN '''' || {column} ELSE {column} END"
+    # The first character's code compared as an integer: cheaper than left(column, 1) IN (...). Only a
+    # cell that starts with whitespace pays for ltrim.
+    whitespace = "U&'" + "".join(f"\\{ord(character):04x}" for character in LEADING_WHITESPACE) + "'"
+    return (
+        f"CASE WHEN ascii({column}) IN ({_codes(FORMULA_PREFIXES)})"
+        f" OR (ascii({column}) IN ({_codes(LEADING_WHITESPACE)})"
+        f" AND ascii(ltrim({column}, {whitespace})) IN ({_codes(FORMULA_CHARACTERS)}))"
+        f" THEN '''' || {column} ELSE {column} END"
+    )
 
 
 # The free-text columns (a client chose their text) are neutralised. reason and auth_method hold the
