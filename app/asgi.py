@@ -17,6 +17,7 @@ from litestar.types import ASGIApp
 
 from app.accounts.controller import AuthController
 from app.accounts.deps import AUTH_DEPENDENCIES
+from app.accounts.guards import ROLE_DEPENDENCIES
 from app.accounts.passwords import Hasher
 from app.accounts.tokens import TokenIssuer
 from app.audit.history.controller import AuditController
@@ -102,7 +103,7 @@ def create_app(settings: Settings) -> Litestar:
             *DASHBOARD_HANDLERS,
             MetricsController,
         ],
-        dependencies=AUTH_DEPENDENCIES,
+        dependencies={**AUTH_DEPENDENCIES, **ROLE_DEPENDENCIES},  # ROLE_DEPENDENCIES: the audit API's auditor/admin
         plugins=[SQLAlchemyPlugin(config=db_config)],
         on_startup=[start],
         on_shutdown=[stop],

@@ -4,7 +4,7 @@
 
 Generates ``--rows`` realistic rows (bench/audit_data.py: 30 days, ~200k phones, ~50k addresses
 with a few heavy /16s, 70% failures) in a scratch database migrated to head, so the indexes are
-the migrations' own. Then, through the code the API runs (app/audit/query.py, app/audit/export.py):
+the migrations' own. Then, through the code the API runs (app/audit/history/: attempts.py, sql.py, export.py):
 
 - each filtered page query ``--runs`` times with varied values (newest page, 100 rows), and a
   second page through the cursor for some of them; p50 / p95 / max in ms against the 50 ms target;
@@ -47,8 +47,10 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.audit.history.attempts import fetch_page
 from app.audit.history.export import ExportFormat, ExportResult, export_chunks, export_sql
-from app.audit.history.query import PageRequest, fetch_page, page_sql, parse_page_request
+from app.audit.history.filters import PageRequest, parse_page_request
+from app.audit.history.sql import page_sql
 from app.audit.history.summary import (
     SUMMARY_WORK_MEM,
     buckets_sql,
@@ -407,7 +409,7 @@ def write_report(
         f"(`--rows {args.rows} --runs {args.runs} --export-rows {args.export_rows}`) on {now}: "
         f"{os.cpu_count()} CPUs, {platform.machine()}, Postgres {version}, login_attempts {size} "
         f"with its indexes (generation and indexing: {generation}). Page queries go through "
-        "`app/audit/query.py` on one asyncpg connection with `plan_cache_mode = force_custom_plan`, "
+        "`app/audit/history/attempts.py` on one asyncpg connection with `plan_cache_mode = force_custom_plan`, "
         "as the API runs them; times include decoding the rows in Python.",
         "",
         "## Results",

@@ -27,7 +27,7 @@ def plain_dsn(url: str) -> str:
     return "postgresql://" + url[len(SQLALCHEMY_SCHEME) :] if url.startswith(SQLALCHEMY_SCHEME) else url
 
 
-def inserted_rows(status: str) -> int:
+def row_count(status: str) -> int:
     """Rows a statement touched, from asyncpg's command tag (``INSERT 0 5``, ``COPY 5``, ``DELETE 3``).
 
     The count is always the tag's last word; a tag without one (``CREATE TABLE``) is a caller's bug.

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from app.audit.history import controller as audit_controller
-from app.audit.history.query import Cursor
+from app.audit.history import connections as audit_connections
+from app.audit.history.cursor import Cursor
 from tests.helpers import bearer, e164, new_phone
 from tests.integration.audit_support import BASE_TIME, Row, insert_rows, staff_headers, staff_token
 
@@ -527,7 +527,7 @@ def test_cursor_round_trip():
 
 
 async def test_a_query_over_its_time_limit_is_a_503_that_says_what_to_do(client, db, monkeypatch):
-    monkeypatch.setattr(audit_controller, "API_STATEMENT_TIMEOUT_MS", 1)
+    monkeypatch.setattr(audit_connections, "API_STATEMENT_TIMEOUT_MS", 1)
     headers = await staff_headers(client, db, "security")
     params = {"since": "2026-11-01", "until": "2026-11-07", "bucket": "minute"}  # 8,640 buckets: over 1 ms
     response = await client.get(SUMMARY, params=params, headers=headers)

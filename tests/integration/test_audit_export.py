@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from app.audit.history.export import ExportResult, export_chunks, export_sql, neutralise_formula
-from app.audit.history.query import AttemptFilters
+from app.audit.history.filters import AttemptFilters
 from tests.conftest import plain_dsn
 from tests.integration.audit_support import BASE_TIME
 

@@ -21,15 +21,10 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from app.audit.history.attempts import REFUSAL_REASONS, fetch_page
+from app.audit.history.cursor import Cursor, decode_cursor
 from app.audit.history.export import export_chunks
-from app.audit.history.query import (
-    REFUSAL_REASONS,
-    AttemptFilters,
-    Cursor,
-    decode_cursor,
-    fetch_page,
-    parse_page_request,
-)
+from app.audit.history.filters import AttemptFilters, parse_page_request
 from app.audit.history.summary import parse_summary_request, summarise
 from app.audit.pipeline.events import REASONS
 from tests.conftest import plain_dsn

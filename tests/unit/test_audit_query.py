@@ -7,18 +7,17 @@ import ipaddress
 
 import pytest
 
+from app.audit.history.attempts import outcome_of
 from app.audit.history.commands import printable
-from app.audit.history.query import (
+from app.audit.history.cursor import Cursor, decode_cursor
+from app.audit.history.filters import (
     DEFAULT_LIMIT,
     AttemptFilters,
-    Cursor,
-    decode_cursor,
-    outcome_of,
-    page_sql,
     parse_filters,
     parse_page_request,
     phone_filter_value,
 )
+from app.audit.history.sql import page_sql
 from app.audit.history.summary import MAX_BUCKETS, parse_summary_request
 from app.core.errors import ValidationFailed
 

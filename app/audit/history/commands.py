@@ -1,6 +1,6 @@
 """``ladys-essence audit query | export | prune``: the security team's API at a shell.
 
-Same filters and checks as the API (app/audit/query.py), same record of who looked
+Same filters and checks as the API (app/audit/history/filters.py), same record of who looked
 (``audit_queries``, with ``user@host`` as the actor). Heavy imports wait until a command runs.
 """
 
@@ -16,7 +16,8 @@ from typing import IO, Any, TypeVar
 
 import click
 
-from app.core.settings import ConfigError, Settings
+from app.core.cli import load_settings
+from app.core.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,13 +52,6 @@ def filter_options(fn: F) -> F:
     return fn
 
 
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
 def _database(settings: Settings) -> AbstractContextManager[Settings]:
     from app.core.embedded import servers_for
 
@@ -66,10 +60,10 @@ def _database(settings: Settings) -> AbstractContextManager[Settings]:
 
 
 def _dsn(settings: Settings) -> str:
-    from app.core.settings import asyncpg_url
+    from app.core.postgres import plain_dsn
 
     assert settings.database_url
-    return asyncpg_url(settings.database_url).replace("postgresql+asyncpg://", "postgresql://", 1)
+    return plain_dsn(settings.database_url)
 
 
 def _filter_params(options: dict[str, Any]) -> dict[str, str | None]:
@@ -141,11 +135,12 @@ def format_table(items: list[Any]) -> list[str]:
 def query_command(limit: str, cursor: str | None, as_json: bool, **options: Any) -> None:
     import msgspec
 
-    from app.audit.history.query import fetch_page, parse_page_request
+    from app.audit.history.attempts import fetch_page
+    from app.audit.history.filters import parse_page_request
     from app.audit.history.query_log import Actor, record_query
     from app.core.errors import ValidationFailed
 
-    settings = _settings()
+    settings = load_settings()
     params = {**_filter_params(options), "limit": limit, "cursor": cursor}
     try:
         request = parse_page_request(params, settings.default_phone_region)
@@ -181,17 +176,15 @@ def query_command(limit: str, cursor: str | None, as_json: bool, **options: Any)
 @click.option("--format", "fmt", type=click.Choice(["csv", "ndjson"]), default="csv", show_default=True)
 @click.option("--output", "-o", default="-", show_default=True, help="File to write; - for stdout.")
 def export_command(fmt: str, output: str, **options: Any) -> None:
-    from app.audit.history.export import ExportFormat, ExportResult, export_chunks
-    from app.audit.history.query import parse_filters
+    from app.audit.history.export import ExportResult, export_chunks, parse_export_request
     from app.audit.history.query_log import Actor, record_query, set_row_count
     from app.core.errors import ValidationFailed
 
-    settings = _settings()
+    settings = load_settings()
     try:
-        filters = parse_filters(_filter_params(options), settings.default_phone_region)
+        request = parse_export_request({**_filter_params(options), "format": fmt}, settings.default_phone_region)
     except ValidationFailed as exc:
         raise _usage_error(exc) from exc
-    export_format: ExportFormat = "csv" if fmt == "csv" else "ndjson"
 
     async def run(dsn: str, sink: IO[bytes]) -> ExportResult:
         import asyncpg
@@ -207,8 +200,9 @@ def export_command(fmt: str, output: str, **options: Any) -> None:
             await set_row_count(conn, record_id, rows)
 
         try:
-            record_id = await record_query(conn, Actor.from_shell(), "export", {**filters.describe(), "format": fmt})
-            async for chunk in export_chunks(connection, filters, export_format, result, finish=record_row_count):
+            record_id = await record_query(conn, Actor.from_shell(), "export", request.describe())
+            chunks = export_chunks(connection, request.filters, request.format, result, finish=record_row_count)
+            async for chunk in chunks:
                 sink.write(chunk)
         finally:
             await conn.close()
@@ -237,11 +231,11 @@ def export_command(fmt: str, output: str, **options: Any) -> None:
 @click.option("--pause", type=click.FloatRange(0), default=0.0, show_default=True, help="Seconds between batches.")
 @click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
 def prune_command(older_than: str | None, batch_size: int, pause: float, dry_run: bool) -> None:
+    from app.audit.history.filters import iso
     from app.audit.history.prune import PruneProgress, count_older_than, parse_age, prune
-    from app.audit.history.query import iso
     from app.audit.history.query_log import Actor, record_query, set_row_count
 
-    settings = _settings()
+    settings = load_settings()
     age_text = older_than or f"{settings.audit_retention_days}d"
     try:
         age = parse_age(age_text)

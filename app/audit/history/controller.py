@@ -1,40 +1,32 @@
 """The security team's API over the login history: pages, export, summary, and who looked.
 
 Every route takes ``auditor`` (role security or admin) or ``admin``: 401 without a valid token, 403
-for other roles (app/auth/guards.py). Every call is recorded in ``audit_queries`` in the same
-transaction as the read, committed before the answer is sent. Parameters arrive as text and are
-checked by app/audit/query.py, so a bad value is a 400 naming the field, in the same words as the CLI.
+for other roles. The application provides both dependencies (app/asgi.py registers the account
+package's role checks), so this package never imports accounts. Every call is recorded in
+``audit_queries`` in the same transaction as the read, committed before the answer is sent.
+Parameters arrive as text and are checked by the same functions the CLI uses (app/audit/history/
+filters.py and its neighbours), so a bad value is a 400 naming the field, in the same words as the CLI.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-import asyncpg
 from litestar import Controller, Request, get
 from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.accounts.guards import ROLE_DEPENDENCIES
-from app.audit.history.export import EXPORT_FORMATS, MEDIA_TYPES, ExportFormat, ExportSlots, export_chunks
-from app.audit.history.query import (
-    API_STATEMENT_TIMEOUT_MS,
-    AttemptPage,
-    AuditQueryTimeout,
-    Errors,
-    fetch_page,
-    parse_page_request,
-    pooled_connection,
-    read_filters,
-    read_transaction,
-)
+from app.audit.history.attempts import AttemptPage, fetch_page
+from app.audit.history.connections import api_read, pooled_connection, read_transaction
+from app.audit.history.export import MEDIA_TYPES, ExportFormat, ExportSlots, export_chunks, parse_export_request
+from app.audit.history.filters import parse_page_request
 from app.audit.history.query_log import (
     Action,
     Actor,
@@ -51,13 +43,17 @@ from app.db.models import User
 # Bad filters, no token, another role, a query that ran out of time.
 AUDIT_ERRORS = error_responses(400, 401, 403, 503)
 EXPORT_ERRORS = error_responses(400, 401, 403, 429, 503)
+EXPORT_DESCRIPTIONS: dict[ExportFormat, str] = {
+    "csv": "A header line, then one attempt per line; formula cells start with a single quote.",
+    "ndjson": "One JSON object per line, one per attempt.",
+}
 
 
 def _query(description: str) -> Any:
     return QueryParameter(description=description, required=False)
 
 
-# Query parameters, all text: app/audit/query.py checks them and names the field of every problem.
+# Query parameters, all text: the history's parsers check them and names the field of every problem.
 Phone = Annotated[str | None, _query("Any form of the number; normalised as at sign-in.")]
 Ip = Annotated[str | None, _query("An address, or a network such as 41.186.0.0/16 or 2c0f:eb68::/32.")]
 Success = Annotated[str | None, _query("true or false.")]
@@ -74,6 +70,20 @@ SummaryUntil = Annotated[str | None, _query("ISO-8601, exclusive (default: now).
 BucketText = Annotated[str | None, _query("minute, hour (default) or day.")]
 Top = Annotated[str | None, _query("Length of the top lists, 1 to 100 (default 10).")]
 AccountId = Annotated[str | None, _query("Only this account's queries.")]
+
+
+@dataclass
+class ExportOperation(Operation):
+    """The export's 200 as it is sent, CSV or NDJSON (Litestar documents one media type per response,
+    application/json for a Stream)."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            ok.content = {
+                MEDIA_TYPES[fmt]: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, description=description))
+                for fmt, description in EXPORT_DESCRIPTIONS.items()
+            }
 
 
 def actor_of(user: User, request: Request[Any, Any, Any], state: State) -> Actor:
@@ -99,27 +109,17 @@ async def provide_attempt_filters(
     auth_method: Method = None,
     user_id: UserId = None,
 ) -> dict[str, str | None]:
-    """The filters every listing, the export and the summary share (checked by app/audit/query.py)."""
+    """The filters every listing, the export and the summary share (checked by filters.read_filters)."""
     return _filter_params(
         phone_number=phone_number, ip=ip, success=success, reason=reason, auth_method=auth_method, user_id=user_id
     )
 
 
-@asynccontextmanager
-async def api_read(engine: AsyncEngine, *, snapshot: bool = False) -> AsyncIterator[Any]:
-    """An audit read for the API: its statements stop after API_STATEMENT_TIMEOUT_MS, and a
-    statement stopped that way is the client's 503 ``audit_query_timeout``, never a 500."""
-    try:
-        async with read_transaction(engine, timeout_ms=API_STATEMENT_TIMEOUT_MS, snapshot=snapshot) as conn:
-            yield conn
-    except asyncpg.QueryCanceledError as exc:  # statement_timeout
-        raise AuditQueryTimeout() from exc
-
-
 class AuditController(Controller):
     path = "/api/audit"
     tags = ["audit"]
-    dependencies = {**ROLE_DEPENDENCIES, "attempt_filters": Provide(provide_attempt_filters)}
+    # ``auditor`` and ``admin`` come from the application (see the module docstring).
+    dependencies = {"attempt_filters": Provide(provide_attempt_filters)}
 
     @get("/login-attempts", summary="Login attempts, newest first, one page at a time", responses=AUDIT_ERRORS)
     async def list_attempts(
@@ -153,6 +153,7 @@ class AuditController(Controller):
         summary="Every matching attempt as CSV or NDJSON, streamed",
         response_description="text/csv (formula cells neutralised) or application/x-ndjson, newest first",
         responses=EXPORT_ERRORS,
+        operation_class=ExportOperation,
     )
     async def export_attempts(
         self,
@@ -165,29 +166,24 @@ class AuditController(Controller):
         until: Until = None,
         format: Format = None,
     ) -> Stream:
-        errors = Errors()
-        params = _filter_params(
-            **attempt_filters,
-            since=since,
-            until=until,
+        export_request = parse_export_request(
+            _filter_params(**attempt_filters, since=since, until=until, format=format),
+            state.settings.default_phone_region,
         )
-        filters = read_filters(params, state.settings.default_phone_region, errors)
-        fmt = (format or "csv").strip().lower()
-        if fmt not in EXPORT_FORMATS:
-            errors.add("format", "Choose csv or ndjson.")
-        errors.raise_if_any()
-        export_format: ExportFormat = "csv" if fmt == "csv" else "ndjson"
         slots: ExportSlots = state.export_slots
         slots.check()
         actor = actor_of(auditor, request, state)
         async with read_transaction(db_engine) as conn:
-            record_id = await record_query(conn, actor, "export", {**filters.describe(), "format": export_format})
+            record_id = await record_query(conn, actor, "export", export_request.describe())
 
         async def record_row_count(conn: Any, rows: int) -> None:
             await set_row_count(conn, record_id, rows)
 
         body = export_chunks(
-            slots.connection(lambda: pooled_connection(db_engine)), filters, export_format, finish=record_row_count
+            slots.connection(lambda: pooled_connection(db_engine)),
+            export_request.filters,
+            export_request.format,
+            finish=record_row_count,
         )
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         return Stream(
@@ -195,9 +191,9 @@ class AuditController(Controller):
             # Litestar stops sending when the client hangs up but leaves the body open; closing it
             # stops the COPY and gives its connection and export slot back now, not at the next GC.
             background=BackgroundTask(body.aclose),
-            media_type=MEDIA_TYPES[export_format],
+            media_type=MEDIA_TYPES[export_request.format],
             headers={
-                "Content-Disposition": f'attachment; filename="login-attempts-{stamp}.{export_format}"',
+                "Content-Disposition": f'attachment; filename="login-attempts-{stamp}.{export_request.format}"',
                 "Cache-Control": "no-store",
             },
         )

@@ -5,26 +5,35 @@ only passes chunks along (hundreds of thousands of rows a second). asyncpg stops
 socket while a chunk waits in the small queue below, so a slow client slows Postgres down instead
 of filling memory. The COPY is one statement, so the file is one consistent snapshot.
 
-CSV cells that a spreadsheet would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or
-carriage return; OWASP's list) get a leading single quote. That includes E.164 phone numbers
+CSV cells that a spreadsheet would run as a formula get a leading single quote: those starting with
+``=``, ``+``, ``-``, ``@``, tab or carriage return (OWASP's list), with the fullwidth forms of the
+first four (some spreadsheets read them as the ASCII ones), and with any of those formula characters
+after leading whitespace (which spreadsheets skip). That includes E.164 phone numbers
 (``'+250788123456``); a spreadsheet shows them as text, and the NDJSON export has them as they are.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.audit.history.query import AttemptFilters, SqlParams, filter_conditions, where
+from app.audit.history.filters import AttemptFilters, read_filters
+from app.audit.history.params import Params
+from app.audit.history.sql import SqlParams, filter_conditions, where
 from app.core.errors import AppError
+from app.core.postgres import row_count
 
 ExportFormat = Literal["csv", "ndjson"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("csv", "ndjson")
-MEDIA_TYPES: dict[ExportFormat, str] = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+# Litestar adds "; charset=utf-8" to text/* itself (naming it here sent it twice).
+MEDIA_TYPES: dict[ExportFormat, str] = {"csv": "text/csv", "ndjson": "application/x-ndjson"}
+FORMULA_CHARACTERS = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")  # and the fullwidth four
+FORMULA_PREFIXES = (*FORMULA_CHARACTERS, "\t", "\r")  # a cell starting with one of these is neutralised
+# Skipped by spreadsheets before a formula: every character Python counts as whitespace (U+3000 is the last).
+LEADING_WHITESPACE = "".join(ch for ch in map(chr, range(0x3001)) if ch.isspace())
 # Chunks of asyncpg's socket reads (up to ~64 KiB each) waiting for the client.
 QUEUE_CHUNKS = 8
 # How long a COPY whose reader has gone may take to send its next chunk before it is cut off.
@@ -38,13 +47,25 @@ NEWEST_FIRST_BY_COLUMNS = "ORDER BY login_attempts.created_at DESC, login_attemp
 
 def neutralise_formula(text: str) -> str:
     """The Python twin of :func:`_neutralised_sql`, for cells written outside Postgres."""
-    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+    if text.startswith(FORMULA_PREFIXES) or text.lstrip(LEADING_WHITESPACE).startswith(FORMULA_CHARACTERS):
+        return "'" + text
+    return text
+
+
+def _codes(characters: Iterable[str]) -> str:
+    return ", ".join(str(ord(character)) for character in characters)
 
 
 def _neutralised_sql(column: str) -> str:
-    # The first character's code compared as an integer: cheaper than left(column, 1) IN (...).
-    codes = ", ".join(str(ord(prefix)) for prefix in FORMULA_PREFIXES)
-    return f"CASE WHEN ascii({column}) IN ({codes}) THEN '''' || {column} ELSE {column} END"
+    # The first character's code compared as an integer: cheaper than left(column, 1) IN (...). Only a
+    # cell that starts with whitespace pays for ltrim.
+    whitespace = "U&'" + "".join(f"\\{ord(character):04x}" for character in LEADING_WHITESPACE) + "'"
+    return (
+        f"CASE WHEN ascii({column}) IN ({_codes(FORMULA_PREFIXES)})"
+        f" OR (ascii({column}) IN ({_codes(LEADING_WHITESPACE)})"
+        f" AND ascii(ltrim({column}, {whitespace})) IN ({_codes(FORMULA_CHARACTERS)}))"
+        f" THEN '''' || {column} ELSE {column} END"
+    )
 
 
 # The free-text columns (a client chose their text) are neutralised. reason and auth_method hold the
@@ -83,6 +104,24 @@ def export_sql(filters: AttemptFilters, fmt: ExportFormat) -> tuple[str, list[An
         return f"SELECT {select}\nFROM login_attempts\n{where(conditions)}\n{NEWEST_FIRST_BY_COLUMNS}", params.values
     rows = f"SELECT {NDJSON_COLUMNS}\n    FROM login_attempts\n    {where(conditions)}\n    {NEWEST_FIRST_BY_COLUMNS}"  # noqa: S608
     return f"SELECT row_to_json(attempt)\nFROM (\n    {rows}\n) AS attempt", params.values
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRequest:
+    filters: AttemptFilters
+    format: ExportFormat = "csv"
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.filters.describe(), "format": self.format}
+
+
+def parse_export_request(values: Mapping[str, str | None], region: str) -> ExportRequest:
+    """The filters and ``format`` (default csv), every problem reported together."""
+    params = Params(values)
+    filters = read_filters(params, region)
+    chosen = params.choice("format", EXPORT_FORMATS, "Choose csv or ndjson.")
+    params.raise_if_any()
+    return ExportRequest(filters, "ndjson" if chosen == "ndjson" else "csv")
 
 
 @dataclass
@@ -133,7 +172,7 @@ async def export_chunks(
                 # JIT compiles the row formatting for a second or more and never earns it back here.
                 await conn.execute("SET LOCAL jit = off")
                 status: str = await conn.copy_from_query(sql, *args, output=put, **options)
-                rows = int(status.rsplit(" ", 1)[-1])
+                rows = row_count(status)
                 if finish is not None:
                     await finish(conn, rows)
             if result is not None:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.postgres import row_count
+
 DEFAULT_BATCH_SIZE = 10_000
 DURATION = re.compile(r"^\s*(\d+)\s*([dhw]?)\s*$", re.IGNORECASE)
 UNITS = {"": "days", "d": "days", "h": "hours", "w": "weeks"}
@@ -72,7 +74,7 @@ async def prune(
     started = time.perf_counter()
     while True:
         status: str = await conn.execute(DELETE_BATCH, cutoff, batch_size)
-        deleted = int(status.rsplit(" ", 1)[-1])
+        deleted = row_count(status)
         state.deleted += deleted
         state.batches += 1
         state.elapsed = time.perf_counter() - started

@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 import msgspec
 
-from app.audit.history.query import Cursor, Errors, read_cursor, read_limit
+from app.audit.history.cursor import Cursor, read_cursor
+from app.audit.history.filters import read_limit
+from app.audit.history.params import Params
 
 Origin = Literal["api", "cli"]
 Action = Literal["list", "export", "summary", "queries", "prune"]
@@ -92,18 +94,12 @@ class QueryLogRequest:
     limit: int = 100
 
 
-def parse_query_log_request(params: Mapping[str, str | None]) -> QueryLogRequest:
-    errors = Errors()
-    user_id: int | None = None
-    raw_user = (params.get("user_id") or "").strip()
-    if raw_user:
-        try:
-            user_id = int(raw_user)
-        except ValueError:
-            errors.add("user_id", "Enter a whole number.")
-    cursor = read_cursor(params.get("cursor"), errors)
-    limit = read_limit(params.get("limit"), errors)
-    errors.raise_if_any()
+def parse_query_log_request(values: Mapping[str, str | None]) -> QueryLogRequest:
+    params = Params(values)
+    user_id = params.whole_number("user_id", message="Enter a user id (a positive whole number).")
+    cursor = read_cursor(params)
+    limit = read_limit(params)
+    params.raise_if_any()
     return QueryLogRequest(user_id, cursor, limit)
 
 

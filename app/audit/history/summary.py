@@ -2,7 +2,7 @@
 and the phone numbers whose PIN sign-in was locked.
 
 Outcomes: a *success*; a *refusal* when the service would not check the credential
-(:data:`~app.audit.history.query.REFUSAL_REASONS`: budget spent, account or PIN locked, limiter down); a
+(:data:`~app.audit.history.attempts.REFUSAL_REASONS`: budget spent, account or PIN locked, limiter down); a
 *failure* for every other unsuccessful attempt, ``invalid_request`` included. Clients are counted by
 address, IPv6 ones by their /64 (one subscriber's allocation, as the rate limiter groups them).
 Buckets are UTC and every bucket of the range is listed, empty ones as zeros, ready to chart.
@@ -18,15 +18,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from app.audit.history.query import (
-    REFUSAL_REASONS,
-    AttemptFilters,
-    Errors,
-    SqlParams,
-    filter_conditions,
-    read_filters,
-    where,
-)
+from app.audit.history.attempts import REFUSAL_REASONS
+from app.audit.history.filters import AttemptFilters, read_filters
+from app.audit.history.params import FIRST_TIME, Params
+from app.audit.history.sql import SqlParams, filter_conditions, where
 
 Bucket = Literal["minute", "hour", "day"]
 BUCKET_LENGTHS: dict[Bucket, datetime.timedelta] = {
@@ -63,31 +58,26 @@ class SummaryRequest:
 
 
 def parse_summary_request(
-    params: Mapping[str, str | None], region: str, now: datetime.datetime | None = None
+    values: Mapping[str, str | None], region: str, now: datetime.datetime | None = None
 ) -> SummaryRequest:
     """``since``/``until`` default to the 24 hours up to now; the other filters narrow it further."""
-    errors = Errors()
-    filters = read_filters(params, region, errors)
-    bucket_text = (params.get("bucket") or "hour").strip().lower()
+    params = Params(values)
+    filters = read_filters(params, region)
     bucket: Bucket = "hour"
-    if bucket_text in BUCKET_LENGTHS:
-        bucket = bucket_text
-    else:
-        errors.add("bucket", "Choose minute, hour or day.")
-    top = DEFAULT_TOP
-    if (raw_top := (params.get("top") or "").strip()) != "":
-        top = int(raw_top) if raw_top.isdigit() else 0
-        if not 1 <= top <= MAX_TOP:
-            errors.add("top", f"Enter a whole number from 1 to {MAX_TOP}.")
+    match params.choice("bucket", BUCKET_LENGTHS, "Choose minute, hour or day."):
+        case "minute" | "hour" | "day" as chosen:
+            bucket = chosen
+    top = params.whole_number("top", maximum=MAX_TOP)
     until = filters.until or now or datetime.datetime.now(datetime.UTC)
-    since = filters.since or until - DEFAULT_RANGE
+    # The 24 hours before until, or as many of them as there are since the first time accepted.
+    since = filters.since or max(until, FIRST_TIME + DEFAULT_RANGE) - DEFAULT_RANGE
     if since >= until:
         if filters.since is None or filters.until is None:  # else read_filters has said so
-            errors.add("since", "since must be earlier than until.")
+            params.errors.add("since", "since must be earlier than until.")
     elif (until - since) / BUCKET_LENGTHS[bucket] > MAX_BUCKETS:
-        errors.add("bucket", f"That range has more than {MAX_BUCKETS:,} {bucket}s: choose a larger bucket.")
-    errors.raise_if_any()
-    return SummaryRequest(dataclasses.replace(filters, since=since, until=until), bucket, top)
+        params.errors.add("bucket", f"That range has more than {MAX_BUCKETS:,} {bucket}s: choose a larger bucket.")
+    params.raise_if_any()
+    return SummaryRequest(dataclasses.replace(filters, since=since, until=until), bucket, top or DEFAULT_TOP)
 
 
 # ---- response ------------------------------------------------------------------------------------

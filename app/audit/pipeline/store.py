@@ -27,7 +27,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.pipeline.events import LoginEvent, packed_ip
-from app.core.postgres import inserted_rows
+from app.core.postgres import row_count
 
 InsertMethod = Literal["unnest", "copy", "staging"]
 INSERT_METHODS: tuple[InsertMethod, ...] = ("unnest", "copy", "staging")
@@ -112,7 +112,7 @@ async def insert_events(conn: Any, events: Sequence[LoginEvent], method: InsertM
 async def _unnest_insert(conn: Any, events: Sequence[LoginEvent]) -> int:
     columns = list(zip(*_records(events), strict=True))
     status: str = await conn.execute(INSERT_UNNEST, *columns)
-    return inserted_rows(status)
+    return row_count(status)
 
 
 async def _copy_or_insert(conn: Any, events: Sequence[LoginEvent]) -> int:
@@ -131,7 +131,7 @@ async def _staging_insert(conn: Any, events: Sequence[LoginEvent]) -> int:
         await conn.execute(CREATE_STAGING)
         await conn.copy_records_to_table(_STAGING, records=_records(events), columns=COLUMNS)
         status: str = await conn.execute(INSERT_FROM_STAGING)
-    return inserted_rows(status)
+    return row_count(status)
 
 
 @asynccontextmanager
