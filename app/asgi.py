@@ -34,7 +34,9 @@ from app.core.redis_keys import KeySpace
 from app.core.settings import Settings
 from app.db.config import sqlalchemy_config
 from app.health import HealthChecks, HealthController, database_check
+from app.keys.keyring import KeyRingRefresher, load_keyring
 from app.login.gate import LoginGate
+from app.platform.controller import FORM_BODY_PATHS, FORM_MEDIA_TYPE, PLATFORM_HANDLERS
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
 
@@ -53,6 +55,8 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
         return
     has_body = request.headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in request.headers
     content_type = request.headers.get("content-type", "")
+    if request.url.path in FORM_BODY_PATHS and content_type.lower().startswith(FORM_MEDIA_TYPE):
+        return
     if has_body and content_type and "json" not in content_type.lower():
         raise UnsupportedMediaType()
 
@@ -75,7 +79,10 @@ def create_app(settings: Settings) -> Litestar:
         app.state.db_config = db_config
         app.state.redis = redis
         app.state.hasher = Hasher(settings)
-        app.state.token_issuer = TokenIssuer(settings)
+        app.state.keyring = await load_keyring(engine, settings)
+        app.state.keys_refresher = KeyRingRefresher(app.state.keyring, engine, settings)
+        app.state.keys_refresher.start()
+        app.state.token_issuer = TokenIssuer(settings, app.state.keyring)
         app.state.client_resolver = ClientResolver(
             settings.trusted_proxies, settings.rate_limit_ipv6_prefix, forwarded_headers=settings.forwarded_header
         )
@@ -94,6 +101,7 @@ def create_app(settings: Settings) -> Litestar:
         freeze_startup_heap()
 
     async def stop(app: Litestar) -> None:
+        await app.state.keys_refresher.stop()
         if app.state.audit_writer is not None:
             await app.state.audit_writer.stop()  # drains what it read before the pool closes
         await app.state.redis.aclose()
@@ -107,6 +115,7 @@ def create_app(settings: Settings) -> Litestar:
             AuditController,
             *DASHBOARD_HANDLERS,
             MetricsController,
+            *PLATFORM_HANDLERS,
         ],
         dependencies=AUTH_DEPENDENCIES,
         plugins=[SQLAlchemyPlugin(config=db_config)],

@@ -18,8 +18,8 @@ import msgspec
 
 from app.audit.history.query import Cursor, Errors, read_cursor, read_limit
 
-Origin = Literal["api", "cli"]
-Action = Literal["list", "export", "summary", "queries", "prune"]
+Origin = Literal["api", "cli", "service"]  # service: a platform service's credential (app/platform)
+Action = Literal["list", "export", "summary", "queries", "prune", "introspect", "user"]
 
 
 @dataclass(frozen=True, slots=True)
