@@ -11,6 +11,8 @@ from types import FrameType
 import click
 
 from app.audit.history.commands import AUDIT_COMMANDS
+from app.cli.keys import keys
+from app.cli.services import services
 from app.cli.users import users
 from app.core.settings import ConfigError, Settings
 
@@ -165,6 +167,8 @@ def loadtest(**options: object) -> None:
 for _command in AUDIT_COMMANDS:  # query, export, prune
     audit.add_command(_command)
 main.add_command(users)
+main.add_command(keys)
+main.add_command(services)
 
 
 if __name__ == "__main__":

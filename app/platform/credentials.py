@@ -15,13 +15,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from advanced_alchemy.exceptions import IntegrityError
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.deps import bearer_token
@@ -89,6 +89,12 @@ class ServiceCredentialService(SQLAlchemyAsyncRepositoryService[ServiceCredentia
         except IntegrityError as exc:
             raise Conflict(f"{name} already has a credential; revoke it first") from exc
         return row, token
+
+    async def every_credential(self) -> list[ServiceCredential]:
+        rows = await self.repository.session.scalars(
+            select(ServiceCredential).order_by(ServiceCredential.name, ServiceCredential.created_at)
+        )
+        return list(rows)
 
     async def revoke(self, name: str) -> int:
         result = await self.repository.session.execute(
