@@ -71,17 +71,15 @@ def create_app(settings: Settings) -> Litestar:
     db_config = sqlalchemy_config(settings)
 
     async def start(app: Litestar) -> None:
-        redis = create_redis(settings)
         engine = db_config.get_engine()
+        app.state.keyring = await load_keyring(engine, settings)  # first: a key it cannot use stops start-up
+        redis = create_redis(settings)
         keys = KeySpace(settings.redis_key_prefix, settings.redis_shards)
         metrics = shared_metrics()
         app.state.settings = settings
         app.state.db_config = db_config
         app.state.redis = redis
         app.state.hasher = Hasher(settings)
-        app.state.keyring = await load_keyring(engine, settings)
-        app.state.keys_refresher = KeyRingRefresher(app.state.keyring, engine, settings)
-        app.state.keys_refresher.start()
         app.state.token_issuer = TokenIssuer(settings, app.state.keyring)
         app.state.client_resolver = ClientResolver(
             settings.trusted_proxies, settings.rate_limit_ipv6_prefix, forwarded_headers=settings.forwarded_header
@@ -95,12 +93,16 @@ def create_app(settings: Settings) -> Litestar:
             app.state.audit_writer.start()
         # The backlog probe also refreshes the /metrics gauges, with or without a writer in this process.
         backlog = app.state.audit_writer.backlog if app.state.audit_writer else partial(_observed_backlog, redis, keys)
+        app.state.keys_refresher = KeyRingRefresher(app.state.keyring, engine, settings)
+        app.state.keys_refresher.start()
         app.state.health_checks = HealthChecks(
             {"database": database_check(app.state), "redis": redis.ping, "audit": backlog}
         )
         freeze_startup_heap()
 
     async def stop(app: Litestar) -> None:
+        if "keys_refresher" not in app.state:
+            return  # start-up stopped before anything was started
         await app.state.keys_refresher.stop()
         if app.state.audit_writer is not None:
             await app.state.audit_writer.stop()  # drains what it read before the pool closes

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from jwt import PyJWK
-from jwt.exceptions import PyJWKError
+from jwt.exceptions import PyJWTError
 
 Algorithm = Literal["ES256", "EdDSA"]
 ALGORITHMS: tuple[Algorithm, ...] = ("ES256", "EdDSA")
@@ -114,7 +114,7 @@ def verifying_key(kid: str, alg: str, jwk: Any) -> Any:
         parsed = PyJWK(jwk, algorithm=alg)
         if thumbprint(jwk) != kid:
             raise KeyMaterialError(f"signing key {kid}: its public JWK does not match its kid")
-    except (PyJWKError, KeyError, TypeError, ValueError) as exc:
+    except (PyJWTError, KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, KeyMaterialError):
             raise
         raise KeyMaterialError(f"signing key {kid}: its public JWK cannot be parsed ({exc})") from exc
