@@ -99,6 +99,12 @@ async def test_introspection_needs_a_token_field(client: Any, settings: Settings
         "/api/auth/introspect", headers={**bearer(credential), "Content-Type": "application/json"}, content=b"{"
     )
     assert garbled.status_code == 400 and garbled.json()["code"] == "malformed_json"
+    oversized = await client.post(
+        "/api/auth/introspect",
+        headers={**bearer(credential), **FORM},
+        content=b"token=" + b"x" * settings.max_body_bytes,
+    )
+    assert oversized.status_code == 413 and oversized.json()["code"] == "payload_too_large"
     text = await client.post(
         "/api/auth/introspect", headers={**bearer(credential), "Content-Type": "text/plain"}, content=b"token=x"
     )
