@@ -10,8 +10,10 @@ import click
 
 from app.cli.audit import audit
 from app.cli.db import db
+from app.cli.keys import keys
 from app.cli.loadtest import loadtest
 from app.cli.serve import serve
+from app.cli.services import services
 from app.cli.users import users
 
 
@@ -22,7 +24,7 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-for _command in (serve, db, audit, users, loadtest):
+for _command in (serve, db, audit, users, keys, services, loadtest):
     main.add_command(_command)
 
 

@@ -34,8 +34,10 @@ from app.core.redis_keys import KeySpace
 from app.core.settings import Settings
 from app.db.config import sqlalchemy_config
 from app.health import HealthChecks, HealthController, database_check
+from app.keys.keyring import KeyRingRefresher, load_keyring
 from app.login.controller import LoginController
 from app.login.gate import LoginGate
+from app.platform.controller import FORM_BODY_PATHS, FORM_MEDIA_TYPE, PLATFORM_HANDLERS
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
 
@@ -54,6 +56,8 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
         return
     has_body = request.headers.get("content-length", "0") not in ("", "0") or "transfer-encoding" in request.headers
     content_type = request.headers.get("content-type", "")
+    if request.url.path in FORM_BODY_PATHS and content_type.lower().startswith(FORM_MEDIA_TYPE):
+        return
     if has_body and content_type and "json" not in content_type.lower():
         raise UnsupportedMediaType()
 
@@ -62,15 +66,16 @@ def create_app(settings: Settings) -> Litestar:
     db_config = sqlalchemy_config(settings)
 
     async def start(app: Litestar) -> None:
-        redis = create_redis(settings)
         engine = db_config.get_engine()
+        app.state.keyring = await load_keyring(engine, settings)  # first: a key it cannot use stops start-up
+        redis = create_redis(settings)
         keys = KeySpace(settings.redis_key_prefix, settings.redis_shards)
         metrics = shared_metrics()
         app.state.settings = settings
         app.state.db_config = db_config
         app.state.redis = redis
         app.state.hasher = Hasher(settings)
-        app.state.token_issuer = TokenIssuer(settings)
+        app.state.token_issuer = TokenIssuer(settings, app.state.keyring)
         app.state.client_resolver = ClientResolver(
             settings.trusted_proxies, settings.rate_limit_ipv6_prefix, forwarded_headers=settings.forwarded_header
         )
@@ -83,12 +88,17 @@ def create_app(settings: Settings) -> Litestar:
             app.state.audit_writer.start()
         # The backlog probe also refreshes the /metrics gauges, with or without a writer in this process.
         backlog = BacklogProbe(redis, keys, metrics, settings.audit_max_backlog)
+        app.state.keys_refresher = KeyRingRefresher(app.state.keyring, engine, settings)
+        app.state.keys_refresher.start()
         app.state.health_checks = HealthChecks(
             {"database": database_check(app.state), "redis": redis.ping, "audit": backlog.check}
         )
         freeze_startup_heap()
 
     async def stop(app: Litestar) -> None:
+        if "keys_refresher" not in app.state:
+            return  # start-up stopped before anything was started
+        await app.state.keys_refresher.stop()
         if app.state.audit_writer is not None:
             await app.state.audit_writer.stop()  # drains what it read before the pool closes
         await app.state.redis.aclose()
@@ -102,6 +112,7 @@ def create_app(settings: Settings) -> Litestar:
             AuditController,
             *DASHBOARD_HANDLERS,
             MetricsController,
+            *PLATFORM_HANDLERS,
         ],
         dependencies={**AUTH_DEPENDENCIES, **ROLE_DEPENDENCIES},  # ROLE_DEPENDENCIES: the audit API's auditor/admin
         plugins=[SQLAlchemyPlugin(config=db_config)],

@@ -82,6 +82,7 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
         "REDIS_KEY_PREFIX": settings.redis_key_prefix,
         "JWT_SECRET": settings.jwt_secret or "",
         "PIN_PEPPER": settings.pin_pepper or "",
+        "SIGNING_KEYS_SECRET": settings.signing_keys_secret or "",
         "DATA_DIR": str(settings.data_dir),
         "LOG_LEVEL": "WARNING",
     }

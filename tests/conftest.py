@@ -28,6 +28,7 @@ from app.login.gate import LoginGate
 
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 TEST_PIN_PEPPER = "test-pin-pepper-" + "y" * 32
+TEST_SIGNING_KEYS_SECRET = "test-signing-keys-" + "z" * 32
 TABLES = ("login_attempts", "refresh_tokens", "users")
 
 
@@ -62,6 +63,7 @@ def base_settings(server_urls: dict[str, str], tmp_path_factory: pytest.TempPath
         data_dir=str(tmp_path_factory.mktemp("data")),
         jwt_secret=TEST_JWT_SECRET,
         pin_pepper=TEST_PIN_PEPPER,
+        signing_keys_secret=TEST_SIGNING_KEYS_SECRET,
         # Lighter argon2 than production keeps the suite fast; test_passwords checks the defaults.
         argon2_memory_kib=1024,
         argon2_time_cost=1,

@@ -14,7 +14,7 @@ import httpx
 
 from app.core.embedded import free_port, stop_process
 from app.core.settings import Settings
-from tests.conftest import TEST_JWT_SECRET, TEST_PIN_PEPPER
+from tests.conftest import TEST_JWT_SECRET, TEST_PIN_PEPPER, TEST_SIGNING_KEYS_SECRET
 
 
 @contextlib.contextmanager
@@ -31,6 +31,7 @@ def api_server(
         "REDIS_KEY_PREFIX": settings.redis_key_prefix,
         "JWT_SECRET": TEST_JWT_SECRET,
         "PIN_PEPPER": TEST_PIN_PEPPER,
+        "SIGNING_KEYS_SECRET": TEST_SIGNING_KEYS_SECRET,
         "DATA_DIR": str(tmp_path / "data"),
         "LOG_LEVEL": "WARNING",
         "AUDIT_FLUSH_MS": "50",

@@ -1,4 +1,8 @@
-"""JWT access and refresh tokens (PyJWT, HS256).
+"""JWT access and refresh tokens (PyJWT), signed with the key set's active key (app/keys).
+
+Every token names its key in ``kid``; the key, not the token, says which algorithm verifies it.
+A token without ``kid`` is one signed with JWT_SECRET (HS256) before the switch: it verifies with
+that secret while JWT_ACCEPT_LEGACY_HS256 is on, so nobody is signed out by the switch.
 
 Claims: ``sub`` (user id), ``type`` (access/refresh), ``jti``, ``iat``, ``exp``, ``iss``, ``aud``,
 ``role``, and ``sid``: the session (refresh-token family) the token belongs to, so revoking a
@@ -11,15 +15,16 @@ import datetime
 import hashlib
 import uuid
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import jwt
 
 from app.core.errors import InvalidToken
 from app.core.settings import Settings
+from app.keys.keyring import KeyRing
 
 TokenType = Literal["access", "refresh"]
-ALGORITHM = "HS256"
+LEGACY_ALGORITHM = "HS256"
 REQUIRED_CLAIMS = ["sub", "type", "jti", "iat", "exp", "iss", "aud", "sid"]
 
 
@@ -46,9 +51,9 @@ def token_digest(token: str) -> str:
 
 
 class TokenIssuer:
-    def __init__(self, settings: Settings) -> None:
-        assert settings.jwt_secret, "settings are validated before the app is built"
-        self._secret = settings.jwt_secret
+    def __init__(self, settings: Settings, keys: KeyRing) -> None:
+        self._keys = keys
+        self._legacy_secret = settings.jwt_secret if settings.jwt_accept_legacy_hs256 else None
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self.access_lifetime = datetime.timedelta(minutes=settings.access_token_minutes)
@@ -78,15 +83,31 @@ class TokenIssuer:
             "iss": self._issuer,
             "aud": self._audience,
         }
-        return IssuedToken(jwt.encode(payload, self._secret, algorithm=ALGORITHM), claims)
+        key = self._keys.signer()
+        assert key.private_key is not None, "the signer is a key with its private half"
+        token = jwt.encode(payload, key.private_key, algorithm=key.alg, headers={"kid": key.kid})
+        return IssuedToken(token, claims)
+
+    def _verification_key(self, token: str) -> tuple[Any, str]:
+        """The key and the one algorithm for this token, chosen by its ``kid`` alone."""
+        kid = jwt.get_unverified_header(token).get("kid")
+        if kid is None:
+            if self._legacy_secret is None:
+                raise InvalidToken()
+            return self._legacy_secret, LEGACY_ALGORITHM
+        key = self._keys.verifier(kid) if isinstance(kid, str) else None
+        if key is None:
+            raise InvalidToken()
+        return key.verify_key, key.alg
 
     def decode(self, token: str, expected: TokenType, *, allow_expired: bool = False) -> TokenClaims:
         """Verify signature, issuer, audience, lifetime and type; anything off is InvalidToken."""
         try:
+            key, algorithm = self._verification_key(token)
             payload = jwt.decode(
                 token,
-                self._secret,
-                algorithms=[ALGORITHM],
+                key,
+                algorithms=[algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
                 leeway=5,

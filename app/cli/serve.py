@@ -42,6 +42,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             REDIS_URL=resolved.redis_url or "",
             JWT_SECRET=resolved.jwt_secret or "",
             PIN_PEPPER=resolved.pin_pepper or "",
+            SIGNING_KEYS_SECRET=resolved.signing_keys_secret or "",
             WORKERS=str(workers),
         )
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104

@@ -62,6 +62,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     jwt_secret: str | None = None
     pin_pepper: str | None = None
+    # Asymmetric signing keys (app/keys): the private halves are encrypted at rest with this secret.
+    signing_keys_secret: str | None = None
+    jwt_algorithm: Literal["ES256", "EdDSA"] = "ES256"  # of keys made by `keys rotate`; each kid keeps its own
+    jwt_accept_legacy_hs256: bool = True  # tokens signed with JWT_SECRET before the switch, until they expire
+    signing_keys_refresh_seconds: int = 30  # how often every process re-reads the key set
+    jwks_max_age_seconds: int = 300  # Cache-Control of /.well-known/jwks.json
     jwt_issuer: str = "ladys-essence-auth"
     jwt_audience: str = "ladys-essence"
     access_token_minutes: int = 15
@@ -136,18 +142,34 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("AUDIT_MAX_BACKLOG must be at least 1")
         if self.refresh_reuse_grace_seconds < 0 or self.access_token_minutes < 1 or self.refresh_token_days < 1:
             raise ConfigError("token lifetimes must be positive")
+        if self.signing_keys_refresh_seconds < 1 or self.jwks_max_age_seconds < 0:
+            raise ConfigError("SIGNING_KEYS_REFRESH_SECONDS must be at least 1 and JWKS_MAX_AGE_SECONDS not negative")
         if self.app_env == "production":
-            for name in ("jwt_secret", "pin_pepper"):
+            required = ["pin_pepper", "signing_keys_secret"]
+            if self.jwt_accept_legacy_hs256:
+                required.append("jwt_secret")  # it still verifies the tokens issued before the switch
+            for name in required:
                 _check_secret(name, getattr(self, name))
             return self
-        if self.jwt_secret and self.pin_pepper:
+        if self.jwt_secret and self.pin_pepper and self.signing_keys_secret:
             return self
         stored = _development_secrets(self.data_dir)
         return msgspec.structs.replace(
             self,
             jwt_secret=self.jwt_secret or stored["jwt_secret"],
             pin_pepper=self.pin_pepper or stored["pin_pepper"],
+            signing_keys_secret=self.signing_keys_secret or stored["signing_keys_secret"],
         )
+
+    @property
+    def token_lifetime_seconds(self) -> int:
+        """The longest a token lives: a key that stopped signing verifies this long after."""
+        return max(self.access_token_minutes * 60, self.refresh_token_days * 86400)
+
+    @property
+    def key_publish_seconds(self) -> int:
+        """How long a new key is published before it signs: every process and every cached JWKS has it by then."""
+        return self.signing_keys_refresh_seconds + self.jwks_max_age_seconds + 5
 
     @property
     def hash_thread_count(self) -> int:
@@ -178,20 +200,25 @@ def _check_secret(name: str, value: str | None) -> None:
 def _development_secrets(data_dir: Path) -> dict[str, str]:
     """Generate development secrets once and keep them, so tokens survive a restart."""
     path = data_dir / "secrets.json"
+    names = ("jwt_secret", "pin_pepper", "signing_keys_secret")
     try:
         stored: dict[str, str] = json.loads(path.read_text())
-        if stored.get("jwt_secret") and stored.get("pin_pepper"):
+        if all(stored.get(name) for name in names):
             return stored
     except (OSError, ValueError):
-        pass
+        stored = {}
     data_dir.mkdir(parents=True, exist_ok=True)
-    stored = {"jwt_secret": secrets.token_hex(32), "pin_pepper": secrets.token_hex(32)}
-    tmp = path.with_suffix(".tmp")
+    # Keep what a .data/ from before already has (its tokens and PIN hashes depend on it).
+    stored = {name: stored.get(name) or secrets.token_hex(32) for name in names}
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(stored))
     tmp.chmod(0o600)
     try:
-        # link() fails if another process won the race; then use theirs.
-        os.link(tmp, path)
+        if path.exists():
+            tmp.replace(path)  # an older file without the newer secrets
+        else:
+            # link() fails if another process won the race; then use theirs.
+            os.link(tmp, path)
     except FileExistsError:
         stored = json.loads(path.read_text())
     finally:

@@ -1,4 +1,5 @@
-"""Tables: users (every Flask-era column plus ``role``), refresh_tokens, login_attempts, audit_queries."""
+"""Tables: users (every Flask-era column plus ``role``), refresh_tokens, login_attempts, audit_queries,
+signing_keys, service_credentials."""
 
 from __future__ import annotations
 
@@ -16,12 +17,13 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Uuid,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import INET, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 metadata = orm_registry.metadata
@@ -130,3 +132,38 @@ class AuditQuery(IdentityBase):
     filters: Mapped[dict[str, Any]] = mapped_column(JSONB)
     row_count: Mapped[int | None] = mapped_column(BigInteger, default=None)
     client_ip: Mapped[str | None] = mapped_column(INET, default=None)
+
+
+class SigningKey(IdentityBase):
+    """One asymmetric token-signing key (app/keys). Its schedule is in its timestamps:
+
+    published from ``created_at``, signing from ``activates_at`` until a newer key activates, then
+    verifying until the last token it signed has expired; ``retired_at`` ends it early (`keys retire`).
+    ``private_key`` is the PKCS#8 private half, AES-GCM encrypted under SIGNING_KEYS_SECRET; NULL once retired.
+    """
+
+    __tablename__ = "signing_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), unique=True)
+    alg: Mapped[str] = mapped_column(String(8))
+    public_jwk: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    private_key: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True))
+    activates_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True))
+    retired_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+
+
+class ServiceCredential(IdentityBase):
+    """A platform service's bearer credential (app/platform). Only a SHA-256 of the token is stored."""
+
+    __tablename__ = "service_credentials"
+    __table_args__ = (
+        # One live credential per name; a revoked name can be issued again.
+        Index("uq_service_credentials_live_name", "name", unique=True, postgresql_where=text("revoked_at IS NULL")),
+    )
+
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)

@@ -201,12 +201,21 @@ async def assert_forgery_refused(client: Any, forged_access: str, forged_refresh
 
 
 async def test_kid_and_jku_headers_do_not_choose_the_key(client: Any, settings: Settings) -> None:
-    """Extra key-selection headers on a token signed with our secret change nothing: it still works."""
+    """Extra key-selection headers on a (legacy) token signed with our secret change nothing: it still works.
+
+    ``kid`` is the one header that selects: among our own keys only, so a path or unknown name is refused.
+    """
     assert settings.jwt_secret
     tokens = await signed_in(client)
+    traversal = {**HS256, "kid": "../../../../dev/null"}
+    assert_refused(
+        await client.get(
+            "/api/auth/profile",
+            headers=bearer(encode(traversal, claims_of(tokens["access_token"]), settings.jwt_secret.encode())),
+        )
+    )
     header = {
         **HS256,
-        "kid": "../../../../dev/null",
         "jku": "https://attacker.example/jwks.json",
         "x5u": "https://attacker.example/cert.pem",
         "jwk": {"kty": "oct", "k": b64(ATTACKER_KEY)},

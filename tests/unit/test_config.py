@@ -6,10 +6,27 @@ STRONG = "8f3a" * 16
 
 
 def test_production_requires_secrets(tmp_path):
+    keys = {"SIGNING_KEYS_SECRET": STRONG * 2}
     with pytest.raises(ConfigError, match="JWT_SECRET"):
-        Settings.from_env({"APP_ENV": "production", "PIN_PEPPER": STRONG, "DATA_DIR": str(tmp_path)})
+        Settings.from_env({"APP_ENV": "production", "PIN_PEPPER": STRONG, "DATA_DIR": str(tmp_path), **keys})
     with pytest.raises(ConfigError, match="PIN_PEPPER"):
-        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "DATA_DIR": str(tmp_path)})
+        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "DATA_DIR": str(tmp_path), **keys})
+    with pytest.raises(ConfigError, match="SIGNING_KEYS_SECRET"):
+        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "PIN_PEPPER": STRONG[::-1]})
+
+
+def test_jwt_secret_is_needed_only_while_legacy_tokens_are_accepted():
+    env = {"APP_ENV": "production", "PIN_PEPPER": STRONG, "SIGNING_KEYS_SECRET": STRONG[::-1]}
+    settings = Settings.from_env({**env, "JWT_ACCEPT_LEGACY_HS256": "false"})
+    assert settings.jwt_secret is None and not settings.jwt_accept_legacy_hs256
+
+
+def test_development_adds_the_signing_keys_secret_to_an_older_secrets_file(tmp_path):
+    (tmp_path / "secrets.json").write_text('{"jwt_secret": "' + "a" * 64 + '", "pin_pepper": "' + "b" * 64 + '"}')
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path)})
+    assert (settings.jwt_secret, settings.pin_pepper) == ("a" * 64, "b" * 64)
+    assert settings.signing_keys_secret and len(settings.signing_keys_secret) == 64
+    assert Settings.from_env({"DATA_DIR": str(tmp_path)}).signing_keys_secret == settings.signing_keys_secret
 
 
 @pytest.mark.parametrize("secret", ["changeme", "your-secret-key", "short-secret"])
@@ -19,7 +36,9 @@ def test_production_refuses_placeholders_and_short_secrets(secret, tmp_path):
 
 
 def test_production_with_real_secrets_starts():
-    settings = Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "PIN_PEPPER": STRONG[::-1]})
+    settings = Settings.from_env(
+        {"APP_ENV": "production", "JWT_SECRET": STRONG, "PIN_PEPPER": STRONG[::-1], "SIGNING_KEYS_SECRET": STRONG * 2}
+    )
     assert settings.jwt_secret == STRONG
 
 

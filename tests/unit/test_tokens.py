@@ -1,21 +1,50 @@
 import base64
+import dataclasses
 import datetime
+import hashlib
+import hmac
 import json
 import uuid
 
 import jwt
+import msgspec
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from app.accounts.tokens import TokenIssuer
 from app.core.errors import InvalidToken
 from app.core.settings import Settings
+from app.keys.keyring import KeyRing, LoadedKey
+from app.keys.material import generate
 
 SECRET = "s" * 40
+SETTINGS = Settings.from_env({}, jwt_secret=SECRET, pin_pepper="p" * 40, signing_keys_secret="k" * 40, app_env="test")
+
+
+def loaded_key(alg="ES256", activates_in=datetime.timedelta(0)):
+    """A key as the key ring holds it after reading its row."""
+    key = generate(alg)
+    now = datetime.datetime.now(datetime.UTC)
+    return LoadedKey(
+        kid=key.kid,
+        alg=alg,
+        public_jwk=key.public_jwk,
+        verify_key=key.private_key.public_key(),
+        private_key=key.private_key,
+        created_at=now - datetime.timedelta(hours=1),
+        activates_at=now + activates_in - datetime.timedelta(minutes=30),
+        retired_at=None,
+    )
 
 
 @pytest.fixture
-def issuer():
-    return TokenIssuer(Settings.from_env({}, jwt_secret=SECRET, pin_pepper="p" * 40, app_env="test"))
+def key():
+    return loaded_key()
+
+
+@pytest.fixture
+def issuer(key):
+    return TokenIssuer(SETTINGS, KeyRing([key], SETTINGS))
 
 
 def claims(**overrides):
@@ -36,9 +65,10 @@ def claims(**overrides):
     return payload
 
 
-def test_round_trip_carries_every_claim(issuer):
+def test_round_trip_carries_every_claim(issuer, key):
     issued = issuer.issue("access", user_id=7, role="security", session_id=uuid.uuid4())
-    payload = jwt.decode(issued.token, SECRET, algorithms=["HS256"], audience="ladys-essence")
+    assert jwt.get_unverified_header(issued.token) == {"alg": "ES256", "kid": key.kid, "typ": "JWT"}
+    payload = jwt.decode(issued.token, key.verify_key, algorithms=["ES256"], audience="ladys-essence")
     assert {"sub", "type", "jti", "iat", "exp", "iss", "aud", "role"} <= payload.keys()
     decoded = issuer.decode(issued.token, "access")
     assert decoded.user_id == 7 and decoded.role == "security"
@@ -90,3 +120,61 @@ def test_tampered_signature_is_refused(issuer):
     forged_body = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
     with pytest.raises(InvalidToken):
         issuer.decode(f"{head}.{forged_body}.{signature}", "access")
+
+
+def test_eddsa_keys_sign_and_verify():
+    key = loaded_key("EdDSA")
+    issuer = TokenIssuer(SETTINGS, KeyRing([key], SETTINGS))
+    token = issuer.issue("refresh", user_id=3, role="user", session_id=uuid.uuid4()).token
+    assert jwt.get_unverified_header(token)["alg"] == "EdDSA"
+    assert issuer.decode(token, "refresh").user_id == 3
+
+
+def test_legacy_hs256_tokens_verify_until_the_setting_ends_them(issuer, key):
+    legacy = jwt.encode(claims(), SECRET, algorithm="HS256")  # what the service issued before the switch
+    assert issuer.decode(legacy, "access").user_id == 1
+    switched_off = msgspec.structs.replace(SETTINGS, jwt_accept_legacy_hs256=False)
+    with pytest.raises(InvalidToken):
+        TokenIssuer(switched_off, KeyRing([key], switched_off)).decode(legacy, "access")
+
+
+def _public_pem(key):
+    return key.verify_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _hmac_signed(header, payload, secret):
+    signing_input = f"{_b64(header)}.{_b64(payload)}"
+    signature = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
+def _b64(obj):
+    return base64.urlsafe_b64encode(json.dumps(obj, default=str).encode()).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    "make_header",
+    [
+        lambda key: {"alg": "HS256", "typ": "JWT", "kid": key.kid},  # our kid, HMAC with the public key
+        lambda key: {"alg": "HS256", "typ": "JWT"},  # the legacy path, HMAC with the public key
+        lambda key: {"alg": "ES256", "typ": "JWT", "kid": "no-such-key"},
+        lambda key: {"alg": "ES256", "typ": "JWT", "kid": 7},
+        lambda key: {"alg": "ES256", "typ": "JWT", "kid": [key.kid]},
+    ],
+    ids=["hs256-public-key-our-kid", "hs256-public-key-no-kid", "unknown-kid", "numeric-kid", "list-kid"],
+)
+def test_the_token_cannot_choose_key_or_algorithm(issuer, key, make_header):
+    payload = {**claims(), "iat": 1, "nbf": 1, "exp": 4_000_000_000}
+    with pytest.raises(InvalidToken):
+        issuer.decode(_hmac_signed(make_header(key), payload, _public_pem(key)), "access")
+
+
+def test_a_key_signs_only_once_active_and_verifies_while_published():
+    current, upcoming = loaded_key(), loaded_key(activates_in=datetime.timedelta(hours=1))
+    issuer = TokenIssuer(SETTINGS, KeyRing([current, upcoming], SETTINGS))
+    token = issuer.issue("access", user_id=5, role="user", session_id=uuid.uuid4()).token
+    assert jwt.get_unverified_header(token)["kid"] == current.kid
+    # A token of the published next key (a host whose clock runs ahead) verifies too.
+    ring_with_upcoming_active = KeyRing([dataclasses.replace(upcoming, activates_at=current.activates_at)], SETTINGS)
+    early = TokenIssuer(SETTINGS, ring_with_upcoming_active)
+    assert issuer.decode(early.issue("access", user_id=5, role="user", session_id=uuid.uuid4()).token, "access")

@@ -20,8 +20,8 @@ from app.audit.history.cursor import Cursor, read_cursor
 from app.audit.history.filters import read_limit
 from app.audit.history.params import Params
 
-Origin = Literal["api", "cli"]
-Action = Literal["list", "export", "summary", "queries", "prune"]
+Origin = Literal["api", "cli", "service"]  # service: a platform service's credential (app/platform)
+Action = Literal["list", "export", "summary", "queries", "prune", "introspect", "user"]
 
 
 @dataclass(frozen=True, slots=True)
