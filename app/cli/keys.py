@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import click
 
-from app.core.settings import ConfigError, Settings
+from app.core.cli import load_settings
+from app.core.settings import Settings
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,10 +28,7 @@ def _run(action: Callable[[Settings, AsyncEngine], Awaitable[T]]) -> T:
     from app.core.embedded import servers_for
     from app.db.config import sqlalchemy_config
 
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    settings = load_settings()
 
     async def run(resolved: Settings) -> T:
         engine = sqlalchemy_config(resolved, pool=False).get_engine()
@@ -61,6 +59,14 @@ def rotate(alg: str | None) -> None:
     click.echo(f"published {rotation.kid}; it signs from {_when(rotation.activates_at)}")
     for kid in rotation.retired:
         click.echo(f"retired {kid}: every token it signed has expired")
+
+
+@keys.command(help="Make the first signing key if none can sign (a new deployment); otherwise change nothing.")
+def ensure() -> None:
+    from app.keys.store import create_first_key
+
+    kid = _run(lambda settings, engine: create_first_key(engine, settings))
+    click.echo(f"created {kid}; it signs from now" if kid else "a key that signs exists; nothing changed")
 
 
 @keys.command("list", help="Every key with its state: next, active, retiring, retired.")

@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 
 import click
 
-from app.core.settings import ConfigError, Settings
+from app.core.cli import load_settings
+from app.core.settings import Settings
 
 T = TypeVar("T")
 
@@ -23,10 +24,7 @@ def _with_service(action: Callable[[Any], Awaitable[T]]) -> T:
     from app.db.config import sqlalchemy_config
     from app.platform.credentials import ServiceCredentialService
 
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    settings = load_settings()
 
     async def run(resolved: Settings) -> T:
         engine = sqlalchemy_config(resolved, pool=False).get_engine()
