@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from app.cli.accounts import accounts
 from app.cli.audit import audit
 from app.cli.db import db
 from app.cli.loadtest import loadtest
@@ -24,6 +25,7 @@ def main() -> None:
 
 for _command in (serve, db, audit, users, loadtest):
     main.add_command(_command)
+main.add_command(accounts)
 
 
 if __name__ == "__main__":
