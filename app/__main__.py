@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from app.cli.accounts import accounts
 from app.cli.audit import audit
 from app.cli.db import db
 from app.cli.keys import keys
@@ -24,7 +25,7 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-for _command in (serve, db, audit, users, keys, services, loadtest):
+for _command in (serve, db, audit, users, accounts, keys, services, loadtest):
     main.add_command(_command)
 
 

@@ -19,6 +19,7 @@ from app.accounts.controller import AuthController
 from app.accounts.deps import AUTH_DEPENDENCIES
 from app.accounts.guards import ROLE_DEPENDENCIES
 from app.accounts.passwords import Hasher
+from app.accounts.relay import AccountEventRelay
 from app.accounts.tokens import TokenIssuer
 from app.audit.history.controller import AuditController
 from app.audit.history.dashboard import DASHBOARD_HANDLERS
@@ -86,6 +87,10 @@ def create_app(settings: Settings) -> Litestar:
         if settings.audit_writer_enabled:
             app.state.audit_writer = AuditWriter(redis, keys, engine, settings, metrics)
             app.state.audit_writer.start()
+        app.state.account_relay = None
+        if settings.account_events_relay_enabled:
+            app.state.account_relay = AccountEventRelay(redis, engine, keys, settings)
+            app.state.account_relay.start()
         # The backlog probe also refreshes the /metrics gauges, with or without a writer in this process.
         backlog = BacklogProbe(redis, keys, metrics, settings.audit_max_backlog)
         app.state.keys_refresher = KeyRingRefresher(app.state.keyring, engine, settings)
@@ -101,6 +106,8 @@ def create_app(settings: Settings) -> Litestar:
         await app.state.keys_refresher.stop()
         if app.state.audit_writer is not None:
             await app.state.audit_writer.stop()  # drains what it read before the pool closes
+        if app.state.account_relay is not None:
+            await app.state.account_relay.stop()
         await app.state.redis.aclose()
         app.state.hasher.close()
 

@@ -15,6 +15,7 @@ from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
 from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from app.accounts.events import AccountEventService
 from app.accounts.forms import Credentials, NewAccount, ProfileChanges
 from app.accounts.passwords import Hasher
 from app.accounts.tokens import IssuedToken, TokenClaims, TokenIssuer, token_digest
@@ -145,6 +146,7 @@ class AuthService:
         self.hasher = hasher
         self.issuer = issuer
         self.settings = settings
+        self.events = AccountEventService(session=users.repository.session)  # the outbox, in the same transaction
 
     async def _release_connection(self) -> None:
         """End the transaction so the pooled connection goes back before a slow hash."""
@@ -171,6 +173,7 @@ class AuthService:
             user = await self.users.create(user, auto_commit=False)
         except IntegrityError as exc:  # a concurrent registration won the race
             raise Conflict("An account with this phone number already exists.", code="phone_number_taken") from exc
+        await self.events.registered(user)
         return await self.start_session(user, user_agent)
 
     async def _ensure_unique(self, phone: str | None, email: str | None, exclude_id: int | None) -> None:
@@ -300,6 +303,7 @@ class AuthService:
             fields.setdefault("enable_pin_auth", True)
         if fields.get("enable_pin_auth") and not (user.pin_hash or changes.new_pin):
             raise ValidationFailed([FieldError("enable_pin_auth", "Set a PIN before turning on PIN sign-in.")])
+        await self.events.profile_changing(user, fields)
         for key, value in fields.items():
             setattr(user, key, value)
         try:
@@ -309,4 +313,15 @@ class AuthService:
         if not changes.changes_credentials:
             return None
         await self.tokens.revoke_all(user.id, reason="credentials_changed")
+        await self.events.sessions_revoked(user.id, reason="credentials_changed")
         return await self.start_session(user, user_agent)
+
+    # ---- deactivation -------------------------------------------------------------------------
+
+    async def deactivate(self, user: User, reason: str) -> None:
+        """No more sign-ins or refreshes, every session ended; the caller's transaction commits it."""
+        if not user.is_active:
+            return
+        await self.users.set_columns(user, {"is_active": False})
+        await self.tokens.revoke_all(user.id, reason="deactivated")
+        await self.events.deactivated(user.id, reason)

@@ -77,6 +77,7 @@ async def _create(settings: Settings, phone_number: str, name: str, role: str, p
     from sqlalchemy.exc import IntegrityError
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from app.accounts.events import AccountEventService
     from app.accounts.passwords import Hasher
     from app.db.config import sqlalchemy_config
     from app.db.models import User
@@ -95,6 +96,8 @@ async def _create(settings: Settings, phone_number: str, name: str, role: str, p
             )
             session.add(user)
             try:
+                await session.flush()
+                await AccountEventService(session=session).registered(user)  # the role is in its data
                 await session.commit()
             except IntegrityError as exc:
                 raise UserCommandError(
@@ -107,18 +110,25 @@ async def _create(settings: Settings, phone_number: str, name: str, role: str, p
 
 
 async def _promote(settings: Settings, phone_number: str, role: str) -> bool:
-    """Give an existing account ``role``; False when there is no account for the number."""
-    from sqlalchemy import update
+    """Give an existing account ``role`` (with its ``account.role_changed`` event); False when there is none."""
+    from sqlalchemy import select, update
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from app.accounts.events import AccountEventService
     from app.db.config import sqlalchemy_config
     from app.db.models import User
 
     engine = sqlalchemy_config(settings, pool=False).get_engine()
     try:
         async with AsyncSession(engine) as session:
-            result = await session.execute(update(User).where(User.phone_number == phone_number).values(role=role))
+            query = select(User.id, User.role).where(User.phone_number == phone_number).with_for_update()
+            found = (await session.execute(query)).one_or_none()
+            if found is None:
+                return False
+            if found.role != role:
+                await session.execute(update(User).where(User.id == found.id).values(role=role))
+                await AccountEventService(session=session).role_changed(found.id, role, previous_role=found.role)
             await session.commit()
-            return bool(result.rowcount)  # type: ignore[attr-defined]
+            return True
     finally:
         await engine.dispose()

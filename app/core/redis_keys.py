@@ -54,6 +54,13 @@ class KeySpace:
     def audit_dead_letter(self) -> str:
         return f"{self.prefix}audit:dead"
 
+    # ---- account events ----------------------------------------------------------------------------
+
+    @property
+    def account_events(self) -> str:
+        """The ``accounts`` stream the platform's consumer groups read (one key: one slot, in a cluster too)."""
+        return f"{self.prefix}accounts"
+
     # ---- limiter ---------------------------------------------------------------------------------
 
     def client(self, client_key: str, budget: str) -> str:

@@ -109,6 +109,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_max_backlog: int = 1_000_000  # unwritten events Redis may hold; past it events go to Postgres directly
     cors_allow_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
 
+    # Account events (app/accounts/events.py, relay.py).
+    account_events_relay_enabled: bool = True
+    account_events_poll_ms: int = 500
+    account_events_retention_days: int = 30
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every field from its upper-case environment variable, then apply overrides."""
@@ -140,6 +145,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("RATE_LIMIT_IPV6_PREFIX must be 1-128 and REDIS_SHARDS at least 1")
         if self.audit_max_backlog < 1:
             raise ConfigError("AUDIT_MAX_BACKLOG must be at least 1")
+        if self.account_events_retention_days < 1 or self.account_events_poll_ms < 1:
+            raise ConfigError("ACCOUNT_EVENTS_RETENTION_DAYS and ACCOUNT_EVENTS_POLL_MS must be at least 1")
         if self.refresh_reuse_grace_seconds < 0 or self.access_token_minutes < 1 or self.refresh_token_days < 1:
             raise ConfigError("token lifetimes must be positive")
         if self.signing_keys_refresh_seconds < 1 or self.jwks_max_age_seconds < 0:

@@ -1,5 +1,5 @@
 """Tables: users (every Flask-era column plus ``role``), refresh_tokens, login_attempts, audit_queries,
-signing_keys, service_credentials."""
+signing_keys, service_credentials, account_events."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import datetime
 import uuid
 from typing import Any
 
-from advanced_alchemy.base import IdentityAuditBase, IdentityBase, orm_registry
+from advanced_alchemy.base import DefaultBase, IdentityAuditBase, IdentityBase, orm_registry
 from advanced_alchemy.types import DateTimeUTC
 from sqlalchemy import (
     BigInteger,
@@ -60,6 +60,8 @@ class User(IdentityAuditBase):
     data_sharing_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     notification_preferences: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)
     date_of_birth: Mapped[datetime.date | None] = mapped_column(Date, default=None)
+    # The last account event's sequence number (app/accounts/events.py bumps it in the change's transaction).
+    event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class RefreshToken(IdentityAuditBase):
@@ -167,3 +169,30 @@ class ServiceCredential(IdentityBase):
     scopes: Mapped[list[str]] = mapped_column(ARRAY(String(32)))
     created_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+
+
+class AccountEvent(DefaultBase):
+    """One account change, written in the change's transaction; the relay publishes it (app/accounts/relay.py).
+
+    No foreign key to ``users``: an ``account.deleted`` event must outlive the row it reports.
+    ``seq`` counts the user's events from 1 without gaps (``users.event_seq``).
+    """
+
+    __tablename__ = "account_events"
+    __table_args__ = (
+        Index("uq_account_events_user_seq", "user_id", "seq", unique=True),
+        # The relay's queue: only unpublished rows, in the order it publishes them.
+        Index("ix_account_events_unpublished", "created_at", "id", postgresql_where=text("published_at IS NULL")),
+        # Pruning published rows past the retention.
+        Index("ix_account_events_published_at", "published_at", postgresql_where=text("published_at IS NOT NULL")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)  # UUIDv7
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    type: Mapped[str] = mapped_column(String(48))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        DateTimeUTC(timezone=True), server_default=text("clock_timestamp()")
+    )
+    published_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)

@@ -1,0 +1,215 @@
+"""The relay: committed ``account_events`` rows -> the Redis stream ``accounts``, at least once, per-user in order.
+
+One relay publishes at a time, whatever the number of API processes and ``accounts relay``
+commands: each batch runs in a Postgres transaction that first takes a transaction-level advisory
+lock (``pg_try_advisory_xact_lock``); the others find it taken and wait for their next poll. Two
+relays sharing the work (``FOR UPDATE SKIP LOCKED``) could each hold one event of the same user and
+publish them in the wrong order, so there is no sharing: one relay drains hundreds of events per
+round trip, far more than accounts change.
+
+One batch, in one transaction:
+1. the oldest unpublished rows by ``(created_at, id)``, plus every older unpublished row of the same
+   users (so a user's events never skip a number, whatever the clocks did);
+2. appended to the stream in one MULTI/EXEC, each user's events in ``seq`` order;
+3. marked published, and committed.
+
+Redis down at step 2: the transaction rolls back, nothing is marked, the batch is retried with
+backoff: delayed, never lost. A crash or a lost commit after step 2: the batch is published again
+(at least once; consumers drop an event whose ``id`` they have seen, or whose ``seq`` is not above
+the last one they applied). The stream keeps entries for ``ACCOUNT_EVENTS_RETENTION_DAYS`` (XADD
+MINID), the table keeps published rows as long, then they are pruned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import Row, and_, delete, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.core.redis_keys import KeySpace
+from app.core.settings import Settings
+from app.db.models import AccountEvent
+
+logger = logging.getLogger(__name__)
+
+# The stream entry's one field: the event's JSON (docs/account-events.md).
+EVENT_FIELD = "event"
+BATCH_SIZE = 500
+PRUNE_BATCH = 5000
+PRUNE_EVERY_SECONDS = 3600.0
+# Any fixed number: the one advisory lock every relay on this database contends for.
+RELAY_LOCK_KEY = 0x4C45_0001_ACC0
+
+
+def encode_event(row: Row[Any]) -> bytes:
+    """The event as consumers read it: docs/account-events.md describes each field."""
+    return msgspec.json.encode(
+        {
+            "id": str(row.id),
+            "type": row.type,
+            "user_id": row.user_id,
+            "seq": row.seq,
+            "occurred_at": row.created_at.astimezone(datetime.UTC).isoformat().replace("+00:00", "Z"),
+            "data": row.payload,
+        }
+    )
+
+
+def in_user_order(rows: Sequence[Row[Any]]) -> list[Row[Any]]:
+    """``rows`` in their order, except that each user's events fill that user's places in ``seq`` order."""
+    by_user: dict[int, list[Row[Any]]] = defaultdict(list)
+    for row in rows:
+        by_user[row.user_id].append(row)
+    queues: dict[int, Iterator[Row[Any]]] = {
+        user: iter(sorted(events, key=lambda r: r.seq)) for user, events in by_user.items()
+    }
+    return [next(queues[row.user_id]) for row in rows]
+
+
+def _batch_query(limit: int) -> Any:
+    unpublished = AccountEvent.published_at.is_(None)
+    head = (
+        select(AccountEvent.user_id, AccountEvent.seq)
+        .where(unpublished)
+        .order_by(AccountEvent.created_at, AccountEvent.id)
+        .limit(limit)
+        .subquery()
+    )
+    upto = select(head.c.user_id, func.max(head.c.seq).label("seq")).group_by(head.c.user_id).subquery()
+    return (
+        select(
+            AccountEvent.id,
+            AccountEvent.user_id,
+            AccountEvent.seq,
+            AccountEvent.type,
+            AccountEvent.payload,
+            AccountEvent.created_at,
+        )
+        .join(upto, and_(AccountEvent.user_id == upto.c.user_id, AccountEvent.seq <= upto.c.seq))
+        .where(unpublished)
+        .order_by(AccountEvent.created_at, AccountEvent.id)
+    )
+
+
+class AccountEventRelay:
+    def __init__(self, redis: Redis, engine: AsyncEngine, keys: KeySpace, settings: Settings) -> None:
+        self.redis = redis
+        self.engine = engine
+        self.stream = keys.account_events
+        self.poll_seconds = settings.account_events_poll_ms / 1000
+        self.retention = datetime.timedelta(days=settings.account_events_retention_days)
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # ---- one batch ---------------------------------------------------------------------------------
+
+    async def publish_batch(self, limit: int = BATCH_SIZE) -> int | None:
+        """Publish the oldest unpublished events; their number, or None when another relay holds the lock."""
+        async with self.engine.begin() as conn:
+            if not await conn.scalar(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))):
+                return None
+            rows = (await conn.execute(_batch_query(limit))).all()
+            if not rows:
+                return 0
+            min_id = f"{int((time.time() - self.retention.total_seconds()) * 1000)}-0"
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for row in in_user_order(rows):
+                    pipe.xadd(self.stream, {EVENT_FIELD: encode_event(row)}, minid=min_id, approximate=True)
+                await pipe.execute()
+            await conn.execute(
+                update(AccountEvent)
+                .where(AccountEvent.id.in_([row.id for row in rows]))
+                .values(published_at=func.now())
+            )
+        return len(rows)
+
+    async def publish_pending(self, within_seconds: float = 60.0) -> int:
+        """Publish until nothing is left (the CLI's ``--once``, tests); waits out another relay's batch."""
+        deadline = time.monotonic() + within_seconds
+        total = 0
+        while True:
+            published = await self.publish_batch()
+            if published == 0:
+                return total
+            if published is None:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("another relay kept the lock")
+                await asyncio.sleep(self.poll_seconds)
+                continue
+            total += published
+
+    async def prune(self, now: datetime.datetime | None = None) -> int:
+        """Delete rows published longer than the retention ago, in short transactions; unpublished rows stay."""
+        cutoff = (now or datetime.datetime.now(datetime.UTC)) - self.retention
+        total = 0
+        while True:
+            old = select(AccountEvent.id).where(AccountEvent.published_at < cutoff).limit(PRUNE_BATCH)
+            async with self.engine.begin() as conn:
+                deleted = (
+                    await conn.execute(delete(AccountEvent).where(AccountEvent.id.in_(old.scalar_subquery())))
+                ).rowcount
+            total += deleted
+            if deleted < PRUNE_BATCH:
+                return total
+
+    # ---- the loop ----------------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None]:
+        """Run in the background of the current event loop (the API process's relay)."""
+        if self._task is None or self._task.done():
+            self._stopping.clear()
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="account-event-relay")
+        return self._task
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def stop(self) -> None:
+        """Stop after the batch in hand (its transaction commits or rolls back as a whole)."""
+        self.request_stop()
+        task, self._task = self._task, None
+        if task is not None:
+            await asyncio.wait([task])
+
+    async def run(self) -> None:
+        """Publish until :meth:`stop`; outlives outages of Redis and Postgres (capped backoff)."""
+        failures = 0
+        next_prune = 0.0
+        while not self._stopping.is_set():
+            try:
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+                    if pruned := await self.prune():
+                        logger.info("account events: pruned %d published events", pruned)
+                published = await self.publish_batch()
+            except (RedisError, SQLAlchemyError, OSError, TimeoutError) as exc:
+                failures += 1
+                delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
+                logger.warning("account event relay: %s (%s); retrying in %.1f s", type(exc).__name__, exc, delay)
+                await self._pause(delay)
+                continue
+            except Exception:
+                # A bug must not end the relay silently while events pile up.
+                logger.exception("account event relay: unexpected error; retrying")
+                await self._pause(5.0)
+                continue
+            failures = 0
+            if published is None or published < BATCH_SIZE:
+                await self._pause(self.poll_seconds)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
