@@ -20,7 +20,10 @@ from app.accounts.deps import AUTH_DEPENDENCIES
 from app.accounts.guards import ROLE_DEPENDENCIES
 from app.accounts.passwords import Hasher
 from app.accounts.relay import AccountEventRelay
+from app.accounts.sessions import SessionsController, SessionUseTracker
 from app.accounts.tokens import TokenIssuer
+from app.admin.controller import AdminController
+from app.audit.history.admin_actions import AdminActionsController
 from app.audit.history.controller import AuditController
 from app.audit.history.dashboard import DASHBOARD_HANDLERS
 from app.audit.history.export import ExportSlots
@@ -81,6 +84,7 @@ def create_app(settings: Settings) -> Litestar:
             settings.trusted_proxies, settings.rate_limit_ipv6_prefix, forwarded_headers=settings.forwarded_header
         )
         app.state.limiter = LoginLimiter(redis, settings)
+        app.state.session_tracker = SessionUseTracker(redis, settings)
         app.state.audit_publisher = AuditPublisher(redis, keys, engine, metrics, max_backlog=settings.audit_max_backlog)
         app.state.export_slots = ExportSlots(settings.audit_export_concurrency)
         app.state.audit_writer = None
@@ -115,8 +119,11 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             HealthController,
             AuthController,
+            SessionsController,
             LoginController,
             AuditController,
+            AdminActionsController,
+            AdminController,
             *DASHBOARD_HANDLERS,
             MetricsController,
             *PLATFORM_HANDLERS,

@@ -29,7 +29,7 @@ from app.login.gate import LoginGate
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 TEST_PIN_PEPPER = "test-pin-pepper-" + "y" * 32
 TEST_SIGNING_KEYS_SECRET = "test-signing-keys-" + "z" * 32
-TABLES = ("login_attempts", "refresh_tokens", "users", "account_events")
+TABLES = ("login_attempts", "refresh_tokens", "users", "account_events", "admin_actions")
 
 
 @pytest.fixture(scope="session")

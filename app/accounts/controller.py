@@ -44,6 +44,14 @@ def user_agent(request: Request[Any, Any, Any]) -> str | None:
     return user_agent_of(request.headers.get("user-agent"))
 
 
+async def touch_session(state: State, request: Request[Any, Any, Any], session: Session) -> None:
+    """The session's last use (app/accounts/sessions.py): on sign-in and refresh, never per request."""
+    address = state.client_resolver.address_of(request.scope)
+    claims = session.access.claims
+    ip = str(address) if address is not None else None
+    await state.session_tracker.touch(claims.user_id, claims.session_id, ip, request.headers.get("user-agent"))
+
+
 def _expires_in(session: Session) -> int:
     claims = session.access.claims
     return int((claims.expires_at - claims.issued_at).total_seconds())
@@ -150,6 +158,7 @@ class AuthController(Controller):
         self,
         request: Request[Any, Any, Any],
         auth_service: NamedDependency[AuthService],
+        state: State,
         data: Annotated[RefreshRequest | None, Body(description="Optional: the body form")] = None,
     ) -> RefreshResponse:
         body = await _optional_json_body(request)
@@ -162,6 +171,7 @@ class AuthController(Controller):
         if not token:
             raise NotAuthenticated("Send the refresh token as a Bearer token or as refresh_token.")
         session = await auth_service.refresh(token, form, user_agent(request))
+        await touch_session(state, request, session)
         response = RefreshResponse(
             message="Token refreshed",
             access_token=session.access.token,

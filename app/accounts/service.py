@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.accounts.events import AccountEventService
 from app.accounts.forms import Credentials, NewAccount, ProfileChanges
-from app.accounts.passwords import Hasher
+from app.accounts.passwords import Hasher, Verification
 from app.accounts.tokens import IssuedToken, TokenClaims, TokenIssuer, token_digest
 from app.core.errors import Conflict, FieldError, InvalidCredentials, InvalidToken, ValidationFailed
 from app.core.http import user_agent_of
@@ -29,6 +29,11 @@ RefreshForm = Literal["header", "body"]
 
 def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+def canonical_recovery_code(typed: str) -> str:
+    """A recovery code as hashed and compared: upper case, without the dash or spaces people add."""
+    return "".join(ch for ch in typed.upper() if ch.isalnum())
 
 
 class UserService(SQLAlchemyAsyncRepositoryService[User]):
@@ -200,6 +205,8 @@ class AuthService:
                 raise LoginFailed(LoginFailure("pin_not_enabled", user.id))
         else:
             result = await self.hasher.verify_password(user.password_hash if user else None, credentials.secret)
+            if not result.ok and user is not None and await self.signs_in_with_recovery_code(user, credentials.secret):
+                result = Verification(ok=True)
         if user is None:
             raise LoginFailed(LoginFailure("unknown_account", None))
         if not result.ok:
@@ -214,6 +221,29 @@ class AuthService:
                 changes["password_hash"] = await self.hasher.hash_password(credentials.secret)
         await self.users.set_columns(user, changes)
         return user
+
+    async def signs_in_with_recovery_code(self, user: User, secret: str) -> bool:
+        """Support's one-time temporary password (app/admin/recovery.py), typed as the password.
+
+        Good for one sign-in before ``recovery_expires_at``: the row is cleared in the sign-in's
+        transaction, and a concurrent sign-in with the same code waits for that row lock and then
+        finds nothing to clear. Only accounts with a live code pay for the second verification.
+        """
+        if user.recovery_hash is None or user.recovery_expires_at is None or user.recovery_expires_at <= utcnow():
+            return False
+        if not (await self.hasher.verify_password(user.recovery_hash, canonical_recovery_code(secret))).ok:
+            return False
+        consumed = await self.users.repository.session.scalar(
+            update(User)
+            .where(User.id == user.id, User.recovery_hash == user.recovery_hash, User.recovery_expires_at > utcnow())
+            .values(recovery_hash=None, recovery_expires_at=None)
+            .returning(User.id)
+            .execution_options(synchronize_session=False)
+        )
+        if consumed is None:
+            return False
+        user.recovery_hash = user.recovery_expires_at = None
+        return True
 
     async def start_session(self, user: User, user_agent: str | None) -> Session:
         family = uuid.uuid4()

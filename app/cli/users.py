@@ -22,7 +22,7 @@ class UserCommandError(click.ClickException):
     pass
 
 
-@click.group(help="Accounts: create the security team's and administrators' accounts.")
+@click.group(help="Accounts: staff accounts (create-admin); support's recovery codes (recover) and unlocking (unlock).")
 def users() -> None:
     pass
 
@@ -132,3 +132,10 @@ async def _promote(settings: Settings, phone_number: str, role: str) -> bool:
             return True
     finally:
         await engine.dispose()
+
+
+# Support's commands (app/cli/support.py): recovery codes and unlocking, as the admin panel does them.
+from app.cli.support import recover, unlock  # noqa: E402
+
+users.add_command(recover)
+users.add_command(unlock)

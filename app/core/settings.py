@@ -114,6 +114,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     account_events_poll_ms: int = 500
     account_events_retention_days: int = 30
 
+    # Support (app/admin, app/accounts/sessions.py).
+    recovery_ttl_hours: int = 24  # a one-time temporary password is good for one sign-in within this
+    session_last_use_tracking: bool = True  # last use, address and user agent of each session (on refresh)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read every field from its upper-case environment variable, then apply overrides."""
@@ -149,6 +153,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("ACCOUNT_EVENTS_RETENTION_DAYS and ACCOUNT_EVENTS_POLL_MS must be at least 1")
         if self.refresh_reuse_grace_seconds < 0 or self.access_token_minutes < 1 or self.refresh_token_days < 1:
             raise ConfigError("token lifetimes must be positive")
+        if self.recovery_ttl_hours < 1:
+            raise ConfigError("RECOVERY_TTL_HOURS must be at least 1")
         if self.signing_keys_refresh_seconds < 1 or self.jwks_max_age_seconds < 0:
             raise ConfigError("SIGNING_KEYS_REFRESH_SECONDS must be at least 1 and JWKS_MAX_AGE_SECONDS not negative")
         if self.app_env == "production":

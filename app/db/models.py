@@ -1,5 +1,5 @@
 """Tables: users (every Flask-era column plus ``role``), refresh_tokens, login_attempts, audit_queries,
-signing_keys, service_credentials, account_events."""
+signing_keys, service_credentials, account_events, admin_actions."""
 
 from __future__ import annotations
 
@@ -62,6 +62,11 @@ class User(IdentityAuditBase):
     date_of_birth: Mapped[datetime.date | None] = mapped_column(Date, default=None)
     # The last account event's sequence number (app/accounts/events.py bumps it in the change's transaction).
     event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # Support's one-time temporary password (app/admin/recovery.py): argon2id hash, good for one sign-in until then.
+    recovery_hash: Mapped[str | None] = mapped_column(String(255), default=None)
+    recovery_expires_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    # Set when an admin deleted the account: its personal data is erased, the row stays for the history.
+    deleted_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
 
 
 class RefreshToken(IdentityAuditBase):
@@ -196,3 +201,27 @@ class AccountEvent(DefaultBase):
         DateTimeUTC(timezone=True), server_default=text("clock_timestamp()")
     )
     published_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+
+
+class AdminAction(IdentityBase):
+    """One action of support staff on an account (app/admin): who, what, to whom, when, from where.
+
+    ``actor`` keeps who in words (the staff account's phone number, or ``user@host`` for the CLI) so
+    the record still says who after that account is gone; ``target_user_id`` has no foreign key for
+    the same reason, and no personal data of the target is copied here (deletion erases it).
+    """
+
+    __tablename__ = "admin_actions"
+    __table_args__ = (
+        Index("ix_admin_actions_created_at_id", "created_at", "id"),
+        Index("ix_admin_actions_target_created_at_id", "target_user_id", "created_at", "id"),
+    )
+
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), server_default=func.now())
+    actor_user_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    actor: Mapped[str] = mapped_column(String(255))
+    origin: Mapped[str] = mapped_column(String(8))  # api | cli
+    action: Mapped[str] = mapped_column(String(32))
+    target_user_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    client_ip: Mapped[str | None] = mapped_column(INET, default=None)

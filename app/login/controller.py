@@ -15,7 +15,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from app.accounts.controller import BODY_ERRORS, auth_response, user_agent
+from app.accounts.controller import BODY_ERRORS, auth_response, touch_session, user_agent
 from app.accounts.forms import clean_login
 from app.accounts.schemas import AuthResponse, LoginRequest
 from app.accounts.service import AuthService, LoginFailed
@@ -64,5 +64,6 @@ class LoginController(Controller):
             raise InvalidCredentials(headers=attempt.headers()) from None
         await attempt.finish(success=True, reason="ok", user_id=user.id)
         session = await auth_service.start_session(user, user_agent(request))
+        await touch_session(state, request, session)
         body = auth_response(session, "Login successful", auth_method=credentials.method)
         return Response(body, headers=attempt.headers(success=True))

@@ -1,0 +1,412 @@
+"""Support staff's account management: the rules, with no HTTP types (the CLI uses them too).
+
+Every action that changes something writes one ``admin_actions`` row and its account event in the
+action's transaction, so the record, the event and the change commit or roll back together.
+
+"Admins" are the accounts the admin panel admits: ``user_type = 'admin'`` (Flask era) or
+``role = 'admin'``. Nobody can deactivate, delete or demote themselves, nor the last active admin.
+The last-admin rule is exact under concurrency: an action that could remove an admin first locks
+every active admin's row (``SELECT ... ORDER BY id FOR UPDATE``, always in the same order, so two
+such actions never deadlock) and counts inside that transaction; a second action waits for the
+first to commit and then sees the admin it removed as gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import phonenumbers
+import redis.asyncio
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.accounts.events import AccountEventService
+from app.accounts.passwords import Hasher
+from app.accounts.service import RefreshTokenService, UserService, utcnow
+from app.accounts.sessions import SessionUseTracker, SessionView, end_session, live_sessions
+from app.admin.recovery import canonical_recovery_code, new_recovery_code
+from app.core.errors import AppError, Conflict
+from app.core.phones import PhoneNumberError, normalise_phone
+from app.core.settings import Settings
+from app.db.models import AdminAction, LoginAttempt, User
+from app.ratelimit.limiter import LoginLimiter
+
+AdminActionName = Literal[
+    "create",
+    "activate",
+    "deactivate",
+    "change_role",
+    "delete",
+    "recovery",
+    "unlock",
+    "end_session",
+    "reset_password_refused",
+]
+DEFAULT_PER_PAGE = 20
+MAX_PER_PAGE = 100
+LAST_SIGN_INS = 10
+MIN_PHONE_DIGITS = 3  # fewer typed digits match too much to be a phone search
+
+
+class AdminRefusal(AppError):
+    """The Flask-era admin routes answered ``{"message", "error"}``: the panel reads either."""
+
+    def body(self) -> dict[str, Any]:
+        body = super().body()
+        body.setdefault("error", self.message)
+        return body
+
+
+class AccountNotFound(AdminRefusal):
+    status_code = 404
+    code = "user_not_found"
+    message = "User not found."
+
+
+class SelfAction(AdminRefusal):
+    status_code = 409
+    code = "own_account"
+
+
+class LastAdmin(AdminRefusal):
+    status_code = 409
+    code = "last_admin"
+    message = "This is the last active admin account. Make another account an admin first."
+
+
+class InactiveAccount(AdminRefusal):
+    status_code = 409
+    code = "account_inactive"
+    message = "This account is deactivated. Activate it first."
+
+
+class ResetPasswordRetired(AdminRefusal):
+    status_code = 409
+    code = "reset_password_retired"
+    message = (
+        "Passwords are no longer reset to a known value. Use 'Issue recovery code' on this user's page "
+        "(or ladys-essence users recover --phone ...): it gives a one-time code, valid for 24 hours, to read "
+        "to the user. They sign in with it as their password and then set a new password and PIN."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StaffActor:
+    """Who acts: a signed-in staff account (API) or an operator at a shell (CLI)."""
+
+    name: str
+    origin: Literal["api", "cli"]
+    user_id: int | None = None
+    client_ip: str | None = None
+
+
+def is_panel_admin(user: User) -> bool:
+    return user.user_type == "admin" or user.role == "admin"
+
+
+def _panel_admin_condition() -> ColumnElement[bool]:
+    return and_(or_(User.user_type == "admin", User.role == "admin"), User.is_active, User.deleted_at.is_(None))
+
+
+# ---- listing ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserQuery:
+    page: int = 1
+    per_page: int = DEFAULT_PER_PAGE
+    user_type: str | None = None
+    is_active: bool | None = None
+    search: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserPage:
+    users: Sequence[User]
+    total: int
+    page: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return math.ceil(self.total / self.per_page) if self.total else 0
+
+
+def _like_pattern(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def search_condition(search: str, region: str) -> ColumnElement[bool]:
+    """Name or email containing the text (any case); the phone number in any form a person types it.
+
+    A whole number in any form (``0788 123 456``, ``+250788123456``, ``250-788-123456``) is
+    normalised as at sign-in and matched exactly; typed digits (three or more, spaces and
+    punctuation ignored) match any number containing them, and a leading 0 (the national trunk
+    prefix) stands for the region's country code.
+    """
+    text = search.strip()
+    pattern = _like_pattern(text)
+    conditions: list[ColumnElement[bool]] = [User.name.ilike(pattern), User.email.ilike(pattern)]
+    with contextlib.suppress(PhoneNumberError):
+        conditions.append(User.phone_number == normalise_phone(text, region, strict=False))
+    digits = re.sub(r"\D", "", text)
+    if len(digits) >= MIN_PHONE_DIGITS and len(digits) == len(re.sub(r"[\s()+./-]", "", text)):
+        conditions.append(User.phone_number.contains(digits, autoescape=True))
+        if digits.startswith("0"):
+            country = phonenumbers.country_code_for_region(region)
+            conditions.append(User.phone_number.startswith(f"+{country}{digits[1:]}", autoescape=True))
+    return or_(*conditions)
+
+
+# ---- the service --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    code: str
+    expires_at: datetime.datetime
+
+
+class AdminService:
+    def __init__(
+        self,
+        session: AsyncSession,
+        hasher: Hasher,
+        limiter: LoginLimiter,
+        redis_client: redis.asyncio.Redis,
+        tracker: SessionUseTracker,
+        settings: Settings,
+    ) -> None:
+        self.session = session
+        self.users = UserService(session=session)
+        self.tokens = RefreshTokenService(session=session)
+        self.events = AccountEventService(session=session)
+        self.hasher = hasher
+        self.limiter = limiter
+        self.redis = redis_client
+        self.tracker = tracker
+        self.settings = settings
+
+    async def record(
+        self, actor: StaffActor, action: AdminActionName, target_user_id: int | None, **details: Any
+    ) -> None:
+        self.session.add(
+            AdminAction(
+                actor_user_id=actor.user_id,
+                actor=actor.name[:255],
+                origin=actor.origin,
+                action=action,
+                target_user_id=target_user_id,
+                details=details,
+                client_ip=actor.client_ip,
+            )
+        )
+        await self.session.flush()
+
+    # ---- reading ----------------------------------------------------------------------------------
+
+    async def list_users(self, query: UserQuery) -> UserPage:
+        conditions: list[ColumnElement[bool]] = [User.deleted_at.is_(None)]
+        if query.user_type is not None:
+            conditions.append(User.user_type == query.user_type)
+        if query.is_active is not None:
+            conditions.append(User.is_active.is_(query.is_active))
+        if query.search:
+            conditions.append(search_condition(query.search, self.settings.default_phone_region))
+        total = await self.session.scalar(select(func.count()).select_from(User).where(*conditions)) or 0
+        rows = await self.session.scalars(
+            select(User)
+            .where(*conditions)
+            .order_by(User.created_at.desc(), User.id.desc())
+            .offset((query.page - 1) * query.per_page)
+            .limit(query.per_page)
+        )
+        return UserPage(list(rows.all()), total, query.page, query.per_page)
+
+    async def get_user(self, user_id: int, *, lock: bool = False) -> User:
+        statement = select(User).where(User.id == user_id, User.deleted_at.is_(None))
+        if lock:
+            statement = statement.with_for_update().execution_options(populate_existing=True)
+        user = await self.session.scalar(statement)
+        if user is None:
+            raise AccountNotFound()
+        return user
+
+    async def get_by_phone(self, raw_phone: str) -> User:
+        try:
+            phone = normalise_phone(raw_phone, self.settings.default_phone_region, strict=False)
+        except PhoneNumberError as exc:
+            raise AccountNotFound(str(exc)) from exc
+        user = await self.session.scalar(select(User).where(User.phone_number == phone, User.deleted_at.is_(None)))
+        if user is None:
+            raise AccountNotFound(f"No account has the phone number {phone}.")
+        return user
+
+    async def last_sign_ins(self, user_id: int, limit: int = LAST_SIGN_INS) -> Sequence[LoginAttempt]:
+        rows = await self.session.scalars(
+            select(LoginAttempt)
+            .where(LoginAttempt.user_id == user_id)
+            .order_by(LoginAttempt.created_at.desc(), LoginAttempt.id.desc())
+            .limit(limit)
+        )
+        return rows.all()
+
+    # ---- changes ----------------------------------------------------------------------------------
+
+    async def create_user(
+        self,
+        actor: StaffActor,
+        *,
+        name: str,
+        phone_number: str,
+        password: str,
+        user_type: str,
+        email: str | None,
+        is_active: bool,
+    ) -> User:
+        if await self.session.scalar(select(User.id).where(User.phone_number == phone_number)) is not None:
+            raise Conflict("An account with this phone number already exists.", code="phone_number_taken")
+        if email and await self.session.scalar(select(User.id).where(func.lower(User.email) == email.lower())):
+            raise Conflict("An account with this email address already exists.", code="email_taken")
+        user = User(
+            name=name,
+            phone_number=phone_number,
+            email=email,
+            password_hash=await self.hasher.hash_password(password),
+            user_type=user_type,
+            is_active=is_active,
+        )
+        try:
+            user = await self.users.create(user, auto_commit=False)
+        except IntegrityError as exc:
+            raise Conflict("An account with this phone number or email address already exists.") from exc
+        await self.events.registered(user)
+        await self.record(actor, "create", user.id, user_type=user_type, is_active=is_active)
+        return user
+
+    async def _lock_admins(self) -> list[int]:
+        """Lock every active admin's row, in id order; their ids."""
+        rows = await self.session.scalars(
+            select(User.id).where(_panel_admin_condition()).order_by(User.id).with_for_update()
+        )
+        return list(rows.all())
+
+    async def _guarded_target(self, actor: StaffActor, user_id: int, doing: str) -> User:
+        """The target, locked, after the admins' rows; refused when it is the actor or the last admin."""
+        admins = await self._lock_admins()
+        target = await self.get_user(user_id, lock=True)
+        if actor.user_id == target.id:
+            raise SelfAction(f"You cannot {doing} your own account.")
+        if target.id in admins and len(admins) == 1:
+            raise LastAdmin()
+        return target
+
+    async def _end_every_session(self, user: User, reason: str) -> None:
+        await self.tokens.revoke_all(user.id, reason=reason)
+        await self.tracker.forget(user.id)
+
+    async def toggle_status(self, actor: StaffActor, user_id: int) -> User:
+        target = await self.get_user(user_id)
+        if target.is_active:
+            target = await self._guarded_target(actor, user_id, "deactivate")
+            await self.users.set_columns(target, {"is_active": False})
+            await self._end_every_session(target, "deactivated")
+            await self.events.deactivated(target.id, reason="admin")
+            await self.record(actor, "deactivate", target.id)
+        else:
+            target = await self.get_user(user_id, lock=True)
+            await self.users.set_columns(target, {"is_active": True})
+            await self.record(actor, "activate", target.id)
+        return target
+
+    async def change_user_type(self, actor: StaffActor, user_id: int, user_type: str) -> User:
+        target = await self.get_user(user_id)
+        demotes = is_panel_admin(target) and user_type != "admin" and target.role != "admin"
+        target = await (
+            self._guarded_target(actor, user_id, "demote") if demotes else self.get_user(user_id, lock=True)
+        )
+        previous = target.user_type
+        if previous != user_type:
+            await self.events.profile_changing(target, {"user_type": user_type})
+            await self.users.set_columns(target, {"user_type": user_type})
+        await self.record(actor, "change_role", target.id, user_type=user_type, previous_user_type=previous)
+        return target
+
+    async def delete_user(self, actor: StaffActor, user_id: int) -> None:
+        """Deactivate and erase the personal data; the login history stays until AUDIT_RETENTION_DAYS."""
+        target = await self._guarded_target(actor, user_id, "delete")
+        await self._end_every_session(target, "deleted")
+        await self.events.deleted(target.id, reason="admin")
+        await self.session.execute(
+            update(User)
+            .where(User.id == target.id)
+            .values(
+                name="Deleted account",
+                phone_number=f"deleted:{target.id}",
+                email=None,
+                password_hash="!",  # noqa: S106 (never a valid hash: nothing verifies against it)
+                pin_hash=None,
+                enable_pin_auth=False,
+                recovery_hash=None,
+                recovery_expires_at=None,
+                date_of_birth=None,
+                notification_preferences=None,
+                personal_cycle_length=None,
+                personal_period_length=None,
+                is_active=False,
+                deleted_at=utcnow(),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await self.record(actor, "delete", target.id)
+
+    async def record_reset_refused(self, actor: StaffActor, user_id: int) -> None:
+        """The old button was pressed: recorded (and committed: the caller answers 409), nothing changed."""
+        target = await self.get_user(user_id)
+        await self.record(actor, "reset_password_refused", target.id)
+        await self.session.commit()
+
+    async def issue_recovery(self, actor: StaffActor, user_id: int) -> Recovery:
+        """A one-time temporary password; every session ends and the number's locks are lifted."""
+        target = await self.get_user(user_id, lock=True)
+        if not target.is_active:
+            raise InactiveAccount()
+        code = new_recovery_code()
+        expires_at = utcnow() + datetime.timedelta(hours=self.settings.recovery_ttl_hours)
+        code_hash = await self.hasher.hash_password(canonical_recovery_code(code))
+        await self.users.set_columns(target, {"recovery_hash": code_hash, "recovery_expires_at": expires_at})
+        await self._end_every_session(target, "recovery")
+        await self.events.record(target.id, "account.credentials_changed", credentials=["recovery_code"])
+        await self.events.sessions_revoked(target.id, reason="recovery")
+        cleared = await self.clear_locks(target.phone_number)
+        await self.record(actor, "recovery", target.id, expires_at=expires_at.isoformat(), locks_cleared=cleared)
+        return Recovery(code, expires_at)
+
+    async def clear_locks(self, phone_number: str) -> int:
+        """Delete the number's PIN lock and password budget (both in the number's shard); how many existed."""
+        keys = [self.limiter.budget_key("pin", phone_number), self.limiter.budget_key("password", phone_number)]
+        deleted: int = await self.redis.delete(*keys)
+        return deleted
+
+    async def unlock(self, actor: StaffActor, user_id: int) -> int:
+        target = await self.get_user(user_id)
+        cleared = await self.clear_locks(target.phone_number)
+        await self.record(actor, "unlock", target.id, locks_cleared=cleared)
+        return cleared
+
+    async def sessions(self, user_id: int) -> list[SessionView]:
+        return await live_sessions(self.tokens, self.tracker, user_id)
+
+    async def end_session(self, actor: StaffActor, user_id: int, family: uuid.UUID) -> None:
+        target = await self.get_user(user_id)
+        await end_session(self.tokens, self.tracker, target.id, family)
+        await self.record(actor, "end_session", target.id, session_id=str(family))
