@@ -112,6 +112,7 @@ def create_app(settings: Settings) -> Litestar:
             await app.state.audit_writer.stop()  # drains what it read before the pool closes
         if app.state.account_relay is not None:
             await app.state.account_relay.stop()
+        await app.state.session_tracker.flush()
         await app.state.redis.aclose()
         app.state.hasher.close()
 

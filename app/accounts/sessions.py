@@ -1,14 +1,15 @@
 """Sessions ("my devices"): list a user's live sessions, end one, end all but this one.
 
 A session is a refresh-token family (``refresh_tokens.family_id``, the ``sid`` of its access
-tokens). Its last use (time, client address, user agent) is kept in Redis, one hash per user, and
-written only when a token is issued (sign-in) or refreshed: never a database write per request,
-and nothing at all on requests that only carry an access token. Without a Redis entry (tracking
+tokens). Its last use (time, client address, user agent) is kept in Redis, one hash per user,
+noted only when a token is issued (sign-in) or refreshed and written in batches: never a database
+write per request, and nothing at all on requests that only carry an access token. Without a Redis entry (tracking
 off, or the entry expired) a session's last use is its newest token's issue time and user agent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import uuid
@@ -53,32 +54,56 @@ _decode_use = msgspec.json.Decoder(LastUse).decode
 
 
 class SessionUseTracker:
-    """Last use of each session in one Redis hash per user (field: the family id), expiring with the tokens."""
+    """Last use of each session in one Redis hash per user (field: the family id), expiring with the tokens.
+
+    Updates are batched: :meth:`touch` only notes the use in memory, and one pipeline writes every
+    use noted in the last ``FLUSH_SECONDS`` (a burst of refreshes of one session is one write). A
+    crash loses at most that much last-use information, never a request.
+    """
+
+    FLUSH_SECONDS = 0.25
 
     def __init__(self, redis_client: redis.asyncio.Redis, settings: Settings) -> None:
         self._redis = redis_client
         self._prefix = settings.redis_key_prefix
         self._ttl = settings.refresh_token_days * 86_400
         self.enabled = settings.session_last_use_tracking
+        self._pending: dict[int, dict[str, bytes]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     def key(self, user_id: int) -> str:
         return f"{self._prefix}session-use:{user_id}"
 
     async def touch(self, user_id: int, family: uuid.UUID, ip: str | None, user_agent: str | None) -> None:
-        """One round trip; a Redis failure only loses this last-use update, never the request."""
         if not self.enabled:
             return
-        key = self.key(user_id)
         value = _encode_use(LastUse(utcnow(), ip, user_agent_of(user_agent)))
+        self._pending.setdefault(user_id, {})[str(family)] = value
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(self.FLUSH_SECONDS)
+        self._flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write every noted use now; a Redis failure only loses these last-use updates."""
+        pending, self._pending = self._pending, {}
+        if not pending:
+            return
         try:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.hset(key, str(family), value)
-            pipe.expire(key, self._ttl)
+            for user_id, uses in pending.items():
+                pipe.hset(self.key(user_id), mapping=uses)  # type: ignore[arg-type]
+                pipe.expire(self.key(user_id), self._ttl)
             await pipe.execute()
         except (redis.exceptions.RedisError, OSError) as exc:
             logger.warning("session last use not recorded: %s", exc)
 
     async def read(self, user_id: int) -> dict[str, LastUse]:
+        if user_id in self._pending:
+            await self.flush()
         try:
             raw = await self._redis.hgetall(self.key(user_id))
         except (redis.exceptions.RedisError, OSError) as exc:
@@ -95,6 +120,9 @@ class SessionUseTracker:
 
     async def forget(self, user_id: int, families: list[uuid.UUID] | None = None) -> None:
         """Drop ended sessions' entries (all of them when ``families`` is None)."""
+        noted = self._pending.get(user_id, {})
+        for family in families if families is not None else [uuid.UUID(name) for name in list(noted)]:
+            noted.pop(str(family), None)
         try:
             if families is None:
                 await self._redis.delete(self.key(user_id))
