@@ -230,7 +230,7 @@ class AdminController(Controller):
         state: State,
     ) -> MessageResponse:
         await admin_service.record_reset_refused(staff_actor(panel_admin, request, state), user_id)
-        raise ResetPasswordRetired()
+        raise ResetPasswordRetired(state.settings.recovery_ttl_hours)
 
     @post(
         "/{user_id:int}/recovery",

@@ -91,11 +91,14 @@ class InactiveAccount(AdminRefusal):
 class ResetPasswordRetired(AdminRefusal):
     status_code = 409
     code = "reset_password_retired"
-    message = (
-        "Passwords are no longer reset to a known value. Use 'Issue recovery code' on this user's page "
-        "(or ladys-essence users recover --phone ...): it gives a one-time code, valid for 24 hours, to read "
-        "to the user. They sign in with it as their password and then set a new password and PIN."
-    )
+
+    def __init__(self, ttl_hours: int) -> None:
+        super().__init__(
+            "Passwords are no longer reset to a known value. Instead, issue a one-time code: open this user "
+            "and choose 'Issue recovery code' (or run ladys-essence users recover --phone ...), then read the "
+            f"code to the user. It works for one sign-in, as their password, within {ttl_hours} hours; right "
+            "after it they set a new password and PIN in their settings."
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
-const state = { token: sessionStorage.getItem("audit-token"), cursor: null, chart: null };
+const state = { token: sessionStorage.getItem("audit-token"), cursor: null, adminCursor: null, chart: null };
 
 async function api(path, options = {}) {
   const headers = { ...(options.headers || {}) };
@@ -134,6 +134,46 @@ async function exportAs(format) {
   URL.revokeObjectURL(link.href);
 }
 
+// What support staff did to accounts (GET /api/audit/admin-actions), newest first.
+async function loadAdminActions(append) {
+  $("#admin-error").textContent = "";
+  const params = new URLSearchParams({ limit: "20" });
+  if (append && state.adminCursor) params.set("cursor", state.adminCursor);
+  try {
+    const page = await json(`/api/audit/admin-actions?${params}`);
+    const body = $("#admin-actions tbody");
+    if (!append) body.replaceChildren();
+    for (const item of page.items) {
+      const row = document.createElement("tr");
+      cell(row, item.created_at.replace("T", " ").slice(0, 19));
+      cell(row, `${item.actor} (${item.origin})`);
+      cell(row, item.action);
+      cell(row, item.target_user_id);
+      cell(row, item.client_ip);
+      cell(row, Object.keys(item.details).length ? JSON.stringify(item.details) : "");
+      body.appendChild(row);
+    }
+    state.adminCursor = page.next_cursor;
+    $("#admin-more").hidden = !page.next_cursor;
+  } catch (error) {
+    $("#admin-error").textContent = error.message;
+  }
+}
+
+async function exportAdminActions() {
+  $("#admin-error").textContent = "";
+  const response = await api("/api/audit/admin-actions/export?format=csv");
+  if (!response.ok) {
+    $("#admin-error").textContent = (await response.json()).message;
+    return;
+  }
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await response.blob());
+  link.download = "admin-actions.csv";
+  link.click();
+  URL.revokeObjectURL(link.href);
+}
+
 async function showDashboard() {
   $("#signin").hidden = true;
   $("#dashboard").hidden = false;
@@ -141,6 +181,7 @@ async function showDashboard() {
   try {
     await loadSummary();
     await loadAttempts(false);
+    await loadAdminActions(false);
   } catch (error) {
     signOut(error.message);
   }
@@ -191,5 +232,7 @@ $("#period").addEventListener("change", () => loadSummary().catch((e) => ($("#fi
 $("#export-csv").addEventListener("click", () => exportAs("csv"));
 $("#export-ndjson").addEventListener("click", () => exportAs("ndjson"));
 $("#signout").addEventListener("click", () => signOut());
+$("#admin-more").addEventListener("click", () => loadAdminActions(true));
+$("#admin-export-csv").addEventListener("click", () => exportAdminActions());
 
 if (state.token) showDashboard();
