@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
@@ -280,56 +281,81 @@ async def test_an_admin_cannot_remove_themselves(client, db):
     assert (await client.get(ADMIN, headers=headers)).status_code == 403
 
 
-@pytest.mark.parametrize("action", ["toggle-status", "change-role", "delete"])
-async def test_admins_removing_each_other_at_once_leave_one_admin(client, db, action):
-    admins = [await panel_admin(client, db) for _ in range(4)]
-    ids = [account["user_id"] for _, account in admins]
-
-    async def remove(actor_headers, target_id):
-        if action == "delete":
-            return await client.delete(f"{ADMIN}/{target_id}", headers=actor_headers)
-        body = {"user_type": "parent"} if action == "change-role" else None
-        return await client.patch(f"{ADMIN}/{target_id}/{action}", json=body, headers=actor_headers)
-
-    # Each admin removes the next one, all at the same moment: a count outside the lock would let all four through.
-    results = await asyncio.gather(*(remove(admins[i][0], ids[(i + 1) % 4]) for i in range(4)))
-    statuses = sorted(r.status_code for r in results)
-    remaining = await db.fetchval(
-        "SELECT count(*) FROM users WHERE user_type = 'admin' AND is_active AND deleted_at IS NULL"
-    )
-    assert remaining >= 1
-    assert statuses.count(200) == 4 - remaining
-    for response in results:
-        if response.status_code != 200:
-            # Refused as last admin, or because the actor was removed first (then no longer an admin).
-            assert response.status_code in (401, 403, 409), response.text
-
-
-async def test_the_only_admin_is_kept_even_from_the_command_line(client, db, settings, tmp_path):
+@contextlib.asynccontextmanager
+async def admin_services(settings, count: int):
+    """``count`` admin services, each on its own database session (its own transaction)."""
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from app.accounts.passwords import Hasher
     from app.accounts.sessions import SessionUseTracker
-    from app.admin.service import AdminService, LastAdmin, StaffActor
-    from app.core.redis import create_redis
+    from app.admin.service import AdminService
     from app.db.config import sqlalchemy_config
     from app.ratelimit.limiter import LoginLimiter
 
-    _, only = await panel_admin(client, db)
     hasher, redis = Hasher(settings), create_redis(settings)
     engine = sqlalchemy_config(settings, pool=False).get_engine()
+    sessions = [AsyncSession(engine) for _ in range(count)]
     try:
-        async with AsyncSession(engine) as session:
-            service = AdminService(
+        yield [
+            AdminService(
                 session, hasher, LoginLimiter(redis, settings), redis, SessionUseTracker(redis, settings), settings
             )
-            with pytest.raises(LastAdmin):
-                await service.toggle_status(StaffActor("ops@host", "cli"), only["user_id"])
+            for session in sessions
+        ]
     finally:
+        for session in sessions:
+            await session.close()
         hasher.close()
         await redis.aclose()
         await engine.dispose()
+
+
+async def test_the_only_admin_is_kept_even_from_the_command_line(client, db, settings):
+    from app.admin.service import LastAdmin, StaffActor
+
+    _, only = await panel_admin(client, db)
+    async with admin_services(settings, 1) as (service,):
+        with pytest.raises(LastAdmin):
+            await service.toggle_status(StaffActor("ops@host", "cli"), only["user_id"])
     assert await db.fetchval("SELECT is_active FROM users WHERE id = $1", only["user_id"]) is True
+
+
+REMOVALS = {
+    "deactivate": lambda service, actor, target: service.toggle_status(actor, target),
+    "demote": lambda service, actor, target: service.change_user_type(actor, target, "parent"),
+    "delete": lambda service, actor, target: service.delete_user(actor, target),
+}
+
+
+@pytest.mark.parametrize("removal", list(REMOVALS))
+async def test_two_admins_removed_at_once_leave_one(client, db, settings, removal):
+    """Two removals race for the last two admins: the second waits for the first's row locks, then is refused.
+
+    Without the lock both would count two admins, both go ahead, and no admin would be left.
+    """
+    from app.admin.service import LastAdmin, StaffActor
+
+    first_id = (await panel_admin(client, db))[1]["user_id"]
+    second_id = (await panel_admin(client, db))[1]["user_id"]
+    operator = StaffActor("ops@host", "cli")
+    remove = REMOVALS[removal]
+    async with admin_services(settings, 2) as (first, second):
+        await remove(first, operator, first_id)  # done, not committed: its locks are held
+        racing = asyncio.create_task(remove(second, operator, second_id))
+        for _ in range(200):  # until the second removal waits on a row lock (or, unlocked, has finished)
+            waiting = await db.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if waiting or racing.done():
+                break
+            await asyncio.sleep(0.02)
+        await first.session.commit()
+        with pytest.raises(LastAdmin):
+            await racing
+    remaining = await db.fetchval(
+        "SELECT count(*) FROM users WHERE user_type = 'admin' AND is_active AND deleted_at IS NULL"
+    )
+    assert remaining == 1
 
 
 async def test_every_admin_action_leaves_one_row_that_security_can_read(client, db):
