@@ -46,6 +46,8 @@ def user_agent(request: Request[Any, Any, Any]) -> str | None:
 
 async def touch_session(state: State, request: Request[Any, Any, Any], session: Session) -> None:
     """The session's last use (app/accounts/sessions.py): on sign-in and refresh, never per request."""
+    if not state.session_tracker.enabled:
+        return
     address = state.client_resolver.address_of(request.scope)
     claims = session.access.claims
     ip = str(address) if address is not None else None
