@@ -19,7 +19,14 @@ def test_production_refuses_placeholders_and_short_secrets(secret, tmp_path):
 
 
 def test_production_with_real_secrets_starts():
-    settings = Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "PIN_PEPPER": STRONG[::-1]})
+    settings = Settings.from_env(
+        {
+            "APP_ENV": "production",
+            "JWT_SECRET": STRONG,
+            "PIN_PEPPER": STRONG[::-1],
+            "CORS_ALLOW_ORIGINS": "https://a.rw",
+        }
+    )
     assert settings.jwt_secret == STRONG
 
 
