@@ -17,6 +17,7 @@ from litestar.types import ASGIApp
 from app.accounts.controller import AuthController
 from app.accounts.deps import AUTH_DEPENDENCIES
 from app.accounts.passwords import Hasher
+from app.accounts.settings_controller import SettingsController
 from app.accounts.tokens import TokenIssuer
 from app.audit.history.controller import AuditController
 from app.audit.history.dashboard import DASHBOARD_HANDLERS
@@ -111,6 +112,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             HealthController,
             AuthController,
+            SettingsController,
             LoginController,
             AuditController,
             *DASHBOARD_HANDLERS,

@@ -1,8 +1,9 @@
 """JWT access and refresh tokens (PyJWT, HS256).
 
 Claims: ``sub`` (user id), ``type`` (access/refresh), ``jti``, ``iat``, ``exp``, ``iss``, ``aud``,
-``role``, and ``sid``: the session (refresh-token family) the token belongs to, so revoking a
-session kills its access tokens too.
+``role``, ``sid``: the session (refresh-token family) the token belongs to, so revoking a
+session kills its access tokens too, and ``auth_time``: when that session's password or PIN sign-in
+happened (OIDC's claim), copied onto every token refreshed from it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class TokenClaims:
     role: str
     issued_at: datetime.datetime
     expires_at: datetime.datetime
+    auth_time: datetime.datetime | None = None  # None: a token from before the claim existed
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,16 @@ class TokenIssuer:
         self.access_lifetime = datetime.timedelta(minutes=settings.access_token_minutes)
         self.refresh_lifetime = datetime.timedelta(days=settings.refresh_token_days)
 
-    def issue(self, type_: TokenType, *, user_id: int, role: str, session_id: uuid.UUID) -> IssuedToken:
+    def issue(
+        self,
+        type_: TokenType,
+        *,
+        user_id: int,
+        role: str,
+        session_id: uuid.UUID,
+        auth_time: datetime.datetime | None = None,
+    ) -> IssuedToken:
+        """``auth_time``: the session's sign-in (a refresh passes its token's); None leaves the claim out."""
         now = datetime.datetime.now(datetime.UTC)
         lifetime = self.access_lifetime if type_ == "access" else self.refresh_lifetime
         claims = TokenClaims(
@@ -65,6 +76,7 @@ class TokenIssuer:
             role=role,
             issued_at=now,
             expires_at=now + lifetime,
+            auth_time=auth_time,
         )
         payload = {
             "sub": str(user_id),
@@ -78,6 +90,8 @@ class TokenIssuer:
             "iss": self._issuer,
             "aud": self._audience,
         }
+        if auth_time is not None:
+            payload["auth_time"] = int(auth_time.timestamp())
         return IssuedToken(jwt.encode(payload, self._secret, algorithm=ALGORITHM), claims)
 
     def decode(self, token: str, expected: TokenType, *, allow_expired: bool = False) -> TokenClaims:
@@ -100,6 +114,11 @@ class TokenIssuer:
                 role=str(payload.get("role", "user")),
                 issued_at=datetime.datetime.fromtimestamp(payload["iat"], datetime.UTC),
                 expires_at=datetime.datetime.fromtimestamp(payload["exp"], datetime.UTC),
+                auth_time=(
+                    datetime.datetime.fromtimestamp(payload["auth_time"], datetime.UTC)
+                    if "auth_time" in payload
+                    else None
+                ),
             )
         except jwt.ExpiredSignatureError as exc:
             raise InvalidToken("Your session has expired. Please sign in again.", code="token_expired") from exc
