@@ -116,8 +116,9 @@ LOGIN_PATH = "/api/auth/login"
 class LoginGate:
     """The gate, as plain ASGI.
 
-    ``create_asgi_app`` puts it outermost, in front of routing and Litestar's middleware stack, so
-    a refusal costs as little as possible; it is also the login route's own middleware, which
+    ``create_asgi_app`` puts it in front of routing and Litestar's middleware stack (only CORS, whose
+    headers its refusals need, comes before it), so a refusal costs as little as possible; it is
+    also the login route's own middleware, which
     passes an already-gated request straight through, so the route is never served ungated.
     """
 
