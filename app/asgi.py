@@ -7,7 +7,6 @@ from typing import Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
 from litestar import Litestar, Request
-from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
@@ -21,6 +20,7 @@ from app.accounts.guards import ROLE_DEPENDENCIES
 from app.accounts.passwords import Hasher
 from app.accounts.relay import AccountEventRelay
 from app.accounts.sessions import SessionsController, SessionUseTracker
+from app.accounts.settings_controller import SettingsController
 from app.accounts.tokens import TokenIssuer
 from app.admin.controller import AdminController
 from app.audit.history.admin_actions import AdminActionsController
@@ -31,6 +31,7 @@ from app.audit.pipeline.backlog import BacklogProbe
 from app.audit.pipeline.metrics import shared_metrics
 from app.audit.pipeline.publisher import AuditPublisher
 from app.audit.pipeline.writer import AuditWriter
+from app.core.cors import CorsMiddleware, CorsPolicy
 from app.core.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
 from app.core.gc import freeze_startup_heap
 from app.core.redis import create_redis
@@ -64,6 +65,20 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
         return
     if has_body and content_type and "json" not in content_type.lower():
         raise UnsupportedMediaType()
+
+
+logger = logging.getLogger(__name__)
+
+
+def cors_policy(settings: Settings) -> CorsPolicy:
+    assert settings.cors_allow_origins is not None, "settings are validated before the app is built"
+    policy = CorsPolicy.parse(settings.cors_allow_origins)
+    if policy.allow_any:
+        logger.warning(
+            "CORS_ALLOW_ORIGINS=* admits any origin without credentials: the web client in the field "
+            "(credentialed calls) cannot work with it; list its origins instead (docs/web-client.md)"
+        )
+    return policy
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -121,6 +136,7 @@ def create_app(settings: Settings) -> Litestar:
             HealthController,
             AuthController,
             SessionsController,
+            SettingsController,
             LoginController,
             AuditController,
             AdminActionsController,
@@ -136,7 +152,6 @@ def create_app(settings: Settings) -> Litestar:
         before_request=require_json_body,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[PrometheusConfig(app_name="ladys_essence_auth", group_path=True).middleware],
-        cors_config=CORSConfig(allow_origins=settings.cors_allow_origins),
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Lady's Essence Auth",
@@ -149,19 +164,23 @@ def create_app(settings: Settings) -> Litestar:
             log_exceptions="debug",
             disable_stack_trace={401, 403, 404, 405, 409, 413, 415, 429},
         ),
-        state=State({"settings": settings}),
+        state=State({"settings": settings, "cors_policy": cors_policy(settings)}),
         debug=False,
     )
 
 
 def create_asgi_app(settings: Settings) -> ASGIApp:
-    """What is served: the app with the login gate in front of routing (see app/ratelimit/middleware.py)."""
-    app = create_app(settings)
-    return LoginGate(app, litestar=app)
+    """What is served: the app with the login gate in front of routing, and CORS in front of both."""
+    return served(create_app(settings))
+
+
+def served(app: Litestar) -> ASGIApp:
+    """CORS outermost, so gate refusals and every preflight follow the same policy as the app's answers."""
+    return CorsMiddleware(LoginGate(app, litestar=app), app.state.cors_policy)
 
 
 def create_app_from_env() -> ASGIApp:
     """uvicorn factory: settings from the environment (the CLI has resolved the server URLs)."""
     settings = Settings.from_env()
-    logging.getLogger(__name__).debug("creating app for %s", settings.app_env)
+    logger.debug("creating app for %s", settings.app_env)
     return create_asgi_app(settings)

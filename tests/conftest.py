@@ -19,12 +19,11 @@ import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
-from app.asgi import create_app
+from app.asgi import create_app, served
 from app.core import postgres
 from app.core.embedded import EmbeddedPostgres, EmbeddedRedis
 from app.core.settings import Settings
 from app.db import migrations
-from app.login.gate import LoginGate
 
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 TEST_PIN_PEPPER = "test-pin-pepper-" + "y" * 32
@@ -115,8 +114,8 @@ def from_loopback(app: Any) -> Any:
 
 @pytest.fixture
 async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Any]]:
-    served = LoginGate(app, litestar=app)  # as create_asgi_app serves it
-    async with AsyncTestClient(app=from_loopback(served), raise_server_exceptions=False) as test_client:
+    # As create_asgi_app serves it: CORS, then the login gate.
+    async with AsyncTestClient(app=from_loopback(served(app)), raise_server_exceptions=False) as test_client:
         yield test_client
 
 

@@ -14,6 +14,7 @@ from litestar.params import Body, JSONBody
 
 from app.accounts.deps import bearer_token
 from app.accounts.forms import clean_profile_update, clean_registration
+from app.accounts.reauth import Reauthentication, RequestOrigin
 from app.accounts.schemas import (
     AuthResponse,
     MessageResponse,
@@ -52,6 +53,15 @@ async def touch_session(state: State, request: Request[Any, Any, Any], session: 
     claims = session.access.claims
     ip = str(address) if address is not None else None
     await state.session_tracker.touch(claims.user_id, claims.session_id, ip, request.headers.get("user-agent"))
+
+
+def request_origin(request: Request[Any, Any, Any], state: State) -> RequestOrigin:
+    address = state.client_resolver.address_of(request.scope)
+    return RequestOrigin(
+        ip_address=str(address) if address is not None else None,
+        user_agent=user_agent(request),
+        request_id=(request.headers.get("x-request-id") or "")[:64] or None,
+    )
 
 
 def _expires_in(session: Session) -> int:
@@ -229,25 +239,30 @@ class AuthController(Controller):
 
     @put(
         ["/auth/profile", "/settings/account"],
-        summary="Change the profile; password or PIN changes need current_password",
-        responses=error_responses(*BODY_ERRORS, 401, 409),
+        summary="Change the profile; PIN, password, phone, email or PIN sign-in changes need a recent sign-in "
+        "or current_password",
+        responses=error_responses(
+            *BODY_ERRORS,
+            401,
+            403,
+            409,
+            429,
+            s403="reauthentication_required: sign in again, or send current_password",
+            s429="A wrong current_password spent the number's password budget (account_locked)",
+        ),
     )
     async def update_profile(
         self,
         data: JSONBody[ProfileUpdateRequest],
         request: Request[Any, Any, Any],
         current_user: NamedDependency[User],
+        access_claims: NamedDependency[TokenClaims],
         auth_service: NamedDependency[AuthService],
         state: State,
     ) -> ProfileResponse:
         changes = clean_profile_update(data, current_user, state.settings.default_phone_region)
-        session = await auth_service.update_profile(current_user, changes, user_agent(request))
-        if session is None:
-            return ProfileResponse.of_user(current_user, "Profile updated successfully")
-        assert session.refresh is not None
-        return ProfileResponse.of_user(
-            current_user,
-            "Profile updated. You were signed out on your other devices.",
-            access_token=session.access.token,
-            refresh_token=session.refresh.token,
-        )
+        reauth = Reauthentication(state.limiter, state.audit_publisher, state.hasher, state.settings)
+        await reauth.confirm(current_user, access_claims, changes, request_origin(request, state))
+        if await auth_service.update_profile(current_user, changes, access_claims.session_id):
+            return ProfileResponse.of_user(current_user, "Profile updated. You were signed out on your other devices.")
+        return ProfileResponse.of_user(current_user, "Profile updated successfully")

@@ -160,7 +160,8 @@ class ProfileChanges:
 
     @property
     def changes_credentials(self) -> bool:
-        return self.new_password is not None or self.new_pin is not None
+        """A change that ends the account's other sessions."""
+        return self.new_password is not None or self.new_pin is not None or "phone_number" in self.fields
 
 
 def _given(value: Any) -> bool:
@@ -241,10 +242,8 @@ def clean_profile_update(data: ProfileUpdateRequest, user: User, region: str) ->
     new_pin = data.new_pin if _given(data.new_pin) else data.pin
     if isinstance(new_pin, str | int) and new_pin != "":
         changes.new_pin = _clean_pin(errors, "new_pin" if _given(data.new_pin) else "pin", new_pin)
-    if changes.changes_credentials:
-        current = data.current_password if isinstance(data.current_password, str) else None
-        if not current:
-            errors.add("current_password", "Enter your current password to change your password or PIN.")
-        changes.current_password = current
+    # Optional: a recent sign-in also allows sensitive changes (app/accounts/reauth.py decides).
+    current = data.current_password if isinstance(data.current_password, str) else None
+    changes.current_password = current or None
     errors.raise_if_any()
     return changes

@@ -153,7 +153,8 @@ class RefreshResponse(msgspec.Struct, kw_only=True):
 class ProfileResponse(UserView, kw_only=True):
     """The profile is the user object itself (older clients), plus ``message`` and ``user`` (settings page).
 
-    After a password or PIN change every older session is revoked and fresh tokens come back here.
+    After a password, PIN or phone change the other sessions are ended; the one that made the change
+    keeps its tokens (the settings page ignores tokens here, so none are sent).
     """
 
     message: str

@@ -96,9 +96,12 @@ class RefreshTokenService(SQLAlchemyAsyncRepositoryService[RefreshToken]):
         """End one session: every token of the family."""
         await self._revoke(RefreshToken.family_id == family_id, reason)
 
-    async def revoke_all(self, user_id: int, reason: str) -> None:
-        """End every session of a user."""
-        await self._revoke(RefreshToken.user_id == user_id, reason)
+    async def revoke_all(self, user_id: int, reason: str, *, keep_family: uuid.UUID | None = None) -> None:
+        """End every session of a user (but ``keep_family``, the one that asked)."""
+        which = RefreshToken.user_id == user_id
+        if keep_family is not None:
+            which = which & (RefreshToken.family_id != keep_family)
+        await self._revoke(which, reason)
 
     async def _revoke(self, which: ColumnElement[bool], reason: str) -> None:
         await self.repository.session.execute(
@@ -246,13 +249,17 @@ class AuthService:
         return True
 
     async def start_session(self, user: User, user_agent: str | None) -> Session:
+        """A new session, signed in now (its tokens' ``auth_time``)."""
         family = uuid.uuid4()
-        access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=family)
-        refresh = await self._store_refresh(user, family, user_agent)
+        now = utcnow()
+        access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=family, auth_time=now)
+        refresh = await self._store_refresh(user, family, user_agent, now)
         return Session(user=user, access=access, refresh=refresh)
 
-    async def _store_refresh(self, user: User, family: uuid.UUID, user_agent: str | None) -> IssuedToken:
-        refresh = self.issuer.issue("refresh", user_id=user.id, role=user.role, session_id=family)
+    async def _store_refresh(
+        self, user: User, family: uuid.UUID, user_agent: str | None, auth_time: datetime.datetime | None
+    ) -> IssuedToken:
+        refresh = self.issuer.issue("refresh", user_id=user.id, role=user.role, session_id=family, auth_time=auth_time)
         await self.tokens.store(refresh, user_agent)
         return refresh
 
@@ -270,15 +277,21 @@ class AuthService:
         user = await self._active_user(claims.user_id)
         now = utcnow()
         await self._refuse_reuse(row, now)
+        # A refresh is no sign-in: the tokens keep the session's auth_time.
+        signed_in = claims.auth_time
         if not self._rotates(form):
-            access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=row.family_id)
+            access = self.issuer.issue(
+                "access", user_id=user.id, role=user.role, session_id=row.family_id, auth_time=signed_in
+            )
             return Session(user=user, access=access, refresh=None)
 
         if not await self.tokens.rotate(row, now):
             # Another request rotated it meanwhile: fine inside the grace interval (parallel refreshes).
             await self._refuse_reuse(row, now)
-        access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=row.family_id)
-        refresh = await self._store_refresh(user, row.family_id, user_agent)
+        access = self.issuer.issue(
+            "access", user_id=user.id, role=user.role, session_id=row.family_id, auth_time=signed_in
+        )
+        refresh = await self._store_refresh(user, row.family_id, user_agent, signed_in)
         return Session(user=user, access=access, refresh=refresh)
 
     async def _refuse_reuse(self, row: RefreshToken, now: datetime.datetime) -> None:
@@ -312,16 +325,12 @@ class AuthService:
 
     # ---- profile ------------------------------------------------------------------------------
 
-    async def update_profile(self, user: User, changes: ProfileChanges, user_agent: str | None) -> Session | None:
-        """Apply changes; a password or PIN change needs the current password and ends every session.
+    async def update_profile(self, user: User, changes: ProfileChanges, current_session: uuid.UUID) -> bool:
+        """Apply changes (re-authentication was confirmed: app/accounts/reauth.py).
 
-        Returns a fresh session when the credentials changed, so the caller is not signed out.
+        A password, PIN or phone change ends every other session and keeps ``current_session``;
+        True when it did.
         """
-        if changes.changes_credentials:
-            assert changes.current_password is not None
-            result = await self.hasher.verify_password(user.password_hash, changes.current_password)
-            if not result.ok:
-                raise ValidationFailed([FieldError("current_password", "Your current password is not correct.")])
         fields = dict(changes.fields)
         if fields.get("name") is None:
             fields.pop("name", None)
@@ -341,10 +350,10 @@ class AuthService:
         except IntegrityError as exc:
             raise Conflict("That phone number or email address belongs to another account.") from exc
         if not changes.changes_credentials:
-            return None
-        await self.tokens.revoke_all(user.id, reason="credentials_changed")
+            return False
+        await self.tokens.revoke_all(user.id, reason="credentials_changed", keep_family=current_session)
         await self.events.sessions_revoked(user.id, reason="credentials_changed")
-        return await self.start_session(user, user_agent)
+        return True
 
     # ---- deactivation -------------------------------------------------------------------------
 

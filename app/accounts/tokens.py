@@ -5,8 +5,9 @@ A token without ``kid`` is one signed with JWT_SECRET (HS256) before the switch:
 that secret while JWT_ACCEPT_LEGACY_HS256 is on, so nobody is signed out by the switch.
 
 Claims: ``sub`` (user id), ``type`` (access/refresh), ``jti``, ``iat``, ``exp``, ``iss``, ``aud``,
-``role``, and ``sid``: the session (refresh-token family) the token belongs to, so revoking a
-session kills its access tokens too.
+``role``, ``sid``: the session (refresh-token family) the token belongs to, so revoking a
+session kills its access tokens too, and ``auth_time``: when that session's password or PIN sign-in
+happened (OIDC's claim), copied onto every token refreshed from it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class TokenClaims:
     role: str
     issued_at: datetime.datetime
     expires_at: datetime.datetime
+    auth_time: datetime.datetime | None = None  # None: a token from before the claim existed
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +61,16 @@ class TokenIssuer:
         self.access_lifetime = datetime.timedelta(minutes=settings.access_token_minutes)
         self.refresh_lifetime = datetime.timedelta(days=settings.refresh_token_days)
 
-    def issue(self, type_: TokenType, *, user_id: int, role: str, session_id: uuid.UUID) -> IssuedToken:
+    def issue(
+        self,
+        type_: TokenType,
+        *,
+        user_id: int,
+        role: str,
+        session_id: uuid.UUID,
+        auth_time: datetime.datetime | None = None,
+    ) -> IssuedToken:
+        """``auth_time``: the session's sign-in (a refresh passes its token's); None leaves the claim out."""
         now = datetime.datetime.now(datetime.UTC)
         lifetime = self.access_lifetime if type_ == "access" else self.refresh_lifetime
         claims = TokenClaims(
@@ -70,6 +81,7 @@ class TokenIssuer:
             role=role,
             issued_at=now,
             expires_at=now + lifetime,
+            auth_time=auth_time,
         )
         payload = {
             "sub": str(user_id),
@@ -83,6 +95,8 @@ class TokenIssuer:
             "iss": self._issuer,
             "aud": self._audience,
         }
+        if auth_time is not None:
+            payload["auth_time"] = int(auth_time.timestamp())
         key = self._keys.signer()
         assert key.private_key is not None, "the signer is a key with its private half"
         token = jwt.encode(payload, key.private_key, algorithm=key.alg, headers={"kid": key.kid})
@@ -121,6 +135,11 @@ class TokenIssuer:
                 role=str(payload.get("role", "user")),
                 issued_at=datetime.datetime.fromtimestamp(payload["iat"], datetime.UTC),
                 expires_at=datetime.datetime.fromtimestamp(payload["exp"], datetime.UTC),
+                auth_time=(
+                    datetime.datetime.fromtimestamp(payload["auth_time"], datetime.UTC)
+                    if "auth_time" in payload
+                    else None
+                ),
             )
         except jwt.ExpiredSignatureError as exc:
             raise InvalidToken("Your session has expired. Please sign in again.", code="token_expired") from exc

@@ -125,6 +125,17 @@ class RateLimited(AppError):
     message = "Too many attempts. Please wait before trying again."
 
 
+class PinLocked(AppError):
+    status_code = 403
+    code = "pin_locked"
+    message = "PIN sign-in is locked after too many wrong PINs. Sign in with your password to unlock it."
+
+
+class AccountLocked(RateLimited):
+    code = "account_locked"
+    message = "Too many failed sign-ins for this phone number. Please wait before trying again."
+
+
 UNAVAILABLE_RETRY_AFTER = 30  # seconds a client is told to wait when a dependency is down
 
 
@@ -164,7 +175,7 @@ _HTTP_CODES = {
     400: ("bad_request", "The request could not be understood."),
     401: ("not_authenticated", "Please sign in to continue."),
     403: ("forbidden", "You do not have permission to do this."),
-    404: ("not_found", "Nothing here. Check the address."),
+    404: ("not_found", "No route matches this path. The API's routes are listed at /schema."),
     405: ("method_not_allowed", "This address does not accept that method."),
     413: ("payload_too_large", PayloadTooLarge.message),
     415: ("unsupported_media_type", UnsupportedMediaType.message),
@@ -212,11 +223,24 @@ def _human(message: str) -> str:
     return "This value is not valid."
 
 
-def http_exception_handler(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+SETTINGS_PREFIX = "/api/settings/"
+SETTINGS_ROUTES = ("account", "bundle", "privacy", "privacy/parent-access", "umwari/status")
+
+
+def _settings_not_found(path: str) -> str:
+    """The settings page shows ``message`` as a toast: say which call the page made that is not served."""
+    shown = path if len(path) <= 100 else path[:100] + "..."
+    routes = ", ".join(SETTINGS_PREFIX + route for route in SETTINGS_ROUTES)
+    return f"This service has no settings route {shown}; it serves {routes}."
+
+
+def http_exception_handler(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     if isinstance(exc, SerializationException) or (status == 400 and "JSON" in str(exc.detail)):
         return _json({"message": "The request body is not valid JSON.", "code": "malformed_json"}, 400)
     code, message = _HTTP_CODES.get(status, ("error", "The request could not be processed."))
+    if isinstance(exc, NotFoundException) and request.url.path.startswith(SETTINGS_PREFIX):
+        message = _settings_not_found(request.url.path)
     if status >= 500:
         logger.error("HTTP %s: %s", status, exc.detail)
     return _json({"message": message, "code": code}, status, exc.headers)
@@ -230,7 +254,7 @@ def too_deep_handler(_: Request[Any, Any, Any], exc: RecursionError) -> Response
 def repository_error_handler(request: Request[Any, Any, Any], exc: RepositoryError) -> Response[Any]:
     """advanced-alchemy's wrapped database errors (its own handler would echo the driver's message)."""
     if isinstance(exc, NotFoundError):
-        return _json({"message": _HTTP_CODES[404][1], "code": "not_found"}, 404)
+        return _json({"message": "That record does not exist.", "code": "not_found"}, 404)
     if isinstance(exc, DuplicateKeyError) or isinstance(exc.__cause__, DatabaseIntegrityError):
         body = {"message": "This clashes with a change made at the same moment. Please try again.", "code": "conflict"}
         return _json(body, 409)

@@ -16,6 +16,7 @@ from typing import Literal
 
 import msgspec
 
+from app.core.cors import DEVELOPMENT_ORIGINS, CorsOriginInvalid, CorsPolicy
 from app.core.postgres import DatabaseUrlError
 from app.core.postgres import asyncpg_url as asyncpg_url  # the one normalisation, re-exported
 
@@ -107,7 +108,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_retention_days: int = 365
     audit_export_concurrency: int = 2  # exports streaming at once per process (each holds a DB connection)
     audit_max_backlog: int = 1_000_000  # unwritten events Redis may hold; past it events go to Postgres directly
-    cors_allow_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    # Browser origins (app/core/cors.py has the syntax); unset: the development origins, required in production.
+    cors_allow_origins: list[str] | None = None
+    reauth_window_seconds: int = 600  # a sign-in this recent may change credentials without current_password
+    umwari_server_key_configured: bool = False  # reported to the settings page; the assistant is not ours
 
     # Account events (app/accounts/events.py, relay.py).
     account_events_relay_enabled: bool = True
@@ -157,12 +161,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("RECOVERY_TTL_HOURS must be at least 1")
         if self.signing_keys_refresh_seconds < 1 or self.jwks_max_age_seconds < 0:
             raise ConfigError("SIGNING_KEYS_REFRESH_SECONDS must be at least 1 and JWKS_MAX_AGE_SECONDS not negative")
+        if self.reauth_window_seconds < 0:
+            raise ConfigError("REAUTH_WINDOW_SECONDS must be 0 or more")
         if self.app_env == "production":
             required = ["pin_pepper", "signing_keys_secret"]
             if self.jwt_accept_legacy_hs256:
                 required.append("jwt_secret")  # it still verifies the tokens issued before the switch
             for name in required:
                 _check_secret(name, getattr(self, name))
+        if self.cors_allow_origins is None:
+            if self.app_env == "production":
+                raise ConfigError(
+                    "CORS_ALLOW_ORIGINS is required when APP_ENV=production: the web client's origins, "
+                    "e.g. https://app.example.org,https://localhost:*,capacitor://localhost"
+                )
+            return msgspec.structs.replace(self, cors_allow_origins=list(DEVELOPMENT_ORIGINS)).validated()
+        try:
+            CorsPolicy.parse(self.cors_allow_origins)
+        except CorsOriginInvalid as exc:
+            raise ConfigError(str(exc)) from exc
+        if self.app_env == "production":
             return self
         if self.jwt_secret and self.pin_pepper and self.signing_keys_secret:
             return self

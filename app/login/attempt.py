@@ -13,23 +13,12 @@ from typing import Literal
 
 from app.audit.pipeline.events import LoginEvent, encode_event, new_event
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
-from app.core.errors import AppError, LimiterUnavailable, RateLimited
+from app.core.errors import AccountLocked, LimiterUnavailable, PinLocked
 from app.ratelimit.limiter import Decision, LoginLimiter, Reservation, rate_limit_headers
 
 logger = logging.getLogger(__name__)
 
 Method = Literal["password", "pin"]
-
-
-class PinLocked(AppError):
-    status_code = 403
-    code = "pin_locked"
-    message = "PIN sign-in is locked after too many wrong PINs. Sign in with your password to unlock it."
-
-
-class AccountLocked(RateLimited):
-    code = "account_locked"
-    message = "Too many failed sign-ins for this phone number. Please wait before trying again."
 
 
 @dataclass

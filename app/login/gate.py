@@ -116,8 +116,9 @@ LOGIN_PATH = "/api/auth/login"
 class LoginGate:
     """The gate, as plain ASGI.
 
-    ``create_asgi_app`` puts it outermost, in front of routing and Litestar's middleware stack, so
-    a refusal costs as little as possible; it is also the login route's own middleware, which
+    ``create_asgi_app`` puts it in front of routing and Litestar's middleware stack (only CORS, whose
+    headers its refusals need, comes before it), so a refusal costs as little as possible; it is
+    also the login route's own middleware, which
     passes an already-gated request straight through, so the route is never served ungated.
     """
 
@@ -147,7 +148,6 @@ class LoginGate:
         address = resolver.address_of(scope)
         headers = dict(scope["headers"])
         request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:64] or str(uuid_utils.uuid4())
-        cors = _cors_headers(settings, headers.get(b"origin"))
         attempt = LoginAttempt(
             limiter=limiter,
             publisher=publisher,
@@ -159,7 +159,7 @@ class LoginGate:
         )
         if body is None:
             await _record_unfinished(attempt)
-            await send_error(send, PayloadTooLarge(), cors)
+            await send_error(send, PayloadTooLarge(), {})
             return
         attempt.phone_number, method = peek_login(body, settings.default_phone_region)
         attempt.method = method  # type: ignore[assignment]
@@ -171,7 +171,7 @@ class LoginGate:
             if not settings.rate_limit_fail_open:
                 LOGIN_REFUSED.labels("limiter_unavailable").inc()
                 await attempt.refuse_unavailable()
-                await send_error(send, unavailable, cors)
+                await send_error(send, unavailable, {})
                 return
             logger.warning("rate limiter unavailable; login allowed without a budget (RATE_LIMIT_FAIL_OPEN)")
             decision = None
@@ -187,7 +187,7 @@ class LoginGate:
                 headers={"Retry-After": str(decision.retry_after), **rate_limit_headers("login", decision)},
                 extra={"retry_after": decision.retry_after},
             )
-            await send_error(send, refused, cors)
+            await send_error(send, refused, {})
             return
 
         attempt.client_decision = decision
@@ -203,18 +203,6 @@ class LoginGate:
 def login_gate_factory(app: ASGIApp) -> ASGIApp:
     """The login route's middleware (a fallback when the app is served without the outer gate)."""
     return LoginGate(app)
-
-
-def _cors_headers(settings: Settings, origin: bytes | None) -> dict[str, str]:
-    """Answers sent before Litestar's CORS middleware still need its headers for browsers."""
-    if not origin:
-        return {}
-    if "*" in settings.cors_allow_origins:
-        return {"Access-Control-Allow-Origin": "*"}
-    text = origin.decode("latin-1")
-    if text in settings.cors_allow_origins:
-        return {"Access-Control-Allow-Origin": text, "Vary": "Origin"}
-    return {}
 
 
 async def _record_unfinished(attempt: LoginAttempt) -> None:

@@ -412,3 +412,30 @@ async def test_every_admin_action_leaves_one_row_that_security_can_read(client, 
     assert len(lines) == len(steps)
     reads = "SELECT count(*) FROM audit_queries WHERE action LIKE 'admin_actions%' AND user_id = $1"
     assert await db.fetchval(reads, auditor["user_id"]) == 4  # the refused read (400) is not one
+
+
+async def test_after_a_recovery_sign_in_the_user_sets_a_new_password_and_pin_without_the_old_one(client, db):
+    headers, _ = await panel_admin(client, db)
+    phone = new_phone()
+    user = await registered(client, phone_number=phone)
+    code = (await client.post(f"{ADMIN}/{user['user_id']}/recovery", headers=headers)).json()["recovery_code"]
+    signed_in = (await login(client, phone, password=code)).json()
+    token = signed_in["access_token"]
+    account = (await client.get("/api/settings/bundle", headers=bearer(token))).json()["account"]
+    saved = await client.put(
+        "/api/settings/account",
+        headers=bearer(token),
+        json={
+            "first_name": account["first_name"],
+            "last_name": account["last_name"],
+            "phone_number": account["phone_number"],
+            "enable_pin_auth": True,
+            "new_password": OTHER_PASSWORD,
+            "new_pin": GOOD_PIN,
+        },
+    )
+    assert saved.status_code == 200, saved.text
+    assert (await login(client, phone, password=OTHER_PASSWORD)).status_code == 200
+    assert (await login(client, phone, pin=GOOD_PIN)).status_code == 200
+    assert (await login(client, phone, password=STRONG_PASSWORD)).status_code == 401
+    assert (await login(client, phone, password=code)).status_code == 401

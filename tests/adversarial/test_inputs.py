@@ -36,6 +36,8 @@ BODY_ROUTES = [
     ("POST", "/api/auth/logout"),
     ("PUT", "/api/auth/profile"),
     ("PUT", "/api/settings/account"),
+    ("PUT", "/api/settings/privacy"),
+    ("PUT", "/api/settings/privacy/parent-access"),
 ]
 ROOMY = {"register_limit": 100_000, "rate_limit_login_failures": 100_000, "account_max_failures": 100_000}
 PROXIED = {"trusted_proxies": ["127.0.0.1/32"], **ROOMY}
@@ -258,6 +260,8 @@ PROFILE_FIELDS = {
     "new_pin": PIN_WRONG,
     "pin": PIN_WRONG,
 }  # fmt: skip
+PRIVACY_FIELDS = {"data_sharing_consent": BOOL_WRONG, "notification_preferences": [[], "on", 1, True]}
+PARENT_ACCESS_FIELDS = {"allow_parent_access": [*BOOL_WRONG, None]}
 
 
 @pytest.mark.parametrize("settings", [ROOMY], indirect=True)
@@ -267,12 +271,16 @@ async def test_wrong_types_are_400_naming_the_field(client: Any, token: str, sub
         "/api/auth/login": {"phone_number": new_phone(), "password": STRONG_PASSWORD},
         "/api/auth/profile": {},
         "/api/settings/account": {},
+        "/api/settings/privacy": {},
+        "/api/settings/privacy/parent-access": {},
     }
     cases = [
         ("POST", "/api/auth/register", REGISTER_FIELDS),
         ("POST", "/api/auth/login", LOGIN_FIELDS),
         ("PUT", "/api/auth/profile", PROFILE_FIELDS),
         ("PUT", "/api/settings/account", PROFILE_FIELDS),
+        ("PUT", "/api/settings/privacy", PRIVACY_FIELDS),
+        ("PUT", "/api/settings/privacy/parent-access", PARENT_ACCESS_FIELDS),
     ]
     for method, path, fields in cases:
         for field, values in fields.items():

@@ -30,6 +30,7 @@ REASONS = (
     "rate_limited",
     "limiter_unavailable",
     "invalid_request",
+    "reauth_failed",  # a wrong current_password on a profile change (app/accounts/reauth.py)
 )
 
 # A UUID in its canonical text form. Kept as text from minting to the COPY (asyncpg encodes it):
