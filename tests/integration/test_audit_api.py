@@ -23,6 +23,8 @@ ATTEMPTS = "/api/audit/login-attempts"
 EXPORT = "/api/audit/login-attempts/export"
 SUMMARY = "/api/audit/summary"
 QUERIES = "/api/audit/queries"
+ADMIN_ACTIONS = "/api/audit/admin-actions"
+ADMIN_ACTIONS_EXPORT = "/api/audit/admin-actions/export"
 MINUTE = datetime.timedelta(minutes=1)
 
 
@@ -35,7 +37,8 @@ def audit_paths(app: Any) -> list[str]:
 
 async def test_every_audit_route_needs_a_token(client, app):
     paths = audit_paths(app)
-    assert set(paths) == {ATTEMPTS, EXPORT, SUMMARY, QUERIES}  # a new route must be added to these tests
+    # a new route must be added to these tests
+    assert set(paths) == {ATTEMPTS, EXPORT, SUMMARY, QUERIES, ADMIN_ACTIONS, ADMIN_ACTIONS_EXPORT}
     for path in paths:
         response = await client.get(path)
         assert response.status_code == 401, path
@@ -48,8 +51,8 @@ async def test_every_audit_route_needs_a_token(client, app):
     ("role", "allowed"),
     [
         ("user", set()),
-        ("security", {ATTEMPTS, EXPORT, SUMMARY}),
-        ("admin", {ATTEMPTS, EXPORT, SUMMARY, QUERIES}),
+        ("security", {ATTEMPTS, EXPORT, SUMMARY, ADMIN_ACTIONS, ADMIN_ACTIONS_EXPORT}),
+        ("admin", {ATTEMPTS, EXPORT, SUMMARY, QUERIES, ADMIN_ACTIONS, ADMIN_ACTIONS_EXPORT}),
     ],
 )
 async def test_roles(client, app, db, role, allowed):
