@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.forms import NewAccount, clean_registration
 from app.accounts.schemas import MessageResponse, RegisterRequest
+from app.accounts.sessions import read_whole_body
 from app.admin.schemas import (
     AdminUserDetail,
     AdminUserView,
@@ -44,8 +45,9 @@ from app.audit.history.params import Params
 from app.core.errors import FieldError, FieldErrors, PermissionDenied, ValidationFailed, error_responses
 from app.db.models import USER_TYPES, User
 
-ADMIN_ERRORS = error_responses(400, 401, 403)
-CHANGE_ERRORS = error_responses(400, 401, 403, 409)
+ADMIN_ERRORS = error_responses(400, 401, 403, 413, 415)
+ONE_ACCOUNT_ERRORS = error_responses(400, 401, 403, 404, 413, 415)
+CHANGE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415)
 USER_TYPE_MESSAGE = f"Choose one of: {', '.join(USER_TYPES)}."
 
 
@@ -110,6 +112,7 @@ def clean_new_user(data: CreateUserRequest, region: str) -> tuple[NewAccount, st
 class AdminController(Controller):
     path = "/api/admin/users"
     tags = ["admin"]
+    guards = [read_whole_body]
     dependencies = {"panel_admin": Provide(provide_panel_admin), "admin_service": Provide(provide_admin_service)}
 
     @get("/", summary="Accounts, newest first, searched and paginated", responses=ADMIN_ERRORS)
@@ -159,7 +162,7 @@ class AdminController(Controller):
         )
         return UserResponse(message="User created successfully", user=AdminUserView.of(user))
 
-    @get("/{user_id:int}", summary="One account with its sessions and last sign-ins", responses=ADMIN_ERRORS)
+    @get("/{user_id:int}", summary="One account with its sessions and last sign-ins", responses=ONE_ACCOUNT_ERRORS)
     async def get_user(
         self, user_id: FromPath[int], panel_admin: NamedDependency[User], admin_service: NamedDependency[AdminService]
     ) -> UserDetailResponse:
@@ -260,7 +263,7 @@ class AdminController(Controller):
         "/{user_id:int}/unlock",
         status_code=200,
         summary="Lift the PIN lock and the number's password budget",
-        responses=ADMIN_ERRORS,
+        responses=ONE_ACCOUNT_ERRORS,
     )
     async def unlock(
         self,
@@ -277,7 +280,7 @@ class AdminController(Controller):
         "/{user_id:int}/sessions/{session_id:uuid}",
         status_code=200,
         summary="End one of the account's sessions",
-        responses=ADMIN_ERRORS,
+        responses=ONE_ACCOUNT_ERRORS,
     )
     async def end_session(
         self,

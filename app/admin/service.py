@@ -53,6 +53,7 @@ AdminActionName = Literal[
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
 LAST_SIGN_INS = 10
+INT64_MAX = 2**63 - 1
 MIN_PHONE_DIGITS = 3  # fewer typed digits match too much to be a phone search
 
 
@@ -236,6 +237,8 @@ class AdminService:
         return UserPage(list(rows.all()), total, query.page, query.per_page)
 
     async def get_user(self, user_id: int, *, lock: bool = False) -> User:
+        if not 0 < user_id <= INT64_MAX:  # a path's integer may be any size; ids are BIGINT
+            raise AccountNotFound()
         statement = select(User).where(User.id == user_id, User.deleted_at.is_(None))
         if lock:
             statement = statement.with_for_update().execution_options(populate_existing=True)

@@ -288,6 +288,7 @@ ERROR_DESCRIPTIONS = {
     400: "Malformed JSON, or fields that need attention (listed in `errors`)",
     401: "Not signed in, or the token is not valid",
     403: "Not allowed",
+    404: "No such resource (an unknown id, or one this account may not see)",
     409: "The phone number or email address belongs to another account",
     413: "The request body is too large",
     415: "The request body is not JSON",
