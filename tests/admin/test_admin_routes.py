@@ -439,3 +439,24 @@ async def test_after_a_recovery_sign_in_the_user_sets_a_new_password_and_pin_wit
     assert (await login(client, phone, pin=GOOD_PIN)).status_code == 200
     assert (await login(client, phone, password=STRONG_PASSWORD)).status_code == 401
     assert (await login(client, phone, password=code)).status_code == 401
+
+
+async def test_an_expired_recovery_code_no_longer_signs_in(client, db):
+    headers, _ = await panel_admin(client, db)
+    phone = new_phone()
+    user = await registered(client, phone_number=phone)
+    code = (await client.post(f"{ADMIN}/{user['user_id']}/recovery", headers=headers)).json()["recovery_code"]
+    await db.execute(
+        "UPDATE users SET recovery_expires_at = now() - interval '1 second' WHERE id = $1", user["user_id"]
+    )
+    assert (await login(client, phone, password=code)).status_code == 401
+
+
+async def test_no_recovery_code_for_a_deactivated_account(client, db):
+    headers, _ = await panel_admin(client, db)
+    user = await registered(client)
+    await client.patch(f"{ADMIN}/{user['user_id']}/toggle-status", headers=headers)
+    refused = await client.post(f"{ADMIN}/{user['user_id']}/recovery", headers=headers)
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "account_inactive"
+    assert await db.fetchval("SELECT recovery_hash FROM users WHERE id = $1", user["user_id"]) is None
