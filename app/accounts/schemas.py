@@ -87,8 +87,8 @@ class UserView(msgspec.Struct, kw_only=True):
     name: str
     first_name: str
     last_name: str
-    phone_number: str
-    phone: str
+    phone_number: str | None  # None: an imported account without a phone (a family-managed child)
+    phone: str | None
     email: str | None
     user_type: str
     role: str
@@ -397,7 +397,7 @@ def clean_profile_update(data: ProfileUpdateRequest, user: User, region: str) ->
     new_password = data.new_password if _given(data.new_password) else data.password
     if isinstance(new_password, str) and new_password:
         field_name = "new_password" if _given(data.new_password) else "password"
-        phone_digits = str(out.get("phone_number", user.phone_number)).lstrip("+")
+        phone_digits = str(out.get("phone_number", user.phone_number) or "").lstrip("+")
         problem = password_problem(new_password, phone_digits=phone_digits, name=out.get("name") or user.name)
         if problem:
             errors.add(field_name, problem)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     Uuid,
     func,
     text,
@@ -27,7 +28,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 metadata = orm_registry.metadata
 
 ROLES = ("user", "security", "admin")
-USER_TYPES = ("parent", "adolescent", "admin", "caregiver")
+# Every Flask-era value (the legacy import keeps them); registration offers only parent and adolescent.
+USER_TYPES = ("parent", "adolescent", "admin", "content_writer", "health_provider", "caregiver")
+STAFF_USER_TYPES = ("admin", "content_writer", "health_provider")
+# Where a row came from: written by this service, or brought in by ``ladys-essence legacy import``.
+SOURCES = ("api", "flask")
 
 
 class User(IdentityAuditBase):
@@ -38,7 +43,8 @@ class User(IdentityAuditBase):
     )
 
     name: Mapped[str] = mapped_column(String(200))
-    phone_number: Mapped[str] = mapped_column(String(20), unique=True)
+    # NULL: no phone (family-managed children, imported collisions); such an account cannot sign in by phone.
+    phone_number: Mapped[str | None] = mapped_column(String(20), unique=True, default=None)
     email: Mapped[str | None] = mapped_column(String(254), default=None)
     password_hash: Mapped[str] = mapped_column(String(255))
     user_type: Mapped[str] = mapped_column(String(20), default="adolescent")
@@ -57,6 +63,8 @@ class User(IdentityAuditBase):
     data_sharing_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     notification_preferences: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)
     date_of_birth: Mapped[datetime.date | None] = mapped_column(Date, default=None)
+    current_session_data: Mapped[str | None] = mapped_column(Text, default=None)  # Flask-era USSD session state
+    source: Mapped[str] = mapped_column(String(8), default="api", server_default="api")
 
 
 class RefreshToken(IdentityAuditBase):
@@ -110,6 +118,8 @@ class LoginAttempt(IdentityBase):
     ip_address: Mapped[str | None] = mapped_column(INET, default=None)
     user_agent: Mapped[str | None] = mapped_column(String(255), default=None)
     request_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    source: Mapped[str] = mapped_column(String(8), default="api", server_default="api")
+    legacy_ip: Mapped[str | None] = mapped_column(Text, default=None)  # a Flask-era ip_address that is not one
 
 
 class AuditQuery(IdentityBase):

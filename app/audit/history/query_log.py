@@ -19,7 +19,7 @@ import msgspec
 from app.audit.history.query import Cursor, Errors, read_cursor, read_limit
 
 Origin = Literal["api", "cli"]
-Action = Literal["list", "export", "summary", "queries", "prune"]
+Action = Literal["list", "export", "summary", "queries", "prune", "legacy_import"]
 
 
 @dataclass(frozen=True, slots=True)
