@@ -11,6 +11,7 @@ from types import FrameType
 import click
 
 from app.audit.history.commands import AUDIT_COMMANDS
+from app.cli.legacy import legacy
 from app.cli.users import users
 from app.core.settings import ConfigError, Settings
 
@@ -164,6 +165,7 @@ def loadtest(**options: object) -> None:
 for _command in AUDIT_COMMANDS:  # query, export, prune
     audit.add_command(_command)
 main.add_command(users)
+main.add_command(legacy)
 
 
 if __name__ == "__main__":
