@@ -241,7 +241,8 @@ def user_row(
 
 # ---- login history ------------------------------------------------------------------------------
 
-_EVENT_MARKER = 0xF1A  # the 12 "rand_a" bits of every imported event id: imported ids are recognisable
+_EVENT_MARKER = "7f1a"  # version 7, then the 12 "rand_a" bits of every imported event id: recognisable
+_VARIANT = 0b10 << 62
 _ID_MASK = (1 << 62) - 1
 _MS_MASK = (1 << 48) - 1
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
@@ -249,11 +250,13 @@ EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 
 def legacy_event_id(created_at: datetime.datetime, source_id: int) -> str:
     """A UUIDv7-shaped id from the row's time and its source id: the same row always gets the same id
-    (so a rerun inserts nothing), ids sort by time like the service's own, and no two rows share one."""
-    ms = int(created_at.timestamp() * 1000) & _MS_MASK
-    value = (ms << 80) | (0x7 << 76) | (_EVENT_MARKER << 64) | (0b10 << 62) | (source_id & _ID_MASK)
-    text = f"{value:032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    (so a rerun inserts nothing), ids sort by time like the service's own, and no two rows share one.
+
+    Layout: 48 bits of milliseconds, version 7, the marker bits, the variant, 62 bits of source id.
+    """
+    ms = f"{int(created_at.timestamp() * 1000) & _MS_MASK:012x}"
+    tail = f"{_VARIANT | (source_id & _ID_MASK):016x}"
+    return f"{ms[:8]}-{ms[8:]}-{_EVENT_MARKER}-{tail[:4]}-{tail[4:]}"
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -318,7 +321,7 @@ def history_records(rows: list[Any], region: str, stats: HistoryStats) -> list[t
             stats.created_at_missing += 1
             created = last_time
         else:
-            created = created_at.replace(tzinfo=UTC) if created_at.tzinfo is None else created_at
+            created = created_at if created_at.tzinfo is not None else created_at.replace(tzinfo=UTC)
             last_time = created
         phone = sign_in_phone(raw_phone, region) if raw_phone else None
         if phone is None:

@@ -38,7 +38,8 @@ USER_COLUMNS = (
     "data_sharing_consent",
     "notification_preferences",
 )
-ATTEMPT_COLUMNS = ("id", "phone_number", "success", "ip_address", "user_agent", "created_at")
+# The time comes as timestamptz: naive Flask values are UTC, and Postgres attaches the zone cheaper than Python.
+ATTEMPT_COLUMNS = ("id", "phone_number", "success", "ip_address", "user_agent", "created_at AT TIME ZONE 'UTC'")
 KEY_COLUMNS = ("id", "phone_number", "email", "created_at", "last_activity", "pin_hash")
 
 
@@ -75,7 +76,7 @@ class Source:
                     "SELECT column_name FROM information_schema.columns WHERE table_name = $1", table
                 )
             }
-            missing = [c for c in columns if c not in found]
+            missing = [c.split()[0] for c in columns if c.split()[0] not in found]
             if missing:
                 raise SourceError(f"the source has no {table} table with the Flask-era columns (missing: {missing})")
 

@@ -356,3 +356,13 @@ async def test_the_security_teams_query_log_shows_the_import(
     filters = json.loads(row["filters"])
     assert filters["users"]["inserted"] == report.users_inserted and filters["history"]["inserted"] == len(fd.ATTEMPTS)
     assert "@" in row["actor"] and row["row_count"] == report.users_inserted + report.history_inserted
+
+
+async def test_the_security_team_finds_imported_failures_by_reason_legacy(
+    settings: Settings, flask_url: str, quirky: Any, db: asyncpg.Connection
+) -> None:
+    from app.audit.history.query import fetch_page, parse_page_request
+
+    await import_legacy(settings, flask_url, only="attempts")
+    page = await fetch_page(db, parse_page_request({"reason": "legacy", "phone_number": "0788100001"}, "RW"))
+    assert [(item.reason, item.success) for item in page.items] == [("legacy", False), ("legacy", False)]

@@ -28,6 +28,7 @@ REASONS = (
     "rate_limited",
     "limiter_unavailable",
     "invalid_request",
+    "legacy",  # a failed Flask-era attempt brought in by `legacy import` (the Flask era kept no reason)
 )
 # The stream entry holds the whole event as JSON under this one field.
 STREAM_FIELD = "e"
