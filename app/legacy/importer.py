@@ -330,18 +330,24 @@ async def _import_history(
     stats = HistoryStats()
     report.history = stats
     # The next batch is read and converted while the previous one is written.
-    queue: asyncio.Queue[tuple[list[int], list[tuple[Any, ...]]] | None] = asyncio.Queue(maxsize=2)
+    queue: asyncio.Queue[tuple[list[int], list[tuple[Any, ...]]] | Exception | None] = asyncio.Queue(maxsize=2)
 
     async def produce() -> None:
-        async for rows in source.batches("login_attempts", ATTEMPT_COLUMNS, options.batch_size):
-            records = history_records(rows, options.region, stats)
-            await queue.put(([row[0] for row in rows], records))
+        try:
+            async for rows in source.batches("login_attempts", ATTEMPT_COLUMNS, options.batch_size):
+                records = history_records(rows, options.region, stats)
+                await queue.put(([row[0] for row in rows], records))
+        except Exception as exc:  # reading failed: the writer raises it after the batches before it
+            await queue.put(exc)
+            return
         await queue.put(None)
 
     producer = asyncio.create_task(produce())
     try:
         done = 0
         while (item := await queue.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
             ids, records = item
             if not options.dry_run:
                 inserted = await _write_history(target, ids, records)

@@ -366,3 +366,20 @@ async def test_the_security_team_finds_imported_failures_by_reason_legacy(
     await import_legacy(settings, flask_url, only="attempts")
     page = await fetch_page(db, parse_page_request({"reason": "legacy", "phone_number": "0788100001"}, "RW"))
     assert [(item.reason, item.success) for item in page.items] == [("legacy", False), ("legacy", False)]
+
+
+async def test_a_failed_history_batch_names_its_source_ids(
+    settings: Settings, flask_url: str, quirky: Any, db: asyncpg.Connection
+) -> None:
+    refused = await quirky.fetchval("SELECT id FROM login_attempts WHERE ip_address = 'unknown'")
+    await db.execute("ALTER TABLE login_attempts ADD CONSTRAINT test_refuse_one CHECK (legacy_ip <> 'unknown')")
+    try:
+        with pytest.raises(ImportFailed) as failure:
+            await import_legacy(settings, flask_url, only="attempts", batch_size=3)
+        assert failure.value.batch.table == "login_attempts" and refused in failure.value.batch.source_ids
+        assert len(failure.value.batch.source_ids) == 3
+        # The batches before it are in; the failed one is not, not even in part.
+        stored = await db.fetchval("SELECT count(*) FROM login_attempts")
+        assert stored == min(failure.value.batch.source_ids) - 1
+    finally:
+        await db.execute("ALTER TABLE login_attempts DROP CONSTRAINT test_refuse_one")
