@@ -12,6 +12,7 @@ from app.cli.accounts import accounts
 from app.cli.audit import audit
 from app.cli.db import db
 from app.cli.keys import keys
+from app.cli.legacy import legacy
 from app.cli.loadtest import loadtest
 from app.cli.serve import serve
 from app.cli.services import services
@@ -25,7 +26,7 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-for _command in (serve, db, audit, users, accounts, keys, services, loadtest):
+for _command in (serve, db, audit, users, accounts, keys, services, legacy, loadtest):
     main.add_command(_command)
 
 

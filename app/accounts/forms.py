@@ -234,7 +234,7 @@ def clean_profile_update(data: ProfileUpdateRequest, user: User, region: str) ->
     new_password = data.new_password if _given(data.new_password) else data.password
     if isinstance(new_password, str) and new_password:
         field_name = "new_password" if _given(data.new_password) else "password"
-        phone_digits = str(out.get("phone_number", user.phone_number)).lstrip("+")
+        phone_digits = str(out.get("phone_number", user.phone_number) or "").lstrip("+")
         problem = password_problem(new_password, phone_digits=phone_digits, name=out.get("name") or user.name)
         if problem:
             errors.add(field_name, problem)

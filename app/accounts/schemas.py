@@ -74,8 +74,8 @@ class UserView(msgspec.Struct, kw_only=True):
     name: str
     first_name: str
     last_name: str
-    phone_number: str
-    phone: str
+    phone_number: str | None  # None: an imported account without a phone (a family-managed child)
+    phone: str | None
     email: str | None
     user_type: str
     role: str

@@ -16,7 +16,12 @@ def test_production_requires_secrets(tmp_path):
 
 
 def test_jwt_secret_is_needed_only_while_legacy_tokens_are_accepted():
-    env = {"APP_ENV": "production", "PIN_PEPPER": STRONG, "SIGNING_KEYS_SECRET": STRONG[::-1], "CORS_ALLOW_ORIGINS": "https://a.rw"}
+    env = {
+        "APP_ENV": "production",
+        "PIN_PEPPER": STRONG,
+        "SIGNING_KEYS_SECRET": STRONG[::-1],
+        "CORS_ALLOW_ORIGINS": "https://a.rw",
+    }
     settings = Settings.from_env({**env, "JWT_ACCEPT_LEGACY_HS256": "false"})
     assert settings.jwt_secret is None and not settings.jwt_accept_legacy_hs256
 

@@ -80,7 +80,5 @@ def test_development_default_and_production_requirement(tmp_path):
     assert "http://localhost:5173" in dev.cors_allow_origins
     with pytest.raises(ConfigError, match="CORS_ALLOW_ORIGINS is required"):
         Settings.from_env(PRODUCTION_SECRETS)
-    prod = Settings.from_env(
-        {**PRODUCTION_SECRETS, "CORS_ALLOW_ORIGINS": FIELD[0]}
-    )
+    prod = Settings.from_env({**PRODUCTION_SECRETS, "CORS_ALLOW_ORIGINS": FIELD[0]})
     assert prod.cors_allow_origins == [FIELD[0]]

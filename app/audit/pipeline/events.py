@@ -31,6 +31,7 @@ REASONS = (
     "limiter_unavailable",
     "invalid_request",
     "reauth_failed",  # a wrong current_password on a profile change (app/accounts/reauth.py)
+    "legacy",  # a failed Flask-era attempt brought in by `legacy import` (the Flask era kept no reason)
 )
 
 # A UUID in its canonical text form. Kept as text from minting to the COPY (asyncpg encodes it):
