@@ -191,18 +191,24 @@ class AuthService:
 
     # ---- sign-in ------------------------------------------------------------------------------
 
-    async def authenticate(self, credentials: Credentials) -> User:
-        """Verify a phone number with a password or PIN; every failure costs one hash verification."""
+    async def authenticate(self, credentials: Credentials, deadline_ms: int | None = None) -> User:
+        """Verify a phone number with a password or PIN; every failure costs one hash verification.
+
+        ``deadline_ms``: when the attempt's budget reservations lapse; a verification that could not
+        finish by then is refused with VerificationBusy, unverified.
+        """
         user = await self.users.get_by_phone(credentials.phone_number)
         # Release the pooled connection before the slow hash, so a login storm cannot starve the pool.
         await self._release_connection()
         if credentials.method == "pin":
             pin_usable = user is not None and user.enable_pin_auth and user.pin_hash is not None
-            result = await self.hasher.verify_pin(user.pin_hash if pin_usable and user else None, credentials.secret)
+            stored = user.pin_hash if pin_usable and user else None
+            result = await self.hasher.verify_pin(stored, credentials.secret, deadline_ms)
             if user is not None and not pin_usable:
                 raise LoginFailed(LoginFailure("pin_not_enabled", user.id))
         else:
-            result = await self.hasher.verify_password(user.password_hash if user else None, credentials.secret)
+            stored = user.password_hash if user else None
+            result = await self.hasher.verify_password(stored, credentials.secret, deadline_ms)
         if user is None:
             raise LoginFailed(LoginFailure("unknown_account", None))
         if not result.ok:

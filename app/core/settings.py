@@ -82,6 +82,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     argon2_parallelism: int = 1
     hash_threads: int = 0  # 0: the cores shared out among the workers
     hash_thread_nice: int = 0  # > 0: hashing yields the CPU to the event loop (Linux); see docs/benchmarks.md
+    legacy_bcrypt_rounds: int = 12  # cost of the Flask-era bcrypt hashes: failures are padded to it; 0: none left
 
     max_body_bytes: int = 16 * 1024
 
@@ -94,6 +95,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_reservation_seconds: int = 30
     rate_limit_fail_open: bool = False
     pin_max_failures: int = 5
+    pin_lock_seconds: int = 24 * 3600
+    known_client_days: int = 30  # a client that signed in to a number is exempt from its password lock this long
     account_max_failures: int = 20
     account_window_seconds: int = 3600
     register_limit: int = 10

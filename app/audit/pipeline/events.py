@@ -28,6 +28,7 @@ REASONS = (
     "account_locked",
     "account_inactive",
     "rate_limited",
+    "busy",  # not verified: the hash queue could not verify it within its reservation
     "limiter_unavailable",
     "invalid_request",
     "reauth_failed",  # a wrong current_password on a profile change (app/accounts/reauth.py)
