@@ -18,29 +18,10 @@ import msgspec
 
 from app.core.postgres import DatabaseUrlError
 from app.core.postgres import asyncpg_url as asyncpg_url  # the one normalisation, re-exported
+from app.core.secret_policy import secret_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
-# Values copied from tutorials and .env examples; refused outside development.
-PLACEHOLDER_SECRETS = frozenset(
-    {
-        "changeme",
-        "change-me",
-        "change_me",
-        "secret",
-        "your-secret-key",
-        "your_secret_key",
-        "jwt-secret",
-        "jwt_secret_key",
-        "super-secret",
-        "supersecret",
-        "dev-secret",
-        "development",
-        "replace-me",
-        "please-change-me",
-    }
-)
-MIN_SECRET_BYTES = 32
 
 
 class ConfigError(ValueError):
@@ -137,6 +118,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.refresh_reuse_grace_seconds < 0 or self.access_token_minutes < 1 or self.refresh_token_days < 1:
             raise ConfigError("token lifetimes must be positive")
         if self.app_env == "production":
+            # Embedded servers are for the local run: production names its servers or does not start.
+            missing = [name.upper() for name in ("database_url", "redis_url") if not getattr(self, name)]
+            if missing:
+                raise ConfigError(f"{' and '.join(missing)} must be set when APP_ENV=production")
             for name in ("jwt_secret", "pin_pepper"):
                 _check_secret(name, getattr(self, name))
             return self
@@ -166,17 +151,18 @@ def _split_list(value: str) -> list[str]:
 
 
 def _check_secret(name: str, value: str | None) -> None:
-    env_name = name.upper()
-    if not value:
-        raise ConfigError(f"{env_name} is required when APP_ENV=production")
-    if value.strip().lower() in PLACEHOLDER_SECRETS:
-        raise ConfigError(f"{env_name} is a well-known placeholder; generate one with `openssl rand -hex 32`")
-    if len(value.encode()) < MIN_SECRET_BYTES:
-        raise ConfigError(f"{env_name} must be at least {MIN_SECRET_BYTES} bytes")
+    problem = secret_problem(value)
+    if problem:
+        raise ConfigError(f"{name.upper()} {problem}")
 
 
 def _development_secrets(data_dir: Path) -> dict[str, str]:
-    """Generate development secrets once and keep them, so tokens survive a restart."""
+    """Generate development secrets once and keep them, so tokens survive a restart.
+
+    The file is born complete and private: written under a name of its own with mode 0600 from the
+    first byte (O_CREAT|O_EXCL, whatever the umask), then linked into place, which fails if another
+    starting process got there first; then theirs is used.
+    """
     path = data_dir / "secrets.json"
     try:
         stored: dict[str, str] = json.loads(path.read_text())
@@ -186,14 +172,19 @@ def _development_secrets(data_dir: Path) -> dict[str, str]:
         pass
     data_dir.mkdir(parents=True, exist_ok=True)
     stored = {"jwt_secret": secrets.token_hex(32), "pin_pepper": secrets.token_hex(32)}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(stored))
-    tmp.chmod(0o600)
+    tmp = data_dir / f".secrets.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        # link() fails if another process won the race; then use theirs.
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(stored))
+            out.flush()
+            os.fsync(out.fileno())
         os.link(tmp, path)
     except FileExistsError:
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid JSON: remove it to generate new development secrets") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return stored

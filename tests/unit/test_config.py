@@ -1,25 +1,28 @@
+import secrets
+
 import pytest
 
 from app.core.settings import ConfigError, Settings, asyncpg_url
 
-STRONG = "8f3a" * 16
+STRONG = secrets.token_hex(32)  # what `openssl rand -hex 32` prints; a literal here would be a published secret
+SERVERS = {"DATABASE_URL": "postgresql://db.invalid/app", "REDIS_URL": "redis://redis.invalid:6379/0"}
 
 
 def test_production_requires_secrets(tmp_path):
     with pytest.raises(ConfigError, match="JWT_SECRET"):
-        Settings.from_env({"APP_ENV": "production", "PIN_PEPPER": STRONG, "DATA_DIR": str(tmp_path)})
+        Settings.from_env({"APP_ENV": "production", "PIN_PEPPER": STRONG, "DATA_DIR": str(tmp_path), **SERVERS})
     with pytest.raises(ConfigError, match="PIN_PEPPER"):
-        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "DATA_DIR": str(tmp_path)})
+        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "DATA_DIR": str(tmp_path), **SERVERS})
 
 
 @pytest.mark.parametrize("secret", ["changeme", "your-secret-key", "short-secret"])
 def test_production_refuses_placeholders_and_short_secrets(secret, tmp_path):
     with pytest.raises(ConfigError):
-        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": secret, "PIN_PEPPER": STRONG})
+        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": secret, "PIN_PEPPER": STRONG, **SERVERS})
 
 
 def test_production_with_real_secrets_starts():
-    settings = Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "PIN_PEPPER": STRONG[::-1]})
+    settings = Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "PIN_PEPPER": STRONG[::-1], **SERVERS})
     assert settings.jwt_secret == STRONG
 
 
