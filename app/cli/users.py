@@ -45,9 +45,14 @@ def create_admin(phone: str, name: str, role: str, password_stdin: bool, promote
         phone_number = normalise_phone(phone, settings.default_phone_region, strict=True)
     except PhoneNumberError as exc:
         raise click.UsageError(f"--phone: {exc}") from exc
-    display_name = " ".join(name.split())
-    if not display_name or len(display_name) > 200:
-        raise click.UsageError("--name: enter the person's name (at most 200 characters).")
+    from app.accounts.names import name_problem, normalise_name
+
+    display_name = normalise_name(name)
+    if not display_name:
+        raise click.UsageError("--name: enter the person's name.")
+    problem = name_problem(display_name)
+    if problem:
+        raise click.UsageError(f"--name: {problem}")
 
     from app.core.embedded import servers_for
 

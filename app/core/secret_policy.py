@@ -47,7 +47,7 @@ PUBLIC_SECRETS = frozenset(
 
 
 def estimated_bits(value: str) -> float:
-    """A conservative entropy estimate: the lower of Shannon entropy × length and zxcvbn's guesses.
+    """A conservative entropy estimate: the lower of Shannon entropy times length and zxcvbn's guesses.
 
     Shannon entropy of the string's own symbol frequencies misses repeated patterns (``"8f3a" * 16``
     scores 128 bits); zxcvbn finds repeats, sequences and words but counts any character as one of

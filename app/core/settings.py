@@ -23,7 +23,6 @@ from app.core.secret_policy import secret_problem
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-
 class ConfigError(ValueError):
     """The environment does not describe a runnable service."""
 

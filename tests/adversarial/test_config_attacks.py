@@ -116,7 +116,7 @@ def test_compose_refuses_to_start_without_secrets(service: str) -> None:
     ],
 )
 def test_low_entropy_secrets_are_refused_in_production(value: str) -> None:
-    with pytest.raises(ConfigError, match="JWT_SECRET .*entropy"):
+    with pytest.raises(ConfigError, match=r"JWT_SECRET .*entropy"):
         production(JWT_SECRET=value, PIN_PEPPER=real_secret())
 
 
