@@ -82,6 +82,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_export_concurrency: int = 2  # exports streaming at once per process (each holds a DB connection)
     audit_max_backlog: int = 1_000_000  # unwritten events Redis may hold; past it events go to Postgres directly
     cors_allow_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    metrics_token: str | None = None  # GET /metrics needs it as Bearer; unset: refused in production
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -123,6 +124,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(f"{' and '.join(missing)} must be set when APP_ENV=production")
             for name in ("jwt_secret", "pin_pepper"):
                 _check_secret(name, getattr(self, name))
+            if self.metrics_token is not None:
+                _check_secret("metrics_token", self.metrics_token)
             return self
         if self.jwt_secret and self.pin_pepper:
             return self
