@@ -12,6 +12,7 @@ from app.cli.audit import audit
 from app.cli.db import db
 from app.cli.loadtest import loadtest
 from app.cli.serve import serve
+from app.cli.sessions import sessions
 from app.cli.users import users
 
 
@@ -24,6 +25,7 @@ def main() -> None:
 
 for _command in (serve, db, audit, users, loadtest):
     main.add_command(_command)
+main.add_command(sessions)
 
 
 if __name__ == "__main__":
