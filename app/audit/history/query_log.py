@@ -19,7 +19,8 @@ import msgspec
 from app.audit.history.query import Cursor, Errors, read_cursor, read_limit
 
 Origin = Literal["api", "cli"]
-Action = Literal["list", "export", "summary", "queries", "prune"]
+# grant_role: `users create-admin --promote` gave an account a staff role.
+Action = Literal["list", "export", "summary", "queries", "prune", "grant_role"]
 
 
 @dataclass(frozen=True, slots=True)
