@@ -33,7 +33,12 @@ async def summarise(session: AsyncSession, phone_number: str) -> AccountSummary 
     if user is None:
         return None
     last_sign_in = await session.scalar(
-        select(func.max(LoginAttempt.created_at)).where(LoginAttempt.user_id == user.id, LoginAttempt.success)
+        select(func.max(LoginAttempt.created_at)).where(
+            # The phone filter uses the (phone_number, created_at, id) index; user_id alone has none.
+            LoginAttempt.phone_number == phone_number,
+            LoginAttempt.user_id == user.id,
+            LoginAttempt.success,
+        )
     )
     live_sessions = await session.scalar(
         select(func.count(func.distinct(RefreshToken.family_id))).where(
