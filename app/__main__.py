@@ -16,6 +16,7 @@ from app.cli.legacy import legacy
 from app.cli.loadtest import loadtest
 from app.cli.serve import serve
 from app.cli.services import services
+from app.cli.sessions import sessions
 from app.cli.users import users
 
 
@@ -28,6 +29,7 @@ def main() -> None:
 
 for _command in (serve, db, audit, users, accounts, keys, services, legacy, loadtest):
     main.add_command(_command)
+main.add_command(sessions)
 
 
 if __name__ == "__main__":

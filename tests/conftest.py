@@ -71,7 +71,20 @@ def base_settings(server_urls: dict[str, str], tmp_path_factory: pytest.TempPath
     )
     with migrations.scratch_database(settings, name=f"le_test_{uuid.uuid4().hex[:10]}") as run_settings:
         migrations.upgrade(run_settings)
+        asyncio.run(_first_signing_key(run_settings))
         yield run_settings
+
+
+async def _first_signing_key(settings: Settings) -> None:
+    """The key a deployment makes with `keys ensure`, so apps built in production mode can start."""
+    from app.db.config import sqlalchemy_config
+    from app.keys.store import create_first_key
+
+    engine = sqlalchemy_config(settings, pool=False).get_engine()
+    try:
+        await create_first_key(engine, settings)
+    finally:
+        await engine.dispose()
 
 
 def plain_dsn(settings: Settings) -> str:

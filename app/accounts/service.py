@@ -105,11 +105,22 @@ class RefreshTokenService(SQLAlchemyAsyncRepositoryService[RefreshToken]):
             .values(revoked_at=utcnow(), revoked_reason=reason)
         )
 
-    async def is_revoked(self, family_id: uuid.UUID) -> bool:
-        revoked = await self.repository.session.scalar(
-            select(exists().where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_not(None)))
+    async def is_live(self, family_id: uuid.UUID) -> bool:
+        """True while the session has a refresh token neither revoked nor expired.
+
+        One indexed EXISTS, as the revocation check was: a made-up ``sid`` (a token minted with a
+        leaked key) has no row at all, so asking for a live row refuses it as well as a revoked one.
+        """
+        live = await self.repository.session.scalar(
+            select(
+                exists().where(
+                    RefreshToken.family_id == family_id,
+                    RefreshToken.revoked_at.is_(None),
+                    RefreshToken.expires_at > utcnow(),
+                )
+            )
         )
-        return bool(revoked)
+        return bool(live)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,8 +305,8 @@ class AuthService:
         await self.tokens.revoke_family(claims.session_id, reason="logout")
 
     async def user_for_access_token(self, claims: TokenClaims) -> User:
-        """The signed-in user, provided the account is active and the session not revoked."""
-        if await self.tokens.is_revoked(claims.session_id):
+        """The signed-in user, provided the account is active and the session exists and is live."""
+        if not await self.tokens.is_live(claims.session_id):
             raise InvalidToken()
         return await self._active_user(claims.user_id)
 

@@ -21,7 +21,8 @@ from app.audit.history.filters import read_limit
 from app.audit.history.params import Params
 
 Origin = Literal["api", "cli", "service"]  # service: a platform service's credential (app/platform)
-Action = Literal["list", "export", "summary", "queries", "prune", "introspect", "user", "legacy_import"]
+# grant_role: `users create-admin --promote` gave an account a staff role.
+Action = Literal["list", "export", "summary", "queries", "prune", "introspect", "user", "legacy_import", "grant_role"]
 
 
 @dataclass(frozen=True, slots=True)
