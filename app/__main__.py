@@ -12,9 +12,11 @@ from app.cli.accounts import accounts
 from app.cli.audit import audit
 from app.cli.db import db
 from app.cli.keys import keys
+from app.cli.legacy import legacy
 from app.cli.loadtest import loadtest
 from app.cli.serve import serve
 from app.cli.services import services
+from app.cli.sessions import sessions
 from app.cli.users import users
 
 
@@ -25,8 +27,9 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-for _command in (serve, db, audit, users, accounts, keys, services, loadtest):
+for _command in (serve, db, audit, users, accounts, keys, services, legacy, loadtest):
     main.add_command(_command)
+main.add_command(sessions)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from app.audit.pipeline.writer import AuditWriter
 from app.core.cors import CorsMiddleware, CorsPolicy
 from app.core.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
 from app.core.gc import freeze_startup_heap
+from app.core.metrics_access import require_metrics_token
 from app.core.redis import create_redis
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings
@@ -50,9 +51,10 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class MetricsController(PrometheusController):
-    """``GET /metrics``: Prometheus text, not part of the JSON API's schema."""
+    """``GET /metrics``: Prometheus text, not part of the JSON API's schema; needs METRICS_TOKEN."""
 
     include_in_schema = False
+    guards = [require_metrics_token]
 
 
 async def require_json_body(request: Request[Any, Any, Any]) -> None:

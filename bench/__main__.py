@@ -99,6 +99,13 @@ BENCHMARKS = (
         extra="EXPLAIN plans: [audit-explain.md](audit-explain.md).",
         servers=("database",),
     ),
+    Benchmark(
+        "legacy-import",
+        "bench.bench_legacy_import",
+        "Legacy history import vs a plain COPY of the same rows (1 million rows); memory while importing",
+        "import >= 0.5x of COPY; RSS flat in the second half",
+        quick_args=("--rows", "100000", "--rounds", "1"),
+    ),
 )
 
 

@@ -66,10 +66,25 @@ def base_settings(server_urls: dict[str, str], tmp_path_factory: pytest.TempPath
         # Lighter argon2 than production keeps the suite fast; test_passwords checks the defaults.
         argon2_memory_kib=1024,
         argon2_time_cost=1,
+        # No Flask-era cost-12 bcrypt to pad failures to (test_hash_kind_timing sets it).
+        legacy_bcrypt_rounds=4,
     )
     with migrations.scratch_database(settings, name=f"le_test_{uuid.uuid4().hex[:10]}") as run_settings:
         migrations.upgrade(run_settings)
+        asyncio.run(_first_signing_key(run_settings))
         yield run_settings
+
+
+async def _first_signing_key(settings: Settings) -> None:
+    """The key a deployment makes with `keys ensure`, so apps built in production mode can start."""
+    from app.db.config import sqlalchemy_config
+    from app.keys.store import create_first_key
+
+    engine = sqlalchemy_config(settings, pool=False).get_engine()
+    try:
+        await create_first_key(engine, settings)
+    finally:
+        await engine.dispose()
 
 
 def plain_dsn(settings: Settings) -> str:

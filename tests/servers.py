@@ -37,6 +37,7 @@ def api_server(
         "AUDIT_FLUSH_MS": "50",
         "ARGON2_MEMORY_KIB": "1024",
         "ARGON2_TIME_COST": "1",
+        "LEGACY_BCRYPT_ROUNDS": "4",
         **env,
     }
     log_path = tmp_path / f"server-{port}.log"

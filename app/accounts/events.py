@@ -13,7 +13,7 @@ not do: it locks nothing before a user's first event, and pruning old rows would
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -136,3 +136,27 @@ async def record_imported(
 ) -> None:
     """The legacy import's hook: ``account.imported`` for a user it wrote, on its own session."""
     await AccountEventService(session=session).imported(user_id, profile, source)
+
+
+# The same ``account.imported`` events for a batch the legacy import wrote on a plain asyncpg
+# connection: each user's sequence bumped and its event inserted in one statement, in the caller's
+# transaction, so an event exists exactly when its account does.
+_IMPORTED_BATCH = """
+WITH bumped AS (
+    UPDATE users SET event_seq = event_seq + 1 WHERE id = ANY($1::bigint[])
+    RETURNING id, event_seq, to_jsonb(users) AS row
+)
+INSERT INTO account_events (id, user_id, seq, type, payload)
+SELECT ids.event_id, bumped.id, bumped.event_seq, 'account.imported',
+       jsonb_build_object('source', $3::text)
+       || coalesce((SELECT jsonb_object_agg(key, value) FROM jsonb_each(bumped.row) WHERE key = ANY($4::text[])), '{}')
+FROM bumped JOIN unnest($1::bigint[], $2::uuid[]) AS ids(user_id, event_id) ON ids.user_id = bumped.id
+"""
+
+
+async def record_imported_batch(conn: Any, user_ids: Sequence[int], *, source: str = "flask") -> None:
+    """``account.imported`` for every id of ``user_ids`` (asyncpg ``conn``, inside its transaction)."""
+    if not user_ids:
+        return
+    fields = list(dict.fromkeys((*NEW_ACCOUNT_FIELDS, *PROFILE_FIELDS)))
+    await conn.execute(_IMPORTED_BATCH, list(user_ids), [uuid7() for _ in user_ids], source, fields)

@@ -7,13 +7,13 @@ one message per field, in words for people) or returns a frozen value the servic
 from __future__ import annotations
 
 import datetime
-import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from msgspec import UNSET
 
+from app.accounts.names import name_problem, normalise_name
 from app.accounts.passwords import password_problem, pin_problem
 from app.accounts.schemas import LoginRequest, ProfileUpdateRequest, RegisterRequest, split_name
 from app.core.errors import FieldErrors
@@ -21,7 +21,6 @@ from app.core.phones import PhoneNumberError, normalise_phone
 from app.db.models import User
 
 SELF_REGISTERED_USER_TYPES = ("parent", "adolescent")
-NAME_MAX_LENGTH = 200
 CYCLE_LENGTH_RANGE = (15, 60)
 PERIOD_LENGTH_RANGE = (1, 15)
 SESSION_TIMEOUT_RANGE = (1, 60)
@@ -31,13 +30,14 @@ SESSION_TIMEOUT_RANGE = (1, 60)
 
 
 def _clean_name(errors: FieldErrors, field_name: str, value: str | None, *, required: bool) -> str | None:
-    text = " ".join((value or "").split())
+    text = normalise_name(value)
     if not text:
         if required:
             errors.add(field_name, "Enter your name.")
         return None
-    if len(text) > NAME_MAX_LENGTH or any(unicodedata.category(ch) == "Cc" for ch in text):
-        errors.add(field_name, f"Name must be at most {NAME_MAX_LENGTH} printable characters.")
+    problem = name_problem(text)
+    if problem:
+        errors.add(field_name, problem)
         return None
     return text
 
@@ -234,7 +234,7 @@ def clean_profile_update(data: ProfileUpdateRequest, user: User, region: str) ->
     new_password = data.new_password if _given(data.new_password) else data.password
     if isinstance(new_password, str) and new_password:
         field_name = "new_password" if _given(data.new_password) else "password"
-        phone_digits = str(out.get("phone_number", user.phone_number)).lstrip("+")
+        phone_digits = str(out.get("phone_number", user.phone_number) or "").lstrip("+")
         problem = password_problem(new_password, phone_digits=phone_digits, name=out.get("name") or user.name)
         if problem:
             errors.add(field_name, problem)

@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import bcrypt
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from app.accounts.verification import HashQueue, Kind, VerifierCosts, bcrypt_cost
 from app.core.settings import Settings
 
 T = TypeVar("T")
@@ -120,7 +122,14 @@ class Hasher:
             initargs=(settings.hash_thread_nice,),
         )
         # Unknown phone numbers and disabled PINs verify against these, so they cost the same.
+        started = time.perf_counter()
         self._dummy_hash = self._argon2.hash(secrets.token_hex(16))
+        seeds: dict[Kind, float] = {"argon2": time.perf_counter() - started}
+        if settings.legacy_bcrypt_rounds:
+            seeds["bcrypt"] = bcrypt_cost(settings.legacy_bcrypt_rounds)
+        self.queue = HashQueue(
+            self._pool, settings.hash_thread_count, settings.rate_limit_reservation_seconds, VerifierCosts(seeds)
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -160,10 +169,21 @@ class Hasher:
     async def hash_pin(self, pin: str) -> str:
         return await self._run(self._hash, self._pepper_pin(pin))
 
-    async def verify_password(self, stored: str | None, password: str) -> Verification:
-        """``stored=None`` (unknown account) still costs one verification."""
-        return await self._run(self._verify, stored, password)
+    async def verify_password(self, stored: str | None, password: str, deadline_ms: int | None = None) -> Verification:
+        """``stored=None`` (unknown account) still costs one verification; see :meth:`_verify_queued`."""
+        return await self._verify_queued(deadline_ms, stored, password)
 
-    async def verify_pin(self, stored: str | None, pin: str) -> Verification:
+    async def verify_pin(self, stored: str | None, pin: str, deadline_ms: int | None = None) -> Verification:
         # Flask-era PIN hashes are bcrypt of the bare PIN; new ones are argon2id of the peppered PIN.
-        return await self._run(self._verify, stored, self._pepper_pin(pin), pin)
+        return await self._verify_queued(deadline_ms, stored, self._pepper_pin(pin), pin)
+
+    async def _verify_queued(
+        self, deadline_ms: int | None, stored: str | None, candidate: str, legacy: str | None = None
+    ) -> Verification:
+        """Through the hash queue (refused with VerificationBusy past ``deadline_ms``); a failure lasts
+        as long as the slowest verifier, whatever hash the account has."""
+        kind: Kind = "bcrypt" if stored is not None and stored.startswith(("$2a$", "$2b$", "$2y$")) else "argon2"
+        result, spent = await self.queue.verify(kind, self._verify, stored, candidate, legacy, deadline_ms=deadline_ms)
+        if not result.ok:
+            await self.queue.pad_failure(spent)
+        return result

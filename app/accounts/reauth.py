@@ -93,9 +93,12 @@ class Reauthentication:
         raise ReauthenticationRequired(f"For your security, sign in again to change {SENSITIVE_CHANGES[sensitive[0]]}.")
 
     async def _verify_password(self, user: User, password: str, origin: RequestOrigin) -> None:
+        # An account without a phone (an imported family-managed child) is budgeted by its id.
+        identity = user.phone_number or f"user:{user.id}"
+
         def event(reason: str, success: bool = False) -> LoginEvent:
             return new_event(
-                phone_number=user.phone_number,
+                phone_number=user.phone_number or "",
                 success=success,
                 reason=reason,
                 auth_method="password",
@@ -108,9 +111,7 @@ class Reauthentication:
         refusal = event("reauth_failed")
         decision: Decision | None
         try:
-            decision = await self.limiter.reserve_account(
-                user.phone_number, "password", refusal_event=encode_event(refusal)
-            )
+            decision = await self.limiter.reserve_account(identity, "password", refusal_event=encode_event(refusal))
         except LimiterUnavailable:
             if not self.fail_open:
                 await self._store(event("limiter_unavailable"))

@@ -12,27 +12,29 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from app.accounts import contract
 from app.db.models import User
 
 # ---- requests ---------------------------------------------------------------------------------
 
 
 class RegisterRequest(msgspec.Struct, kw_only=True):
-    name: str | None = None
-    first_name: str | None = None
-    last_name: str | None = None
-    phone_number: str | None = None
-    password: str | None = None
-    user_type: str | None = None
-    pin: str | int | None = None
-    email: str | None = None
-    date_of_birth: str | None = None
+    # Loose types with the real constraints documented (app/accounts/contract.py), not enforced here.
+    name: contract.Name = None
+    first_name: contract.NamePart = None
+    last_name: contract.NamePart = None
+    phone_number: contract.Phone = None
+    password: contract.NewPassword = None
+    user_type: contract.UserType = None
+    pin: contract.NewPin = None
+    email: contract.Email = None
+    date_of_birth: contract.DateOfBirth = None
 
 
 class LoginRequest(msgspec.Struct, kw_only=True):
-    phone_number: str | None = None
-    password: str | None = None
-    pin: str | int | None = None
+    phone_number: contract.Phone = None
+    password: contract.Password = None
+    pin: contract.Pin = None
 
 
 class RefreshRequest(msgspec.Struct, kw_only=True):
@@ -74,8 +76,8 @@ class UserView(msgspec.Struct, kw_only=True):
     name: str
     first_name: str
     last_name: str
-    phone_number: str
-    phone: str
+    phone_number: str | None  # None: an imported account without a phone (a family-managed child)
+    phone: str | None
     email: str | None
     user_type: str
     role: str

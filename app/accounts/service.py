@@ -110,11 +110,22 @@ class RefreshTokenService(SQLAlchemyAsyncRepositoryService[RefreshToken]):
             .values(revoked_at=utcnow(), revoked_reason=reason)
         )
 
-    async def is_revoked(self, family_id: uuid.UUID) -> bool:
-        revoked = await self.repository.session.scalar(
-            select(exists().where(RefreshToken.family_id == family_id, RefreshToken.revoked_at.is_not(None)))
+    async def is_live(self, family_id: uuid.UUID) -> bool:
+        """True while the session has a refresh token neither revoked nor expired.
+
+        One indexed EXISTS, as the revocation check was: a made-up ``sid`` (a token minted with a
+        leaked key) has no row at all, so asking for a live row refuses it as well as a revoked one.
+        """
+        live = await self.repository.session.scalar(
+            select(
+                exists().where(
+                    RefreshToken.family_id == family_id,
+                    RefreshToken.revoked_at.is_(None),
+                    RefreshToken.expires_at > utcnow(),
+                )
+            )
         )
-        return bool(revoked)
+        return bool(live)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,19 +207,29 @@ class AuthService:
 
     # ---- sign-in ------------------------------------------------------------------------------
 
-    async def authenticate(self, credentials: Credentials) -> User:
-        """Verify a phone number with a password or PIN; every failure costs one hash verification."""
+    async def authenticate(self, credentials: Credentials, deadline_ms: int | None = None) -> User:
+        """Verify a phone number with a password or PIN; every failure costs one hash verification.
+
+        ``deadline_ms``: when the attempt's budget reservations lapse; a verification that could not
+        finish by then is refused with VerificationBusy, unverified.
+        """
         user = await self.users.get_by_phone(credentials.phone_number)
         # Release the pooled connection before the slow hash, so a login storm cannot starve the pool.
         await self._release_connection()
         if credentials.method == "pin":
             pin_usable = user is not None and user.enable_pin_auth and user.pin_hash is not None
-            result = await self.hasher.verify_pin(user.pin_hash if pin_usable and user else None, credentials.secret)
+            stored = user.pin_hash if pin_usable and user else None
+            result = await self.hasher.verify_pin(stored, credentials.secret, deadline_ms)
             if user is not None and not pin_usable:
                 raise LoginFailed(LoginFailure("pin_not_enabled", user.id))
         else:
-            result = await self.hasher.verify_password(user.password_hash if user else None, credentials.secret)
-            if not result.ok and user is not None and await self.signs_in_with_recovery_code(user, credentials.secret):
+            stored = user.password_hash if user else None
+            result = await self.hasher.verify_password(stored, credentials.secret, deadline_ms)
+            if (
+                not result.ok
+                and user is not None
+                and await self.signs_in_with_recovery_code(user, credentials.secret, deadline_ms)
+            ):
                 result = Verification(ok=True)
         if user is None:
             raise LoginFailed(LoginFailure("unknown_account", None))
@@ -225,7 +246,7 @@ class AuthService:
         await self.users.set_columns(user, changes)
         return user
 
-    async def signs_in_with_recovery_code(self, user: User, secret: str) -> bool:
+    async def signs_in_with_recovery_code(self, user: User, secret: str, deadline_ms: int | None = None) -> bool:
         """Support's one-time temporary password (app/admin/recovery.py), typed as the password.
 
         Good for one sign-in before ``recovery_expires_at``: the row is cleared in the sign-in's
@@ -234,7 +255,8 @@ class AuthService:
         """
         if user.recovery_hash is None or user.recovery_expires_at is None or user.recovery_expires_at <= utcnow():
             return False
-        if not (await self.hasher.verify_password(user.recovery_hash, canonical_recovery_code(secret))).ok:
+        candidate = canonical_recovery_code(secret)
+        if not (await self.hasher.verify_password(user.recovery_hash, candidate, deadline_ms)).ok:
             return False
         consumed = await self.users.repository.session.scalar(
             update(User)
@@ -318,8 +340,8 @@ class AuthService:
         await self.tokens.revoke_family(claims.session_id, reason="logout")
 
     async def user_for_access_token(self, claims: TokenClaims) -> User:
-        """The signed-in user, provided the account is active and the session not revoked."""
-        if await self.tokens.is_revoked(claims.session_id):
+        """The signed-in user, provided the account is active and the session exists and is live."""
+        if not await self.tokens.is_live(claims.session_id):
             raise InvalidToken()
         return await self._active_user(claims.user_id)
 

@@ -64,7 +64,8 @@ async def provide_admin_service(db_session: NamedDependency[AsyncSession], state
 
 def staff_actor(user: User, request: Request[Any, Any, Any], state: State) -> StaffActor:
     address = state.client_resolver.address_of(request.scope)
-    return StaffActor(user.phone_number, "api", user.id, str(address) if address is not None else None)
+    name = user.phone_number or f"user {user.id}"
+    return StaffActor(name, "api", user.id, str(address) if address is not None else None)
 
 
 def _query(description: str) -> Any:

@@ -29,7 +29,7 @@ class AdminUserView(msgspec.Struct, kw_only=True):
 
     id: int
     name: str
-    phone_number: str
+    phone_number: str | None  # None: a Flask-era account imported without a number, or a deleted one
     email: str | None
     user_type: str
     role: str
@@ -88,7 +88,7 @@ class SignInView(msgspec.Struct, kw_only=True):
 class AdminUserDetail(msgspec.Struct, kw_only=True):
     id: int
     name: str
-    phone_number: str
+    phone_number: str | None
     email: str | None
     user_type: str
     role: str

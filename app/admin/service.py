@@ -357,7 +357,7 @@ class AdminService:
             .where(User.id == target.id)
             .values(
                 name="Deleted account",
-                phone_number=f"deleted:{target.id}",
+                phone_number=None,
                 email=None,
                 password_hash="!",  # noqa: S106 (never a valid hash: nothing verifies against it)
                 pin_hash=None,
@@ -366,6 +366,7 @@ class AdminService:
                 recovery_expires_at=None,
                 date_of_birth=None,
                 notification_preferences=None,
+                current_session_data=None,
                 personal_cycle_length=None,
                 personal_period_length=None,
                 is_active=False,
@@ -397,8 +398,10 @@ class AdminService:
         await self.record(actor, "recovery", target.id, expires_at=expires_at.isoformat(), locks_cleared=cleared)
         return Recovery(code, expires_at)
 
-    async def clear_locks(self, phone_number: str) -> int:
+    async def clear_locks(self, phone_number: str | None) -> int:
         """Delete the number's PIN lock and password budget (both in the number's shard); how many existed."""
+        if phone_number is None:  # a Flask-era account without a number: nothing can lock it
+            return 0
         keys = [self.limiter.budget_key("pin", phone_number), self.limiter.budget_key("password", phone_number)]
         deleted: int = await self.redis.delete(*keys)
         return deleted

@@ -23,13 +23,30 @@ def upgrade(revision: str) -> None:
     click.echo(f"database upgraded to {revision}")
 
 
-@db.command(help="Undo migrations down to REVISION (default: one step).")
+@db.command(help="Undo migrations down to REVISION (default: one step); says first what it deletes.")
 @click.argument("revision", default="-1")
-def downgrade(revision: str) -> None:
+@click.option(
+    "--i-understand-this-deletes-data",
+    "deletes_data_ok",
+    is_flag=True,
+    help="Required with APP_ENV=production: the tables and columns listed are dropped with their rows.",
+)
+def downgrade(revision: str, deletes_data_ok: bool) -> None:
     from app.core.embedded import servers_for
     from app.db import migrations
+    from app.db.downgrade_plan import plan_downgrade
 
-    with servers_for(load_settings(), redis=False) as settings:
+    loaded = load_settings()
+    with servers_for(loaded, redis=False) as settings:
+        plan = plan_downgrade(settings, revision)
+        for line in plan.describe():
+            click.echo(f"downgrade to {revision} {line}", err=True)
+        if settings.app_env == "production" and not deletes_data_ok:
+            lost = "it deletes the data above" if plan.loses_data else "a downgrade can delete data"
+            raise click.ClickException(
+                f"refusing to downgrade a production database: {lost}. Back it up, then pass "
+                "--i-understand-this-deletes-data"
+            )
         migrations.downgrade(settings, revision)
     click.echo(f"database downgraded to {revision}")
 

@@ -74,7 +74,7 @@ def recover(phone: str) -> None:
 
     async def work(service: AdminService) -> tuple[str, Recovery]:
         user = await service.get_by_phone(phone)
-        return user.phone_number, await service.issue_recovery(_shell_actor(), user.id)
+        return user.phone_number or phone, await service.issue_recovery(_shell_actor(), user.id)
 
     number, recovery = _run(work)
     click.echo(f"one-time code for {number}: {recovery.code}")
@@ -88,7 +88,7 @@ def unlock(phone: str) -> None:
 
     async def work(service: AdminService) -> tuple[str, int]:
         user = await service.get_by_phone(phone)
-        return user.phone_number, await service.unlock(_shell_actor(), user.id)
+        return user.phone_number or phone, await service.unlock(_shell_actor(), user.id)
 
     number, cleared = _run(work)
     click.echo(f"{number}: {cleared} lock(s) lifted" if cleared else f"{number}: nothing was locked")

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from app.core.cli import load_settings
 from app.core.settings import Settings
+
+if TYPE_CHECKING:
+    from app.accounts.promotion import AccountSummary
 
 STAFF_ROLES = ("security", "admin")
 
@@ -35,9 +39,18 @@ def users() -> None:
 )
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
 @click.option(
-    "--promote", is_flag=True, help="If the phone number has an account, give it the role (password unchanged)."
+    "--promote",
+    is_flag=True,
+    help="If the phone number has an account, make it this staffer's: the role, this name and password, "
+    "every session ended. Asks to confirm after showing the account.",
 )
-def create_admin(phone: str, name: str, role: str, password_stdin: bool, promote: bool) -> None:
+@click.option(
+    "--yes-this-account-is-theirs",
+    "confirmed",
+    is_flag=True,
+    help="With --promote: skip the question (required with --password-stdin, which cannot answer it).",
+)
+def create_admin(phone: str, name: str, role: str, password_stdin: bool, promote: bool, confirmed: bool) -> None:
     from app.core.phones import PhoneNumberError, normalise_phone
 
     settings = load_settings()
@@ -45,24 +58,59 @@ def create_admin(phone: str, name: str, role: str, password_stdin: bool, promote
         phone_number = normalise_phone(phone, settings.default_phone_region, strict=True)
     except PhoneNumberError as exc:
         raise click.UsageError(f"--phone: {exc}") from exc
-    display_name = " ".join(name.split())
-    if not display_name or len(display_name) > 200:
-        raise click.UsageError("--name: enter the person's name (at most 200 characters).")
+    from app.accounts.names import name_problem, normalise_name
+
+    display_name = normalise_name(name)
+    if not display_name:
+        raise click.UsageError("--name: enter the person's name.")
+    problem = name_problem(display_name)
+    if problem:
+        raise click.UsageError(f"--name: {problem}")
 
     from app.core.embedded import servers_for
 
     with servers_for(settings, redis=False) as resolved:
-        if promote and asyncio.run(_promote(resolved, phone_number, role)):
-            click.echo(f"{phone_number} already had an account: its role is now {role}")
-            return
+        account = asyncio.run(_account(resolved, phone_number)) if promote else None
+        if account is not None:
+            _confirm_promotion(phone_number, account, role, confirmed=confirmed, scripted=password_stdin)
         password = _read_password(password_stdin)
         from app.accounts.passwords import password_problem
 
         problem = password_problem(password, phone_digits=phone_number.lstrip("+"), name=display_name)
         if problem:
             raise click.UsageError(f"password: {problem}")
+        if account is not None:
+            ended = asyncio.run(_promote(resolved, account, role, display_name, password))
+            click.echo(
+                f"account {account.user_id} ({phone_number}) is now {role} with the password you typed; "
+                f"{ended} session(s) ended"
+            )
+            return
         user_id = asyncio.run(_create(resolved, phone_number, display_name, role, password))
     click.echo(f"created {role} account {user_id} for {phone_number}")
+
+
+def _confirm_promotion(
+    phone_number: str, account: AccountSummary, role: str, *, confirmed: bool, scripted: bool
+) -> None:
+    """Show what the account is; anyone may have registered a staffer's number first."""
+    last = account.last_sign_in.isoformat(timespec="seconds") if account.last_sign_in else "never"
+    click.echo(
+        f"{phone_number} already has account {account.user_id} (role {account.role}, name {account.name!r}):\n"
+        f"  created       {account.created_at.isoformat(timespec='seconds')}\n"
+        f"  last sign-in  {last}\n"
+        f"  live sessions {account.live_sessions}\n"
+        f"Promoting it to {role} sets the password you type, turns PIN sign-in off and ends every session.",
+        err=True,
+    )
+    if confirmed:
+        return
+    if scripted:
+        raise UserCommandError(
+            "check the account above; if it is the staffer's own, run again with --yes-this-account-is-theirs"
+        )
+    if not click.confirm("Is this account the staffer's own (they registered it themselves)?", default=False):
+        raise UserCommandError("not promoted")
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -101,7 +149,8 @@ async def _create(settings: Settings, phone_number: str, name: str, role: str, p
                 await session.commit()
             except IntegrityError as exc:
                 raise UserCommandError(
-                    f"{phone_number} already has an account; add --promote to give it the role {role}"
+                    f"{phone_number} already has an account; anyone may have registered it. Add --promote to see it "
+                    f"and, if it is the staffer's own, make it {role} with this password (its sessions end)"
                 ) from exc
             return user.id
     finally:
@@ -109,28 +158,41 @@ async def _create(settings: Settings, phone_number: str, name: str, role: str, p
         await engine.dispose()
 
 
-async def _promote(settings: Settings, phone_number: str, role: str) -> bool:
-    """Give an existing account ``role`` (with its ``account.role_changed`` event); False when there is none."""
-    from sqlalchemy import select, update
+async def _account(settings: Settings, phone_number: str) -> AccountSummary | None:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from app.accounts.events import AccountEventService
+    from app.accounts.promotion import summarise
     from app.db.config import sqlalchemy_config
-    from app.db.models import User
 
     engine = sqlalchemy_config(settings, pool=False).get_engine()
     try:
         async with AsyncSession(engine) as session:
-            query = select(User.id, User.role).where(User.phone_number == phone_number).with_for_update()
-            found = (await session.execute(query)).one_or_none()
-            if found is None:
-                return False
-            if found.role != role:
-                await session.execute(update(User).where(User.id == found.id).values(role=role))
-                await AccountEventService(session=session).role_changed(found.id, role, previous_role=found.role)
-            await session.commit()
-            return True
+            return await summarise(session, phone_number)
     finally:
+        await engine.dispose()
+
+
+async def _promote(settings: Settings, account: AccountSummary, role: str, name: str, password: str) -> int:
+    """Give the account ``role``, ``name`` and ``password`` and end its sessions; returns how many ended."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from app.accounts.passwords import Hasher
+    from app.accounts.promotion import promote
+    from app.audit.history.query_log import Actor
+    from app.db.config import sqlalchemy_config
+
+    hasher = Hasher(settings)
+    engine = sqlalchemy_config(settings, pool=False).get_engine()
+    try:
+        password_hash = await hasher.hash_password(password)
+        async with AsyncSession(engine) as session:
+            ended = await promote(
+                session, account, role=role, name=name, password_hash=password_hash, actor=Actor.from_shell().name
+            )
+            await session.commit()
+            return ended
+    finally:
+        hasher.close()
         await engine.dispose()
 
 

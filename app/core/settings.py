@@ -19,29 +19,9 @@ import msgspec
 from app.core.cors import DEVELOPMENT_ORIGINS, CorsOriginInvalid, CorsPolicy
 from app.core.postgres import DatabaseUrlError
 from app.core.postgres import asyncpg_url as asyncpg_url  # the one normalisation, re-exported
+from app.core.secret_policy import secret_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-# Values copied from tutorials and .env examples; refused outside development.
-PLACEHOLDER_SECRETS = frozenset(
-    {
-        "changeme",
-        "change-me",
-        "change_me",
-        "secret",
-        "your-secret-key",
-        "your_secret_key",
-        "jwt-secret",
-        "jwt_secret_key",
-        "super-secret",
-        "supersecret",
-        "dev-secret",
-        "development",
-        "replace-me",
-        "please-change-me",
-    }
-)
-MIN_SECRET_BYTES = 32
 
 
 class ConfigError(ValueError):
@@ -82,6 +62,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     argon2_parallelism: int = 1
     hash_threads: int = 0  # 0: the cores shared out among the workers
     hash_thread_nice: int = 0  # > 0: hashing yields the CPU to the event loop (Linux); see docs/benchmarks.md
+    legacy_bcrypt_rounds: int = 12  # cost of the Flask-era bcrypt hashes: failures are padded to it; 0: none left
 
     max_body_bytes: int = 16 * 1024
 
@@ -94,6 +75,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_reservation_seconds: int = 30
     rate_limit_fail_open: bool = False
     pin_max_failures: int = 5
+    pin_lock_seconds: int = 24 * 3600
+    known_client_days: int = 30  # a client that signed in to a number is exempt from its password lock this long
     account_max_failures: int = 20
     account_window_seconds: int = 3600
     register_limit: int = 10
@@ -117,6 +100,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     account_events_relay_enabled: bool = True
     account_events_poll_ms: int = 500
     account_events_retention_days: int = 30
+    metrics_token: str | None = None  # GET /metrics needs it as Bearer; unset: refused in production
 
     # Support (app/admin, app/accounts/sessions.py).
     recovery_ttl_hours: int = 24  # a one-time temporary password is good for one sign-in within this
@@ -164,11 +148,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.reauth_window_seconds < 0:
             raise ConfigError("REAUTH_WINDOW_SECONDS must be 0 or more")
         if self.app_env == "production":
+            # Embedded servers are for the local run: production names its servers or does not start.
+            missing = [name.upper() for name in ("database_url", "redis_url") if not getattr(self, name)]
+            if missing:
+                raise ConfigError(f"{' and '.join(missing)} must be set when APP_ENV=production")
             required = ["pin_pepper", "signing_keys_secret"]
             if self.jwt_accept_legacy_hs256:
                 required.append("jwt_secret")  # it still verifies the tokens issued before the switch
             for name in required:
                 _check_secret(name, getattr(self, name))
+            if self.metrics_token is not None:
+                _check_secret("metrics_token", self.metrics_token)
         if self.cors_allow_origins is None:
             if self.app_env == "production":
                 raise ConfigError(
@@ -219,39 +209,46 @@ def _split_list(value: str) -> list[str]:
 
 
 def _check_secret(name: str, value: str | None) -> None:
-    env_name = name.upper()
-    if not value:
-        raise ConfigError(f"{env_name} is required when APP_ENV=production")
-    if value.strip().lower() in PLACEHOLDER_SECRETS:
-        raise ConfigError(f"{env_name} is a well-known placeholder; generate one with `openssl rand -hex 32`")
-    if len(value.encode()) < MIN_SECRET_BYTES:
-        raise ConfigError(f"{env_name} must be at least {MIN_SECRET_BYTES} bytes")
+    problem = secret_problem(value)
+    if problem:
+        raise ConfigError(f"{name.upper()} {problem}")
 
 
 def _development_secrets(data_dir: Path) -> dict[str, str]:
-    """Generate development secrets once and keep them, so tokens survive a restart."""
+    """Generate development secrets once and keep them, so tokens survive a restart.
+
+    The file is born complete and private: written under a name of its own with mode 0600 from the
+    first byte (O_CREAT|O_EXCL, whatever the umask), then linked into place, which fails if another
+    starting process got there first; then theirs is used.
+    """
     path = data_dir / "secrets.json"
     names = ("jwt_secret", "pin_pepper", "signing_keys_secret")
+    older: dict[str, str] = {}  # a file from before the newer secrets existed
     try:
-        stored: dict[str, str] = json.loads(path.read_text())
-        if all(stored.get(name) for name in names):
-            return stored
+        older = json.loads(path.read_text())
+        if all(older.get(name) for name in names):
+            return older
     except (OSError, ValueError):
-        stored = {}
+        older = {}
     data_dir.mkdir(parents=True, exist_ok=True)
     # Keep what a .data/ from before already has (its tokens and PIN hashes depend on it).
-    stored = {name: stored.get(name) or secrets.token_hex(32) for name in names}
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(stored))
-    tmp.chmod(0o600)
+    stored = {name: older.get(name) or secrets.token_hex(32) for name in names}
+    tmp = data_dir / f".secrets.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        if path.exists():
-            tmp.replace(path)  # an older file without the newer secrets
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(stored))
+            out.flush()
+            os.fsync(out.fileno())
+        if older:
+            tmp.replace(path)  # the older file, completed (its tokens and PIN hashes depend on what it had)
         else:
-            # link() fails if another process won the race; then use theirs.
-            os.link(tmp, path)
+            os.link(tmp, path)  # fails if another starting process won the race; then theirs is used
     except FileExistsError:
-        stored = json.loads(path.read_text())
+        try:
+            stored = json.loads(path.read_text())
+        except ValueError as exc:
+            raise ConfigError(f"{path} is not valid JSON: remove it to generate new development secrets") from exc
     finally:
         tmp.unlink(missing_ok=True)
     return stored

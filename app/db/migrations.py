@@ -61,14 +61,15 @@ def check(settings: Settings) -> SchemaCheck:
     own revision is reported alongside.
     """
     result = SchemaCheck(heads=heads(settings))
-    result.current = _current_revisions(settings)
+    result.current = current_revisions(settings)
     with scratch_database(settings) as scratch:
         upgrade(scratch)
         result.differences = _differences(scratch)
     return result
 
 
-def _current_revisions(settings: Settings) -> list[str]:
+def current_revisions(settings: Settings) -> list[str]:
+    """The revisions the database is at (empty for a database never migrated)."""
     found: list[str] = []
 
     def read(connection: Connection) -> None:

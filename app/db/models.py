@@ -19,6 +19,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Text,
     Uuid,
     func,
     text,
@@ -29,8 +30,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 metadata = orm_registry.metadata
 
 ROLES = ("user", "security", "admin")
-# Every Flask-era user type: the families sign up as the first two, staff accounts are created for the rest.
+# Every Flask-era value (the legacy import keeps them); registration offers only parent and adolescent.
 USER_TYPES = ("parent", "adolescent", "admin", "content_writer", "health_provider")
+STAFF_USER_TYPES = ("admin", "content_writer", "health_provider")
+# Where a row came from: written by this service, or brought in by ``ladys-essence legacy import``.
+SOURCES = ("api", "flask")
 
 
 class User(IdentityAuditBase):
@@ -41,7 +45,8 @@ class User(IdentityAuditBase):
     )
 
     name: Mapped[str] = mapped_column(String(200))
-    phone_number: Mapped[str] = mapped_column(String(20), unique=True)
+    # NULL: no phone (family-managed children, imported collisions); such an account cannot sign in by phone.
+    phone_number: Mapped[str | None] = mapped_column(String(20), unique=True, default=None)
     email: Mapped[str | None] = mapped_column(String(254), default=None)
     password_hash: Mapped[str] = mapped_column(String(255))
     user_type: Mapped[str] = mapped_column(String(20), default="adolescent")
@@ -62,6 +67,8 @@ class User(IdentityAuditBase):
     date_of_birth: Mapped[datetime.date | None] = mapped_column(Date, default=None)
     # The last account event's sequence number (app/accounts/events.py bumps it in the change's transaction).
     event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    current_session_data: Mapped[str | None] = mapped_column(Text, default=None)  # Flask-era USSD session state
+    source: Mapped[str] = mapped_column(String(8), default="api", server_default="api")
     # Support's one-time temporary password (app/admin/recovery.py): argon2id hash, good for one sign-in until then.
     recovery_hash: Mapped[str | None] = mapped_column(String(255), default=None)
     recovery_expires_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
@@ -120,6 +127,8 @@ class LoginAttempt(IdentityBase):
     ip_address: Mapped[str | None] = mapped_column(INET, default=None)
     user_agent: Mapped[str | None] = mapped_column(String(255), default=None)
     request_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    source: Mapped[str] = mapped_column(String(8), default="api", server_default="api")
+    legacy_ip: Mapped[str | None] = mapped_column(Text, default=None)  # a Flask-era ip_address that is not one
 
 
 class AuditQuery(IdentityBase):

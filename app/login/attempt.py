@@ -52,6 +52,12 @@ class LoginAttempt:
     def client_reservation(self) -> Reservation | None:
         return self.client_decision.reservation if self.client_decision else None
 
+    @property
+    def verify_deadline_ms(self) -> int | None:
+        """When the first of this attempt's reservations lapses: verification must be over by then."""
+        lapses = [r.lapses_at_ms for r in (self.client_reservation, self.account_reservation) if r is not None]
+        return min(lapses) if lapses else None
+
     def headers(self, success: bool = False) -> dict[str, str]:
         """RateLimit headers for a finished attempt (see :func:`rate_limit_headers`)."""
         if self.client_decision is None:
@@ -65,7 +71,10 @@ class LoginAttempt:
         refusal = self.event(reason)
         try:
             decision = await self.limiter.reserve_account(
-                self.phone_number, self.method, refusal_event=encode_event(refusal)
+                self.phone_number,
+                self.method,
+                refusal_event=encode_event(refusal),
+                known_client=self.client_key if self.method == "password" else None,
             )
         except LimiterUnavailable:
             if not self.fail_open:
@@ -102,6 +111,7 @@ class LoginAttempt:
                 self.method or "password",
                 success,
                 encode_event(event),
+                remember=(self.phone_number, self.client_key) if success else None,
             )
         except LimiterUnavailable:
             await self.publisher.store_directly(event)
@@ -112,11 +122,11 @@ class LoginAttempt:
                 await self.publisher.store_directly(event, backlog_full=True)
         self.recorded = True
 
-    async def record_unfinished(self) -> None:
-        """The handler never got to an outcome (bad request, error): release the slot, keep the record."""
+    async def record_unfinished(self, reason: str = "invalid_request") -> None:
+        """The handler never got to an outcome (bad request, error, ``busy``): release the slots, keep the record."""
         if self.recorded:
             return
-        event = self.event("invalid_request")
+        event = self.event(reason)
         try:
             if self.client_reservation is not None:
                 if await self.limiter.settle(self.client_reservation, "release", encode_event(event)):

@@ -19,6 +19,7 @@ from app.accounts.controller import BODY_ERRORS, auth_response, touch_session, u
 from app.accounts.forms import clean_login
 from app.accounts.schemas import AuthResponse, LoginRequest
 from app.accounts.service import AuthService, LoginFailed
+from app.accounts.verification import VerificationBusy
 from app.core.errors import InvalidCredentials, error_responses
 from app.login.attempt import LoginAttempt
 from app.login.gate import ATTEMPT_STATE_KEY, login_gate_factory
@@ -42,7 +43,7 @@ class LoginController(Controller):
             s401="Wrong phone number, password or PIN (one answer for all)",
             s403="PIN sign-in locked after too many wrong PINs; a password sign-in unlocks it",
             s429="Failure budget spent; see Retry-After",
-            s503="Rate limiter unavailable (fails closed)",
+            s503="Rate limiter unavailable (fails closed), or too busy to verify in time (`busy`)",
         ),
     )
     async def login(
@@ -58,7 +59,10 @@ class LoginController(Controller):
         attempt.method = credentials.method  # type: ignore[assignment]
         await attempt.reserve_account()
         try:
-            user = await auth_service.authenticate(credentials)
+            user = await auth_service.authenticate(credentials, deadline_ms=attempt.verify_deadline_ms)
+        except VerificationBusy:
+            await attempt.record_unfinished("busy")  # unverified: both slots go back
+            raise
         except LoginFailed as failed:
             await attempt.finish(success=False, reason=failed.failure.reason, user_id=failed.failure.user_id)
             raise InvalidCredentials(headers=attempt.headers()) from None

@@ -14,10 +14,15 @@ stores it in Postgres (see :mod:`app.audit.pipeline.backlog`).
 Budgets:
 - ``login`` per client (``RATE_LIMIT_LOGIN_*``): failed logins in a sliding window;
 - ``password`` per phone (``ACCOUNT_*``): failed password logins in a sliding window;
-- ``pin`` per phone (``PIN_MAX_FAILURES``): consecutive PIN failures, from any client. There is no
-  window in spirit: a PIN success or a password success on the number clears it. It is still a
-  window of ``PIN_LOCK_SECONDS`` (30 days) so the key expires eventually;
+- ``pin`` per phone (``PIN_MAX_FAILURES``): consecutive PIN failures, from any client. A PIN success
+  or a password success on the number clears it, and it lifts by itself after ``PIN_LOCK_SECONDS``
+  (a sliding window), so strangers' wrong PINs cannot shut the owner out for long;
 - ``register`` per client (``REGISTER_*``): every attempt counts (one ``hit``, no reservation).
+
+A client (its budget key: an address, or an IPv6 /64) that signed in to a number within
+``KNOWN_CLIENT_DAYS`` is exempt from that number's ``password`` lock, checked in the same reserve
+call (the number's known clients are a sorted set in the number's hash slot); its own ``login``
+budget still applies. See docs/rate-limiting.md for the trade-off.
 
 Time comes from the caller's clock (milliseconds, ``clock`` is injectable for tests) rather than
 Redis ``TIME``: the window arithmetic can then be driven exactly in tests, and the scripts stay
@@ -45,7 +50,8 @@ from app.core.redis_keys import BOUNDED_APPEND, STREAM_FIELD, KeySpace, stream_s
 from app.core.settings import Settings
 from app.ratelimit.coalescer import Coalescer
 
-PIN_LOCK_SECONDS = 30 * 24 * 3600
+# A number remembers at most this many clients that signed in to it (the most recent ones).
+KNOWN_CLIENTS_PER_NUMBER = 16
 
 Budget = Literal["login", "register", "password", "pin"]
 Outcome = Literal["success", "failure", "release"]
@@ -67,6 +73,9 @@ class Reservation:
     budget: Budget
     # Budgets whose failures a success clears: the phone's PIN lock, for PIN and password logins.
     clears: tuple[str, ...] = ()
+    # Wall-clock milliseconds (the limiter's clock) at which the slot lapses unless settled: work
+    # that cannot finish by then must not start, or the next attempt could take the slot meanwhile.
+    lapses_at_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,7 +160,7 @@ class LoginLimiter:
             "password": _Policy(
                 settings.account_max_failures, settings.account_window_seconds * 1000, "account_locked"
             ),
-            "pin": _Policy(settings.pin_max_failures, PIN_LOCK_SECONDS * 1000, "pin_locked"),
+            "pin": _Policy(settings.pin_max_failures, settings.pin_lock_seconds * 1000, "pin_locked"),
         }
         for budget, policy in self._policies.items():
             if policy.limit < 1 or policy.window_ms < 1000:
@@ -162,6 +171,8 @@ class LoginLimiter:
         self._coalescer = Coalescer(self._run_batch)
         self._reserve = redis.register_script(_script_source("reserve.lua"))
         self._settle = redis.register_script(_script_source("settle.lua"))
+        self._remember = redis.register_script(_script_source("remember.lua"))
+        self._known_ms = settings.known_client_days * 24 * 3600 * 1000
         self._append = redis.register_script(BOUNDED_APPEND)
         self._stream_share = stream_share(settings.audit_max_backlog, settings.redis_shards)
 
@@ -171,15 +182,23 @@ class LoginLimiter:
         """Take a slot of the client's login budget; a refusal records ``refusal_event`` atomically."""
         call = self.reserve_call("login", client_key, refusal_event)
         (reply,) = await self.execute([call])
-        return self.decision("login", client_key, reply)
+        return self.decision("login", client_key, reply, reserved_at_ms=int(call.args[0]))
 
     async def reserve_account(
-        self, phone: str, method: Literal["password", "pin"], refusal_event: bytes | None = None
+        self,
+        phone: str,
+        method: Literal["password", "pin"],
+        refusal_event: bytes | None = None,
+        known_client: str | None = None,
     ) -> Decision:
-        """Take a slot of the number's PIN lock or password window (``phone`` in E.164)."""
-        call = self.reserve_call(method, phone, refusal_event)
+        """Take a slot of the number's PIN lock or password window (``phone`` in E.164).
+
+        ``known_client``: the client's budget key; a client that signed in to this number recently
+        is exempt from its password lock.
+        """
+        call = self.reserve_call(method, phone, refusal_event, known_client=known_client)
         (reply,) = await self.execute([call])
-        return self.decision(method, phone, reply)
+        return self.decision(method, phone, reply, reserved_at_ms=int(call.args[0]))
 
     async def hit_register(self, client_key: str) -> Decision:
         """Count a registration attempt of the client, or refuse it; nothing to settle."""
@@ -203,6 +222,7 @@ class LoginLimiter:
         success: bool,
         event: bytes | None,
         shard_identity: str | None = None,
+        remember: tuple[str, str] | None = None,
     ) -> bool:
         """Settle both reservations of a login attempt and publish its event, in one round trip.
 
@@ -210,8 +230,10 @@ class LoginLimiter:
         reservation, with the account's (the phone's shard stream); with neither, a plain XADD to the
         stream of ``shard_identity``'s shard (the client key), or of the event's phone number when
         not given. A success clears the number's PIN lock whatever the method, through
-        ``account.clears``, so pass the account reservation whenever one was taken. False when the
-        event was not appended because its stream is full: the caller stores it elsewhere.
+        ``account.clears``, so pass the account reservation whenever one was taken; and a success
+        with ``remember`` (phone, client key) makes that client known to the number, in the same
+        round trip. False when the event was not appended because its stream is full: the caller
+        stores it elsewhere.
         """
         if account is not None and account.budget != method:
             raise ValueError(f"account reservation is for {account.budget}, not {method}")
@@ -222,6 +244,8 @@ class LoginLimiter:
         if account is not None:
             calls.append(self.settle_call(account, outcome, event if client is None else None))
         if calls:
+            if success and remember is not None:
+                calls.append(self.remember_call(*remember))
             replies = await self.execute(calls)
             return bool(int(replies[0]))  # the first call carries the event
         if event is None:
@@ -248,8 +272,12 @@ class LoginLimiter:
         refusal_event: bytes | None = None,
         *,
         mode: Literal["r", "h"] = "r",
+        known_client: str | None = None,
     ) -> ScriptCall:
-        """The reserve script call for ``identity``'s budget: its key and its shard's stream share a slot."""
+        """The reserve script call for ``identity``'s budget: its key and its shard's stream share a slot.
+
+        ``known_client`` (password budget only): exempt that client if it signed in to the number recently.
+        """
         policy = self._policies[budget]
         key = self.budget_key(budget, identity)
         # An integer is the most compact listpack entry. Not a secret (it never leaves Redis, and a
@@ -257,10 +285,24 @@ class LoginLimiter:
         member = str(random.getrandbits(32))
         now = self._now_ms()
         args: tuple[str | int | bytes, ...] = (now, policy.window_ms, policy.limit, self._hold_ms, member, mode)
+        if known_client is not None and budget == "password":
+            stream = self.keys.audit_stream(self.keys.shard_of(identity))
+            known = self.keys.phone(identity, "known")
+            event = refusal_event if refusal_event is not None else b""
+            exemption = (known_client, now - self._known_ms)
+            return ScriptCall(
+                self._reserve, (key, stream, known), (*args, STREAM_FIELD, event, self._stream_share, *exemption)
+            )
         if refusal_event is None:
             return ScriptCall(self._reserve, (key,), args)
         stream = self.keys.audit_stream(self.keys.shard_of(identity))
         return ScriptCall(self._reserve, (key, stream), (*args, STREAM_FIELD, refusal_event, self._stream_share))
+
+    def remember_call(self, phone: str, client_key: str) -> ScriptCall:
+        """Make ``client_key`` known to ``phone`` (it just signed in): see ``remember.lua``."""
+        key = self.keys.phone(phone, "known")
+        args = (self._now_ms(), self._known_ms, KNOWN_CLIENTS_PER_NUMBER, client_key)
+        return ScriptCall(self._remember, (key,), args)
 
     def settle_call(self, reservation: Reservation, outcome: Outcome, event: bytes | None = None) -> ScriptCall:
         policy = self._policies[reservation.budget]
@@ -279,8 +321,8 @@ class LoginLimiter:
             args = (*args, STREAM_FIELD, event, self._stream_share)
         return ScriptCall(self._settle, keys, args)
 
-    def decision(self, budget: Budget, identity: str, reply: Any) -> Decision:
-        """The :class:`Decision` a reserve reply means."""
+    def decision(self, budget: Budget, identity: str, reply: Any, reserved_at_ms: int | None = None) -> Decision:
+        """The :class:`Decision` a reserve reply means; ``reserved_at_ms``: the ``now`` the call was sent with."""
         policy = self._policies[budget]
         window = policy.window_ms // 1000
         if not int(reply[0]):
@@ -291,7 +333,8 @@ class LoginLimiter:
             member = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
             key = self.budget_key(budget, identity)
             clears = (self.keys.phone(identity, "pin"),) if budget in ("pin", "password") else ()
-            reservation = Reservation(key, member, self.keys.shard_of(identity), budget, clears)
+            lapses_at = (reserved_at_ms if reserved_at_ms is not None else self._now_ms()) + self._hold_ms
+            reservation = Reservation(key, member, self.keys.shard_of(identity), budget, clears, lapses_at)
         reset_after = int(reply[3]) if len(reply) > 3 else 0
         return Decision(True, policy.limit, int(reply[1]), 0, window, reservation, None, reset_after)
 

@@ -2,7 +2,9 @@
 --
 -- KEYS[1]  the budget: a sorted set of counted entries, all in one hash slot with KEYS[2]
 -- KEYS[2]  the audit stream of the same shard (only read when an event is given)
--- ARGV     now_ms, window_ms, limit, hold_ms, member, mode, [stream_field, event, stream_share]
+-- KEYS[3]  optional: the clients that signed in to this number recently (a sorted set, same slot)
+-- ARGV     now_ms, window_ms, limit, hold_ms, member, mode, [stream_field, event, stream_share,
+--          [client, known_since_ms]]
 --          mode "r": add a reservation that lapses at now + hold_ms unless settled;
 --          mode "h": add a failure now (every attempt counts, e.g. registrations).
 --
@@ -11,7 +13,9 @@
 -- Returns {1, remaining, member, reset_seconds} when allowed, {0, retry_after_seconds, appended}
 -- when refused: appended is 0 when the stream already holds stream_share entries (its part of
 -- AUDIT_MAX_BACKLOG), and the caller then stores the event in Postgres itself.
--- A refusal writes nothing to the budget, so refused attempts never extend the window.
+-- A refusal writes nothing to the budget, so refused attempts never extend the window. A client in
+-- KEYS[3] scored at or after known_since_ms is exempt from the limit (its own budget still applies):
+-- strangers' failures cannot lock the owner out. Its attempts still take and settle reservations.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
@@ -22,25 +26,25 @@ redis.call('ZREMRANGEBYSCORE', key, 0, now - window)
 redis.call('ZREMRANGEBYSCORE', key, -now, '(0')
 local count = redis.call('ZCARD', key)
 
-if count >= limit then
-  -- The slot frees when enough failures leave the window; reservations count as held to their
-  -- lapse time and only decide when there are not enough failures to wait for.
+local exempt = false
+if count >= limit and ARGV[10] then
+  local since = redis.call('ZSCORE', KEYS[3], ARGV[10])
+  exempt = since ~= false and tonumber(since) >= tonumber(ARGV[11])
+end
+
+if count >= limit and not exempt then
+  -- The slot frees when enough failures leave the window. A reservation is expected to settle as a
+  -- failure (the attack case), which frees its slot a window after it settles, so no earlier than
+  -- now + window: it frees after every counted failure, never later than window + hold.
   local need = count - limit + 1
   local failures = redis.call('ZCOUNT', key, '(0', '+inf')
-  local free_at
+  local free_at = now + window
   if failures >= need then
     local oldest = redis.call('ZRANGEBYSCORE', key, '(0', '+inf', 'WITHSCORES', 'LIMIT', need - 1, 1)
     free_at = tonumber(oldest[2]) + window
-  else
-    local lapse = redis.call('ZREVRANGEBYSCORE', key, '(0', '-inf', 'WITHSCORES', 'LIMIT', need - failures - 1, 1)
-    free_at = -tonumber(lapse[2])
-    if failures > 0 then
-      local newest = redis.call('ZREVRANGEBYSCORE', key, '+inf', '(0', 'WITHSCORES', 'LIMIT', 0, 1)
-      free_at = math.max(free_at, tonumber(newest[2]) + window)
-    end
   end
   local retry_after = math.max(1, math.ceil((free_at - now) / 1000))
-  if ARGV[8] and redis.call('XLEN', KEYS[2]) < tonumber(ARGV[9]) then
+  if ARGV[8] and ARGV[8] ~= '' and redis.call('XLEN', KEYS[2]) < tonumber(ARGV[9]) then
     redis.call('XADD', KEYS[2], '*', ARGV[7], ARGV[8])
     return {0, retry_after, 1}
   end
@@ -63,4 +67,4 @@ local oldest = redis.call('ZRANGEBYSCORE', key, '(0', '+inf', 'WITHSCORES', 'LIM
 if oldest[2] then
   reset = math.max(1, math.ceil((tonumber(oldest[2]) + window - now) / 1000))
 end
-return {1, limit - count - 1, member, reset}
+return {1, math.max(0, limit - count - 1), member, reset}

@@ -454,11 +454,12 @@ def test_staff_commands_record_events_and_the_relay_command_publishes_them(setti
     result = runner.invoke(main, [*create, "--password-stdin"], input=STRONG_PASSWORD + "\n", env=env)
     assert result.exit_code == 0, result.output
     promote = ["users", "create-admin", "--phone", "0788555011", "--name", "Grace", "--role", "admin", "--promote"]
-    result = runner.invoke(main, promote, env=env)
+    confirmed = [*promote, "--yes-this-account-is-theirs", "--password-stdin"]
+    result = runner.invoke(main, confirmed, input=OTHER_PASSWORD + "\n", env=env)
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["accounts", "relay", "--once"], env=env)
     assert result.exit_code == 0, result.output
-    assert "published 2 account events" in result.output
+    assert "published 4 account events" in result.output
 
     async def read() -> list[dict[str, Any]]:
         client = create_redis(settings)
@@ -474,6 +475,9 @@ def test_staff_commands_record_events_and_the_relay_command_publishes_them(setti
     assert [(event["type"], event["seq"]) for event in events] == [
         ("account.registered", 1),
         ("account.role_changed", 2),
+        # Promotion sets the password the admin typed and ends every session (issue 17, item 1).
+        ("account.credentials_changed", 3),
+        ("account.sessions_revoked", 4),
     ]
     assert events[0]["data"]["role"] == "security" and events[0]["data"]["phone_number"] == "+250788555011"
     assert events[1]["data"] == {"role": "admin", "previous_role": "security"}

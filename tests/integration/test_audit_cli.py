@@ -138,7 +138,7 @@ def test_an_existing_account_is_promoted_only_when_asked(settings, tmp_path):
     again = [*args[:-3], "--role", "admin", "--password-stdin"]
     refused = run_cli(settings, tmp_path, again, stdin=STRONG_PASSWORD)
     assert refused.exit_code == 1 and "--promote" in refused.output
-    promoted = run_cli(settings, tmp_path, [*again, "--promote"])
+    promoted = run_cli(settings, tmp_path, [*again, "--promote", "--yes-this-account-is-theirs"], stdin=STRONG_PASSWORD)
     assert promoted.exit_code == 0, promoted.output
     assert (
         on_db(settings, lambda c: c.fetchval("SELECT role FROM users WHERE phone_number = '+250788555005'")) == "admin"

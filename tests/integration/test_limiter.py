@@ -22,7 +22,7 @@ from app.core.embedded import EmbeddedRedis, free_port
 from app.core.errors import LimiterUnavailable
 from app.core.redis import create_redis
 from app.core.settings import Settings
-from app.ratelimit.limiter import PIN_LOCK_SECONDS, LoginLimiter, ScriptCall
+from app.ratelimit.limiter import LoginLimiter, ScriptCall
 
 START_MS = 1_700_000_000_000
 PHONE = "+250788123456"
@@ -93,14 +93,9 @@ class WindowModel:
         if count < self.limit:
             return True, self.limit - count - 1, 0
         failures = sorted(at for kind, at in self.entries.values() if kind == "f")
-        lapses = sorted(at for kind, at in self.entries.values() if kind == "r")
         need = count - self.limit + 1
-        if len(failures) >= need:
-            free_at = failures[need - 1] + self.window_ms
-        else:
-            free_at = lapses[need - len(failures) - 1]
-            if failures:
-                free_at = max(free_at, failures[-1] + self.window_ms)
+        # A reservation is taken to settle as a failure now: its slot frees a window from now.
+        free_at = failures[need - 1] + self.window_ms if len(failures) >= need else now + self.window_ms
         return False, 0, max(1, -(-(free_at - now) // 1000))
 
     def add_reservation(self, member: str, now: int) -> None:
@@ -192,8 +187,8 @@ async def test_200_concurrent_reserves_allow_exactly_the_limit(limiter: LoginLim
     assert len(allowed) == settings.rate_limit_login_failures
     assert sorted(d.remaining for d in allowed) == list(range(settings.rate_limit_login_failures))
     refused = [d for d in decisions if not d.allowed]
-    # Only reservations hold the budget: a slot frees when the earliest one lapses.
-    assert {d.retry_after for d in refused} == {settings.rate_limit_reservation_seconds}
+    # Only reservations hold the budget: each is expected to settle as a failure, freeing its slot a window on.
+    assert {d.retry_after for d in refused} == {settings.rate_limit_login_window_seconds}
     assert {d.reason for d in refused} == {"rate_limited"}
 
     await asyncio.gather(*(limiter.settle(d.reservation, "failure") for d in allowed if d.reservation))
@@ -268,7 +263,8 @@ async def test_unsettled_reservation_frees_its_slot_after_the_hold(
     for _ in range(5):
         assert (await limiter.reserve_client("198.51.100.7")).allowed  # requests that then died
     refused = await limiter.reserve_client("198.51.100.7")
-    assert refused.retry_after == settings.rate_limit_reservation_seconds
+    # Retry-After takes them to settle as failures (the attack case); a died request's slot frees sooner.
+    assert refused.retry_after == settings.rate_limit_login_window_seconds
     clock.advance(settings.rate_limit_reservation_seconds - 0.001)
     assert not (await limiter.reserve_client("198.51.100.7")).allowed
     clock.advance(ms=1)
@@ -303,7 +299,9 @@ async def test_overfull_budget_waits_for_failures_and_enough_lapses(
 # ---- per phone number --------------------------------------------------------------------------
 
 
-async def test_pin_lock_spans_clients_and_password_success_unlocks(limiter: LoginLimiter, redis: Redis) -> None:
+async def test_pin_lock_spans_clients_and_password_success_unlocks(
+    limiter: LoginLimiter, redis: Redis, settings: Settings
+) -> None:
     for attempt in range(5):
         client = await limiter.reserve_client(f"198.51.100.{attempt}")
         account = await limiter.reserve_account(PHONE, "pin")
@@ -312,7 +310,7 @@ async def test_pin_lock_spans_clients_and_password_success_unlocks(limiter: Logi
 
     locked = await limiter.reserve_account(PHONE, "pin", refusal_event=b'{"reason":"pin_locked"}')
     assert not locked.allowed and locked.reason == "pin_locked"
-    assert locked.retry_after == PIN_LOCK_SECONDS  # lapses only with the key, 30 days on
+    assert locked.retry_after == settings.pin_lock_seconds  # lifts a PIN_LOCK_SECONDS window after the failures
     assert (await limiter.reserve_account("+250788000000", "pin")).allowed  # other numbers unaffected
 
     password = await limiter.reserve_account(PHONE, "password")
@@ -396,7 +394,7 @@ async def test_every_limiter_key_has_a_bounded_ttl(limiter: LoginLimiter, redis:
         "c:login:": settings.rate_limit_login_window_seconds * 1000 + hold,
         "c:register:": settings.register_window_seconds * 1000 + hold,
         "p:password:": settings.account_window_seconds * 1000 + hold,
-        "p:pin:": PIN_LOCK_SECONDS * 1000 + hold,
+        "p:pin:": settings.pin_lock_seconds * 1000 + hold,
     }
     streams = set(limiter.keys.audit_streams())
     seen = set()

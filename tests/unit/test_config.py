@@ -1,18 +1,21 @@
+import secrets
+
 import pytest
 
 from app.core.settings import ConfigError, Settings, asyncpg_url
 
-STRONG = "8f3a" * 16
+STRONG = secrets.token_hex(32)  # what `openssl rand -hex 32` prints; a literal here would be a published secret
+SERVERS = {"DATABASE_URL": "postgresql://db.invalid/app", "REDIS_URL": "redis://redis.invalid:6379/0"}
 
 
 def test_production_requires_secrets(tmp_path):
     keys = {"SIGNING_KEYS_SECRET": STRONG * 2}
     with pytest.raises(ConfigError, match="JWT_SECRET"):
-        Settings.from_env({"APP_ENV": "production", "PIN_PEPPER": STRONG, "DATA_DIR": str(tmp_path), **keys})
+        Settings.from_env({"APP_ENV": "production", "PIN_PEPPER": STRONG, "DATA_DIR": str(tmp_path), **keys, **SERVERS})
     with pytest.raises(ConfigError, match="PIN_PEPPER"):
-        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "DATA_DIR": str(tmp_path), **keys})
+        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "DATA_DIR": str(tmp_path), **keys, **SERVERS})
     with pytest.raises(ConfigError, match="SIGNING_KEYS_SECRET"):
-        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "PIN_PEPPER": STRONG[::-1]})
+        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": STRONG, "PIN_PEPPER": STRONG[::-1], **SERVERS})
 
 
 def test_jwt_secret_is_needed_only_while_legacy_tokens_are_accepted():
@@ -21,6 +24,7 @@ def test_jwt_secret_is_needed_only_while_legacy_tokens_are_accepted():
         "PIN_PEPPER": STRONG,
         "SIGNING_KEYS_SECRET": STRONG[::-1],
         "CORS_ALLOW_ORIGINS": "https://a.rw",
+        **SERVERS,
     }
     settings = Settings.from_env({**env, "JWT_ACCEPT_LEGACY_HS256": "false"})
     assert settings.jwt_secret is None and not settings.jwt_accept_legacy_hs256
@@ -37,7 +41,7 @@ def test_development_adds_the_signing_keys_secret_to_an_older_secrets_file(tmp_p
 @pytest.mark.parametrize("secret", ["changeme", "your-secret-key", "short-secret"])
 def test_production_refuses_placeholders_and_short_secrets(secret, tmp_path):
     with pytest.raises(ConfigError):
-        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": secret, "PIN_PEPPER": STRONG})
+        Settings.from_env({"APP_ENV": "production", "JWT_SECRET": secret, "PIN_PEPPER": STRONG, **SERVERS})
 
 
 def test_production_with_real_secrets_starts():
@@ -48,6 +52,7 @@ def test_production_with_real_secrets_starts():
             "PIN_PEPPER": STRONG[::-1],
             "SIGNING_KEYS_SECRET": STRONG * 2,
             "CORS_ALLOW_ORIGINS": "https://a.rw",
+            **SERVERS,
         }
     )
     assert settings.jwt_secret == STRONG

@@ -1,5 +1,7 @@
 """CORS_ALLOW_ORIGINS: the documented syntax, and what each kind of entry admits."""
 
+import secrets
+
 import pytest
 
 from app.core.cors import DEVELOPMENT_ORIGINS, CorsPolicy
@@ -68,9 +70,12 @@ def test_entries_that_mean_nothing_are_a_startup_error(entry):
 
 PRODUCTION_SECRETS = {
     "APP_ENV": "production",
-    "JWT_SECRET": "3f9c1e7a5b2d8064c9e1f3a7b5d2c8e0a4f6b1d3e5c7a9b0d2f4e6a8c1b3d5e7",
-    "PIN_PEPPER": "8a2c4e6f1b3d5a7c9e0f2b4d6a8c1e3f5b7d9a0c2e4f6b8d1a3c5e7f9b0d2a4c",
-    "SIGNING_KEYS_SECRET": "c5e7a9b1d3f5e7c9a1b3d5f7e9c1a3b5d7f9e1c3a5b7d9f1e3c5a7b9d1f3e5a7",
+    # Generated per run, as `openssl rand -hex 32` would: a literal here would be a published secret.
+    "JWT_SECRET": secrets.token_hex(32),
+    "PIN_PEPPER": secrets.token_hex(32),
+    "SIGNING_KEYS_SECRET": secrets.token_hex(32),
+    "DATABASE_URL": "postgresql://db.invalid/app",
+    "REDIS_URL": "redis://redis.invalid:6379/0",
 }
 
 

@@ -24,6 +24,7 @@ from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.history.connections import api_read, read_transaction
+from app.audit.history.controller import ExportOperation
 from app.audit.history.cursor import Cursor, read_cursor
 from app.audit.history.export import EXPORT_FORMATS, MEDIA_TYPES, ExportFormat, neutralise_formula
 from app.audit.history.filters import iso, read_limit
@@ -210,7 +211,8 @@ Format = Annotated[str | None, _query("csv (default) or ndjson.")]
 
 def _actor(user: User, request: Request[Any, Any, Any], state: State) -> Actor:
     address = state.client_resolver.address_of(request.scope)
-    return Actor(user.phone_number, "api", user.id, str(address) if address is not None else None)
+    name = user.phone_number or f"user {user.id}"
+    return Actor(name, "api", user.id, str(address) if address is not None else None)
 
 
 class AdminActionsController(Controller):
@@ -249,7 +251,13 @@ class AdminActionsController(Controller):
             await record_query(conn, _actor(auditor, request, state), "admin_actions", described, len(page.items))
         return page
 
-    @get("/export", summary="Every matching admin action as CSV or NDJSON, streamed", responses=AUDIT_ERRORS)
+    @get(
+        "/export",
+        summary="Every matching admin action as CSV or NDJSON, streamed",
+        response_description="text/csv (formula cells neutralised) or application/x-ndjson, newest first",
+        responses=AUDIT_ERRORS,
+        operation_class=ExportOperation,
+    )
     async def export(
         self,
         auditor: NamedDependency[User],

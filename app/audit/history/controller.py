@@ -90,7 +90,7 @@ def actor_of(user: User, request: Request[Any, Any, Any], state: State) -> Actor
     peer = request.scope.get("client")
     address = state.client_resolver.resolve(peer[0] if peer else None, request.scope["headers"])
     return Actor(
-        name=user.phone_number,
+        name=user.phone_number or f"account {user.id}",  # phone-less accounts cannot sign in; for the types
         origin="api",
         user_id=user.id,
         client_ip=str(address) if address is not None else None,

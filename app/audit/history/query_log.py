@@ -21,8 +21,19 @@ from app.audit.history.filters import read_limit
 from app.audit.history.params import Params
 
 Origin = Literal["api", "cli", "service"]  # service: a platform service's credential (app/platform)
+# grant_role: `users create-admin --promote` gave an account a staff role.
 Action = Literal[
-    "list", "export", "summary", "queries", "prune", "introspect", "user", "admin_actions", "admin_actions_export"
+    "list",
+    "export",
+    "summary",
+    "queries",
+    "prune",
+    "introspect",
+    "user",
+    "legacy_import",
+    "grant_role",
+    "admin_actions",
+    "admin_actions_export",
 ]
 
 

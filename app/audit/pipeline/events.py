@@ -28,9 +28,11 @@ REASONS = (
     "account_locked",
     "account_inactive",
     "rate_limited",
+    "busy",  # not verified: the hash queue could not verify it within its reservation
     "limiter_unavailable",
     "invalid_request",
     "reauth_failed",  # a wrong current_password on a profile change (app/accounts/reauth.py)
+    "legacy",  # a failed Flask-era attempt brought in by `legacy import` (the Flask era kept no reason)
 )
 
 # A UUID in its canonical text form. Kept as text from minting to the COPY (asyncpg encodes it):

@@ -1,0 +1,87 @@
+"""Giving an existing account a staff role (``users create-admin --promote``) without handing it over.
+
+Anyone can register a staffer's number before the staffer gets an account. Promotion therefore
+shows the operator what the account is (created, last sign-in, live sessions) and, in one
+transaction: sets the password the operator typed (and turns PIN sign-in off, clearing the PIN),
+revokes every session, writes an ``audit_queries`` entry (action ``grant_role``: the security
+team's record of who may read the login history) and the account event.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.accounts.events import AccountEventService
+from app.db.models import AuditQuery, LoginAttempt, RefreshToken, User
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSummary:
+    user_id: int
+    name: str
+    role: str
+    created_at: datetime.datetime
+    last_sign_in: datetime.datetime | None
+    live_sessions: int
+
+
+async def summarise(session: AsyncSession, phone_number: str) -> AccountSummary | None:
+    user = await session.scalar(select(User).where(User.phone_number == phone_number))
+    if user is None:
+        return None
+    last_sign_in = await session.scalar(
+        select(func.max(LoginAttempt.created_at)).where(
+            # The phone filter uses the (phone_number, created_at, id) index; user_id alone has none.
+            LoginAttempt.phone_number == phone_number,
+            LoginAttempt.user_id == user.id,
+            LoginAttempt.success,
+        )
+    )
+    live_sessions = await session.scalar(
+        select(func.count(func.distinct(RefreshToken.family_id))).where(
+            RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None), RefreshToken.expires_at > func.now()
+        )
+    )
+    return AccountSummary(user.id, user.name, user.role, user.created_at, last_sign_in, int(live_sessions or 0))
+
+
+async def promote(
+    session: AsyncSession, account: AccountSummary, *, role: str, name: str, password_hash: str, actor: str
+) -> int:
+    """Make ``account`` the operator's: role, name, password; every session ended. Returns sessions ended."""
+    await session.execute(
+        update(User)
+        .where(User.id == account.user_id)
+        .values(role=role, name=name, password_hash=password_hash, pin_hash=None, enable_pin_auth=False)
+    )
+    ended = await session.execute(
+        update(RefreshToken)
+        .where(RefreshToken.user_id == account.user_id, RefreshToken.revoked_at.is_(None))
+        .values(revoked_at=func.now(), revoked_reason="role_granted")
+        .returning(RefreshToken.family_id)
+    )
+    families = {row[0] for row in ended}
+    session.add(
+        AuditQuery(
+            user_id=account.user_id,
+            actor=actor,
+            origin="cli",
+            action="grant_role",
+            filters={
+                "user_id": account.user_id,
+                "role": role,
+                "previous_role": account.role,
+                "sessions_revoked": len(families),
+                "password_set": True,
+            },
+        )
+    )
+    events = AccountEventService(session=session)
+    await events.role_changed(account.user_id, role, previous_role=account.role)
+    await events.record(account.user_id, "account.credentials_changed", credentials=["password", "pin"])
+    await events.sessions_revoked(account.user_id, reason="role_granted")
+    return len(families)
