@@ -82,6 +82,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     register_limit: int = 10
     register_window_seconds: int = 3600
     redis_shards: int = 16
+    # The USSD gateway (app/ussd): wrong PINs one USSD session may try, how long a session's tries are
+    # remembered, and failed verifications per minute per gateway credential (docs/ussd.md: sizing).
+    ussd_session_max_failures: int = 3
+    ussd_session_seconds: int = 900
+    ussd_max_failures_per_minute: int = 2000
 
     # Audit pipeline (app/audit).
     audit_batch_size: int = 500

@@ -17,7 +17,10 @@ Budgets:
 - ``pin`` per phone (``PIN_MAX_FAILURES``): consecutive PIN failures, from any client. A PIN success
   or a password success on the number clears it, and it lifts by itself after ``PIN_LOCK_SECONDS``
   (a sliding window), so strangers' wrong PINs cannot shut the owner out for long;
-- ``register`` per client (``REGISTER_*``): every attempt counts (one ``hit``, no reservation).
+- ``register`` per client (``REGISTER_*``): every attempt counts (one ``hit``, no reservation);
+- ``ussd_gateway`` per gateway credential (``USSD_MAX_FAILURES_PER_MINUTE``): failed PIN
+  verifications over all numbers in a minute's sliding window;
+- ``ussd_session`` per USSD session (``USSD_SESSION_MAX_FAILURES``): wrong PINs of one session.
 
 A client (its budget key: an address, or an IPv6 /64) that signed in to a number within
 ``KNOWN_CLIENT_DAYS`` is exempt from that number's ``password`` lock, checked in the same reserve
@@ -53,7 +56,9 @@ from app.ratelimit.coalescer import Coalescer
 # A number remembers at most this many clients that signed in to it (the most recent ones).
 KNOWN_CLIENTS_PER_NUMBER = 16
 
-Budget = Literal["login", "register", "password", "pin"]
+Budget = Literal["login", "register", "password", "pin", "ussd_gateway", "ussd_session"]
+# Budgets keyed by a caller (an address, a gateway credential, a USSD session), not a phone number.
+CLIENT_BUDGETS = frozenset({"login", "register", "ussd_gateway", "ussd_session"})
 Outcome = Literal["success", "failure", "release"]
 _OUTCOME_CODES: dict[str, str] = {"success": "s", "failure": "f", "release": "r"}
 
@@ -161,6 +166,10 @@ class LoginLimiter:
                 settings.account_max_failures, settings.account_window_seconds * 1000, "account_locked"
             ),
             "pin": _Policy(settings.pin_max_failures, settings.pin_lock_seconds * 1000, "pin_locked"),
+            "ussd_gateway": _Policy(settings.ussd_max_failures_per_minute, 60_000, "rate_limited"),
+            "ussd_session": _Policy(
+                settings.ussd_session_max_failures, settings.ussd_session_seconds * 1000, "session_locked"
+            ),
         }
         for budget, policy in self._policies.items():
             if policy.limit < 1 or policy.window_ms < 1000:
@@ -261,7 +270,7 @@ class LoginLimiter:
     # ---- building blocks, for pipelining many requests' calls together -------------------------
 
     def budget_key(self, budget: Budget, identity: str) -> str:
-        if budget in ("login", "register"):
+        if budget in CLIENT_BUDGETS:
             return self.keys.client(identity, budget)
         return self.keys.phone(identity, budget)
 
