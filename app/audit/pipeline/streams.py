@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, TypedDict
 
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from app.audit.pipeline.batcher import Entry, StreamReply, text
 from app.core.redis import RedisClient
 from app.core.redis_keys import KeySpace
+
+logger = logging.getLogger(__name__)
 
 GROUP = "audit-writer"
 # Consumers left behind by stopped processes are removed once idle this long with nothing pending.
@@ -123,6 +127,19 @@ async def _read_group_per_stream(
     if not any(messages for _, messages in reply) and block_ms:
         await asyncio.sleep(block_ms / 1000)
     return reply
+
+
+async def after_redis_error(redis: RedisClient) -> None:
+    """On a cluster, refresh the slot map after an error: a failed master's replica may have taken over.
+
+    redis-py refreshes it itself only after a single command's connection error, not after one
+    inside a pipeline, so a writer reading in pipelines would keep asking the dead master.
+    """
+    if isinstance(redis, RedisCluster):
+        try:
+            await redis.nodes_manager.initialize()
+        except (RedisError, RedisClusterException, OSError) as exc:
+            logger.warning("audit: Redis Cluster slot map refresh failed (%s: %s)", type(exc).__name__, exc)
 
 
 def _raise_first_error(results: Sequence[Any]) -> None:

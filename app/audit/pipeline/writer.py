@@ -260,6 +260,7 @@ class AuditWriter:
                 delay = backoff.next()
                 logger.warning("audit writer: Redis error (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
                 self._groups_ready = False  # then re-read what we hold in case an ACK was lost
+                await streams.after_redis_error(self.redis)
                 await self._pause(delay)
             except Exception:
                 # A bug must not silently end the pipeline while events pile up in Redis.
@@ -419,8 +420,9 @@ class AuditWriter:
             try:
                 await self._acknowledge([(stream, entry_id) for stream, entry_id, _ in batch])
                 return
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 self._raise_if_giving_up(len(batch), exc)
+                await streams.after_redis_error(self.redis)
                 await self._pause(backoff.next(), until_given_up=True)
 
     async def _acknowledge(self, entries: Sequence[tuple[str, bytes | str]]) -> None:
