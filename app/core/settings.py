@@ -38,6 +38,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     database_url: str | None = None
     redis_url: str | None = None
+    redis_cluster: bool = False  # REDIS_URL is a seed node of a Redis Cluster (app/core/redis.py)
     redis_key_prefix: str = "le:"
     database_pool_size: int = 10
 

@@ -44,14 +44,14 @@ from importlib.resources import files
 from typing import Any, Literal
 
 import msgspec
-import redis.asyncio
-import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from app.core.errors import LimiterUnavailable
+from app.core.redis import RedisClient
 from app.core.redis_keys import BOUNDED_APPEND, STREAM_FIELD, KeySpace, stream_share
 from app.core.settings import Settings
 from app.ratelimit.coalescer import Coalescer
+from app.ratelimit.transport import UNAVAILABLE, script_transport
 
 # A number remembers at most this many clients that signed in to it (the most recent ones).
 KNOWN_CLIENTS_PER_NUMBER = 16
@@ -65,7 +65,7 @@ _OUTCOME_CODES: dict[str, str] = {"success": "s", "failure": "f", "release": "r"
 # Every error of the store means "no budget could be taken": the caller fails closed (503, and the
 # attempt still reaches the audit trail), never open. That covers a script error or BUSY as much as
 # a lost connection: a login path that let those escape answered 500 with no audit record.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, TimeoutError)
+_UNAVAILABLE = UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class LoginLimiter:
 
     def __init__(
         self,
-        redis: redis.asyncio.Redis,
+        redis: RedisClient,
         settings: Settings,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -178,6 +178,7 @@ class LoginLimiter:
         if self._hold_ms < 1000:
             raise ValueError("rate_limit_reservation_seconds must be at least 1")
         self._coalescer = Coalescer(self._run_batch)
+        self._transport = script_transport(redis)
         self._reserve = redis.register_script(_script_source("reserve.lua"))
         self._settle = redis.register_script(_script_source("settle.lua"))
         self._remember = redis.register_script(_script_source("remember.lua"))
@@ -358,35 +359,8 @@ class LoginLimiter:
         return list(await asyncio.gather(*(self._coalescer.submit(call) for call in calls)))
 
     async def _run_batch(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        """One pipeline for a batch; a per-call error (a script error) is returned in its place."""
-        replies: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = self._redis.pipeline(transaction=False)
-            for index in pending:
-                call = calls[index]
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            try:
-                results = await pipe.execute(raise_on_error=False)
-            except _UNAVAILABLE as exc:
-                raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
-            missing: list[int] = []
-            for index, result in zip(pending, results, strict=True):
-                if isinstance(result, redis.exceptions.NoScriptError) and attempt == 0:
-                    missing.append(index)
-                elif isinstance(result, _UNAVAILABLE):
-                    replies[index] = LimiterUnavailable(str(result) or type(result).__name__)
-                else:
-                    replies[index] = result
-            if not missing:
-                break
-            try:
-                for script in {id(calls[index].script): calls[index].script for index in missing}.values():
-                    script.sha = await self._redis.script_load(script.script)
-            except _UNAVAILABLE as exc:
-                raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
-            pending = missing
-        return replies
+        """One pipeline per Redis node for a batch; a per-call error is returned in its place."""
+        return await self._transport.run(calls)
 
     def _now_ms(self) -> int:
         return round(self._clock() * 1000)
