@@ -30,9 +30,9 @@ from app.core.redis_keys import KeySpace
 from app.core.settings import Settings, asyncpg_url
 from app.ratelimit.limiter import LoginLimiter
 from tests.cluster import LocalCluster, local_cluster
+from tests.factories import login_event
 from tests.helpers import STRONG_PASSWORD
 from tests.integration import test_audit_faults
-from tests.integration.test_audit_pipeline import attempt
 from tests.servers import api_server
 
 pytestmark = pytest.mark.slow
@@ -215,7 +215,7 @@ async def test_events_spread_over_the_masters_are_written_exactly_once_by_writer
     engine = create_async_engine(asyncpg_url(on_cluster.database_url), pool_size=4)
     metrics = AuditMetrics()
     publisher = AuditPublisher(redis, keys, engine, metrics)
-    events = [attempt(n) for n in range(1500)]
+    events = [login_event(n) for n in range(1500)]
     try:
         for index, event in enumerate(events):
             await publisher.publish(event, f"client-{index % 40}")
