@@ -82,6 +82,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     account_window_seconds: int = 3600
     register_limit: int = 10
     register_window_seconds: int = 3600
+    profile_identifier_changes: int = 5  # email / phone number change attempts per account per hour
     redis_shards: int = 16
     # The USSD gateway (app/ussd): wrong PINs one USSD session may try, how long a session's tries are
     # remembered, and failed verifications per minute per gateway credential (docs/ussd.md: sizing).

@@ -56,9 +56,11 @@ from app.ratelimit.transport import UNAVAILABLE, script_transport
 # A number remembers at most this many clients that signed in to it (the most recent ones).
 KNOWN_CLIENTS_PER_NUMBER = 16
 
-Budget = Literal["login", "register", "password", "pin", "ussd_gateway", "ussd_session"]
+Budget = Literal["login", "register", "identifier", "password", "pin", "ussd_gateway", "ussd_session"]
 # Budgets keyed by a caller (an address, a gateway credential, a USSD session), not a phone number.
-CLIENT_BUDGETS = frozenset({"login", "register", "ussd_gateway", "ussd_session"})
+CLIENT_BUDGETS = frozenset({"login", "register", "identifier", "ussd_gateway", "ussd_session"})
+# Budgets whose every attempt counts at once (a hit, nothing to settle).
+HIT_BUDGETS = frozenset({"register", "identifier"})
 Outcome = Literal["success", "failure", "release"]
 _OUTCOME_CODES: dict[str, str] = {"success": "s", "failure": "f", "release": "r"}
 
@@ -162,6 +164,7 @@ class LoginLimiter:
                 settings.rate_limit_login_failures, settings.rate_limit_login_window_seconds * 1000, "rate_limited"
             ),
             "register": _Policy(settings.register_limit, settings.register_window_seconds * 1000, "rate_limited"),
+            "identifier": _Policy(settings.profile_identifier_changes, 3_600_000, "rate_limited"),
             "password": _Policy(
                 settings.account_max_failures, settings.account_window_seconds * 1000, "account_locked"
             ),
@@ -212,9 +215,15 @@ class LoginLimiter:
 
     async def hit_register(self, client_key: str) -> Decision:
         """Count a registration attempt of the client, or refuse it; nothing to settle."""
-        call = self.reserve_call("register", client_key, mode="h")
-        (reply,) = await self.execute([call])
-        return self.decision("register", client_key, reply)
+        return await self._hit("register", client_key)
+
+    async def hit_identifier_change(self, user_id: int) -> Decision:
+        """Count an attempt of account ``user_id`` to change its email or phone number (found or taken alike)."""
+        return await self._hit("identifier", f"user:{user_id}")
+
+    async def _hit(self, budget: Budget, identity: str) -> Decision:
+        (reply,) = await self.execute([self.reserve_call(budget, identity, mode="h")])
+        return self.decision(budget, identity, reply)
 
     async def settle(self, reservation: Reservation, outcome: Outcome, event: bytes | None = None) -> bool:
         """Settle one reservation; ``event`` is appended to the audit stream of its shard in the same call.
@@ -339,7 +348,7 @@ class LoginLimiter:
             queued = len(reply) > 2 and bool(int(reply[2]))
             return Decision(False, policy.limit, 0, int(reply[1]), window, None, policy.reason, event_queued=queued)
         reservation = None
-        if budget != "register":
+        if budget not in HIT_BUDGETS:
             member = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
             key = self.budget_key(budget, identity)
             clears = (self.keys.phone(identity, "pin"),) if budget in ("pin", "password") else ()

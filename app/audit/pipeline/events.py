@@ -32,6 +32,8 @@ REASONS = (
     "limiter_unavailable",
     "invalid_request",
     "reauth_failed",  # a wrong current_password on a profile change (app/accounts/reauth.py)
+    "identifier_changed",  # an email or phone number change (app/accounts/identifiers.py)
+    "identifier_taken",  # ... refused: another account has it
     "legacy",  # a failed Flask-era attempt brought in by `legacy import` (the Flask era kept no reason)
     # The USSD channel (app/ussd): a session out of tries, the gateway's failure budget spent, and
     # the outcomes of a registration and a PIN change.
