@@ -32,7 +32,7 @@ from app.ratelimit.limiter import LoginLimiter
 from tests.cluster import LocalCluster, local_cluster
 from tests.factories import login_event
 from tests.helpers import STRONG_PASSWORD
-from tests.integration import test_audit_faults
+from tests.audit.pipeline import test_faults as test_audit_faults
 from tests.servers import api_server
 
 pytestmark = pytest.mark.slow

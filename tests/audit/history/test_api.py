@@ -16,8 +16,8 @@ import pytest
 
 from app.audit.history import connections as audit_connections
 from app.audit.history.cursor import Cursor
+from tests.audit.history.support import BASE_TIME, Row, insert_rows, staff_headers, staff_token
 from tests.helpers import bearer, e164, new_phone
-from tests.integration.audit_support import BASE_TIME, Row, insert_rows, staff_headers, staff_token
 
 ATTEMPTS = "/api/audit/login-attempts"
 EXPORT = "/api/audit/login-attempts/export"

@@ -11,7 +11,7 @@ import bcrypt
 import pytest
 
 from tests.helpers import GOOD_PIN, STRONG_PASSWORD, bearer, e164, new_phone, registered
-from tests.integration.platform_support import arun_cli, new_credential
+from tests.platform.support import arun_cli, new_credential
 
 WRONG_PIN = "9513"
 NEW_PIN = "3816"
