@@ -29,10 +29,10 @@ from app.core.redis import create_redis
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings, asyncpg_url
 from app.ratelimit.limiter import LoginLimiter
+from tests.audit.pipeline import test_faults as test_audit_faults
 from tests.cluster import LocalCluster, local_cluster
 from tests.factories import login_event
 from tests.helpers import STRONG_PASSWORD
-from tests.audit.pipeline import test_faults as test_audit_faults
 from tests.servers import api_server
 
 pytestmark = pytest.mark.slow
