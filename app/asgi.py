@@ -46,6 +46,7 @@ from app.login.gate import LoginGate
 from app.platform.controller import FORM_BODY_PATHS, FORM_MEDIA_TYPE, PLATFORM_HANDLERS
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
+from app.ussd.controller import USSD_HANDLERS
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -146,6 +147,7 @@ def create_app(settings: Settings) -> Litestar:
             *DASHBOARD_HANDLERS,
             MetricsController,
             *PLATFORM_HANDLERS,
+            *USSD_HANDLERS,
         ],
         dependencies={**AUTH_DEPENDENCIES, **ROLE_DEPENDENCIES},  # ROLE_DEPENDENCIES: the audit API's auditor/admin
         plugins=[SQLAlchemyPlugin(config=db_config)],

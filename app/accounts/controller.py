@@ -14,6 +14,7 @@ from litestar.params import Body, JSONBody
 
 from app.accounts.deps import bearer_token
 from app.accounts.forms import clean_profile_update, clean_registration
+from app.accounts.identifiers import IdentifierChanges
 from app.accounts.reauth import Reauthentication, RequestOrigin
 from app.accounts.schemas import (
     AuthResponse,
@@ -248,7 +249,8 @@ class AuthController(Controller):
             409,
             429,
             s403="reauthentication_required: sign in again, or send current_password",
-            s429="A wrong current_password spent the number's password budget (account_locked)",
+            s429="A wrong current_password spent the number's password budget (account_locked), or too many "
+            "email / phone number changes (PROFILE_IDENTIFIER_CHANGES per hour)",
         ),
     )
     async def update_profile(
@@ -261,8 +263,14 @@ class AuthController(Controller):
         state: State,
     ) -> ProfileResponse:
         changes = clean_profile_update(data, current_user, state.settings.default_phone_region)
+        origin = request_origin(request, state)
         reauth = Reauthentication(state.limiter, state.audit_publisher, state.hasher, state.settings)
-        await reauth.confirm(current_user, access_claims, changes, request_origin(request, state))
-        if await auth_service.update_profile(current_user, changes, access_claims.session_id):
+        await reauth.confirm(current_user, access_claims, changes, origin)
+        identifiers = IdentifierChanges(
+            state.limiter, state.audit_publisher, fail_open=state.settings.rate_limit_fail_open
+        )
+        async with identifiers.attempt(current_user, changes, origin):
+            ended_others = await auth_service.update_profile(current_user, changes, access_claims.session_id)
+        if ended_others:
             return ProfileResponse.of_user(current_user, "Profile updated. You were signed out on your other devices.")
         return ProfileResponse.of_user(current_user, "Profile updated successfully")

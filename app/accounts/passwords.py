@@ -32,6 +32,11 @@ from app.core.settings import Settings
 
 T = TypeVar("T")
 
+# The password_hash of an account that has no password yet (registered over USSD with a PIN only).
+# Not a hash any scheme produces, so nothing can match it; verifying against it spends the dummy
+# hash's cost, so a password sign-in fails exactly like a wrong password.
+NO_PASSWORD = "!no-password"  # noqa: S105 (a marker, not a secret)
+
 PASSWORD_MIN_LENGTH = 8
 PASSWORD_MAX_LENGTH = 128
 
@@ -144,7 +149,7 @@ class Hasher:
         return self._argon2.hash(secret)
 
     def _verify(self, stored: str | None, candidate: str, legacy_candidate: str | None = None) -> Verification:
-        if stored is None:
+        if stored is None or stored == NO_PASSWORD:
             self._verify_argon2(self._dummy_hash, candidate)
             return Verification(ok=False)
         if stored.startswith(("$2a$", "$2b$", "$2y$")):
@@ -170,7 +175,7 @@ class Hasher:
         return await self._run(self._hash, self._pepper_pin(pin))
 
     async def verify_password(self, stored: str | None, password: str, deadline_ms: int | None = None) -> Verification:
-        """``stored=None`` (unknown account) still costs one verification; see :meth:`_verify_queued`."""
+        """``stored=None`` (unknown account) or :data:`NO_PASSWORD` costs one verification (:meth:`_verify_queued`)."""
         return await self._verify_queued(deadline_ms, stored, password)
 
     async def verify_pin(self, stored: str | None, pin: str, deadline_ms: int | None = None) -> Verification:

@@ -33,12 +33,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import Row, and_, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.core.redis import RedisClient
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings
 from app.db.models import AccountEvent
@@ -105,7 +105,7 @@ def _batch_query(limit: int) -> Any:
 
 
 class AccountEventRelay:
-    def __init__(self, redis: Redis, engine: AsyncEngine, keys: KeySpace, settings: Settings) -> None:
+    def __init__(self, redis: RedisClient, engine: AsyncEngine, keys: KeySpace, settings: Settings) -> None:
         self.redis = redis
         self.engine = engine
         self.stream = keys.account_events

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import redis.asyncio
 import redis.exceptions
 from litestar import Controller, Request, delete, get, post
 from litestar.connection import ASGIConnection
@@ -33,6 +32,7 @@ from app.accounts.service import AuthService, RefreshTokenService, utcnow
 from app.accounts.tokens import TokenClaims
 from app.core.errors import AppError, error_responses
 from app.core.http import user_agent_of
+from app.core.redis import RedisClient
 from app.core.settings import Settings
 from app.db.models import RefreshToken, User
 
@@ -65,7 +65,7 @@ class SessionUseTracker:
 
     FLUSH_SECONDS = 0.25
 
-    def __init__(self, redis_client: redis.asyncio.Redis, settings: Settings) -> None:
+    def __init__(self, redis_client: RedisClient, settings: Settings) -> None:
         self._redis = redis_client
         self._prefix = settings.redis_key_prefix
         self._ttl = settings.refresh_token_days * 86_400

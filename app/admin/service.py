@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import phonenumbers
-import redis.asyncio
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,6 +34,7 @@ from app.accounts.sessions import SessionUseTracker, SessionView, end_session, l
 from app.admin.recovery import canonical_recovery_code, new_recovery_code
 from app.core.errors import AppError, Conflict
 from app.core.phones import PhoneNumberError, normalise_phone
+from app.core.redis import RedisClient
 from app.core.settings import Settings
 from app.db.models import AdminAction, LoginAttempt, User
 from app.ratelimit.limiter import LoginLimiter
@@ -186,7 +186,7 @@ class AdminService:
         session: AsyncSession,
         hasher: Hasher,
         limiter: LoginLimiter,
-        redis_client: redis.asyncio.Redis,
+        redis_client: RedisClient,
         tracker: SessionUseTracker,
         settings: Settings,
     ) -> None:

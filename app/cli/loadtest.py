@@ -1,4 +1,8 @@
-"""``ladys-essence loadtest``: attack a running server and say whether its limits held."""
+"""``ladys-essence loadtest``: attack a running server and say whether its limits held.
+
+Exit status: 0 PASS, 1 FAIL (a limit did not hold, a real user was refused, audit rows missing),
+2 INCOMPLETE (the limits held but the audit trail could not be checked).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from app.loadtest import SCENARIOS
 @click.option("--allow-remote", is_flag=True, help="Allow a target that is not this machine.")
 @click.option("--pin-max-failures", type=int, default=5, show_default=True)
 @click.option("--account-max-failures", type=int, default=20, show_default=True)
+@click.option("--verbose", is_flag=True, help="Log every request (httpx INFO lines).")
 def loadtest(**options: object) -> None:
     from app.loadtest.runner import LoadTestError, default_database_url, run_loadtest
 

@@ -1,19 +1,39 @@
-"""The Redis connection pool shared by the limiter, the audit publisher and health checks."""
+"""The Redis client shared by the limiter, the audit publisher and health checks.
+
+One Redis, or with ``REDIS_CLUSTER=true`` a Redis Cluster whose seed node is ``REDIS_URL``. The
+rest of the app holds a :data:`RedisClient` either way; the few places where the two differ (a
+batch of script calls, a read over several audit streams, one script over several streams) ask
+:func:`is_cluster`.
+"""
 
 from __future__ import annotations
 
+from typing import TypeAlias, TypeGuard
+
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from app.core.settings import Settings
 
 REDIS_POOL_SIZE = 64
+# A cluster node's pool does not block when full (redis-py raises MaxConnectionsError, a 503 for
+# the limiter), so it gets more headroom than the single server's blocking pool.
+CLUSTER_NODE_POOL_SIZE = 4 * REDIS_POOL_SIZE
+
+RedisClient: TypeAlias = "Redis | RedisCluster"
 
 
-def create_redis(settings: Settings) -> Redis:
+def is_cluster(client: RedisClient) -> TypeGuard[RedisCluster]:
+    return isinstance(client, RedisCluster)
+
+
+def create_redis(settings: Settings) -> RedisClient:
     if not settings.redis_url:
         raise ValueError("redis_url is resolved before the app is built")
+    if settings.redis_cluster:
+        return create_cluster(settings.redis_url)
     # No silent retries: a command that may have run once must not run twice (audit appends),
     # and a dead Redis must be reported quickly (the limiter fails closed).
     # A blocking pool: a burst beyond max_connections waits briefly for a connection instead of
@@ -28,3 +48,20 @@ def create_redis(settings: Settings) -> Redis:
         health_check_interval=15,
     )
     return Redis(connection_pool=pool)
+
+
+def create_cluster(seed_url: str) -> RedisCluster:
+    """A cluster client that discovers the nodes from ``seed_url`` and never silently re-sends.
+
+    No retries, as for one server: a command whose node died may have run, so it is reported, not
+    re-sent. Redirections are a different matter: ``MOVED`` and ``ASK`` mean the node did not run
+    the command, and redis-py follows them (and refreshes its slot map after a connection error).
+    """
+    return RedisCluster.from_url(
+        seed_url,
+        max_connections=CLUSTER_NODE_POOL_SIZE,
+        socket_timeout=2.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=15,
+    )

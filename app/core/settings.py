@@ -38,6 +38,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     database_url: str | None = None
     redis_url: str | None = None
+    redis_cluster: bool = False  # REDIS_URL is a seed node of a Redis Cluster (app/core/redis.py)
     redis_key_prefix: str = "le:"
     database_pool_size: int = 10
 
@@ -81,7 +82,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     account_window_seconds: int = 3600
     register_limit: int = 10
     register_window_seconds: int = 3600
+    profile_identifier_changes: int = 5  # email / phone number change attempts per account per hour
     redis_shards: int = 16
+    # The USSD gateway (app/ussd): wrong PINs one USSD session may try, how long a session's tries are
+    # remembered, and failed verifications per minute per gateway credential (docs/ussd.md: sizing).
+    ussd_session_max_failures: int = 3
+    ussd_session_seconds: int = 900
+    ussd_max_failures_per_minute: int = 2000
 
     # Audit pipeline (app/audit).
     audit_batch_size: int = 500

@@ -98,7 +98,7 @@ class RefreshToken(IdentityAuditBase):
 
 
 class LoginAttempt(IdentityBase):
-    """One call of the login endpoint, whatever its outcome; written by the audit pipeline.
+    """One call of the login endpoint or a USSD endpoint, whatever its outcome; written by the audit pipeline.
 
     Keeps the Flask-era columns (id, phone_number, success, ip_address, user_agent, created_at).
     ``event_id`` (UUIDv7, minted by the request) makes every write idempotent.
@@ -115,6 +115,7 @@ class LoginAttempt(IdentityBase):
         Index("ix_login_attempts_phone_created_at_id", "phone_number", "created_at", "id"),
         # IP filter: one address is an equality, a CIDR a range (btree, not GiST: see the explain doc).
         Index("ix_login_attempts_ip_created_at_id", "ip_address", "created_at", "id"),
+        CheckConstraint("channel IN ('http', 'ussd')", name="channel"),
     )
 
     event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
@@ -129,6 +130,10 @@ class LoginAttempt(IdentityBase):
     request_id: Mapped[str | None] = mapped_column(String(64), default=None)
     source: Mapped[str] = mapped_column(String(8), default="api", server_default="api")
     legacy_ip: Mapped[str | None] = mapped_column(Text, default=None)  # a Flask-era ip_address that is not one
+    # ``http``: the login endpoint; ``ussd``: the gateway's endpoints, with its session and credential.
+    channel: Mapped[str] = mapped_column(String(8), default="http", server_default="http")
+    session_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    service_name: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 class AuditQuery(IdentityBase):

@@ -5,6 +5,7 @@ from __future__ import annotations
 SCOPES: dict[str, str] = {
     "introspect": "POST /api/auth/introspect: is this token still good (sees a logout at once)",
     "users:read": "GET /api/internal/users/{id}: an account's profile fields",
+    "ussd": "POST /api/ussd/...: the USSD gateway verifies, sets and registers PINs",
 }
 
 

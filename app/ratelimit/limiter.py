@@ -17,7 +17,10 @@ Budgets:
 - ``pin`` per phone (``PIN_MAX_FAILURES``): consecutive PIN failures, from any client. A PIN success
   or a password success on the number clears it, and it lifts by itself after ``PIN_LOCK_SECONDS``
   (a sliding window), so strangers' wrong PINs cannot shut the owner out for long;
-- ``register`` per client (``REGISTER_*``): every attempt counts (one ``hit``, no reservation).
+- ``register`` per client (``REGISTER_*``): every attempt counts (one ``hit``, no reservation);
+- ``ussd_gateway`` per gateway credential (``USSD_MAX_FAILURES_PER_MINUTE``): failed PIN
+  verifications over all numbers in a minute's sliding window;
+- ``ussd_session`` per USSD session (``USSD_SESSION_MAX_FAILURES``): wrong PINs of one session.
 
 A client (its budget key: an address, or an IPv6 /64) that signed in to a number within
 ``KNOWN_CLIENT_DAYS`` is exempt from that number's ``password`` lock, checked in the same reserve
@@ -41,26 +44,30 @@ from importlib.resources import files
 from typing import Any, Literal
 
 import msgspec
-import redis.asyncio
-import redis.exceptions
 from redis.commands.core import AsyncScript
 
 from app.core.errors import LimiterUnavailable
+from app.core.redis import RedisClient
 from app.core.redis_keys import BOUNDED_APPEND, STREAM_FIELD, KeySpace, stream_share
 from app.core.settings import Settings
 from app.ratelimit.coalescer import Coalescer
+from app.ratelimit.transport import UNAVAILABLE, script_transport
 
 # A number remembers at most this many clients that signed in to it (the most recent ones).
 KNOWN_CLIENTS_PER_NUMBER = 16
 
-Budget = Literal["login", "register", "password", "pin"]
+Budget = Literal["login", "register", "identifier", "password", "pin", "ussd_gateway", "ussd_session"]
+# Budgets keyed by a caller (an address, a gateway credential, a USSD session), not a phone number.
+CLIENT_BUDGETS = frozenset({"login", "register", "identifier", "ussd_gateway", "ussd_session"})
+# Budgets whose every attempt counts at once (a hit, nothing to settle).
+HIT_BUDGETS = frozenset({"register", "identifier"})
 Outcome = Literal["success", "failure", "release"]
 _OUTCOME_CODES: dict[str, str] = {"success": "s", "failure": "f", "release": "r"}
 
 # Every error of the store means "no budget could be taken": the caller fails closed (503, and the
 # attempt still reaches the audit trail), never open. That covers a script error or BUSY as much as
 # a lost connection: a login path that let those escape answered 500 with no audit record.
-_UNAVAILABLE: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, TimeoutError)
+_UNAVAILABLE = UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -145,7 +152,7 @@ class LoginLimiter:
 
     def __init__(
         self,
-        redis: redis.asyncio.Redis,
+        redis: RedisClient,
         settings: Settings,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -157,10 +164,15 @@ class LoginLimiter:
                 settings.rate_limit_login_failures, settings.rate_limit_login_window_seconds * 1000, "rate_limited"
             ),
             "register": _Policy(settings.register_limit, settings.register_window_seconds * 1000, "rate_limited"),
+            "identifier": _Policy(settings.profile_identifier_changes, 3_600_000, "rate_limited"),
             "password": _Policy(
                 settings.account_max_failures, settings.account_window_seconds * 1000, "account_locked"
             ),
             "pin": _Policy(settings.pin_max_failures, settings.pin_lock_seconds * 1000, "pin_locked"),
+            "ussd_gateway": _Policy(settings.ussd_max_failures_per_minute, 60_000, "rate_limited"),
+            "ussd_session": _Policy(
+                settings.ussd_session_max_failures, settings.ussd_session_seconds * 1000, "session_locked"
+            ),
         }
         for budget, policy in self._policies.items():
             if policy.limit < 1 or policy.window_ms < 1000:
@@ -169,6 +181,7 @@ class LoginLimiter:
         if self._hold_ms < 1000:
             raise ValueError("rate_limit_reservation_seconds must be at least 1")
         self._coalescer = Coalescer(self._run_batch)
+        self._transport = script_transport(redis)
         self._reserve = redis.register_script(_script_source("reserve.lua"))
         self._settle = redis.register_script(_script_source("settle.lua"))
         self._remember = redis.register_script(_script_source("remember.lua"))
@@ -202,9 +215,15 @@ class LoginLimiter:
 
     async def hit_register(self, client_key: str) -> Decision:
         """Count a registration attempt of the client, or refuse it; nothing to settle."""
-        call = self.reserve_call("register", client_key, mode="h")
-        (reply,) = await self.execute([call])
-        return self.decision("register", client_key, reply)
+        return await self._hit("register", client_key)
+
+    async def hit_identifier_change(self, user_id: int) -> Decision:
+        """Count an attempt of account ``user_id`` to change its email or phone number (found or taken alike)."""
+        return await self._hit("identifier", f"user:{user_id}")
+
+    async def _hit(self, budget: Budget, identity: str) -> Decision:
+        (reply,) = await self.execute([self.reserve_call(budget, identity, mode="h")])
+        return self.decision(budget, identity, reply)
 
     async def settle(self, reservation: Reservation, outcome: Outcome, event: bytes | None = None) -> bool:
         """Settle one reservation; ``event`` is appended to the audit stream of its shard in the same call.
@@ -261,7 +280,7 @@ class LoginLimiter:
     # ---- building blocks, for pipelining many requests' calls together -------------------------
 
     def budget_key(self, budget: Budget, identity: str) -> str:
-        if budget in ("login", "register"):
+        if budget in CLIENT_BUDGETS:
             return self.keys.client(identity, budget)
         return self.keys.phone(identity, budget)
 
@@ -329,7 +348,7 @@ class LoginLimiter:
             queued = len(reply) > 2 and bool(int(reply[2]))
             return Decision(False, policy.limit, 0, int(reply[1]), window, None, policy.reason, event_queued=queued)
         reservation = None
-        if budget != "register":
+        if budget not in HIT_BUDGETS:
             member = reply[2].decode() if isinstance(reply[2], bytes) else str(reply[2])
             key = self.budget_key(budget, identity)
             clears = (self.keys.phone(identity, "pin"),) if budget in ("pin", "password") else ()
@@ -349,35 +368,8 @@ class LoginLimiter:
         return list(await asyncio.gather(*(self._coalescer.submit(call) for call in calls)))
 
     async def _run_batch(self, calls: Sequence[ScriptCall]) -> list[Any]:
-        """One pipeline for a batch; a per-call error (a script error) is returned in its place."""
-        replies: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        for attempt in range(2):
-            pipe = self._redis.pipeline(transaction=False)
-            for index in pending:
-                call = calls[index]
-                pipe.evalsha(call.script.sha, len(call.keys), *call.keys, *call.args)
-            try:
-                results = await pipe.execute(raise_on_error=False)
-            except _UNAVAILABLE as exc:
-                raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
-            missing: list[int] = []
-            for index, result in zip(pending, results, strict=True):
-                if isinstance(result, redis.exceptions.NoScriptError) and attempt == 0:
-                    missing.append(index)
-                elif isinstance(result, _UNAVAILABLE):
-                    replies[index] = LimiterUnavailable(str(result) or type(result).__name__)
-                else:
-                    replies[index] = result
-            if not missing:
-                break
-            try:
-                for script in {id(calls[index].script): calls[index].script for index in missing}.values():
-                    script.sha = await self._redis.script_load(script.script)
-            except _UNAVAILABLE as exc:
-                raise LimiterUnavailable(str(exc) or type(exc).__name__) from exc
-            pending = missing
-        return replies
+        """One pipeline per Redis node for a batch; a per-call error is returned in its place."""
+        return await self._transport.run(calls)
 
     def _now_ms(self) -> int:
         return round(self._clock() * 1000)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from app.core.settings import Settings
+from tests.audit.history.test_cli import run_cli
 from tests.helpers import GOOD_PIN, OTHER_PASSWORD, STRONG_PASSWORD, bearer, e164, new_phone, registered
-from tests.integration.test_audit_cli import run_cli
 
 ATTACKER_PASSWORD = OTHER_PASSWORD
 

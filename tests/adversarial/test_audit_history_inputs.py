@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from app.audit.history.export import neutralise_formula
-from tests.integration.audit_support import BASE_TIME, Row, insert_rows, staff_headers
+from tests.audit.history.support import BASE_TIME, Row, insert_rows, staff_headers
 
 ATTEMPTS = "/api/audit/login-attempts"
 EXPORT = "/api/audit/login-attempts/export"

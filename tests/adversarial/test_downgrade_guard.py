@@ -11,7 +11,7 @@ from pathlib import Path
 
 from app.core.settings import Settings
 from app.db import migrations
-from tests.integration.test_audit_cli import on_db, run_cli
+from tests.audit.history.test_cli import on_db, run_cli
 
 PRODUCTION = {
     "APP_ENV": "production",

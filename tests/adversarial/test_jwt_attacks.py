@@ -1,6 +1,6 @@
 """Forged and unfit JWTs against the HTTP API: profile, refresh (both forms) and logout.
 
-tests/unit/test_tokens.py checks the decoder; here every forgery goes through the served app and
+tests/accounts/test_tokens.py checks the decoder; here every forgery goes through the served app and
 must get the one ``invalid_token`` answer everywhere, and a forged logout must not end the session
 it names. Forgeries start from a genuine token's claims (real user, real session, real ``jti``), so
 only the forged part can be what refuses them.

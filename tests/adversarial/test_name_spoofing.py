@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from app.core.settings import Settings
+from tests.audit.history.test_cli import on_db, run_cli
 from tests.helpers import STRONG_PASSWORD, bearer, new_phone, registered
-from tests.integration.test_audit_cli import on_db, run_cli
 
 HIDDEN = [
     "\u202e",  # right-to-left override: "Aline\u202eesuwU" displays reversed

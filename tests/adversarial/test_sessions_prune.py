@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from app.core.settings import Settings
+from tests.audit.history.test_cli import run_cli
 from tests.helpers import bearer, registered
-from tests.integration.test_audit_cli import run_cli
 
 AGED = {
     "expired_long_ago": "expires_at = now() - interval '400 days'",

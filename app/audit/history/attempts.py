@@ -18,7 +18,7 @@ Outcome = Literal["success", "failure", "refusal"]
 # The service refused to check the credential (budget spent, locked, limiter down). Every other
 # unsuccessful attempt is a failure, ``invalid_request`` included: the client did try to sign in,
 # and attack tools send malformed requests too.
-REFUSAL_REASONS = ("rate_limited", "account_locked", "pin_locked", "limiter_unavailable")
+REFUSAL_REASONS = ("rate_limited", "account_locked", "pin_locked", "limiter_unavailable", "session_locked")
 
 
 def outcome_of(success: bool, reason: str) -> Outcome:
@@ -42,6 +42,9 @@ class AttemptView(msgspec.Struct, kw_only=True):
     ip_address: str | None
     user_agent: str | None
     request_id: str | None
+    channel: str
+    session_id: str | None
+    service_name: str | None
 
 
 class AttemptPage(msgspec.Struct, kw_only=True):
@@ -63,6 +66,9 @@ def _view(row: Mapping[str, Any]) -> AttemptView:
         ip_address=row["ip_address"],
         user_agent=row["user_agent"],
         request_id=row["request_id"],
+        channel=row["channel"],
+        session_id=row["session_id"],
+        service_name=row["service_name"],
     )
 
 

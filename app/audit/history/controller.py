@@ -59,6 +59,7 @@ Ip = Annotated[str | None, _query("An address, or a network such as 41.186.0.0/1
 Success = Annotated[str | None, _query("true or false.")]
 Reason = Annotated[str | None, _query("One reason, or several separated by commas.")]
 Method = Annotated[str | None, _query("password or pin.")]
+Channel = Annotated[str | None, _query("http (the login endpoint) or ussd (the USSD gateway).")]
 UserId = Annotated[str | None, _query("The account's id.")]
 Since = Annotated[str | None, _query("ISO-8601 date or time, inclusive; UTC when it has no offset.")]
 Until = Annotated[str | None, _query("ISO-8601 date or time, exclusive; UTC when it has no offset.")]
@@ -107,11 +108,18 @@ async def provide_attempt_filters(
     success: Success = None,
     reason: Reason = None,
     auth_method: Method = None,
+    channel: Channel = None,
     user_id: UserId = None,
 ) -> dict[str, str | None]:
     """The filters every listing, the export and the summary share (checked by filters.read_filters)."""
     return _filter_params(
-        phone_number=phone_number, ip=ip, success=success, reason=reason, auth_method=auth_method, user_id=user_id
+        phone_number=phone_number,
+        ip=ip,
+        success=success,
+        reason=reason,
+        auth_method=auth_method,
+        channel=channel,
+        user_id=user_id,
     )
 
 

@@ -83,11 +83,14 @@ CSV_COLUMNS = (
     ("ip_address", "host(ip_address)"),
     ("user_agent", _neutralised_sql("user_agent")),
     ("request_id", _neutralised_sql("request_id")),
+    ("channel", "channel"),
+    ("session_id", _neutralised_sql("session_id")),
+    ("service_name", "service_name"),
 )
 # row_to_json of a row costs Postgres about half what json_build_object of its columns does.
 NDJSON_COLUMNS = (
     f"id, event_id, {_ISO_UTC} AS created_at, phone_number, user_id, success, auth_method, reason, "
-    "host(ip_address) AS ip_address, user_agent, request_id"
+    "host(ip_address) AS ip_address, user_agent, request_id, channel, session_id, service_name"
 )
 
 # NDJSON: COPY in CSV mode with a quote and delimiter that JSON text cannot contain (it escapes

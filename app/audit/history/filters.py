@@ -14,14 +14,14 @@ from typing import Any
 
 from app.audit.history.cursor import Cursor, read_cursor
 from app.audit.history.params import IPNetwork, Params
-from app.audit.pipeline.events import AUTH_METHODS, PHONE_MAX, REASONS
+from app.audit.pipeline.events import AUTH_METHODS, CHANNELS, PHONE_MAX, REASONS
 from app.core.phones import PhoneNumberError, normalise_phone
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 UTC = datetime.UTC
 # The filter names, as query parameters and in recorded audit queries.
-FILTER_FIELDS = ("phone_number", "ip", "success", "reason", "auth_method", "user_id", "since", "until")
+FILTER_FIELDS = ("phone_number", "ip", "success", "reason", "auth_method", "channel", "user_id", "since", "until")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,7 @@ class AttemptFilters:
     success: bool | None = None
     reasons: tuple[str, ...] | None = None
     auth_method: str | None = None
+    channel: str | None = None  # http (the login endpoint) or ussd (the gateway)
     user_id: int | None = None
     since: datetime.datetime | None = None
     until: datetime.datetime | None = None
@@ -45,6 +46,7 @@ class AttemptFilters:
             "success": self.success,
             "reason": ",".join(self.reasons) if self.reasons else None,
             "auth_method": self.auth_method,
+            "channel": self.channel,
             "user_id": self.user_id,
             "since": iso(self.since) if self.since else None,
             "until": iso(self.until) if self.until else None,
@@ -74,6 +76,7 @@ def read_filters(params: Params, region: str) -> AttemptFilters:
     phone = params.text("phone_number", strip=False)
     reasons = params.choices("reason", REASONS)
     auth_method = params.choice("auth_method", AUTH_METHODS, "Choose password or pin.")
+    channel = params.choice("channel", CHANNELS, "Choose http or ussd.")
     user_id = params.whole_number("user_id", message="Enter a user id (a positive whole number).")
     since, until = params.timestamp("since"), params.timestamp("until")
     if since is not None and until is not None and until <= since:
@@ -84,6 +87,7 @@ def read_filters(params: Params, region: str) -> AttemptFilters:
         success=params.boolean("success"),
         reasons=reasons,
         auth_method=auth_method,
+        channel=channel,
         user_id=user_id,
         since=since,
         until=until,

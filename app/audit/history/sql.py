@@ -46,6 +46,8 @@ def filter_conditions(filters: AttemptFilters, params: SqlParams) -> list[str]:
             conditions.append(f"reason = ANY({params.add(list(filters.reasons))}::text[])")
     if filters.auth_method is not None:
         conditions.append(f"auth_method = {params.add(filters.auth_method)}")
+    if filters.channel is not None:
+        conditions.append(f"channel = {params.add(filters.channel)}")
     if filters.user_id is not None:
         conditions.append(f"user_id = {params.add(filters.user_id)}")
     if filters.since is not None:
@@ -62,7 +64,7 @@ def where(conditions: list[str]) -> str:
 NEWEST_FIRST = "ORDER BY created_at DESC, id DESC"
 ATTEMPT_COLUMNS = (
     "id, event_id, created_at, phone_number, user_id, success, auth_method, reason, "
-    "host(ip_address) AS ip_address, user_agent, request_id"
+    "host(ip_address) AS ip_address, user_agent, request_id, channel, session_id, service_name"
 )
 
 

@@ -22,6 +22,7 @@ from app.audit.history.attempts import REFUSAL_REASONS
 from app.audit.history.filters import AttemptFilters, read_filters
 from app.audit.history.params import FIRST_TIME, Params
 from app.audit.history.sql import SqlParams, filter_conditions, where
+from app.audit.pipeline.events import CHANNELS
 
 Bucket = Literal["minute", "hour", "day"]
 BUCKET_LENGTHS: dict[Bucket, datetime.timedelta] = {
@@ -113,6 +114,14 @@ class PhoneCounts(msgspec.Struct, kw_only=True):
     refusals: int
 
 
+class ChannelCounts(msgspec.Struct, kw_only=True):
+    channel: str  # http (the login endpoint) or ussd (the USSD gateway)
+    attempts: int
+    successes: int
+    failures: int
+    refusals: int
+
+
 class PinLocked(msgspec.Struct, kw_only=True):
     phone_number: str
     refused_attempts: int
@@ -125,6 +134,7 @@ class Summary(msgspec.Struct, kw_only=True):
     until: datetime.datetime
     bucket: Bucket
     totals: Counts
+    channels: list[ChannelCounts]  # the totals split by channel, every channel listed
     buckets: list[BucketCounts]
     top_ips: list[ClientCounts]
     top_phone_numbers: list[PhoneCounts]
@@ -187,6 +197,23 @@ ORDER BY bucket.start"""  # noqa: S608 (names are constants, values parameters)
     return sql, params.values
 
 
+def channels_sql(request: SummaryRequest) -> tuple[str, list[Any]]:
+    """The totals by channel; a channel without attempts is listed with zeros."""
+    params = _params()
+    channels = params.add(list(CHANNELS))
+    attempts = _attempts(request, params, columns=", channel")
+    sql = f"""
+SELECT known.channel, count(attempt.channel) AS attempts,
+       count(*) FILTER (WHERE attempt.success) AS successes,
+       count(*) FILTER (WHERE NOT attempt.success AND NOT attempt.refused) AS failures,
+       count(*) FILTER (WHERE attempt.refused) AS refusals
+FROM unnest({channels}::text[]) AS known (channel)
+LEFT JOIN ({attempts}) AS attempt ON attempt.channel = known.channel
+GROUP BY known.channel
+ORDER BY known.channel"""  # noqa: S608 (names are constants, values parameters)
+    return sql, params.values
+
+
 def top_ips_sql(request: SummaryRequest, ipv6_prefix: int = IPV6_CLIENT_PREFIX) -> tuple[str, list[Any]]:
     """Clients by failures: an IPv4 address, or an IPv6 /64 (grouped as inet, shown as text)."""
     params = _params()
@@ -246,6 +273,7 @@ async def summarise(conn: Any, request: SummaryRequest, *, ipv6_prefix: int = IP
         await conn.execute(f"SET LOCAL work_mem = '{SUMMARY_WORK_MEM}'")
         await conn.execute("SET LOCAL jit = off")  # compiling costs more than it saves on these
         buckets = [BucketCounts(**dict(row)) for row in await _fetch(conn, buckets_sql(request))]
+        channels = [ChannelCounts(**dict(row)) for row in await _fetch(conn, channels_sql(request))]
         top_ips = [ClientCounts(**dict(row)) for row in await _fetch(conn, top_ips_sql(request, ipv6_prefix))]
         phones = await _fetch(conn, phones_sql(request))
     top_phones = [
@@ -280,6 +308,7 @@ async def summarise(conn: Any, request: SummaryRequest, *, ipv6_prefix: int = IP
         until=request.until,
         bucket=request.bucket,
         totals=totals,
+        channels=channels,
         buckets=buckets,
         top_ips=top_ips,
         top_phone_numbers=top_phones,

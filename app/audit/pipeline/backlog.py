@@ -14,10 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from app.audit.pipeline.metrics import AuditMetrics
 from app.audit.pipeline.streams import GROUP, read_backlog_by_stream
+from app.core.redis import RedisClient
 from app.core.redis_keys import KeySpace, stream_share
 
 
@@ -29,7 +28,7 @@ class BacklogProbe:
     """``/health``'s audit check: the backlog, the bound, and whether events are bypassing Redis."""
 
     def __init__(
-        self, redis: Redis, keys: KeySpace, metrics: AuditMetrics, max_backlog: int, *, group: str = GROUP
+        self, redis: RedisClient, keys: KeySpace, metrics: AuditMetrics, max_backlog: int, *, group: str = GROUP
     ) -> None:
         self.redis = redis
         self.keys = keys

@@ -32,8 +32,17 @@ REASONS = (
     "limiter_unavailable",
     "invalid_request",
     "reauth_failed",  # a wrong current_password on a profile change (app/accounts/reauth.py)
+    "identifier_changed",  # an email or phone number change (app/accounts/identifiers.py)
+    "identifier_taken",  # ... refused: another account has it
     "legacy",  # a failed Flask-era attempt brought in by `legacy import` (the Flask era kept no reason)
+    # The USSD channel (app/ussd): a session out of tries, the gateway's failure budget spent, and
+    # the outcomes of a registration and a PIN change.
+    "session_locked",
+    "registered",
+    "phone_number_taken",
+    "pin_changed",
 )
+CHANNELS = ("http", "ussd")
 
 # A UUID in its canonical text form. Kept as text from minting to the COPY (asyncpg encodes it):
 # building ``uuid.UUID`` objects was most of the writer's decoding (docs/audit.md has the figure).
@@ -45,6 +54,8 @@ EventId = Annotated[str, msgspec.Meta(pattern=r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-
 PHONE_MAX = 20
 USER_AGENT_MAX = 255
 REQUEST_ID_MAX = 64
+SESSION_ID_MAX = 64
+SERVICE_NAME_MAX = 64
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -65,6 +76,10 @@ class LoginEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False, omit_defau
     ip_address: str | None = None
     user_agent: Annotated[str, msgspec.Meta(max_length=USER_AGENT_MAX)] | None = None
     request_id: Annotated[str, msgspec.Meta(max_length=REQUEST_ID_MAX)] | None = None
+    # Left out of the stream entry when "http" (omit_defaults): the login path's events stay as small.
+    channel: str = "http"
+    session_id: Annotated[str, msgspec.Meta(max_length=SESSION_ID_MAX)] | None = None
+    service_name: Annotated[str, msgspec.Meta(max_length=SERVICE_NAME_MAX)] | None = None
 
 
 # The same fields without the storage constraints (the event id's form excepted): what any login
@@ -98,9 +113,13 @@ def new_event(
     ip_address: str | None = None,
     user_agent: str | None = None,
     request_id: str | None = None,
+    channel: str = "http",
+    session_id: str | None = None,
+    service_name: str | None = None,
 ) -> LoginEvent:
     """``phone_number`` is E.164 when it parsed, else the raw input cut to 20 characters."""
     assert reason in REASONS, reason
+    assert channel in CHANNELS, channel
     return LoginEvent(
         event_id=str(uuid_utils.uuid7()),
         created_at=datetime.datetime.now(datetime.UTC),
@@ -112,6 +131,9 @@ def new_event(
         ip_address=ip_address,
         user_agent=user_agent[:USER_AGENT_MAX] if user_agent else None,
         request_id=request_id[:REQUEST_ID_MAX] if request_id else None,
+        channel=channel,
+        session_id=session_id[:SESSION_ID_MAX] if session_id else None,
+        service_name=service_name[:SERVICE_NAME_MAX] if service_name else None,
     )
 
 
@@ -120,6 +142,7 @@ _decoder = msgspec.json.Decoder(LoginEvent)
 _unchecked_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(_UncheckedEvent)
 REASON_SET = frozenset(REASONS)
 AUTH_METHODS = frozenset(("password", "pin"))
+CHANNEL_SET = frozenset(CHANNELS)
 
 
 def encode_event(event: LoginEvent) -> bytes:
@@ -159,6 +182,7 @@ def decode_storable(payload: bytes | str) -> LoginEvent:
             if (
                 event.reason in REASON_SET
                 and (event.auth_method is None or event.auth_method in AUTH_METHODS)
+                and event.channel in CHANNEL_SET
                 and (event.ip_address is None or packed_ip(event.ip_address) is not None)
             ):
                 return event
@@ -169,7 +193,13 @@ def decode_storable(payload: bytes | str) -> LoginEvent:
 
 _STREAM_FIELD_BYTES = STREAM_FIELD.encode()
 _NUL_ESCAPE = b"\\u0000"
-_TEXT_LIMITS = (("phone_number", PHONE_MAX), ("user_agent", USER_AGENT_MAX), ("request_id", REQUEST_ID_MAX))
+_TEXT_LIMITS = (
+    ("phone_number", PHONE_MAX),
+    ("user_agent", USER_AGENT_MAX),
+    ("request_id", REQUEST_ID_MAX),
+    ("session_id", SESSION_ID_MAX),
+    ("service_name", SERVICE_NAME_MAX),
+)
 
 
 def stream_fields(event: LoginEvent) -> dict[str, bytes]:
@@ -194,12 +224,14 @@ def storable(event: LoginEvent) -> LoginEvent:
     over-long text is cut as :func:`new_event` cuts it, NUL characters (which Postgres text cannot
     hold, and a client can send in a phone field) become U+FFFD, a naive timestamp is read as UTC.
     What cannot be made faithful (an unparsable IP, an out-of-range user id, an unknown auth
-    method) raises :class:`EventDecodeError` so the entry is dead-lettered, not guessed at.
+    method or channel) raises :class:`EventDecodeError` so the entry is dead-lettered, not guessed at.
     """
     if event.reason not in REASON_SET:
         raise EventDecodeError(f"unknown reason {event.reason!r}")
     if event.auth_method is not None and event.auth_method not in AUTH_METHODS:
         raise EventDecodeError(f"unknown auth_method {event.auth_method!r}")
+    if event.channel not in CHANNEL_SET:
+        raise EventDecodeError(f"unknown channel {event.channel!r}")
     if event.user_id is not None and not INT64_MIN <= event.user_id <= INT64_MAX:
         raise EventDecodeError("user_id out of range")
     changes: dict[str, object] = {}

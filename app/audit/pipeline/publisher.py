@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.pipeline.events import STREAM_FIELD, LoginEvent, encode_event, storable
 from app.audit.pipeline.metrics import AuditMetrics, shared_metrics
 from app.audit.pipeline.store import store_events
 from app.core.errors import ServiceUnavailable
+from app.core.redis import RedisClient
 from app.core.redis_keys import BOUNDED_APPEND, KeySpace, stream_share
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class AuditUnavailable(ServiceUnavailable):
 class AuditPublisher:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: KeySpace,
         engine: AsyncEngine,
         metrics: AuditMetrics | None = None,
@@ -59,7 +59,7 @@ class AuditPublisher:
         stream = self.keys.audit_stream(self.keys.shard_of(shard_identity))
         try:
             appended = await self._append(keys=[stream], args=[self.stream_share, STREAM_FIELD, encode_event(event)])
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             logger.warning("audit stream unavailable (%s); storing %s directly", type(exc).__name__, event.event_id)
             await self.store_directly(event)
             return

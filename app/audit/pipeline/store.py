@@ -44,26 +44,34 @@ COLUMNS = (
     "ip_address",
     "user_agent",
     "request_id",
+    "channel",
+    "session_id",
+    "service_name",
 )
 INSERT_UNNEST = """
 INSERT INTO login_attempts
-    (event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address, user_agent, request_id)
+    (event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address, user_agent, request_id,
+     channel, session_id, service_name)
 SELECT * FROM unnest(
     $1::uuid[], $2::timestamptz[], $3::text[], $4::int8[], $5::bool[],
-    $6::text[], $7::text[], $8::inet[], $9::text[], $10::text[])
+    $6::text[], $7::text[], $8::inet[], $9::text[], $10::text[],
+    $11::text[], $12::text[], $13::text[])
 ON CONFLICT (event_id) DO NOTHING
 """
 _STAGING = "audit_login_attempts_staging"
 CREATE_STAGING = """
 CREATE TEMPORARY TABLE IF NOT EXISTS audit_login_attempts_staging (
     event_id uuid, created_at timestamptz, phone_number text, user_id int8, success bool,
-    auth_method text, reason text, ip_address inet, user_agent text, request_id text
+    auth_method text, reason text, ip_address inet, user_agent text, request_id text,
+    channel text, session_id text, service_name text
 ) ON COMMIT DELETE ROWS
 """
 INSERT_FROM_STAGING = """
 INSERT INTO login_attempts
-    (event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address, user_agent, request_id)
-SELECT event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address, user_agent, request_id
+    (event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address, user_agent, request_id,
+     channel, session_id, service_name)
+SELECT event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address, user_agent, request_id,
+       channel, session_id, service_name
 FROM audit_login_attempts_staging
 ON CONFLICT (event_id) DO NOTHING
 """
@@ -93,6 +101,9 @@ def _records(events: Sequence[LoginEvent]) -> list[tuple[Any, ...]]:
             packed_ip(e.ip_address) if e.ip_address is not None else None,
             e.user_agent,
             e.request_id,
+            e.channel,
+            e.session_id,
+            e.service_name,
         )
         for e in events
     ]

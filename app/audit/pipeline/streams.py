@@ -2,19 +2,29 @@
 
 Each function is one Redis conversation about the shard streams; none keeps state. The writer
 (``writer.py``) decides when to call which.
+
+On Redis Cluster (``REDIS_CLUSTER=true``) a command over several shard streams would cross hash
+slots, which Redis refuses: there the reads, the acknowledgement and the backlog probe go out as
+one command per stream (per slot), in a cluster pipeline, so one round trip per master.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import logging
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, TypedDict
 
-from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from app.audit.pipeline.batcher import Entry, StreamReply, text
+from app.core.redis import RedisClient
 from app.core.redis_keys import KeySpace
+
+logger = logging.getLogger(__name__)
 
 GROUP = "audit-writer"
 # Consumers left behind by stopped processes are removed once idle this long with nothing pending.
@@ -23,9 +33,8 @@ STALE_CONSUMER_MS = 3_600_000
 # Acknowledge and delete in one step, so an entry is never acknowledged but left in the stream (a
 # phantom backlog forever) nor deleted but left pending. One call per batch: a batch holds events of
 # every shard stream (it is cut in time order), and a call per stream cost the writer a measurable
-# share of its CPU (docs/audit.md). (On Redis Cluster this call, like the writer's one XREADGROUP
-# over all shard streams, would have to be split by hash slot; the limiter's scripts already keep to
-# one slot each.) KEYS are the streams; ARGV[1] the group, ARGV[1 + k] the space-separated IDs for
+# share of its CPU (docs/audit.md). On Redis Cluster it is one call per stream (a script's keys must
+# share a slot), pipelined per master. KEYS are the streams; ARGV[1] the group, ARGV[1 + k] the space-separated IDs for
 # KEYS[k]: packing hundreds of arguments was a good part of the writer's CPU. Chunks stay under
 # unpack()'s limit.
 ACK_AND_DELETE = """
@@ -60,19 +69,22 @@ def _raw_reply(response: Any, **options: Any) -> Any:
     return response
 
 
-def raw_reader(redis: Redis) -> Redis:
+def raw_reader(redis: RedisClient) -> RedisClient:
     """A client on the same pool whose XREADGROUP replies are left raw.
 
     redis-py's per-entry conversion was the largest single cost of the writer, and the hot path
-    needs only one field per entry.
+    needs only one field per entry. A cluster client shares its nodes' callbacks with every user
+    of the client, so there the replies stay converted (the batcher reads both forms).
     """
+    if isinstance(redis, RedisCluster):
+        return redis
     reader = type(redis)(connection_pool=redis.connection_pool)
     reader.set_response_callback("XREADGROUP", _raw_reply)
     return reader
 
 
 async def read_group(
-    reader: Redis,
+    reader: RedisClient,
     group: str,
     consumer: str,
     start_ids: dict[str, bytes | str],
@@ -80,6 +92,8 @@ async def read_group(
     block_ms: int | None,
 ) -> StreamReply:
     """One XREADGROUP over ``start_ids``' streams (``">"``: new entries; an id: our pending ones)."""
+    if isinstance(reader, RedisCluster):
+        return await _read_group_per_stream(reader, group, consumer, start_ids, count, block_ms)
     reply: Any = await reader.xreadgroup(group, consumer, start_ids, count=count, block=block_ms)  # type: ignore[arg-type]
     if not reply:
         return []
@@ -87,7 +101,55 @@ async def read_group(
     return [(text(stream), messages) for stream, messages in pairs]
 
 
-async def ensure_groups(redis: Redis, streams: Sequence[str], group: str) -> None:
+async def _read_group_per_stream(
+    cluster: RedisCluster,
+    group: str,
+    consumer: str,
+    start_ids: dict[str, bytes | str],
+    count: int,
+    block_ms: int | None,
+) -> StreamReply:
+    """Redis Cluster: one XREADGROUP per stream, pipelined per master.
+
+    Not blocking: a blocking read holds its node's connection until it times out, and the streams
+    of every master are read in the same round. Finding nothing, it waits ``block_ms`` instead, as
+    a blocking read that timed out would have.
+    """
+    pipe = cluster.pipeline(transaction=False)
+    for stream, start in start_ids.items():
+        pipe.xreadgroup(group, consumer, {stream: start}, count=count)
+    results = await pipe.execute(raise_on_error=False)
+    _raise_first_error(results)
+    reply: StreamReply = []
+    for result in results:
+        pairs = result.items() if isinstance(result, dict) else (result or [])
+        reply.extend((text(stream), messages) for stream, messages in pairs)
+    if not any(messages for _, messages in reply) and block_ms:
+        await asyncio.sleep(block_ms / 1000)
+    return reply
+
+
+async def after_redis_error(redis: RedisClient) -> None:
+    """On a cluster, refresh the slot map after an error: a failed master's replica may have taken over.
+
+    redis-py refreshes it itself only after a single command's connection error, not after one
+    inside a pipeline, so a writer reading in pipelines would keep asking the dead master.
+    """
+    if isinstance(redis, RedisCluster):
+        try:
+            await redis.nodes_manager.initialize()
+        except (RedisError, RedisClusterException, OSError) as exc:
+            logger.warning("audit: Redis Cluster slot map refresh failed (%s: %s)", type(exc).__name__, exc)
+
+
+def _raise_first_error(results: Sequence[Any]) -> None:
+    """A cluster pipeline's own raise prefixes the message; the writer looks for ``NOGROUP`` first."""
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+
+
+async def ensure_groups(redis: RedisClient, streams: Sequence[str], group: str) -> None:
     """Create the consumer group on every shard stream (from the start, so nothing is skipped)."""
     pipe = redis.pipeline(transaction=False)
     for stream in streams:
@@ -98,7 +160,7 @@ async def ensure_groups(redis: Redis, streams: Sequence[str], group: str) -> Non
 
 
 async def claim_idle(
-    redis: Redis, stream: str, group: str, consumer: str, idle_ms: int, count: int
+    redis: RedisClient, stream: str, group: str, consumer: str, idle_ms: int, count: int
 ) -> AsyncGenerator[list[tuple[Any, Any]]]:
     """Pages of entries of ``stream`` pending longer than ``idle_ms``, now pending for ``consumer``."""
     start: Any = "0-0"
@@ -111,7 +173,7 @@ async def claim_idle(
             return
 
 
-async def forget_stale_consumers(redis: Redis, streams: Sequence[str], group: str, idle_ms: int) -> None:
+async def forget_stale_consumers(redis: RedisClient, streams: Sequence[str], group: str, idle_ms: int) -> None:
     """Drop consumers idle over ``idle_ms`` with nothing pending (only ever those: that is safe)."""
     pipe = redis.pipeline(transaction=False)
     for stream in streams:
@@ -131,18 +193,24 @@ async def forget_stale_consumers(redis: Redis, streams: Sequence[str], group: st
         await pipe.execute(raise_on_error=False)
 
 
-async def acknowledge(redis: Redis, group: str, entries: Sequence[tuple[str, bytes | str]]) -> None:
-    """Acknowledge and delete ``entries`` (stream, entry id) in one script call."""
+async def acknowledge(redis: RedisClient, group: str, entries: Sequence[tuple[str, bytes | str]]) -> None:
+    """Acknowledge and delete ``entries`` (stream, entry id) in one script call (on a cluster, one per stream)."""
     by_stream: dict[str, list[bytes]] = defaultdict(list)
     for stream, entry_id in entries:
         by_stream[stream].append(entry_id if isinstance(entry_id, bytes) else entry_id.encode())
     if not by_stream:
         return
     # EVAL, not EVALSHA: no NOSCRIPT after a Redis restart, no SCRIPT EXISTS round trip.
+    if isinstance(redis, RedisCluster):
+        pipe = redis.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.eval(ACK_AND_DELETE, 1, stream, group, b" ".join(ids))
+        _raise_first_error(await pipe.execute(raise_on_error=False))
+        return
     await redis.eval(ACK_AND_DELETE, len(by_stream), *by_stream, group, *(b" ".join(ids) for ids in by_stream.values()))
 
 
-async def dead_letter(redis: Redis, stream: str, invalid: Sequence[tuple[Entry, str]], consumer: str) -> None:
+async def dead_letter(redis: RedisClient, stream: str, invalid: Sequence[tuple[Entry, str]], consumer: str) -> None:
     """Keep each bad entry, its origin and the reason in the dead-letter ``stream``."""
     now = datetime.datetime.now(datetime.UTC).isoformat()
     pipe = redis.pipeline(transaction=False)
@@ -160,22 +228,27 @@ async def dead_letter(redis: Redis, stream: str, invalid: Sequence[tuple[Entry, 
     await pipe.execute()
 
 
-async def read_backlog(redis: Redis, keys: KeySpace, group: str = GROUP) -> Backlog:
+async def read_backlog(redis: RedisClient, keys: KeySpace, group: str = GROUP) -> Backlog:
     """One pipelined round trip over every shard stream: lengths, pending counts, oldest entry."""
     backlog, _ = await read_backlog_by_stream(redis, keys, group)
     return backlog
 
 
-async def read_backlog_by_stream(redis: Redis, keys: KeySpace, group: str = GROUP) -> tuple[Backlog, list[int]]:
+async def read_backlog_by_stream(redis: RedisClient, keys: KeySpace, group: str = GROUP) -> tuple[Backlog, list[int]]:
     """:func:`read_backlog`, and each shard stream's length (for the backlog bound)."""
     streams = keys.audit_streams()
     pipe = redis.pipeline(transaction=False)
-    pipe.time()
+    if isinstance(redis, RedisCluster):
+        clock: Any = await redis.time()  # a cluster pipeline refuses keyless commands
+    else:
+        pipe.time()
     for stream in streams:
         pipe.xlen(stream)
         pipe.xpending(stream, group)
         pipe.xrange(stream, "-", "+", count=1)
     replies = await pipe.execute(raise_on_error=False)
+    if isinstance(redis, RedisCluster):
+        replies.insert(0, clock)
     seconds, micros = replies[0]
     now_ms = seconds * 1000 + micros // 1000
     lengths: list[int] = []
@@ -193,7 +266,7 @@ async def read_backlog_by_stream(redis: Redis, keys: KeySpace, group: str = GROU
     return Backlog(stream_length=sum(lengths), pending=pending, lag_seconds=round(lag, 3)), lengths
 
 
-async def unwritten_events(redis: Redis, keys: KeySpace) -> int:
+async def unwritten_events(redis: RedisClient, keys: KeySpace) -> int:
     """Entries in all shard streams (read or not): only stream lengths, one pipelined round trip."""
     pipe = redis.pipeline(transaction=False)
     for stream in keys.audit_streams():

@@ -33,8 +33,7 @@ import socket
 import time
 from collections.abc import Sequence
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.pipeline import streams
@@ -44,6 +43,7 @@ from app.audit.pipeline.events import stream_fields
 from app.audit.pipeline.metrics import AuditMetrics, shared_metrics
 from app.audit.pipeline.store import InsertMethod, is_data_error, store_events
 from app.audit.pipeline.streams import GROUP, STALE_CONSUMER_MS, Backlog, read_backlog_by_stream, unwritten_events
+from app.core.redis import RedisClient
 from app.core.redis_keys import KeySpace, stream_share
 from app.core.settings import Settings
 
@@ -90,7 +90,7 @@ class AuditWriter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: KeySpace,
         engine: AsyncEngine,
         settings: Settings,
@@ -249,7 +249,7 @@ class AuditWriter:
                 if time.monotonic() >= self._next_backlog:
                     self._next_backlog = time.monotonic() + BACKLOG_REFRESH_SECONDS
                     await self.backlog()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
                     # Redis lost the stream or group (restarted without persistence, key deleted).
                     logger.warning("audit consumer group missing; re-creating it")
@@ -260,6 +260,7 @@ class AuditWriter:
                 delay = backoff.next()
                 logger.warning("audit writer: Redis error (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay)
                 self._groups_ready = False  # then re-read what we hold in case an ACK was lost
+                await streams.after_redis_error(self.redis)
                 await self._pause(delay)
             except Exception:
                 # A bug must not silently end the pipeline while events pile up in Redis.
@@ -419,8 +420,9 @@ class AuditWriter:
             try:
                 await self._acknowledge([(stream, entry_id) for stream, entry_id, _ in batch])
                 return
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 self._raise_if_giving_up(len(batch), exc)
+                await streams.after_redis_error(self.redis)
                 await self._pause(backoff.next(), until_given_up=True)
 
     async def _acknowledge(self, entries: Sequence[tuple[str, bytes | str]]) -> None:

@@ -54,6 +54,9 @@ async function loadSummary() {
   const t = summary.totals;
   $("#totals").textContent =
     `${t.attempts} attempts: ${t.successes} successes, ${t.failures} failures, ${t.refusals} refusals`;
+  $("#channels").textContent = "By channel: " + summary.channels
+    .map((c) => `${c.channel} ${c.attempts} (${c.successes} successes, ${c.failures} failures, ${c.refusals} refusals)`)
+    .join("; ");
   drawChart(summary.buckets);
   const counts = [["failures", "num"], ["refusals", "num"], ["successes", "num"]];
   fillTable("#top-ips", summary.top_ips, [["client"], ...counts]);
@@ -107,6 +110,7 @@ async function loadAttempts(append) {
       cell(row, item.outcome, `outcome-${item.outcome === "success" ? "success" : item.outcome}`);
       cell(row, item.reason);
       cell(row, item.auth_method);
+      cell(row, item.channel === "ussd" ? `ussd ${item.service_name || ""} ${item.session_id || ""}`.trim() : item.channel);
       cell(row, item.ip_address);
       cell(row, item.user_agent);
       body.appendChild(row);

@@ -10,7 +10,7 @@ import pytest
 
 from app.core.settings import Settings
 from tests.helpers import bearer, registered
-from tests.integration.platform_support import arun_cli, new_credential, run_cli
+from tests.platform.support import arun_cli, new_credential, run_cli
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 

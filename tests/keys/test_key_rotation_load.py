@@ -21,7 +21,7 @@ import pytest
 
 from app.core.settings import Settings
 from tests.helpers import STRONG_PASSWORD, new_phone
-from tests.integration.platform_support import run_cli
+from tests.platform.support import run_cli
 from tests.servers import api_server
 
 pytestmark = pytest.mark.slow

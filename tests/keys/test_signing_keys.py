@@ -16,7 +16,7 @@ from app.asgi import create_app
 from app.core.settings import Settings
 from app.db import migrations
 from tests.conftest import plain_dsn
-from tests.integration.platform_support import run_cli
+from tests.platform.support import run_cli
 
 
 @pytest.fixture

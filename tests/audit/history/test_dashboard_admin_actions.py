@@ -7,8 +7,7 @@ import concurrent.futures
 
 import asyncpg
 
-from tests.conftest import plain_dsn
-from tests.integration.test_dashboard import (  # noqa: F401 (fixtures)
+from tests.audit.history.test_dashboard import (  # noqa: F401 (fixtures)
     SECURITY_PHONE,
     browser,
     expect,
@@ -17,6 +16,7 @@ from tests.integration.test_dashboard import (  # noqa: F401 (fixtures)
     server,
     sign_in,
 )
+from tests.conftest import plain_dsn
 
 
 def record_action(settings, action: str, actor: str) -> None:

@@ -13,8 +13,8 @@ import pytest
 
 from app.audit.history.export import ExportResult, export_chunks, export_sql, neutralise_formula
 from app.audit.history.filters import AttemptFilters
+from tests.audit.history.support import BASE_TIME
 from tests.conftest import plain_dsn
-from tests.integration.audit_support import BASE_TIME
 
 ROWS = 100_000
 FILL = """

@@ -27,8 +27,8 @@ from app.audit.history.export import export_chunks
 from app.audit.history.filters import AttemptFilters, parse_page_request
 from app.audit.history.summary import parse_summary_request, summarise
 from app.audit.pipeline.events import REASONS
+from tests.audit.history.support import BASE_TIME, Row, insert_rows
 from tests.conftest import plain_dsn
-from tests.integration.audit_support import BASE_TIME, Row, insert_rows
 
 # Stored value -> forms a person might type for it.
 PHONES = {

@@ -27,6 +27,9 @@ class Row:
     ip_address: str | None = "41.186.1.2"
     user_agent: str | None = "okhttp/4.12.0"
     request_id: str | None = None
+    channel: str = "http"
+    session_id: str | None = None
+    service_name: str | None = None
     event_id: uuid.UUID = field(default_factory=uuid.uuid4)
     id: int | None = None
 
@@ -43,6 +46,9 @@ class Row:
             ip,
             self.user_agent,
             self.request_id,
+            self.channel,
+            self.session_id,
+            self.service_name,
         )
 
 

@@ -62,3 +62,28 @@ def test_the_verdict_fails_when_a_real_user_is_locked_out():
     run = new_run("http://127.0.0.1:1", "mixed")
     run.outcomes = [Outcome("legit", "198.18.0.9", "+250789000002", "password", 429, 0.01, 1.0)]
     assert not judge(run, audited=1).ok
+
+
+def test_a_refused_real_user_is_named_with_the_answer_they_got():
+    run = new_run("http://127.0.0.1:1", "mixed")
+    run.outcomes = [
+        Outcome("legit", "198.18.0.9", "+250789000002", "password", 200, 0.01, 1.0),
+        Outcome("legit", "198.18.0.10", "+250789000003", "password", 429, 0.01, 1.0, "rate_limited"),
+    ]
+    verdict = judge(run, audited=2)
+    assert not verdict.ok and verdict.exit_status == 1
+    named = [line for line in verdict.lines if "+250789000003" in line]
+    assert named and "429 rate_limited" in named[0] and "198.18.0.10" in named[0]
+    assert not any("+250789000002" in line for line in verdict.lines)
+
+
+def test_a_run_whose_audit_trail_cannot_be_checked_is_incomplete_not_pass():
+    run = new_run("http://127.0.0.1:1", "brute-force")
+    run.outcomes = [Outcome("attack", "198.18.0.1", "+250789000001", "password", 401, 0.01, 1.0)]
+    unchecked = judge(run, audited=None)
+    assert unchecked.ok and not unchecked.complete
+    assert (unchecked.word, unchecked.exit_status) == ("INCOMPLETE", 2)
+    checked = judge(run, audited=1)
+    assert (checked.word, checked.exit_status) == ("PASS", 0)
+    run.outcomes *= 6  # six verified failures from one client: the limit did not hold
+    assert (judge(run, audited=None).word, judge(run, audited=None).exit_status) == ("FAIL", 1)

@@ -89,6 +89,7 @@ def start_worker(settings: Settings, consumer: str, log: Path) -> subprocess.Pop
         "APP_ENV": "test",
         "DATABASE_URL": settings.database_url or "",
         "REDIS_URL": settings.redis_url or "",
+        "REDIS_CLUSTER": "true" if settings.redis_cluster else "false",
         "REDIS_KEY_PREFIX": settings.redis_key_prefix,
         "REDIS_SHARDS": str(settings.redis_shards),
         "AUDIT_BATCH_SIZE": "100",

@@ -18,9 +18,9 @@ from click.testing import CliRunner, Result
 from app.__main__ import main
 from app.audit.history.prune import parse_age, prune
 from app.core.settings import Settings
+from tests.audit.history.support import BASE_TIME, Row, insert_rows
 from tests.conftest import TEST_JWT_SECRET, TEST_PIN_PEPPER, plain_dsn
 from tests.helpers import STRONG_PASSWORD, bearer
-from tests.integration.audit_support import BASE_TIME, Row, insert_rows
 
 T = TypeVar("T")
 NOW = datetime.datetime.now(datetime.UTC)

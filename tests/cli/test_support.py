@@ -8,8 +8,8 @@ import re
 import pytest
 
 from tests.admin.support import login
+from tests.audit.history.test_cli import run_cli
 from tests.helpers import GOOD_PIN, bearer, new_phone, registered
-from tests.integration.test_audit_cli import run_cli
 
 
 async def _cli(settings, tmp_path, *args: str):

@@ -16,8 +16,8 @@ import pytest
 
 from app.audit.history import connections as audit_connections
 from app.audit.history.cursor import Cursor
+from tests.audit.history.support import BASE_TIME, Row, insert_rows, staff_headers, staff_token
 from tests.helpers import bearer, e164, new_phone
-from tests.integration.audit_support import BASE_TIME, Row, insert_rows, staff_headers, staff_token
 
 ATTEMPTS = "/api/audit/login-attempts"
 EXPORT = "/api/audit/login-attempts/export"
@@ -106,9 +106,36 @@ async def test_filters_by_phone_in_any_form_newest_first(client, db):
         "ip_address": "41.186.1.2",
         "user_agent": "okhttp/4.12.0",
         "request_id": None,
+        "channel": "http",
+        "session_id": None,
+        "service_name": None,
     }
     assert body["items"][1]["ip_address"] == "2c0f:eb68:1:2::5"
     assert body["items"][1]["outcome"] == "failure"
+
+
+async def test_channel_filter_and_the_summary_split(client, db):
+    headers = await staff_headers(client, db, "security")
+    rows = await insert_rows(
+        db,
+        [
+            Row(reason="ok", success=True),
+            Row(channel="ussd", session_id="ATUid_1", service_name="gw", auth_method="pin"),
+            Row(channel="ussd", session_id="ATUid_2", service_name="gw", auth_method="pin", reason="session_locked"),
+        ],
+    )
+    ussd = (await client.get("/api/audit/login-attempts?channel=USSD", headers=headers)).json()["items"]
+    assert [item["id"] for item in ussd] == [rows[2].id, rows[1].id]
+    assert {item["session_id"] for item in ussd} == {"ATUid_1", "ATUid_2"}
+    http = (await client.get("/api/audit/login-attempts?channel=http", headers=headers)).json()["items"]
+    assert [item["id"] for item in http] == [rows[0].id]
+    bad = await client.get("/api/audit/login-attempts?channel=sms", headers=headers)
+    assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "channel"
+    since, until = "2026-11-20T00:00:00Z", "2026-11-21T00:00:00Z"
+    summary = (await client.get(f"/api/audit/summary?since={since}&until={until}", headers=headers)).json()
+    split = {item["channel"]: item for item in summary["channels"]}
+    assert split["http"]["attempts"] == 1 and split["http"]["successes"] == 1
+    assert split["ussd"]["attempts"] == 2 and split["ussd"]["failures"] == 1 and split["ussd"]["refusals"] == 1
 
 
 async def test_ip_and_cidr_filters(client, db):
