@@ -1,4 +1,5 @@
-"""Tables: users (every Flask-era column plus ``role``), refresh_tokens, login_attempts, audit_queries."""
+"""Tables: users (every Flask-era column plus ``role``), refresh_tokens, login_attempts (partitioned),
+login_attempts_hourly, audit_queries."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import datetime
 import uuid
 from typing import Any
 
-from advanced_alchemy.base import IdentityAuditBase, IdentityBase, orm_registry
+from advanced_alchemy.base import DefaultBase, IdentityAuditBase, IdentityBase, orm_registry
 from advanced_alchemy.types import DateTimeUTC
 from sqlalchemy import (
     BigInteger,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     CheckConstraint,
     Date,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     String,
@@ -81,17 +83,23 @@ class RefreshToken(IdentityAuditBase):
     user_agent: Mapped[str | None] = mapped_column(String(255), default=None)
 
 
-class LoginAttempt(IdentityBase):
+class LoginAttempt(DefaultBase):
     """One call of the login endpoint, whatever its outcome; written by the audit pipeline.
 
     Keeps the Flask-era columns (id, phone_number, success, ip_address, user_agent, created_at).
     ``event_id`` (UUIDv7, minted by the request) makes every write idempotent.
+
+    Partitioned by month on ``created_at`` (app/audit/pipeline/partitions.py keeps months ahead;
+    db/migrations/versions/0006_partitions.py converted the old table). A unique key must include
+    the partition column, so the key is ``(event_id, created_at)``, both fixed when the event is
+    minted; ``id`` comes from the parent's identity sequence, unique by construction.
     """
 
     __tablename__ = "login_attempts"
     # Every audit page is ordered newest first by (created_at, id); each index ends in those two
     # columns so a filtered page is one backward index scan that stops after ``limit`` rows, with
     # the keyset cursor as an index condition. docs/audit-explain.md has the plans at 10M rows.
+    # Indexes on a partitioned table are partitioned indexes: one per partition, made with it.
     __table_args__ = (
         # Time ranges, "failures only", prune's oldest-first batches, and any filter without its own index.
         Index("ix_login_attempts_created_at_id", "created_at", "id"),
@@ -99,10 +107,12 @@ class LoginAttempt(IdentityBase):
         Index("ix_login_attempts_phone_created_at_id", "phone_number", "created_at", "id"),
         # IP filter: one address is an equality, a CIDR a range (btree, not GiST: see the explain doc).
         Index("ix_login_attempts_ip_created_at_id", "ip_address", "created_at", "id"),
+        {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
-    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
-    created_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True))
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False, start=1, increment=1))
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), primary_key=True)
     phone_number: Mapped[str] = mapped_column(String(20))
     user_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     success: Mapped[bool] = mapped_column(Boolean)
@@ -111,6 +121,22 @@ class LoginAttempt(IdentityBase):
     ip_address: Mapped[str | None] = mapped_column(INET, default=None)
     user_agent: Mapped[str | None] = mapped_column(String(255), default=None)
     request_id: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class LoginAttemptHourly(DefaultBase):
+    """How many attempts each UTC hour had, per outcome and reason: what summaries count from.
+
+    The audit writer adds the rows it really inserted in the same transaction as the batch, and
+    retention subtracts what it deletes, so these always equal a GROUP BY over ``login_attempts``.
+    A ``channel`` column joins the key (and the writer's GROUP BY) when login_attempts gains one.
+    """
+
+    __tablename__ = "login_attempts_hourly"
+
+    hour: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), primary_key=True)
+    success: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    attempts: Mapped[int] = mapped_column(BigInteger)
 
 
 class AuditQuery(IdentityBase):
