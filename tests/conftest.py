@@ -28,7 +28,7 @@ from app.login.gate import LoginGate
 
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 TEST_PIN_PEPPER = "test-pin-pepper-" + "y" * 32
-TABLES = ("login_attempts", "refresh_tokens", "users")
+TABLES = ("login_attempts", "login_attempts_hourly", "refresh_tokens", "users")
 
 
 @pytest.fixture(scope="session")
