@@ -154,16 +154,16 @@ def is_event_key(constraint: str | None) -> bool:
 
 
 async def _copy_or_insert(conn: Any, events: Sequence[LoginEvent]) -> int:
-    async with conn.transaction():
-        try:
-            async with conn.transaction():  # a savepoint: a failed COPY leaves the batch's transaction usable
-                await conn.copy_records_to_table("login_attempts", records=_records(events), columns=COLUMNS)
-        except asyncpg.UniqueViolationError as exc:
-            if not is_event_key(exc.constraint_name):
-                raise
-            # Some event is stored already (redelivery); the COPY wrote nothing, so insert the new ones.
-            return await _unnest_insert(conn, events)
-        await add_to_rollups(conn, events)  # every row of the batch is new
+    try:
+        async with conn.transaction():
+            await conn.copy_records_to_table("login_attempts", records=_records(events), columns=COLUMNS)
+            await add_to_rollups(conn, events)  # the COPY went through: every row of the batch is new
+    except asyncpg.UniqueViolationError as exc:
+        if not is_event_key(exc.constraint_name):
+            raise
+        # Some event is stored already (redelivery); the transaction wrote nothing, so insert the
+        # new ones (one statement, rollups included: atomic on its own).
+        return await _unnest_insert(conn, events)
     return len(events)
 
 
