@@ -145,3 +145,24 @@ async def test_a_month_created_late_takes_its_rows_from_the_default_partition(
     assert await store_events(engine, events) == 0
     assert await db.fetchval("SELECT count(*) FROM login_attempts") == 5
     assert await rollups(db) == await grouped_rows(db)
+
+
+def test_partitions_commands(settings: Settings, tmp_path) -> None:
+    from tests.integration.test_audit_cli import run_cli
+
+    result = run_cli(settings, tmp_path, ["audit", "partitions", "ensure", "--months-ahead", "2"])
+    assert result.exit_code == 0, result.output
+    assert "exists" in result.stdout  # the migration made three months ahead
+    # Six months ahead (this test's own: the other tests of this module make months 30 and 50 ahead).
+    far = run_cli(settings, tmp_path, ["audit", "partitions", "ensure"], AUDIT_PARTITIONS_AHEAD="6")
+    assert far.exit_code == 0 and "created" in far.stdout
+    beyond = month_start(NOW)
+    for _ in range(6):
+        beyond = next_month(beyond)
+    assert partition_name(beyond) in far.stdout
+    listing = run_cli(settings, tmp_path, ["audit", "partitions", "list"])
+    assert listing.exit_code == 0
+    assert partition_name(beyond) in listing.stdout and "DEFAULT" in listing.stdout
+    assert "login_attempts_before" in listing.stdout and "MINVALUE" in listing.stdout
+    bad = run_cli(settings, tmp_path, ["audit", "partitions", "ensure", "--months-ahead", "0"])
+    assert bad.exit_code == 2 and "months-ahead" in bad.output
