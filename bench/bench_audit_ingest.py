@@ -10,11 +10,15 @@ Side by side in one run, on the same servers and table (medians of ``--repeat`` 
 (b') the same drain with each insert method, once, to justify the default;
 (b'') the same drain by ``--writers`` writer processes (``python -m app.audit.pipeline.worker``) sharing the
      group, as an API with that many workers runs them; timed from the moment all have joined;
+(d)  partitioned vs unpartitioned, same run: the writer's insert of ``audit_batch_size``-row batches
+     (COPY + the hourly rollups in one transaction) into the partitioned table, against the plain
+     batch COPY the writer did before into the table as migration 0002 left it (a second scratch
+     database), interleaved batch by batch; target (d) >= 0.9;
 (c)  lag at a steady 1,000 events/s for ``--lag-seconds``: the publisher and a writer in one event
      loop (as in an API process); per event, the row's insert time (``clock_timestamp()`` default of
      a column the benchmark adds to its scratch table) minus the event's ``created_at``; target p99 < 1 s.
 
-    python bench/bench_audit_ingest.py [--events 200000] [--database-url URL] [--redis-url URL]
+    python bench/bench_audit_ingest.py [--events 200000] [--database-url URL] [--redis-url URL] [--only-partitioning]
 
 Without URLs an embedded Postgres and Redis are started in a temporary directory. Either way the
 run uses a scratch database (created, migrated, dropped) and its own Redis key prefix.
@@ -46,16 +50,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from app.audit.pipeline.events import STREAM_FIELD, LoginEvent, new_event, stream_fields
 from app.audit.pipeline.metrics import GROUP, AuditMetrics, unwritten_events
 from app.audit.pipeline.publisher import AuditPublisher
-from app.audit.pipeline.store import COLUMNS, INSERT_METHODS, InsertMethod, _records
+from app.audit.pipeline.store import COLUMNS, INSERT_METHODS, InsertMethod, _records, insert_events
 from app.audit.pipeline.writer import AuditWriter
 from app.core.gc import freeze_startup_heap
 from app.core.postgres import plain_dsn
 from app.core.redis import create_redis
 from app.core.redis_keys import KeySpace
 from app.core.settings import PROJECT_ROOT, Settings, asyncpg_url
+from app.db import migrations
 from bench.common import servers
 
 RATIO_TARGET = 0.6
+PARTITIONED_TARGET = 0.9
 LAG_P99_TARGET = 1.0
 PREFILL_CHUNK = 1000
 PREFILL_SCRIPT = "for i = 1, #ARGV do redis.call('XADD', KEYS[1], '*', 'e', ARGV[i]) end return #ARGV"
@@ -121,7 +127,8 @@ class Bench:
         self.postgres_local = False
 
     async def truncate(self, conn: asyncpg.Connection) -> None:
-        await conn.execute("TRUNCATE login_attempts")
+        rollups = await conn.fetchval("SELECT to_regclass('login_attempts_hourly') IS NOT NULL")
+        await conn.execute("TRUNCATE login_attempts, login_attempts_hourly" if rollups else "TRUNCATE login_attempts")
         await conn.execute("CHECKPOINT")  # each run starts from the same WAL state
 
     async def runs(self, label: str, once: Callable[[], Awaitable[float]], repeat: int | None = None) -> float:
@@ -138,6 +145,53 @@ class Bench:
         for first in range(0, len(records), step):
             await conn.copy_records_to_table("login_attempts", records=records[first : first + step], columns=COLUMNS)
         return len(records) / (time.perf_counter() - started)
+
+    async def partitioned_vs_unpartitioned(self, flat_dsn: str) -> float:
+        """(d): the batches one writer commits, into the partitioned table and into the one before it.
+
+        Interleaved batch by batch (the order alternating), each timed on its own: on a shared
+        machine whose load drifts by the second, both sides then see the same load.
+        """
+        flat = await asyncpg.connect(flat_dsn)
+        partitioned = await asyncpg.connect(self.dsn)
+        size = self.settings.audit_batch_size
+        ratios, rates = [], {False: [], True: []}
+        try:
+            for _ in range(self.repeat):
+                events = synthetic_events(self.events)
+                elapsed = {False: 0.0, True: 0.0}
+                await self.truncate(flat)
+                await self.truncate(partitioned)
+                for number, first in enumerate(range(0, len(events), size)):
+                    batch = events[first : first + size]
+                    for kind in (False, True) if number % 2 else (True, False):
+                        started = time.perf_counter()
+                        if kind:
+                            await insert_events(partitioned, batch, "copy")  # COPY + rollups, one transaction
+                        else:
+                            await flat.copy_records_to_table("login_attempts", records=_records(batch), columns=COLUMNS)
+                        elapsed[kind] += time.perf_counter() - started
+                for kind in (False, True):
+                    rates[kind].append(len(events) / elapsed[kind])
+                ratios.append(elapsed[False] / elapsed[True])
+        finally:
+            await flat.close()
+            await partitioned.close()
+        for kind, label in (
+            (False, "(d)  unpartitioned (0002), batch COPY"),
+            (True, "(d)  partitioned + rollups, writer"),
+        ):
+            runs = ", ".join(f"{rate:,.0f}" for rate in rates[kind])
+            print(f"{label:<38}{fmt(statistics.median(rates[kind]))}   runs: {runs}", flush=True)
+        ratio = statistics.median(ratios)
+        verdict = "ok" if ratio >= PARTITIONED_TARGET else "BELOW TARGET"
+        shown = ", ".join(f"{r:.3f}" for r in ratios)
+        print(
+            f"{'ratio (d) partitioned/unpartitioned':<38}{ratio:>10.3f}   target >= {PARTITIONED_TARGET}  {verdict}"
+            f"   (median of runs: {shown})",
+            flush=True,
+        )
+        return ratio
 
     async def prefill(self, redis: Redis, events: list[LoginEvent]) -> None:
         """The entries the limiter's script would have added (``XADD <shard stream> * e <json>``).
@@ -272,15 +326,25 @@ class Bench:
 
 def main(args: argparse.Namespace) -> int:
     # The servers' set-up runs its own event loops, so it stays outside the measuring one.
-    with servers(args.database_url, args.redis_url) as settings:
+    with servers(args.database_url, args.redis_url) as settings, migrations.scratch_database(settings) as flat:
+        migrations.upgrade(flat, "0002")  # the table as it was before partitioning
+        assert flat.database_url
         asyncio.run(
-            measure(msgspec.structs.replace(settings, redis_key_prefix=f"{settings.redis_key_prefix}audit:"), args)
+            measure(
+                msgspec.structs.replace(settings, redis_key_prefix=f"{settings.redis_key_prefix}audit:"),
+                args,
+                plain_dsn(flat.database_url),
+            )
         )
     return 0
 
 
-async def measure(settings: Settings, args: argparse.Namespace) -> None:
+async def measure(settings: Settings, args: argparse.Namespace, flat_dsn: str) -> None:
     bench = Bench(settings, args.events, args.repeat)
+    if args.only_partitioning:
+        print(f"audit ingest, partitioning only: {args.events:,} events, batch {settings.audit_batch_size}", flush=True)
+        await bench.partitioned_vs_unpartitioned(flat_dsn)
+        return
     print(
         f"audit ingest: {args.events:,} events, batch {settings.audit_batch_size}, "
         f"{settings.redis_shards} shard streams, medians of {args.repeat} runs",
@@ -331,6 +395,7 @@ async def measure(settings: Settings, args: argparse.Namespace) -> None:
                 verdict = "ok" if ratio >= RATIO_TARGET else "BELOW TARGET"
                 print(f"{label:<38}{ratio:>10.3f}   target >= {RATIO_TARGET}  {verdict}", flush=True)
 
+        await bench.partitioned_vs_unpartitioned(flat_dsn)
         lags = await bench.lag(conn, engine, args.rate, args.lag_seconds)
         cuts = statistics.quantiles(lags, n=100)
         p50, p99 = statistics.median(lags), cuts[98]
@@ -357,6 +422,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lag-seconds", type=float, default=15.0)
     parser.add_argument("--writers", type=int, default=2, help="writer processes for (b''); 0 or 1 to skip")
     parser.add_argument("--skip-methods", action="store_true", help="skip the one-off drain per insert method")
+    parser.add_argument("--only-partitioning", action="store_true", help="run only (d), partitioned vs unpartitioned")
     parser.add_argument("--database-url", help="a Postgres server (a scratch database is created on it)")
     parser.add_argument("--redis-url", help="a Redis server (keys go under a run-specific prefix)")
     return parser.parse_args()

@@ -173,7 +173,7 @@ class AdminController(Controller):
             **msgspec.structs.asdict(view),
             recovery_expires_at=user.recovery_expires_at,
             sessions=await admin_service.sessions(user.id),
-            last_sign_ins=[SignInView.of(row) for row in await admin_service.last_sign_ins(user.id)],
+            last_sign_ins=[SignInView.of(row) for row in await admin_service.last_sign_ins(user)],
         )
         return UserDetailResponse(message="User retrieved", data=detail)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from app.audit.history.commands import AUDIT_COMMANDS
+from app.audit.history.partition_commands import partitions
 from app.core.cli import load_settings
 
 
@@ -24,3 +25,4 @@ def worker(consumer: str | None, metrics_port: int | None) -> None:
 
 for _command in AUDIT_COMMANDS:  # query, export, prune
     audit.add_command(_command)
+audit.add_command(partitions)

@@ -96,6 +96,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_claim_idle_ms: int = 30_000
     audit_writer_enabled: bool = True
     audit_retention_days: int = 365
+    audit_partitions_ahead: int = 3  # months of login_attempts partitions kept created ahead of now
     audit_export_concurrency: int = 2  # exports streaming at once per process (each holds a DB connection)
     audit_max_backlog: int = 1_000_000  # unwritten events Redis may hold; past it events go to Postgres directly
     # Browser origins (app/core/cors.py has the syntax); unset: the development origins, required in production.
@@ -146,6 +147,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("AUDIT_MAX_BACKLOG must be at least 1")
         if self.account_events_retention_days < 1 or self.account_events_poll_ms < 1:
             raise ConfigError("ACCOUNT_EVENTS_RETENTION_DAYS and ACCOUNT_EVENTS_POLL_MS must be at least 1")
+        if not 1 <= self.audit_partitions_ahead <= 120:
+            raise ConfigError("AUDIT_PARTITIONS_AHEAD must be 1-120 months")
         if self.refresh_reuse_grace_seconds < 0 or self.access_token_minutes < 1 or self.refresh_token_days < 1:
             raise ConfigError("token lifetimes must be positive")
         if self.recovery_ttl_hours < 1:

@@ -13,7 +13,7 @@ from advanced_alchemy.alembic.commands import AlembicCommands
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 
 from app.core.postgres import database_url_with, plain_dsn
 from app.core.settings import Settings
@@ -83,10 +83,36 @@ def _differences(settings: Settings) -> list[str]:
     found: list[str] = []
 
     def compare(connection: Connection) -> None:
-        context = MigrationContext.configure(connection, opts={"compare_type": True, "compare_server_default": True})
+        partitions = {row[0] for row in connection.execute(text(PARTITIONS))}
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "compare_type": True,
+                "compare_server_default": True,
+                # A partition is its parent's storage, not a table of the models: each is compared as the parent.
+                "include_name": lambda name, kind, _parent: not (kind == "table" and name in partitions),
+            },
+        )
         found.extend(repr(diff) for diff in compare_metadata(context, metadata))
+        found.extend(_partitioning_differences(connection))
 
     _run_sync(settings, compare)
+    return found
+
+
+PARTITIONS = "SELECT relname FROM pg_class WHERE relispartition AND relkind IN ('r', 'p')"
+PARTITION_KEYS = "SELECT relname, pg_get_partkeydef(oid) FROM pg_class WHERE relkind = 'p' AND NOT relispartition"
+
+
+def _partitioning_differences(connection: Connection) -> list[str]:
+    """Autogenerate does not compare partitioning: the models' ``postgresql_partition_by`` against the database's."""
+    actual = {name: key for name, key in connection.execute(text(PARTITION_KEYS))}
+    found = []
+    for table in metadata.tables.values():
+        wanted = table.dialect_options["postgresql"].get("partition_by")
+        have = actual.get(table.name)
+        if " ".join((wanted or "").split()).lower() != " ".join((have or "").split()).lower():
+            found.append(f"partition key of {table.name}: models {wanted!r}, database {have!r}")
     return found
 
 

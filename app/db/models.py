@@ -1,5 +1,5 @@
-"""Tables: users (every Flask-era column plus ``role``), refresh_tokens, login_attempts, audit_queries,
-signing_keys, service_credentials, account_events, admin_actions."""
+"""Tables: users (every Flask-era column plus ``role``), refresh_tokens, login_attempts (partitioned),
+login_attempts_hourly, audit_queries, signing_keys, service_credentials, account_events, admin_actions."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy import (
     CheckConstraint,
     Date,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -97,17 +98,23 @@ class RefreshToken(IdentityAuditBase):
     user_agent: Mapped[str | None] = mapped_column(String(255), default=None)
 
 
-class LoginAttempt(IdentityBase):
+class LoginAttempt(DefaultBase):
     """One call of the login endpoint or a USSD endpoint, whatever its outcome; written by the audit pipeline.
 
     Keeps the Flask-era columns (id, phone_number, success, ip_address, user_agent, created_at).
     ``event_id`` (UUIDv7, minted by the request) makes every write idempotent.
+
+    Partitioned by month on ``created_at`` (app/audit/pipeline/partitions.py keeps months ahead;
+    db/migrations/versions/0008_partitions.py converted the old table). A unique key must include
+    the partition column, so the key is ``(event_id, created_at)``, both fixed when the event is
+    minted; ``id`` comes from the parent's identity sequence, unique by construction.
     """
 
     __tablename__ = "login_attempts"
     # Every audit page is ordered newest first by (created_at, id); each index ends in those two
     # columns so a filtered page is one backward index scan that stops after ``limit`` rows, with
     # the keyset cursor as an index condition. docs/audit-explain.md has the plans at 10M rows.
+    # Indexes on a partitioned table are partitioned indexes: one per partition, made with it.
     __table_args__ = (
         # Time ranges, "failures only", prune's oldest-first batches, and any filter without its own index.
         Index("ix_login_attempts_created_at_id", "created_at", "id"),
@@ -116,10 +123,12 @@ class LoginAttempt(IdentityBase):
         # IP filter: one address is an equality, a CIDR a range (btree, not GiST: see the explain doc).
         Index("ix_login_attempts_ip_created_at_id", "ip_address", "created_at", "id"),
         CheckConstraint("channel IN ('http', 'ussd')", name="channel"),
+        {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
-    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
-    created_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True))
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=False, start=1, increment=1))
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), primary_key=True)
     phone_number: Mapped[str] = mapped_column(String(20))
     user_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     success: Mapped[bool] = mapped_column(Boolean)
@@ -134,6 +143,22 @@ class LoginAttempt(IdentityBase):
     channel: Mapped[str] = mapped_column(String(8), default="http", server_default="http")
     session_id: Mapped[str | None] = mapped_column(String(64), default=None)
     service_name: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class LoginAttemptHourly(DefaultBase):
+    """How many attempts each UTC hour had, per outcome and reason: what summaries count from.
+
+    The audit writer adds the rows it really inserted in the same transaction as the batch, and
+    retention subtracts what it deletes, so these always equal a GROUP BY over ``login_attempts``.
+    A ``channel`` column joins the key (and the writer's GROUP BY) when login_attempts gains one.
+    """
+
+    __tablename__ = "login_attempts_hourly"
+
+    hour: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), primary_key=True)
+    success: Mapped[bool] = mapped_column(Boolean, primary_key=True)
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    attempts: Mapped[int] = mapped_column(BigInteger)
 
 
 class AuditQuery(IdentityBase):

@@ -19,6 +19,7 @@ import asyncpg
 from argon2 import PasswordHasher, Type
 
 from app.audit.history.query_log import Actor, record_query
+from app.audit.pipeline.store import add_rows_to_rollups, is_event_key
 from app.legacy.collisions import AccountKey, Existing, Plan, Policy, Resolution, plan_accounts
 from app.legacy.events import accounts_imported
 from app.legacy.report import FailedBatch, Report
@@ -36,7 +37,6 @@ from app.legacy.source import ATTEMPT_COLUMNS, USER_COLUMNS, Source, open_source
 Only = Literal["users", "attempts"]
 # (phase, rows done, rows in all)
 Progress = Callable[[str, int, int], None]
-EVENT_ID_UNIQUE = "uq_login_attempts_event_id"
 
 USER_INSERT_COLUMNS = (
     ("id", "int8"),
@@ -78,7 +78,8 @@ INSERT_HISTORY = f"""
 INSERT INTO login_attempts ({", ".join(HISTORY_COLUMNS)})
 SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[], $5::text[], $6::inet[],
     $7::text[], $8::text[], $9::text[])
-ON CONFLICT (event_id) DO NOTHING
+ON CONFLICT (event_id, created_at) DO NOTHING
+RETURNING created_at, success, reason
 """  # noqa: S608 (fixed column names)
 
 
@@ -362,16 +363,21 @@ async def _import_history(
 
 
 async def _write_history(target: asyncpg.Connection, ids: list[int], records: list[tuple[Any, ...]]) -> int:
-    """One batch, atomically: a plain COPY when none of it is stored yet (the common case), else
-    the same rows through ``INSERT ... ON CONFLICT (event_id) DO NOTHING`` (a rerun or a resume)."""
+    """One batch, atomically, counted into the hourly rollups in the same transaction: a plain COPY
+    when none of it is stored yet (the common case), else the same rows through
+    ``INSERT ... ON CONFLICT (event_id, created_at) DO NOTHING`` (a rerun or a resume)."""
+    created, success, reason = (HISTORY_COLUMNS.index(name) for name in ("created_at", "success", "reason"))
     try:
-        try:
-            await target.copy_records_to_table("login_attempts", records=records, columns=HISTORY_COLUMNS)
-        except asyncpg.UniqueViolationError as exc:
-            if exc.constraint_name != EVENT_ID_UNIQUE:
-                raise
-            status: str = await target.execute(INSERT_HISTORY, *zip(*records, strict=True))
-            return int(status.rsplit(" ", 1)[-1])
+        async with target.transaction():
+            try:
+                async with target.transaction():  # a savepoint: a redelivered batch falls back below
+                    await target.copy_records_to_table("login_attempts", records=records, columns=HISTORY_COLUMNS)
+                new = [(r[created], r[success], r[reason]) for r in records]
+            except asyncpg.UniqueViolationError as exc:
+                if not is_event_key(exc.constraint_name):
+                    raise
+                new = [tuple(row) for row in await target.fetch(INSERT_HISTORY, *zip(*records, strict=True))]
+            await add_rows_to_rollups(target, new)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
         raise ImportFailed(FailedBatch("login_attempts", ids[0], ids[-1], ids, _describe(exc))) from exc
-    return len(records)
+    return len(new)

@@ -223,7 +223,10 @@ def export_command(fmt: str, output: str, **options: Any) -> None:
     click.echo(f"exported {result.rows:,} rows to {where} in {elapsed:.1f} s", err=True)
 
 
-@click.command("prune", help="Delete attempts older than the retention period, in small batches.")
+@click.command(
+    "prune",
+    help="Remove attempts older than the retention period: whole monthly partitions, small batches at the boundary.",
+)
 @click.option(
     "--older-than",
     default=None,
@@ -268,9 +271,10 @@ def prune_command(older_than: str | None, batch_size: int, pause: float, dry_run
             record_id = await record_query(conn, Actor.from_shell(), "prune", described)
             done = await prune(conn, cutoff, batch_size=batch_size, pause=pause, progress=report)
             await set_row_count(conn, record_id, done.deleted)
+            dropped = f"; dropped partitions {', '.join(done.dropped)}" if done.dropped else ""
             click.echo(
                 f"deleted {done.deleted:,} rows older than {iso(cutoff)} "
-                f"in {done.batches:,} batches ({done.elapsed:.1f} s)"
+                f"in {done.batches:,} batches ({done.elapsed:.1f} s){dropped}"
             )
             return done.deleted
         finally:

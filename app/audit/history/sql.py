@@ -71,7 +71,7 @@ ATTEMPT_COLUMNS = (
 def page_sql(request: PageRequest) -> tuple[str, list[Any]]:
     """One page plus one row, whose presence says whether there is a next page.
 
-    The page's ids are chosen first and its rows read second (a deferred join): choosing needs only
+    The page's keys are chosen first and its rows read second (a deferred join): choosing needs only
     ``(created_at, id)`` and the filtered column, which an index holds, so a CIDR filter over tens of
     thousands of rows sorts index entries instead of reading every matching row from the table.
     """
@@ -80,12 +80,14 @@ def page_sql(request: PageRequest) -> tuple[str, list[Any]]:
     if request.cursor is not None:
         t, i = params.add(request.cursor.created_at), params.add(request.cursor.i)
         conditions.append(f"(created_at, id) < ({t}, {i})")
+    # Joined back on (created_at, id), which the (created_at, id) index of every partition holds
+    # (ids alone have no index on the partitioned table); created_at prunes each lookup to its partition.
     sql = f"""SELECT {ATTEMPT_COLUMNS}
-FROM login_attempts
-WHERE id = ANY(ARRAY(
-    SELECT id FROM login_attempts
+FROM (
+    SELECT created_at, id FROM login_attempts
     {where(conditions)}
     {NEWEST_FIRST}
-    LIMIT {params.add(request.limit + 1)}))
+    LIMIT {params.add(request.limit + 1)}) AS page
+JOIN login_attempts USING (created_at, id)
 {NEWEST_FIRST}"""  # noqa: S608 (column names are constants, values are parameters)
     return sql, params.values

@@ -21,6 +21,7 @@ import msgspec
 from app.audit.history.attempts import REFUSAL_REASONS
 from app.audit.history.filters import AttemptFilters, read_filters
 from app.audit.history.params import FIRST_TIME, Params
+from app.audit.history.rollups import rollup_buckets_sql
 from app.audit.history.sql import SqlParams, filter_conditions, where
 from app.audit.pipeline.events import CHANNELS
 
@@ -144,9 +145,10 @@ class Summary(msgspec.Struct, kw_only=True):
 
 # ---- SQL -----------------------------------------------------------------------------------------
 #
-# Three statements, each one pass over the range, each aggregating in a hash table (the summary
-# transaction gives them the memory: SUMMARY_WORK_MEM) rather than sorting millions of rows:
-# buckets, one index range scan per bucket; clients; phone numbers with their PIN locks.
+# Three statements, each aggregating in a hash table (the summary transaction gives them the
+# memory: SUMMARY_WORK_MEM) rather than sorting millions of rows: buckets, from the hourly rollups
+# when they can answer (rollups.py), else one index range scan per bucket; clients and phone
+# numbers with their PIN locks, one pass over the range's rows each (in the partitions it touches).
 
 
 def _attempts(request: SummaryRequest, params: SqlParams, *extra: str, columns: str = "") -> str:
@@ -272,7 +274,9 @@ async def summarise(conn: Any, request: SummaryRequest, *, ipv6_prefix: int = IP
     async with conn.transaction():  # a savepoint in the caller's: SET LOCAL needs one
         await conn.execute(f"SET LOCAL work_mem = '{SUMMARY_WORK_MEM}'")
         await conn.execute("SET LOCAL jit = off")  # compiling costs more than it saves on these
-        buckets = [BucketCounts(**dict(row)) for row in await _fetch(conn, buckets_sql(request))]
+        counts = rollup_buckets_sql(request) or buckets_sql(request)  # the rollups when they can answer
+        buckets = [BucketCounts(**dict(row)) for row in await _fetch(conn, counts)]
+        # By channel from the rows until the rollups carry it (docs/audit-queries.md).
         channels = [ChannelCounts(**dict(row)) for row in await _fetch(conn, channels_sql(request))]
         top_ips = [ClientCounts(**dict(row)) for row in await _fetch(conn, top_ips_sql(request, ipv6_prefix))]
         phones = await _fetch(conn, phones_sql(request))

@@ -1,7 +1,8 @@
 """The login-attempt event: minted by the request, carried by a Redis stream, stored in Postgres.
 
 One event per call of the login endpoint, whatever the outcome. ``event_id`` (UUIDv7) is unique,
-so every write of an event is idempotent (``ON CONFLICT (event_id) DO NOTHING``).
+so every write of an event is idempotent (``ON CONFLICT (event_id, created_at) DO NOTHING``: the table
+is partitioned on ``created_at``, which is fixed here too, when the event is minted).
 """
 
 from __future__ import annotations

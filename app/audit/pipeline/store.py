@@ -1,13 +1,19 @@
 """The one idempotent write of login events into ``login_attempts``, shared by writer and fallback.
 
 Every method writes a batch atomically (all rows or none) and stores an event already present
-zero times more, so redelivery after a crash is harmless:
+zero times more, so redelivery after a crash is harmless. The key is ``(event_id, created_at)``
+(the table is partitioned on ``created_at``; both are fixed when the event is minted):
 
-- ``unnest``: one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT (event_id) DO NOTHING``;
+- ``unnest``: one ``INSERT ... SELECT FROM unnest(arrays) ON CONFLICT (event_id, created_at) DO NOTHING``;
 - ``copy``: one binary ``COPY`` straight into the table, the common case having no duplicates;
-  if the batch holds an event already stored, the COPY fails as a whole on the unique index and
-  the batch is written again with ``unnest``;
+  if the batch holds an event already stored, the COPY fails as a whole on the key and the batch
+  is written again with ``unnest``;
 - ``staging``: COPY into a temporary table, then the same ``INSERT ... ON CONFLICT``.
+
+In the same transaction each adds the rows it really inserted to the hourly rollups
+(``login_attempts_hourly``): the ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` feeds the rollup
+upsert in one statement, and a COPY that succeeded inserted every row of the batch. A redelivered
+event is therefore never counted twice, and rollups and rows cannot disagree.
 
 bench/bench_audit_ingest.py compares them; the writer uses ``copy``, the cheapest for Postgres
 (see docs/audit.md).
@@ -19,6 +25,8 @@ arrays and COPY go through asyncpg without SQLAlchemy's per-statement overhead.
 from __future__ import annotations
 
 import asyncio
+import datetime
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -27,11 +35,11 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit.pipeline.events import LoginEvent, packed_ip
-from app.core.postgres import row_count
 
 InsertMethod = Literal["unnest", "copy", "staging"]
 INSERT_METHODS: tuple[InsertMethod, ...] = ("unnest", "copy", "staging")
-EVENT_ID_UNIQUE = "uq_login_attempts_event_id"
+# The table's only unique index is its key; a partition's copy of it has the partition's name.
+EVENT_KEY = "pk_login_attempts"
 
 COLUMNS = (
     "event_id",
@@ -48,16 +56,41 @@ COLUMNS = (
     "session_id",
     "service_name",
 )
-INSERT_UNNEST = """
-INSERT INTO login_attempts
-    (event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address, user_agent, request_id,
-     channel, session_id, service_name)
-SELECT * FROM unnest(
-    $1::uuid[], $2::timestamptz[], $3::text[], $4::int8[], $5::bool[],
-    $6::text[], $7::text[], $8::inet[], $9::text[], $10::text[],
-    $11::text[], $12::text[], $13::text[])
-ON CONFLICT (event_id) DO NOTHING
+# Counts added to the rollups, keys sorted: concurrent writers then lock the hot rows (this
+# hour's) in one order and never deadlock.
+_ADD_TO_ROLLUPS = """
+INSERT INTO login_attempts_hourly (hour, success, reason, attempts)
+SELECT {select}
+ORDER BY 1, 2, 3
+ON CONFLICT (hour, success, reason) DO UPDATE SET attempts = login_attempts_hourly.attempts + excluded.attempts
 """
+ADD_COUNTS = _ADD_TO_ROLLUPS.format(select="* FROM unnest($1::timestamptz[], $2::bool[], $3::text[], $4::int8[])")
+
+
+def _insert_counted(source: str) -> str:
+    """Insert the rows of ``source`` once each, and count the really inserted ones into the rollups."""
+    counted = _ADD_TO_ROLLUPS.format(
+        select="date_trunc('hour', created_at, 'UTC'), success, reason, count(*) FROM inserted GROUP BY 1, 2, 3"
+    )
+    return f"""
+WITH inserted AS (
+    INSERT INTO login_attempts
+        (event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address, user_agent, request_id,
+         channel, session_id, service_name)
+    {source}
+    ON CONFLICT (event_id, created_at) DO NOTHING
+    RETURNING created_at, success, reason
+), counted AS ({counted})
+SELECT count(*) FROM inserted
+"""  # noqa: S608 (constants only)
+
+
+INSERT_UNNEST = _insert_counted(
+    """SELECT * FROM unnest(
+        $1::uuid[], $2::timestamptz[], $3::text[], $4::int8[], $5::bool[],
+        $6::text[], $7::text[], $8::inet[], $9::text[], $10::text[],
+        $11::text[], $12::text[], $13::text[])"""
+)
 _STAGING = "audit_login_attempts_staging"
 CREATE_STAGING = """
 CREATE TEMPORARY TABLE IF NOT EXISTS audit_login_attempts_staging (
@@ -66,15 +99,11 @@ CREATE TEMPORARY TABLE IF NOT EXISTS audit_login_attempts_staging (
     channel text, session_id text, service_name text
 ) ON COMMIT DELETE ROWS
 """
-INSERT_FROM_STAGING = """
-INSERT INTO login_attempts
-    (event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address, user_agent, request_id,
-     channel, session_id, service_name)
-SELECT event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address, user_agent, request_id,
-       channel, session_id, service_name
-FROM audit_login_attempts_staging
-ON CONFLICT (event_id) DO NOTHING
-"""
+INSERT_FROM_STAGING = _insert_counted(
+    """SELECT event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address,
+              user_agent, request_id, channel, session_id, service_name
+       FROM audit_login_attempts_staging"""
+)
 
 # Errors that are the rows' fault: retrying the same rows can never succeed.
 DATA_ERRORS: tuple[type[BaseException], ...] = (
@@ -122,27 +151,57 @@ async def insert_events(conn: Any, events: Sequence[LoginEvent], method: InsertM
 
 async def _unnest_insert(conn: Any, events: Sequence[LoginEvent]) -> int:
     columns = list(zip(*_records(events), strict=True))
-    status: str = await conn.execute(INSERT_UNNEST, *columns)
-    return row_count(status)
+    inserted: int = await conn.fetchval(INSERT_UNNEST, *columns)
+    return inserted
+
+
+def is_event_key(constraint: str | None) -> bool:
+    """The key of login_attempts or of one of its partitions (``<partition>_pkey``)."""
+    return constraint == EVENT_KEY or (
+        constraint is not None and constraint.startswith("login_attempts_") and constraint.endswith("_pkey")
+    )
 
 
 async def _copy_or_insert(conn: Any, events: Sequence[LoginEvent]) -> int:
     try:
-        await conn.copy_records_to_table("login_attempts", records=_records(events), columns=COLUMNS)
+        async with conn.transaction():
+            await conn.copy_records_to_table("login_attempts", records=_records(events), columns=COLUMNS)
+            await add_to_rollups(conn, events)  # the COPY went through: every row of the batch is new
     except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name != EVENT_ID_UNIQUE:
+        if not is_event_key(exc.constraint_name):
             raise
-        # Some event is stored already (redelivery); the COPY wrote nothing, so insert the new ones.
+        # Some event is stored already (redelivery); the transaction wrote nothing, so insert the
+        # new ones (one statement, rollups included: atomic on its own).
         return await _unnest_insert(conn, events)
     return len(events)
+
+
+async def add_to_rollups(conn: Any, events: Sequence[LoginEvent]) -> None:
+    """Add ``events``, all just inserted, to the hourly rollups (in the caller's transaction)."""
+    await add_rows_to_rollups(conn, [(e.created_at, e.success, e.reason) for e in events])
+
+
+async def add_rows_to_rollups(conn: Any, rows: Sequence[tuple[datetime.datetime, bool, str]]) -> None:
+    """Add rows just inserted, as (created_at, success, reason), to the hourly rollups."""
+    if not rows:
+        return
+    counts = Counter((int(created_at.timestamp()) // 3600, success, reason) for created_at, success, reason in rows)
+    keys = sorted(counts)
+    await conn.execute(
+        ADD_COUNTS,
+        [datetime.datetime.fromtimestamp(hour * 3600, datetime.UTC) for hour, _, _ in keys],
+        [success for _, success, _ in keys],
+        [reason for _, _, reason in keys],
+        [counts[key] for key in keys],
+    )
 
 
 async def _staging_insert(conn: Any, events: Sequence[LoginEvent]) -> int:
     async with conn.transaction():
         await conn.execute(CREATE_STAGING)
         await conn.copy_records_to_table(_STAGING, records=_records(events), columns=COLUMNS)
-        status: str = await conn.execute(INSERT_FROM_STAGING)
-    return row_count(status)
+        inserted: int = await conn.fetchval(INSERT_FROM_STAGING)
+    return inserted
 
 
 @asynccontextmanager

@@ -8,7 +8,7 @@ Lua script per stream). So, at every instant:
 - an event not yet committed is still in its stream, pending for the consumer that read it;
   if that consumer dies, another claims the entry after ``audit_claim_idle_ms`` (XAUTOCLAIM);
 - an event read twice (claim after a crash, a commit whose acknowledgement was lost, a request
-  that fell back to Postgres after its XADD timed out) is absorbed by ``ON CONFLICT (event_id)``;
+  that fell back to Postgres after its XADD timed out) is absorbed by ``ON CONFLICT (event_id, created_at)``;
 - the stream length is exactly the number of unwritten events, which /health and /metrics report.
 
 Entries that are not login events go to the dead-letter stream with their raw fields; nothing is
@@ -41,6 +41,7 @@ from app.audit.pipeline.backlog import is_full
 from app.audit.pipeline.batcher import Batch, Batcher, Decoded, Entry, StreamReply, decode_messages
 from app.audit.pipeline.events import stream_fields
 from app.audit.pipeline.metrics import AuditMetrics, shared_metrics
+from app.audit.pipeline.partitions import PartitionMaintenance
 from app.audit.pipeline.store import InsertMethod, is_data_error, store_events
 from app.audit.pipeline.streams import GROUP, STALE_CONSUMER_MS, Backlog, read_backlog_by_stream, unwritten_events
 from app.core.redis import RedisClient
@@ -132,6 +133,7 @@ class AuditWriter:
         self._groups_ready = False
         self._next_claim = 0.0
         self._next_backlog = 0.0
+        self._partitions = PartitionMaintenance(engine, settings.audit_partitions_ahead)  # months ahead, hourly
 
     def _queue_depth(self) -> int:
         # Room for a whole catch-up read (a batch's worth from every stream) plus what is being
@@ -233,6 +235,7 @@ class AuditWriter:
                 if time.monotonic() >= self._next_claim:
                     await self._settle_in_hand()
                     await self.claim_abandoned()
+                    await self._partitions.run_if_due()
                 if self._batcher.partial and not self._behind:
                     # Caught up, and a batch is filling: let it fill in Redis, then take what came
                     # in one read (under a steady trickle each read costs a round trip).

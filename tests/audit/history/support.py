@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.audit.pipeline.store import COLUMNS
+from app.audit.pipeline.store import COLUMNS, add_to_rollups
 from tests.helpers import bearer, registered
 
 BASE_TIME = datetime.datetime(2026, 11, 20, 12, 0, tzinfo=datetime.UTC)
@@ -53,10 +53,13 @@ class Row:
 
 
 async def insert_rows(conn: Any, rows: list[Row]) -> list[Row]:
-    """COPY ``rows`` in and fill in their ids (in list order: the identity follows COPY order)."""
+    """COPY ``rows`` in, counted into the rollups as the writer does, and fill in their ids
+    (in list order: the identity follows COPY order)."""
     if not rows:
         return rows
-    await conn.copy_records_to_table("login_attempts", records=[row.record() for row in rows], columns=COLUMNS)
+    async with conn.transaction():
+        await conn.copy_records_to_table("login_attempts", records=[row.record() for row in rows], columns=COLUMNS)
+        await add_to_rollups(conn, rows)  # type: ignore[arg-type]
     ids = await conn.fetch(
         "SELECT id, event_id FROM login_attempts WHERE event_id = ANY($1::uuid[])", [row.event_id for row in rows]
     )
