@@ -4,7 +4,7 @@
 when, from where). ``users.recovery_hash`` / ``recovery_expires_at`` hold a one-time temporary
 password (hashed only); ``users.deleted_at`` marks an account whose personal data was erased.
 
-Revision ID: 0008_admin
+Revision ID: 0009_admin
 Revises: 0008_partitions
 Create Date: 2026-12-01 09:40:00.000000
 """
@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0008_admin"
-down_revision: str | None = "0008_partitions"  # main's head today; relink on merge
+revision: str = "0009_admin"
+down_revision: str | None = "0008_partitions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
