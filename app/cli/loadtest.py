@@ -26,6 +26,12 @@ from app.loadtest import SCENARIOS
 @click.option("--pin-max-failures", type=int, default=5, show_default=True)
 @click.option("--account-max-failures", type=int, default=20, show_default=True)
 @click.option("--verbose", is_flag=True, help="Log every request (httpx INFO lines).")
+@click.option(
+    "--ussd-token",
+    default=None,
+    envvar="LOADTEST_USSD_TOKEN",
+    help="ussd scenario: the gateway credential (default: one is made in the target's database).",
+)
 def loadtest(**options: object) -> None:
     from app.loadtest.runner import LoadTestError, default_database_url, run_loadtest
 

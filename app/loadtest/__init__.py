@@ -6,4 +6,4 @@ at the end, and no extra runtime; one process of asyncio drives thousands of con
 on loopback, which is as much as one 2-core machine can answer anyway.
 """
 
-SCENARIOS = ("brute-force", "spray", "stuffing", "mixed")
+SCENARIOS = ("brute-force", "spray", "stuffing", "mixed", "ussd")

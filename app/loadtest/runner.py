@@ -75,6 +75,8 @@ class Run:
     max_requests: int
     pin_max_failures: int
     account_max_failures: int
+    ussd_token: str | None = None  # the ussd scenario's gateway credential
+    ussd_session_max_failures: int = 3
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
     outcomes: list[Outcome] = field(default_factory=list)
     policy: Policy = field(default_factory=Policy)
@@ -89,8 +91,8 @@ class Run:
         return f"lt-{self.run_id}-{self.sent}"
 
     def login_attempts(self) -> int:
-        """Calls of the login endpoint this run made (registrations are not login attempts)."""
-        return sum(1 for o in self.outcomes if o.kind in ("attack", "legit", "probe"))
+        """Audited calls this run made: sign-ins, and USSD registrations (the login endpoint's are not)."""
+        return sum(1 for o in self.outcomes if o.kind in ("attack", "legit", "probe", "ussd-register"))
 
     def fresh_address(self) -> str:
         if self._addresses is None:
@@ -242,7 +244,89 @@ async def mixed(client: httpx.AsyncClient, run: Run, forwarding: bool) -> None:
     await _loop(run, one)
 
 
-SCENARIO_FUNCTIONS = {"brute-force": brute_force, "spray": spray, "stuffing": stuffing, "mixed": mixed}
+async def _ussd_post(client: httpx.AsyncClient, run: Run, path: str, body: dict[str, Any]) -> httpx.Response:
+    """A call of the USSD gateway: its own address (never X-Forwarded-For) and its service credential."""
+    headers = {
+        "X-Request-ID": run.next_request_id(),
+        "User-Agent": "ladys-essence-loadtest/ussd",
+        "Authorization": f"Bearer {run.ussd_token}",
+    }
+    return await client.post(path, json=body, headers=headers)
+
+
+async def _ussd_verify(client: httpx.AsyncClient, run: Run, kind: str, session: str, phone: str, pin: str) -> None:
+    started = time.perf_counter()
+    try:
+        body = {"phone_number": phone, "pin": pin, "session_id": session}
+        response = await _ussd_post(client, run, "/api/ussd/verify-pin", body)
+        status = response.status_code
+        code = response.json().get("code", "") if status >= 400 else ""
+    except (httpx.HTTPError, ValueError):
+        status, code = 0, "transport_error"
+    finished = time.perf_counter()
+    run.outcomes.append(Outcome(kind, session, phone, "pin", status, finished - started, finished, code))
+
+
+def _real_pin() -> str:
+    """A PIN the service accepts (4 digits, not weak), never the attackers' COMMON_PIN."""
+    from app.accounts.passwords import pin_problem
+
+    while True:
+        pin = f"{secrets.randbelow(10_000):04d}"
+        if pin != COMMON_PIN and pin_problem(pin) is None:
+            return pin
+
+
+async def ussd(client: httpx.AsyncClient, run: Run, forwarding: bool) -> None:
+    """Feature phones through one gateway: wrong PINs on many numbers while real callers sign in.
+
+    Every call comes from the gateway's one address with its credential, so only the per-number
+    PIN lock and the per-session tries stand between an attacker and a PIN: the verdict checks
+    both held and that no real caller was refused.
+    """
+    if not run.ussd_token:
+        raise LoadTestError("the ussd scenario needs a gateway credential: --ussd-token, or --database-url to make one")
+    base = int(run.run_id, 16) % 10**6
+    callers = [(_phone(base + 800 + i), _real_pin()) for i in range(8)]
+    for index, (phone, pin) in enumerate(callers):
+        body = {"phone_number": phone, "name": f"Caller {index}", "user_type": "adolescent", "pin": pin}
+        response = await _ussd_post(client, run, "/api/ussd/register", {**body, "session_id": f"reg-{index}"})
+        run.outcomes.append(Outcome("ussd-register", "gateway", phone, "pin", response.status_code, 0.0, 0.0))
+        if response.status_code not in (201, 409):
+            raise LoadTestError(f"could not register a USSD caller: {response.status_code} {response.text[:200]}")
+    targets = [_phone(base + 2000 + i) for i in range(150)]  # numbers the attack guesses at
+
+    def one() -> Any:
+        if random.random() < 0.2:  # noqa: S311
+            phone, pin = random.choice(callers)  # noqa: S311
+            return _ussd_verify(client, run, "legit", f"real-{secrets.token_hex(4)}", phone, pin)
+        session = f"atk-{random.randrange(60)}"  # noqa: S311 - sessions reused far past their tries
+        return _ussd_verify(client, run, "attack", session, random.choice(targets), COMMON_PIN)  # noqa: S311
+
+    await _loop(run, one)
+
+
+async def issue_ussd_credential(database_url: str, run: Run) -> str:
+    """A gateway credential for this run, written straight into the target's database."""
+    import asyncpg
+
+    from app.platform.credentials import new_token, token_digest
+
+    token = new_token()
+    conn = await asyncpg.connect(plain_dsn(database_url))
+    try:
+        await conn.execute(
+            "INSERT INTO service_credentials (name, token_hash, scopes, created_at) VALUES ($1, $2, $3, now())",
+            f"loadtest-{run.run_id}",
+            token_digest(token),
+            ["ussd"],
+        )
+    finally:
+        await conn.close()
+    return token
+
+
+SCENARIO_FUNCTIONS = {"brute-force": brute_force, "spray": spray, "stuffing": stuffing, "mixed": mixed, "ussd": ussd}
 
 
 # ---- verdict ----------------------------------------------------------------------------------------
@@ -298,10 +382,18 @@ def judge(run: Run, audited: int | None) -> Verdict:
     for outcome in logins:
         if outcome.status == 401:
             failures_by_client[outcome.client].append(outcome.finished)
-    worst_client = max((_max_in_window(t, window) for t in failures_by_client.values()), default=0)
-    held = worst_client <= run.policy.limit
-    ok &= held
-    lines.append(f"per-client budget {run.policy.limit}/{window:.0f}s: worst client verified {worst_client} failures")
+    if run.scenario == "ussd":  # one gateway address: the per-session tries stand in for a client's budget
+        worst_session = max((len(t) for t in failures_by_client.values()), default=0)
+        ok &= worst_session <= run.ussd_session_max_failures
+        lines.append(
+            f"USSD session tries {run.ussd_session_max_failures}: worst session had {worst_session} PINs verified"
+        )
+    else:
+        worst_client = max((_max_in_window(t, window) for t in failures_by_client.values()), default=0)
+        ok &= worst_client <= run.policy.limit
+        lines.append(
+            f"per-client budget {run.policy.limit}/{window:.0f}s: worst client verified {worst_client} failures"
+        )
     # Per number: at most pin_max consecutive failed PINs ever verified without a password success.
     pin_failures: Counter[str] = Counter(o.phone for o in logins if o.method == "pin" and o.status == 401)
     worst_pin = max(pin_failures.values(), default=0)
@@ -392,6 +484,8 @@ async def execute(run: Run, database_url: str | None, out: Any = sys.stdout) -> 
         if health.status_code != 200:
             raise LoadTestError(f"{run.url}/health says {health.status_code}; not starting")
         forwarding = await probe_forwarding(client, run)
+        if run.scenario == "ussd" and not run.ussd_token and database_url:
+            run.ussd_token = await issue_ussd_credential(database_url, run)
         out.write(
             f"loadtest {run.scenario} against {run.url} for {run.duration:.0f}s "
             f"(run {run.run_id}, concurrency {run.concurrency}, simulated clients: "
@@ -454,6 +548,7 @@ def run_loadtest(
     pin_max_failures: int,
     account_max_failures: int,
     verbose: bool = False,
+    ussd_token: str | None = None,
 ) -> int:
     """Run one scenario; the exit status: 0 PASS, 1 FAIL, 2 INCOMPLETE (the audit trail not checked)."""
     check_target(url, allow_remote)
@@ -465,6 +560,7 @@ def run_loadtest(
         max_requests=max_requests,
         pin_max_failures=pin_max_failures,
         account_max_failures=account_max_failures,
+        ussd_token=ussd_token,
     )
     if not verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise

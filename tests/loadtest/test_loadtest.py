@@ -28,7 +28,7 @@ def new_run(url, scenario, duration=3.0):
     )
 
 
-@pytest.mark.parametrize("scenario", ["brute-force", "spray", "stuffing", "mixed"])
+@pytest.mark.parametrize("scenario", ["brute-force", "spray", "stuffing", "mixed", "ussd"])
 async def test_every_scenario_holds_and_is_fully_audited(trusting_server, settings, scenario):
     out = io.StringIO()
     run = new_run(trusting_server, scenario)
@@ -49,6 +49,18 @@ def test_the_verdict_fails_when_a_client_gets_more_guesses_than_its_budget():
     assert not verdict.ok
     run.outcomes = run.outcomes[:5]
     assert judge(run, audited=5).ok
+
+
+def test_the_ussd_verdict_fails_when_a_session_gets_more_tries_or_a_number_more_pins():
+    run = new_run("http://127.0.0.1:1", "ussd")
+    phones = [f"+25078900{n:04d}" for n in range(4)]
+    run.outcomes = [Outcome("attack", "atk-1", phones[n], "pin", 401, 0.01, n) for n in range(4)]
+    assert not judge(run, audited=4).ok  # a 4th wrong PIN verified in one session
+    assert judge(run, audited=3).ok is False  # and the audit trail must be complete
+    run.outcomes = run.outcomes[:3]
+    assert judge(run, audited=3).ok
+    run.outcomes = [Outcome("attack", f"atk-{n}", phones[0], "pin", 401, 0.01, n) for n in range(6)]
+    assert not judge(run, audited=6).ok  # six wrong PINs verified on one number, over many sessions
 
 
 def test_the_verdict_fails_when_attempts_are_missing_from_the_audit_trail():
