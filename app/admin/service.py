@@ -32,6 +32,7 @@ from app.accounts.passwords import Hasher
 from app.accounts.service import RefreshTokenService, UserService, utcnow
 from app.accounts.sessions import SessionUseTracker, SessionView, end_session, live_sessions
 from app.admin.recovery import canonical_recovery_code, new_recovery_code
+from app.audit.history.admin_actions import AdminActionName
 from app.core.errors import AppError, Conflict
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.core.redis import RedisClient
@@ -39,17 +40,6 @@ from app.core.settings import Settings
 from app.db.models import AdminAction, LoginAttempt, User
 from app.ratelimit.limiter import LoginLimiter
 
-AdminActionName = Literal[
-    "create",
-    "activate",
-    "deactivate",
-    "change_role",
-    "delete",
-    "recovery",
-    "unlock",
-    "end_session",
-    "reset_password_refused",
-]
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
 LAST_SIGN_INS = 10
