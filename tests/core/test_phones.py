@@ -49,3 +49,17 @@ def test_login_accepts_possible_numbers_registration_needs_valid_ones():
     assert normalise_phone(possible_only, "RW", strict=False) == possible_only
     with pytest.raises(PhoneNumberError):
         normalise_phone(possible_only, "RW", strict=True)
+
+
+@given(st.text(alphabet="0123456789+ ()-", min_size=6, max_size=16))
+def test_a_number_that_registers_signs_in_as_typed(raw):
+    """Login reads a number as registration did: ``648(16954`` registered as +64 but signed in as +250."""
+    try:
+        registered = normalise_phone(raw, "RW", strict=True)
+    except PhoneNumberError:
+        return
+    assert normalise_phone(raw, "RW", strict=False) == registered
+
+
+def test_a_possible_rwandan_reading_does_not_hide_a_valid_foreign_one():
+    assert normalise_phone("648(16954", "RW", strict=True) == normalise_phone("648(16954", "RW", strict=False)
