@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, get_args
 import msgspec
 from litestar import Controller, Request, get
 from litestar.datastructures import State
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -217,9 +217,27 @@ def _actor(user: User, request: Request[Any, Any, Any], state: State) -> Actor:
     return Actor(name, "api", user.id, str(address) if address is not None else None)
 
 
+async def provide_admin_action_filters(
+    actor_user_id: ActorId = None,
+    target_user_id: TargetId = None,
+    action: ActionText = None,
+    since: Since = None,
+    until: Until = None,
+) -> dict[str, str | None]:
+    """The filters the listing and the export share (checked by parse_admin_action_request)."""
+    return {
+        "actor_user_id": actor_user_id,
+        "target_user_id": target_user_id,
+        "action": action,
+        "since": since,
+        "until": until,
+    }
+
+
 class AdminActionsController(Controller):
     path = "/api/audit/admin-actions"
     tags = ["audit"]
+    dependencies = {"admin_action_filters": Provide(provide_admin_action_filters)}
 
     @get("/", summary="Support staff's actions on accounts, newest first", responses=AUDIT_ERRORS)
     async def list_admin_actions(
@@ -228,21 +246,13 @@ class AdminActionsController(Controller):
         request: Request[Any, Any, Any],
         state: State,
         db_engine: NamedDependency[AsyncEngine],
-        actor_user_id: ActorId = None,
-        target_user_id: TargetId = None,
-        action: ActionText = None,
-        since: Since = None,
-        until: Until = None,
+        admin_action_filters: NamedDependency[dict[str, str | None]],
         cursor: CursorText = None,
         limit: Limit = None,
     ) -> AdminActionPage:
         page_request = parse_admin_action_request(
             {
-                "actor_user_id": actor_user_id,
-                "target_user_id": target_user_id,
-                "action": action,
-                "since": since,
-                "until": until,
+                **admin_action_filters,
                 "cursor": cursor,
                 "limit": limit,
             }
@@ -266,20 +276,12 @@ class AdminActionsController(Controller):
         request: Request[Any, Any, Any],
         state: State,
         db_engine: NamedDependency[AsyncEngine],
-        actor_user_id: ActorId = None,
-        target_user_id: TargetId = None,
-        action: ActionText = None,
-        since: Since = None,
-        until: Until = None,
+        admin_action_filters: NamedDependency[dict[str, str | None]],
         format: Format = None,
     ) -> Stream:
         export_request = parse_admin_action_request(
             {
-                "actor_user_id": actor_user_id,
-                "target_user_id": target_user_id,
-                "action": action,
-                "since": since,
-                "until": until,
+                **admin_action_filters,
                 "format": format,
             }
         )
