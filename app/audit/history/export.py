@@ -221,6 +221,7 @@ class ExportSlots:
 
     def __init__(self, limit: int) -> None:
         self._semaphore = asyncio.Semaphore(max(1, limit))
+        self.in_use = 0  # exports holding a slot now
 
     def check(self) -> None:
         """Refuse up front when every slot is taken (the usual case of a busy server)."""
@@ -234,7 +235,12 @@ class ExportSlots:
 
         @asynccontextmanager
         async def slotted() -> AsyncIterator[Any]:
-            async with self._semaphore, connect() as conn:
-                yield conn
+            async with self._semaphore:
+                self.in_use += 1
+                try:
+                    async with connect() as conn:
+                        yield conn
+                finally:
+                    self.in_use -= 1
 
         return slotted

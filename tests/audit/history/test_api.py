@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import anyio
 import pytest
 
 from app.audit.history import connections as audit_connections
 from app.audit.history.cursor import Cursor
+from app.audit.history.export import STOP_GRACE_SECONDS
 from tests.audit.history.support import BASE_TIME, Row, insert_rows, staff_headers, staff_token
 from tests.helpers import bearer, e164, new_phone
 
@@ -369,7 +371,7 @@ async def test_exports_beyond_the_concurrency_cap_are_refused_until_one_ends(app
         response = await client.get(EXPORT, params={"format": "ndjson"}, headers=headers)
         assert response.status_code == 200
         assert len(response.text.splitlines()) == 3
-    slots.check()  # no slot left taken
+    assert slots.in_use == 0  # no slot left taken
 
 
 async def test_a_client_hanging_up_mid_export_gives_its_slot_and_connection_back(app, client, db):
@@ -380,23 +382,6 @@ async def test_a_client_hanging_up_mid_export_gives_its_slot_and_connection_back
         "'invalid_credentials', repeat('x', 200) FROM generate_series(1, 50000) AS i",
         BASE_TIME,
     )
-    chunks: list[bytes] = []
-    hung_up = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        if not chunks:
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await hung_up.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body" and message.get("body"):
-            chunks.append(message["body"])
-            if len(chunks) > 1:
-                # The browser stopped reading (its download was cancelled): the write never drains.
-                hung_up.set()
-                await asyncio.Event().wait()
-
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -412,17 +397,46 @@ async def test_a_client_hanging_up_mid_export_gives_its_slot_and_connection_back
         "server": ("127.0.0.1", 8000),
         "state": {},
     }
-    gc.disable()  # what is released must be released by the app, not by a collection happening to run
-    try:
+
+    async def hang_up_mid_export() -> list[bytes]:
+        chunks: list[bytes] = []
+        hung_up = asyncio.Event()
+        requested = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await hung_up.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                chunks.append(message["body"])
+                if len(chunks) > 1:
+                    # The browser stopped reading (its download was cancelled): the write never drains.
+                    hung_up.set()
+                    await asyncio.Event().wait()
+
         await asyncio.wait_for(app(scope, receive, send), 30)
         await asyncio.sleep(0.1)
+        assert app.state.export_slots.in_use == 0  # the slot is back at once, not at some later GC
+        return chunks
+
+    gc.disable()  # what is released must be released by the app, not by a collection happening to run
+    try:
+        # In the event loop that runs the app's lifespan (the test client's portal thread): the app's
+        # pool belongs to that loop, and a connection driven from two loops at once corrupts asyncpg.
+        chunks = await anyio.to_thread.run_sync(client.blocking_portal.call, hang_up_mid_export)
         assert chunks and sum(map(len, chunks)) < 50_000 * 200  # stopped long before the end
-        app.state.export_slots.check()  # the slot is back at once, not at some later GC
-        # and the COPY's connection has left the export: nothing runs COPY on the server any more
-        active = await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%' AND state = 'active'"
-        )
-        assert active == 0
+        # and the COPY ends by itself at its next chunk (its cancel request is a connection of its
+        # own, so this takes a moment), well before STOP_GRACE_SECONDS would cut it off.
+        waited = 0.0
+        while await db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY%' AND state = 'active'"):
+            assert waited < STOP_GRACE_SECONDS / 2, "the COPY is still running after its reader hung up"
+            await asyncio.sleep(0.05)
+            waited += 0.05
     finally:
         gc.enable()
 
@@ -557,10 +571,14 @@ def test_cursor_round_trip():
 
 
 async def test_a_query_over_its_time_limit_is_a_503_that_says_what_to_do(client, db, monkeypatch):
-    monkeypatch.setattr(audit_connections, "API_STATEMENT_TIMEOUT_MS", 1)
+    monkeypatch.setattr(audit_connections, "API_STATEMENT_TIMEOUT_MS", 200)
     headers = await staff_headers(client, db, "security")
-    params = {"since": "2026-11-01", "until": "2026-11-07", "bucket": "minute"}  # 8,640 buckets: over 1 ms
-    response = await client.get(SUMMARY, params=params, headers=headers)
+    params = {"since": "2026-11-01", "until": "2026-11-07", "bucket": "minute"}
+    # A statement that cannot finish in time, whatever the machine's speed: the tables it reads are
+    # locked by another transaction until after the timeout (statement_timeout counts lock waits).
+    async with db.transaction():
+        await db.execute("LOCK TABLE login_attempts, login_attempts_hourly IN ACCESS EXCLUSIVE MODE")
+        response = await client.get(SUMMARY, params=params, headers=headers)
     assert response.status_code == 503
     assert response.json()["code"] == "audit_query_timeout"
     assert await db.fetchval("SELECT count(*) FROM audit_queries") == 0
