@@ -44,7 +44,8 @@ USER_AGENTS = (
 # $1 first i, $2 last i, $3 total rows, $4 end of the period.
 GENERATE = f"""
 INSERT INTO login_attempts
-    (event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address, user_agent, request_id)
+    (event_id, created_at, phone_number, user_id, success, auth_method, reason, ip_address, user_agent, request_id,
+     channel)
 SELECT
     gen_random_uuid(),
     $4::timestamptz - interval '{DAYS} days' + (g.i::float8 / $3) * interval '{DAYS} days'
@@ -62,7 +63,8 @@ SELECT
         ELSE ('{IPV6_PREFIX}' || to_hex(g.address % 5000) || '::' || to_hex(g.address))::inet
     END,
     (ARRAY{list(USER_AGENTS)})[1 + g.phone % {len(USER_AGENTS)}],
-    md5(g.i::text)
+    md5(g.i::text),
+    CASE WHEN g.phone % 10 = 0 THEN 'ussd' ELSE 'http' END  -- one number in ten signs in from a feature phone
 FROM (
     SELECT
         i,
@@ -93,8 +95,8 @@ CROSS JOIN LATERAL (
 
 TABLE = "login_attempts"
 ROLLUPS = """
-INSERT INTO login_attempts_hourly (hour, success, reason, attempts)
-SELECT date_trunc('hour', created_at, 'UTC'), success, reason, count(*) FROM login_attempts GROUP BY 1, 2, 3
+INSERT INTO login_attempts_hourly (hour, success, reason, channel, attempts)
+SELECT date_trunc('hour', created_at, 'UTC'), success, reason, channel, count(*) FROM login_attempts GROUP BY 1, 2, 3, 4
 """
 
 

@@ -68,6 +68,9 @@ def base_settings(server_urls: dict[str, str], tmp_path_factory: pytest.TempPath
         argon2_time_cost=1,
         # No Flask-era cost-12 bcrypt to pad failures to (test_hash_kind_timing sets it).
         legacy_bcrypt_rounds=4,
+        # The writer's idle read blocks this long, and an app's shutdown waits for it: 200 ms by
+        # default, paid by every test that starts an app. Tests of batching set their own.
+        audit_flush_ms=20,
     )
     with migrations.scratch_database(settings, name=f"le_test_{uuid.uuid4().hex[:10]}") as run_settings:
         migrations.upgrade(run_settings)

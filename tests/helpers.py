@@ -7,6 +7,15 @@ from typing import Any
 
 from httpx import Response
 
+# True when login_attempts_hourly holds exactly a GROUP BY over login_attempts (empty hours aside).
+ROLLUPS_EQUAL_ROWS = """
+SELECT (SELECT coalesce(array_agg(r ORDER BY r), '{}') FROM (
+            SELECT date_trunc('hour', created_at, 'UTC') AS hour, success, reason, channel, count(*) AS attempts
+            FROM login_attempts GROUP BY 1, 2, 3, 4) r)
+     = (SELECT coalesce(array_agg(h ORDER BY h), '{}') FROM (
+            SELECT hour, success, reason, channel, attempts FROM login_attempts_hourly WHERE attempts > 0) h)
+"""
+
 STRONG_PASSWORD = "Umuganda-Kigali-42"
 OTHER_PASSWORD = "Ibiyaga-Bigari-2025"
 GOOD_PIN = "4827"

@@ -122,6 +122,8 @@ class LoginAttempt(DefaultBase):
         Index("ix_login_attempts_phone_created_at_id", "phone_number", "created_at", "id"),
         # IP filter: one address is an equality, a CIDR a range (btree, not GiST: see the explain doc).
         Index("ix_login_attempts_ip_created_at_id", "ip_address", "created_at", "id"),
+        # The summary's PIN-locked numbers: a few refusals among millions of rows.
+        Index("ix_login_attempts_pin_locked", "created_at", postgresql_where=text("reason = 'pin_locked'")),
         CheckConstraint("channel IN ('http', 'ussd')", name="channel"),
         {"postgresql_partition_by": "RANGE (created_at)"},
     )
@@ -146,18 +148,19 @@ class LoginAttempt(DefaultBase):
 
 
 class LoginAttemptHourly(DefaultBase):
-    """How many attempts each UTC hour had, per outcome and reason: what summaries count from.
+    """How many attempts each UTC hour had, per outcome, reason and channel: what summaries count from.
 
     The audit writer adds the rows it really inserted in the same transaction as the batch, and
     retention subtracts what it deletes, so these always equal a GROUP BY over ``login_attempts``.
-    A ``channel`` column joins the key (and the writer's GROUP BY) when login_attempts gains one.
     """
 
     __tablename__ = "login_attempts_hourly"
+    __table_args__ = (CheckConstraint("channel IN ('http', 'ussd')", name="channel"),)
 
     hour: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), primary_key=True)
     success: Mapped[bool] = mapped_column(Boolean, primary_key=True)
     reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    channel: Mapped[str] = mapped_column(String(8), primary_key=True)
     attempts: Mapped[int] = mapped_column(BigInteger)
 
 

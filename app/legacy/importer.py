@@ -74,12 +74,14 @@ SELECT {_selected}, 'flask' FROM unnest({_arrays}) AS u({_names})
 ON CONFLICT (id) DO NOTHING
 RETURNING id
 """  # noqa: S608 (fixed column names)
+LEGACY_CHANNEL = "http"  # login_attempts.channel's default, which the COPY leaves in place
+
 INSERT_HISTORY = f"""
 INSERT INTO login_attempts ({", ".join(HISTORY_COLUMNS)})
 SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::bool[], $5::text[], $6::inet[],
     $7::text[], $8::text[], $9::text[])
 ON CONFLICT (event_id, created_at) DO NOTHING
-RETURNING created_at, success, reason
+RETURNING created_at, success, reason, channel
 """  # noqa: S608 (fixed column names)
 
 
@@ -372,7 +374,7 @@ async def _write_history(target: asyncpg.Connection, ids: list[int], records: li
             try:
                 async with target.transaction():  # a savepoint: a redelivered batch falls back below
                     await target.copy_records_to_table("login_attempts", records=records, columns=HISTORY_COLUMNS)
-                new = [(r[created], r[success], r[reason]) for r in records]
+                new = [(r[created], r[success], r[reason], LEGACY_CHANNEL) for r in records]
             except asyncpg.UniqueViolationError as exc:
                 if not is_event_key(exc.constraint_name):
                     raise

@@ -8,6 +8,7 @@ import asyncpg
 
 from app.core.postgres import plain_dsn
 from app.db import migrations
+from tests.helpers import ROLLUPS_EQUAL_ROWS
 
 
 def _tables(settings):
@@ -54,13 +55,6 @@ def _run(settings, fn):
 
 
 OLD_ROWS = 3000
-ROLLUP_VS_ROWS = """
-SELECT (SELECT coalesce(array_agg(r ORDER BY r), '{}') FROM (
-            SELECT date_trunc('hour', created_at, 'UTC') AS hour, success, reason, count(*) AS attempts
-            FROM login_attempts GROUP BY 1, 2, 3) r)
-     = (SELECT coalesce(array_agg(h ORDER BY h), '{}') FROM (
-            SELECT hour, success, reason, attempts FROM login_attempts_hourly WHERE attempts > 0) h)
-"""
 
 
 def test_partitioning_a_populated_table_round_trip(base_settings):
@@ -88,7 +82,7 @@ def test_partitioning_a_populated_table_round_trip(base_settings):
         state = await inspect(conn)
         state["before_filenode"] = await conn.fetchval("SELECT pg_relation_filenode('login_attempts_before')")
         state["in_before"] = await conn.fetchval("SELECT count(*) FROM login_attempts_before")
-        state["rollups_match"] = await conn.fetchval(ROLLUP_VS_ROWS)
+        state["rollups_match"] = await conn.fetchval(ROLLUPS_EQUAL_ROWS)
         # A new row, one far in the future (default partition), and a redelivery of the first.
         insert = """INSERT INTO login_attempts (event_id, created_at, phone_number, success, reason)
                     VALUES ($1, $2, '+250780000000', false, 'invalid_credentials')
@@ -141,4 +135,48 @@ def test_partitioning_a_populated_table_round_trip(base_settings):
         assert again["kind"] == "p" and again["rows"] == OLD_ROWS + 3
         # The row dated ten years ahead moved out of the old table, to the default partition.
         assert _run(scratch, lambda conn: conn.fetchval("SELECT count(*) FROM login_attempts_default")) == 1
-        assert _run(scratch, lambda conn: conn.fetchval(ROLLUP_VS_ROWS))
+        assert _run(scratch, lambda conn: conn.fetchval(ROLLUPS_EQUAL_ROWS))
+
+
+ROLLUPS_EQUAL_ROWS_WITHOUT_CHANNEL = """
+SELECT (SELECT coalesce(array_agg(r ORDER BY r), '{}') FROM (
+            SELECT date_trunc('hour', created_at, 'UTC') AS hour, success, reason, count(*) AS attempts
+            FROM login_attempts GROUP BY 1, 2, 3) r)
+     = (SELECT coalesce(array_agg(h ORDER BY h), '{}') FROM (
+            SELECT hour, success, reason, attempts FROM login_attempts_hourly WHERE attempts > 0) h)
+"""
+
+
+def test_rollups_gain_and_lose_the_channel_without_losing_a_count(base_settings):
+    """0009 -> 0010 -> 0009 -> 0010 with USSD and HTTP rows: the rollups equal the rows at every step."""
+
+    async def fill(conn):
+        await conn.execute(
+            """INSERT INTO login_attempts (event_id, created_at, phone_number, success, reason, channel)
+               SELECT gen_random_uuid(), now() - g * interval '11 minutes', '+25078' || lpad(g::text, 7, '0'),
+                      g % 4 = 0, CASE WHEN g % 4 = 0 THEN 'ok' ELSE 'invalid_credentials' END,
+                      CASE WHEN g % 3 = 0 THEN 'ussd' ELSE 'http' END
+               FROM generate_series(1, 2000) g"""
+        )
+        # As the 0009 writer counted them: per hour, outcome and reason.
+        await conn.execute(
+            """INSERT INTO login_attempts_hourly (hour, success, reason, attempts)
+               SELECT date_trunc('hour', created_at, 'UTC'), success, reason, count(*) FROM login_attempts
+               GROUP BY 1, 2, 3"""
+        )
+        return await conn.fetchval(ROLLUPS_EQUAL_ROWS_WITHOUT_CHANNEL)
+
+    def by_channel(conn):
+        return conn.fetch("SELECT channel, sum(attempts) AS attempts FROM login_attempts_hourly GROUP BY 1 ORDER BY 1")
+
+    with migrations.scratch_database(base_settings) as scratch:
+        migrations.upgrade(scratch, "0009_admin")
+        assert _run(scratch, fill)
+        migrations.upgrade(scratch, "0010_rollup_channel")
+        assert _run(scratch, lambda conn: conn.fetchval(ROLLUPS_EQUAL_ROWS))
+        channels = {row["channel"]: row["attempts"] for row in _run(scratch, by_channel)}
+        assert channels == {"http": 2000 - 2000 // 3, "ussd": 2000 // 3}
+        migrations.downgrade(scratch, "0009_admin")
+        assert _run(scratch, lambda conn: conn.fetchval(ROLLUPS_EQUAL_ROWS_WITHOUT_CHANNEL))
+        migrations.upgrade(scratch)
+        assert _run(scratch, lambda conn: conn.fetchval(ROLLUPS_EQUAL_ROWS))

@@ -69,7 +69,10 @@ Format = Annotated[str | None, _query("csv (default) or ndjson.")]
 SummarySince = Annotated[str | None, _query("ISO-8601, inclusive (default: 24 hours before until).")]
 SummaryUntil = Annotated[str | None, _query("ISO-8601, exclusive (default: now).")]
 BucketText = Annotated[str | None, _query("minute, hour (default) or day.")]
-Top = Annotated[str | None, _query("Length of the top lists, 1 to 100 (default 10).")]
+Top = Annotated[
+    str | None,
+    _query("Length of the top lists, 0 to 100 (default 10); 0 leaves them out, the only part that reads every row."),
+]
 AccountId = Annotated[str | None, _query("Only this account's queries.")]
 
 

@@ -53,13 +53,13 @@ WITH gone AS (
         WHERE created_at < $1
         ORDER BY created_at, id
         LIMIT $2))
-    RETURNING created_at, success, reason
+    RETURNING created_at, success, reason, channel
 ), counted AS (
     UPDATE login_attempts_hourly AS rollup SET attempts = rollup.attempts - gone_by_hour.attempts
-    FROM (SELECT date_trunc('hour', created_at, 'UTC') AS hour, success, reason, count(*) AS attempts
-          FROM gone GROUP BY 1, 2, 3) AS gone_by_hour
+    FROM (SELECT date_trunc('hour', created_at, 'UTC') AS hour, success, reason, channel, count(*) AS attempts
+          FROM gone GROUP BY 1, 2, 3, 4) AS gone_by_hour
     WHERE rollup.hour = gone_by_hour.hour AND rollup.success = gone_by_hour.success
-      AND rollup.reason = gone_by_hour.reason
+      AND rollup.reason = gone_by_hour.reason AND rollup.channel = gone_by_hour.channel
 )
 SELECT count(*) FROM gone
 """

@@ -1,11 +1,11 @@
-"""Summary buckets from the hourly rollups (``login_attempts_hourly``) instead of the rows.
+"""Summary counts from the hourly rollups (``login_attempts_hourly``) instead of the rows.
 
 The audit writer keeps the rollups in the transaction of every batch, so they equal a GROUP BY
 over the rows (tests/audit/pipeline/test_partitions.py holds them to it). A summary by hour or day
-whose filters the rollups can answer (time range, outcome, reason) reads the whole hours of its
-range from them, a few rows per hour whatever the traffic, and only the ragged ends (a ``since``
-or ``until`` inside an hour) from the rows; any other filter, or minute buckets, read the rows as
-before (app/audit/history/summary.py). A ``channel`` filter joins the rollups with their column.
+whose filters the rollups can answer (time range, outcome, reason, channel) reads the whole hours
+of its range from them, a few rows per hour whatever the traffic, and only the ragged ends (a
+``since`` or ``until`` inside an hour) from the rows: its buckets and its totals by channel. Any
+other filter, or minute buckets, read the rows as before (app/audit/history/summary.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ HOUR = datetime.timedelta(hours=1)
 
 
 def answerable(request: SummaryRequest) -> bool:
-    """The rollups hold hour, outcome and reason: the request filters on nothing else, by hour or day."""
+    """The rollups hold hour, outcome, reason and channel: the request filters on nothing else, by hour or day."""
     filters = request.filters
     others = (filters.phone_number, filters.ip, filters.auth_method, filters.user_id)
     return request.bucket in ("hour", "day") and all(value is None for value in others)
@@ -38,8 +38,9 @@ def _whole_hours(since: datetime.datetime, until: datetime.datetime) -> tuple[da
     return first, until.replace(minute=0, second=0, microsecond=0)
 
 
-def rollup_buckets_sql(request: SummaryRequest) -> tuple[str, list[Any]] | None:
-    """The summary's buckets from the rollups (same columns as ``buckets_sql``), or None if they cannot answer."""
+def _counted_sql(request: SummaryRequest, params: SqlParams) -> str | None:
+    """The request's attempts as (start, success, refused, channel, attempts) rows: the rollups of its
+    whole hours and its ragged ends' rows one by one; None when the rollups cannot answer."""
     from app.audit.history.attempts import REFUSAL_REASONS
 
     if not answerable(request):
@@ -47,37 +48,44 @@ def rollup_buckets_sql(request: SummaryRequest) -> tuple[str, list[Any]] | None:
     first, end = _whole_hours(request.since, request.until)
     if first >= end:
         return None  # less than an hour: the rows are few
-    params = SqlParams()
     refusals = params.add(list(REFUSAL_REASONS))
     unit = request.bucket  # one of two constants, never client text
-    outcome = AttemptFilters(success=request.filters.success, reasons=request.filters.reasons)
-    rollup_conditions = [
-        *filter_conditions(outcome, params),
-        f"hour >= {params.add(first)}",
-        f"hour < {params.add(end)}",
-    ]
+    filters = request.filters
+    kept = AttemptFilters(success=filters.success, reasons=filters.reasons, channel=filters.channel)
+    rollup_conditions = [*filter_conditions(kept, params), f"hour >= {params.add(first)}", f"hour < {params.add(end)}"]
     parts = [
         f"""SELECT date_trunc('{unit}', hour, 'UTC') AS start, success, reason = ANY({refusals}::text[]) AS refused,
-               attempts
+               channel, attempts
         FROM login_attempts_hourly
         {where(rollup_conditions)}"""  # noqa: S608 (names are constants, values parameters)
     ]
     for edge_since, edge_until in ((request.since, first), (end, request.until)):
         if edge_since < edge_until:  # a ragged end: the rows of less than an hour
-            edge = dataclasses.replace(request.filters, since=edge_since, until=edge_until)
+            edge = dataclasses.replace(filters, since=edge_since, until=edge_until)
             parts.append(
                 f"""SELECT date_trunc('{unit}', created_at, 'UTC') AS start, success,
-                       reason = ANY({refusals}::text[]) AS refused, 1 AS attempts
+                       reason = ANY({refusals}::text[]) AS refused, channel, 1 AS attempts
                 FROM login_attempts
                 {where(filter_conditions(edge, params))}"""  # noqa: S608 (names are constants, values parameters)
             )
-    since, until = params.add(request.since), params.add(request.until)
-    counted = "\n        UNION ALL\n        ".join(parts)
-    sql = f"""
-SELECT bucket.start AT TIME ZONE 'UTC' AS start,
-       coalesce(sum(counted.attempts) FILTER (WHERE counted.success), 0)::int8 AS successes,
+    return "\n        UNION ALL\n        ".join(parts)
+
+
+SUMS = """coalesce(sum(counted.attempts) FILTER (WHERE counted.success), 0)::int8 AS successes,
        coalesce(sum(counted.attempts) FILTER (WHERE NOT counted.success AND NOT counted.refused), 0)::int8 AS failures,
-       coalesce(sum(counted.attempts) FILTER (WHERE counted.refused), 0)::int8 AS refusals
+       coalesce(sum(counted.attempts) FILTER (WHERE counted.refused), 0)::int8 AS refusals"""
+
+
+def rollup_buckets_sql(request: SummaryRequest) -> tuple[str, list[Any]] | None:
+    """The summary's buckets from the rollups (same columns as ``buckets_sql``), or None if they cannot answer."""
+    params = SqlParams()
+    counted = _counted_sql(request, params)
+    if counted is None:
+        return None
+    unit = request.bucket  # one of two constants, never client text
+    since, until = params.add(request.since), params.add(request.until)
+    sql = f"""
+SELECT bucket.start AT TIME ZONE 'UTC' AS start, {SUMS}
 FROM generate_series(
     date_trunc('{unit}', {since}::timestamptz AT TIME ZONE 'UTC'),
     {until}::timestamptz AT TIME ZONE 'UTC' - interval '1 microsecond',
@@ -87,4 +95,21 @@ LEFT JOIN (
     ) AS counted ON counted.start = bucket.start AT TIME ZONE 'UTC'
 GROUP BY bucket.start
 ORDER BY bucket.start"""  # noqa: S608 (names are constants, values parameters)
+    return sql, params.values
+
+
+def rollup_channels_sql(request: SummaryRequest, channels: tuple[str, ...]) -> tuple[str, list[Any]] | None:
+    """The totals by channel from the rollups (same columns as ``channels_sql``), or None if they cannot answer."""
+    params = SqlParams()
+    counted = _counted_sql(request, params)
+    if counted is None:
+        return None
+    sql = f"""
+SELECT known.channel, coalesce(sum(counted.attempts), 0)::int8 AS attempts, {SUMS}
+FROM unnest({params.add(list(channels))}::text[]) AS known (channel)
+LEFT JOIN (
+        {counted}
+    ) AS counted ON counted.channel = known.channel
+GROUP BY known.channel
+ORDER BY known.channel"""  # noqa: S608 (names are constants, values parameters)
     return sql, params.values

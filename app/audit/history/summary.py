@@ -21,7 +21,7 @@ import msgspec
 from app.audit.history.attempts import REFUSAL_REASONS
 from app.audit.history.filters import AttemptFilters, read_filters
 from app.audit.history.params import FIRST_TIME, Params
-from app.audit.history.rollups import rollup_buckets_sql
+from app.audit.history.rollups import rollup_buckets_sql, rollup_channels_sql
 from app.audit.history.sql import SqlParams, filter_conditions, where
 from app.audit.pipeline.events import CHANNELS
 
@@ -35,7 +35,7 @@ DEFAULT_RANGE = datetime.timedelta(hours=24)
 MAX_BUCKETS = 10_000
 DEFAULT_TOP = 10
 MAX_TOP = 100
-PIN_LOCKED_MAX = 1000
+PIN_LOCKED_MAX = 1000  # numbers listed under pin_locked
 IPV6_CLIENT_PREFIX = 64
 
 
@@ -69,7 +69,7 @@ def parse_summary_request(
     match params.choice("bucket", BUCKET_LENGTHS, "Choose minute, hour or day."):
         case "minute" | "hour" | "day" as chosen:
             bucket = chosen
-    top = params.whole_number("top", maximum=MAX_TOP)
+    top = params.whole_number("top", minimum=0, maximum=MAX_TOP)
     until = filters.until or now or datetime.datetime.now(datetime.UTC)
     # The 24 hours before until, or as many of them as there are since the first time accepted.
     since = filters.since or max(until, FIRST_TIME + DEFAULT_RANGE) - DEFAULT_RANGE
@@ -79,7 +79,9 @@ def parse_summary_request(
     elif (until - since) / BUCKET_LENGTHS[bucket] > MAX_BUCKETS:
         params.errors.add("bucket", f"That range has more than {MAX_BUCKETS:,} {bucket}s: choose a larger bucket.")
     params.raise_if_any()
-    return SummaryRequest(dataclasses.replace(filters, since=since, until=until), bucket, top or DEFAULT_TOP)
+    return SummaryRequest(
+        dataclasses.replace(filters, since=since, until=until), bucket, DEFAULT_TOP if top is None else top
+    )
 
 
 # ---- response ------------------------------------------------------------------------------------
@@ -145,10 +147,11 @@ class Summary(msgspec.Struct, kw_only=True):
 
 # ---- SQL -----------------------------------------------------------------------------------------
 #
-# Three statements, each aggregating in a hash table (the summary transaction gives them the
-# memory: SUMMARY_WORK_MEM) rather than sorting millions of rows: buckets, from the hourly rollups
-# when they can answer (rollups.py), else one index range scan per bucket; clients and phone
-# numbers with their PIN locks, one pass over the range's rows each (in the partitions it touches).
+# Four statements, each aggregating in a hash table (the summary transaction gives them the
+# memory: SUMMARY_WORK_MEM) rather than sorting millions of rows: buckets and the totals by channel,
+# from the hourly rollups when they can answer (rollups.py), else one index range scan per bucket
+# and one pass over the rows; clients and phone numbers with their PIN locks, one pass over the
+# range's rows each (in the partitions it touches).
 
 
 def _attempts(request: SummaryRequest, params: SqlParams, *extra: str, columns: str = "") -> str:
@@ -233,29 +236,31 @@ LIMIT {params.add(request.top)}"""  # noqa: S608 (names are constants, values pa
 
 
 def phones_sql(request: SummaryRequest) -> tuple[str, list[Any]]:
-    """Phone numbers by failures, and those with PIN-locked refusals (most recent first), in one pass.
-
-    ``kind`` says which list a row belongs to; a number can be in both.
-    """
+    """Phone numbers by failures."""
     params = _params()
-    attempts = _attempts(request, params, columns=", phone_number, created_at, reason = 'pin_locked' AS pin_locked")
+    attempts = _attempts(request, params, columns=", phone_number")
     sql = f"""
-WITH phones AS MATERIALIZED (
-    SELECT phone_number, count(*) AS attempts, {COUNTS},
-           count(*) FILTER (WHERE pin_locked) AS refused_attempts,
-           min(created_at) FILTER (WHERE pin_locked) AS first_at,
-           max(created_at) FILTER (WHERE pin_locked) AS last_at
-    FROM ({attempts}) AS attempt
-    GROUP BY phone_number
-)
-(SELECT 'top' AS kind, * FROM phones
- ORDER BY failures DESC, refusals DESC, attempts DESC, phone_number COLLATE "C"
- LIMIT {params.add(request.top)})
-UNION ALL
-(SELECT 'pin_locked' AS kind, * FROM phones
- WHERE refused_attempts > 0
- ORDER BY last_at DESC, phone_number COLLATE "C"
- LIMIT {params.add(PIN_LOCKED_MAX + 1)})"""  # noqa: S608 (names are constants, values parameters)
+SELECT phone_number, count(*) AS attempts, {COUNTS}
+FROM ({attempts}) AS attempt
+GROUP BY phone_number
+ORDER BY failures DESC, refusals DESC, attempts DESC, phone_number COLLATE "C"
+LIMIT {params.add(request.top)}"""  # noqa: S608 (names are constants, values parameters)
+    return sql, params.values
+
+
+def pin_locked_sql(request: SummaryRequest) -> tuple[str, list[Any]]:
+    """The numbers with attempts refused as ``pin_locked``, most recent first (one more than shown,
+    to tell a truncated list). They are few: the partial index of pin_locked refusals finds them."""
+    params = SqlParams()
+    # A literal, not a parameter: the planner must see it to use the partial index.
+    conditions = [*filter_conditions(request.filters, params), "reason = 'pin_locked'"]
+    sql = f"""
+SELECT phone_number, count(*) AS refused_attempts, min(created_at) AS first_at, max(created_at) AS last_at
+FROM login_attempts
+{where(conditions)}
+GROUP BY phone_number
+ORDER BY last_at DESC, phone_number COLLATE "C"
+LIMIT {params.add(PIN_LOCKED_MAX + 1)}"""  # noqa: S608 (names are constants, values parameters)
     return sql, params.values
 
 
@@ -270,37 +275,23 @@ async def _fetch(conn: Any, query: tuple[str, list[Any]]) -> list[Any]:
 
 
 async def summarise(conn: Any, request: SummaryRequest, *, ipv6_prefix: int = IPV6_CLIENT_PREFIX) -> Summary:
-    """Run inside one REPEATABLE READ transaction for figures that agree with each other."""
+    """Run inside one REPEATABLE READ transaction for figures that agree with each other.
+
+    ``top=0`` leaves out the two top lists, the only part that reads every row of the range.
+    """
     async with conn.transaction():  # a savepoint in the caller's: SET LOCAL needs one
         await conn.execute(f"SET LOCAL work_mem = '{SUMMARY_WORK_MEM}'")
         await conn.execute("SET LOCAL jit = off")  # compiling costs more than it saves on these
         counts = rollup_buckets_sql(request) or buckets_sql(request)  # the rollups when they can answer
         buckets = [BucketCounts(**dict(row)) for row in await _fetch(conn, counts)]
-        # By channel from the rows until the rollups carry it (docs/audit-queries.md).
-        channels = [ChannelCounts(**dict(row)) for row in await _fetch(conn, channels_sql(request))]
-        top_ips = [ClientCounts(**dict(row)) for row in await _fetch(conn, top_ips_sql(request, ipv6_prefix))]
-        phones = await _fetch(conn, phones_sql(request))
-    top_phones = [
-        PhoneCounts(
-            phone_number=row["phone_number"],
-            attempts=row["attempts"],
-            successes=row["successes"],
-            failures=row["failures"],
-            refusals=row["refusals"],
-        )
-        for row in phones
-        if row["kind"] == "top"
-    ]
-    locked = [
-        PinLocked(
-            phone_number=row["phone_number"],
-            refused_attempts=row["refused_attempts"],
-            first_at=row["first_at"],
-            last_at=row["last_at"],
-        )
-        for row in phones
-        if row["kind"] == "pin_locked"
-    ]
+        by_channel = rollup_channels_sql(request, CHANNELS) or channels_sql(request)
+        channels = [ChannelCounts(**dict(row)) for row in await _fetch(conn, by_channel)]
+        top_ips: list[ClientCounts] = []
+        top_phones: list[PhoneCounts] = []
+        if request.top:
+            top_ips = [ClientCounts(**dict(row)) for row in await _fetch(conn, top_ips_sql(request, ipv6_prefix))]
+            top_phones = [PhoneCounts(**dict(row)) for row in await _fetch(conn, phones_sql(request))]
+        locked = [PinLocked(**dict(row)) for row in await _fetch(conn, pin_locked_sql(request))]
     totals = Counts(
         attempts=sum(b.successes + b.failures + b.refusals for b in buckets),
         successes=sum(b.successes for b in buckets),

@@ -59,18 +59,21 @@ COLUMNS = (
 # Counts added to the rollups, keys sorted: concurrent writers then lock the hot rows (this
 # hour's) in one order and never deadlock.
 _ADD_TO_ROLLUPS = """
-INSERT INTO login_attempts_hourly (hour, success, reason, attempts)
+INSERT INTO login_attempts_hourly (hour, success, reason, channel, attempts)
 SELECT {select}
-ORDER BY 1, 2, 3
-ON CONFLICT (hour, success, reason) DO UPDATE SET attempts = login_attempts_hourly.attempts + excluded.attempts
+ORDER BY 1, 2, 3, 4
+ON CONFLICT (hour, success, reason, channel) DO UPDATE SET attempts = login_attempts_hourly.attempts + excluded.attempts
 """
-ADD_COUNTS = _ADD_TO_ROLLUPS.format(select="* FROM unnest($1::timestamptz[], $2::bool[], $3::text[], $4::int8[])")
+ADD_COUNTS = _ADD_TO_ROLLUPS.format(
+    select="* FROM unnest($1::timestamptz[], $2::bool[], $3::text[], $4::text[], $5::int8[])"
+)
 
 
 def _insert_counted(source: str) -> str:
     """Insert the rows of ``source`` once each, and count the really inserted ones into the rollups."""
     counted = _ADD_TO_ROLLUPS.format(
-        select="date_trunc('hour', created_at, 'UTC'), success, reason, count(*) FROM inserted GROUP BY 1, 2, 3"
+        select="date_trunc('hour', created_at, 'UTC'), success, reason, channel, count(*) "
+        "FROM inserted GROUP BY 1, 2, 3, 4"
     )
     return f"""
 WITH inserted AS (
@@ -79,7 +82,7 @@ WITH inserted AS (
          channel, session_id, service_name)
     {source}
     ON CONFLICT (event_id, created_at) DO NOTHING
-    RETURNING created_at, success, reason
+    RETURNING created_at, success, reason, channel
 ), counted AS ({counted})
 SELECT count(*) FROM inserted
 """  # noqa: S608 (constants only)
@@ -178,20 +181,27 @@ async def _copy_or_insert(conn: Any, events: Sequence[LoginEvent]) -> int:
 
 async def add_to_rollups(conn: Any, events: Sequence[LoginEvent]) -> None:
     """Add ``events``, all just inserted, to the hourly rollups (in the caller's transaction)."""
-    await add_rows_to_rollups(conn, [(e.created_at, e.success, e.reason) for e in events])
+    await add_rows_to_rollups(conn, [(e.created_at, e.success, e.reason, e.channel) for e in events])
 
 
-async def add_rows_to_rollups(conn: Any, rows: Sequence[tuple[datetime.datetime, bool, str]]) -> None:
-    """Add rows just inserted, as (created_at, success, reason), to the hourly rollups."""
+RollupRow = tuple[datetime.datetime, bool, str, str]  # created_at, success, reason, channel
+
+
+async def add_rows_to_rollups(conn: Any, rows: Sequence[RollupRow]) -> None:
+    """Add rows just inserted, as (created_at, success, reason, channel), to the hourly rollups."""
     if not rows:
         return
-    counts = Counter((int(created_at.timestamp()) // 3600, success, reason) for created_at, success, reason in rows)
+    counts = Counter(
+        (int(created_at.timestamp()) // 3600, success, reason, channel) for created_at, success, reason, channel in rows
+    )
     keys = sorted(counts)
+    hours, successes, reasons, channels = zip(*keys, strict=True)
     await conn.execute(
         ADD_COUNTS,
-        [datetime.datetime.fromtimestamp(hour * 3600, datetime.UTC) for hour, _, _ in keys],
-        [success for _, success, _ in keys],
-        [reason for _, _, reason in keys],
+        [datetime.datetime.fromtimestamp(hour * 3600, datetime.UTC) for hour in hours],
+        list(successes),
+        list(reasons),
+        list(channels),
         [counts[key] for key in keys],
     )
 

@@ -18,6 +18,7 @@ import pytest
 from app.audit.history import connections as audit_connections
 from app.audit.history.cursor import Cursor
 from app.audit.history.export import STOP_GRACE_SECONDS
+from app.audit.history.summary import parse_summary_request, pin_locked_sql
 from tests.audit.history.support import BASE_TIME, Row, insert_rows, staff_headers, staff_token
 from tests.helpers import bearer, e164, new_phone
 
@@ -509,6 +510,33 @@ async def test_summary_counts_buckets_clients_phones_and_pin_locks(client, db):
         }
     ]
     assert body["pin_locked_truncated"] is False
+
+    # top=0: the same figures without the two lists that read every row of the range.
+    counts_only = (await client.get(SUMMARY, params={**params, "top": "0"}, headers=headers)).json()
+    assert counts_only["top_ips"] == [] and counts_only["top_phone_numbers"] == []
+    assert {key: value for key, value in counts_only.items() if not key.startswith("top_")} == {
+        key: value for key, value in body.items() if not key.startswith("top_")
+    }
+
+
+async def test_pin_locked_numbers_are_found_through_their_partial_index(db):
+    """The summary's PIN-locked list reads ix_login_attempts_pin_locked, not the month's other rows."""
+    await db.execute(
+        "INSERT INTO login_attempts (event_id, created_at, phone_number, success, reason) "
+        "SELECT gen_random_uuid(), $1::timestamptz + i * interval '1 minute', '+250788000001', false, "
+        "CASE WHEN i % 5000 = 0 THEN 'pin_locked' ELSE 'invalid_credentials' END "
+        "FROM generate_series(1, 20000) AS i",
+        BASE_TIME,
+    )
+    await db.execute("ANALYZE login_attempts")
+    partial = {
+        row["indexname"]
+        for row in await db.fetch("SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%pin_locked%'")
+    }
+    request = parse_summary_request({"since": "2026-11-01", "until": "2026-12-31"}, "RW")
+    sql, args = pin_locked_sql(request)
+    plan = "\n".join(row[0] for row in await db.fetch(f"EXPLAIN {sql}", *args))
+    assert any(name in plan for name in partial), plan
 
 
 async def test_summary_defaults_and_bad_parameters(client, db):

@@ -15,16 +15,9 @@ from app.audit.pipeline.partitions import list_partitions, month_start, next_mon
 from app.core.postgres import plain_dsn as postgres_dsn
 from app.db import migrations
 from tests.audit.history.support import Row, insert_rows
-from tests.helpers import STRONG_PASSWORD, new_phone, registered
+from tests.helpers import ROLLUPS_EQUAL_ROWS, STRONG_PASSWORD, new_phone, registered
 
 NOW = datetime.datetime.now(datetime.UTC)
-ROLLUPS_EQUAL_ROWS = """
-SELECT (SELECT coalesce(array_agg(r ORDER BY r), '{}') FROM (
-            SELECT date_trunc('hour', created_at, 'UTC') AS hour, success, reason, count(*) AS attempts
-            FROM login_attempts GROUP BY 1, 2, 3) r)
-     = (SELECT coalesce(array_agg(h ORDER BY h), '{}') FROM (
-            SELECT hour, success, reason, attempts FROM login_attempts_hourly) h)
-"""
 
 
 def on_scratch(base_settings: Any, work: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Summary buckets read from the hourly rollups agree with the same buckets counted from the rows."""
+"""Summary buckets and totals by channel read from the hourly rollups agree with the same figures
+counted from the rows."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from app.audit.history.rollups import rollup_buckets_sql
-from app.audit.history.summary import buckets_sql, parse_summary_request
-from app.audit.pipeline.events import REASONS
+from app.audit.history.rollups import rollup_buckets_sql, rollup_channels_sql
+from app.audit.history.summary import buckets_sql, channels_sql, parse_summary_request
+from app.audit.pipeline.events import CHANNELS, REASONS
 from app.core.settings import Settings
 from tests.audit.history.support import BASE_TIME, Row, insert_rows
 from tests.conftest import plain_dsn
@@ -27,7 +28,8 @@ async def _fill(conn: asyncpg.Connection) -> None:
     for _ in range(1500):
         reason = rng.choice(REASONS)
         moment = BASE_TIME + datetime.timedelta(minutes=rng.randrange(SPAN_MINUTES), seconds=rng.random() * 60)
-        rows.append(Row(created_at=moment, reason=reason, success=reason == "ok"))
+        channel = rng.choice(CHANNELS)
+        rows.append(Row(created_at=moment, reason=reason, success=reason == "ok", channel=channel))
     await insert_rows(conn, rows)
 
 
@@ -43,11 +45,21 @@ def _iso(moment: datetime.datetime) -> str:
     bucket=st.sampled_from(["hour", "day"]),
     success=st.sampled_from([None, "true", "false"]),
     reason=st.sampled_from([None, "rate_limited", "invalid_credentials,pin_locked"]),
+    channel=st.sampled_from([None, *CHANNELS]),
 )
-def test_rollup_buckets_equal_row_buckets(settings: Settings, start, length, seconds, bucket, success, reason):
+def test_rollup_buckets_and_channels_equal_the_rows(
+    settings: Settings, start, length, seconds, bucket, success, reason, channel
+):
     since = BASE_TIME + datetime.timedelta(minutes=start, seconds=seconds)
     until = since + datetime.timedelta(minutes=length)
-    values = {"since": _iso(since), "until": _iso(until), "bucket": bucket, "success": success, "reason": reason}
+    values = {
+        "since": _iso(since),
+        "until": _iso(until),
+        "bucket": bucket,
+        "success": success,
+        "reason": reason,
+        "channel": channel,
+    }
     request = parse_summary_request(values, "RW")
 
     async def run() -> None:
@@ -56,11 +68,15 @@ def test_rollup_buckets_equal_row_buckets(settings: Settings, start, length, sec
             if not await conn.fetchval("SELECT count(*) FROM login_attempts"):
                 await _fill(conn)
             from_rollups = rollup_buckets_sql(request)
+            channels_from_rollups = rollup_channels_sql(request, CHANNELS)
             if from_rollups is None:  # less than a whole hour: the rows answer, nothing to compare
-                assert length < 120
+                assert length < 120 and channels_from_rollups is None
                 return
+            assert channels_from_rollups is not None
             expected = [tuple(row) for row in await conn.fetch(*_flat(buckets_sql(request)))]
             assert [tuple(row) for row in await conn.fetch(*_flat(from_rollups))] == expected
+            expected_channels = [tuple(row) for row in await conn.fetch(*_flat(channels_sql(request)))]
+            assert [tuple(row) for row in await conn.fetch(*_flat(channels_from_rollups))] == expected_channels
         finally:
             await conn.close()
 
@@ -75,6 +91,7 @@ def _flat(query):
 def test_filters_the_rollups_lack_read_the_rows():
     for extra in ({"phone_number": "0788000001"}, {"ip": "41.186.1.2"}, {"auth_method": "pin"}, {"user_id": "7"}):
         values = {"since": "2026-11-20T00:00:00Z", "until": "2026-11-22T00:00:00Z", **extra}
-        assert rollup_buckets_sql(parse_summary_request(values, "RW")) is None
+        request = parse_summary_request(values, "RW")
+        assert rollup_buckets_sql(request) is None and rollup_channels_sql(request, CHANNELS) is None
     minutes = {"since": "2026-11-20T00:00:00Z", "until": "2026-11-20T05:00:00Z", "bucket": "minute"}
     assert rollup_buckets_sql(parse_summary_request(minutes, "RW")) is None

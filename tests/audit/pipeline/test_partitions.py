@@ -19,7 +19,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from app.audit.pipeline.events import REASONS, LoginEvent
+from app.audit.pipeline.events import CHANNELS, REASONS, LoginEvent
 from app.audit.pipeline.partitions import ensure_partitions, list_partitions, month_start, next_month, partition_name
 from app.audit.pipeline.store import INSERT_METHODS, InsertMethod, store_events
 from app.core.settings import Settings, asyncpg_url
@@ -37,17 +37,22 @@ async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-async def rollups(db: asyncpg.Connection) -> Counter[tuple[datetime.datetime, bool, str]]:
-    rows = await db.fetch("SELECT hour, success, reason, attempts FROM login_attempts_hourly WHERE attempts > 0")
-    return Counter({(r["hour"], r["success"], r["reason"]): r["attempts"] for r in rows})
+RollupKey = tuple[datetime.datetime, bool, str, str]  # hour, success, reason, channel
 
 
-async def grouped_rows(db: asyncpg.Connection) -> Counter[tuple[datetime.datetime, bool, str]]:
+async def rollups(db: asyncpg.Connection) -> Counter[RollupKey]:
     rows = await db.fetch(
-        """SELECT date_trunc('hour', created_at, 'UTC') AS hour, success, reason, count(*) AS attempts
-           FROM login_attempts GROUP BY 1, 2, 3"""
+        "SELECT hour, success, reason, channel, attempts FROM login_attempts_hourly WHERE attempts > 0"
     )
-    return Counter({(r["hour"], r["success"], r["reason"]): r["attempts"] for r in rows})
+    return Counter({(r["hour"], r["success"], r["reason"], r["channel"]): r["attempts"] for r in rows})
+
+
+async def grouped_rows(db: asyncpg.Connection) -> Counter[RollupKey]:
+    rows = await db.fetch(
+        """SELECT date_trunc('hour', created_at, 'UTC') AS hour, success, reason, channel, count(*) AS attempts
+           FROM login_attempts GROUP BY 1, 2, 3, 4"""
+    )
+    return Counter({(r["hour"], r["success"], r["reason"], r["channel"]): r["attempts"] for r in rows})
 
 
 def dated(n: int, moment: datetime.datetime) -> LoginEvent:
@@ -76,6 +81,7 @@ event_sets = st.lists(
         st.sampled_from([-900, -30, -1, 0, 0, 0, 1, 70, 4000]),  # days from now: far past, far future, default
         st.integers(0, 23 * 60),  # minutes into the day
         st.sampled_from(REASONS),
+        st.sampled_from(CHANNELS),
     ),
     max_size=60,
 )
@@ -84,17 +90,19 @@ event_sets = st.lists(
 @hypothesis_settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=st.lists(event_sets, min_size=1, max_size=4), method=st.sampled_from(INSERT_METHODS))
 def test_rollups_equal_a_group_by_over_the_rows(
-    settings: Settings, batches: list[list[tuple[int, int, int, str]]], method: InsertMethod
+    settings: Settings, batches: list[list[tuple[int, int, int, str, str]]], method: InsertMethod
 ) -> None:
     """Random events in random batches, redeliveries included: rollups == GROUP BY over the rows."""
     start = NOW.replace(hour=0, minute=0, second=0, microsecond=0)
     minted: dict[int, LoginEvent] = {}
 
-    def event(n: int, days: int, minutes: int, reason: str) -> LoginEvent:
+    def event(n: int, days: int, minutes: int, reason: str, channel: str) -> LoginEvent:
         # An event is minted once: a redelivery carries the same id and created_at.
         if n not in minted:
             moment = start + datetime.timedelta(days=days, minutes=minutes)
-            minted[n] = msgspec.structs.replace(dated(n, moment), reason=reason, success=reason == "ok")
+            minted[n] = msgspec.structs.replace(
+                dated(n, moment), reason=reason, success=reason == "ok", channel=channel
+            )
         return minted[n]
 
     async def run() -> None:
