@@ -122,8 +122,14 @@ class LoginAttempt(DefaultBase):
         Index("ix_login_attempts_phone_created_at_id", "phone_number", "created_at", "id"),
         # IP filter: one address is an equality, a CIDR a range (btree, not GiST: see the explain doc).
         Index("ix_login_attempts_ip_created_at_id", "ip_address", "created_at", "id"),
-        # The summary's PIN-locked numbers: a few refusals among millions of rows.
-        Index("ix_login_attempts_pin_locked", "created_at", postgresql_where=text("reason = 'pin_locked'")),
+        # The summary's PIN-locked numbers: a few refusals among millions of rows, read from the
+        # index alone (the number is included) and grouped by number.
+        Index(
+            "ix_login_attempts_pin_locked",
+            "created_at",
+            postgresql_include=["phone_number"],
+            postgresql_where=text("reason = 'pin_locked'"),
+        ),
         CheckConstraint("channel IN ('http', 'ussd')", name="channel"),
         {"postgresql_partition_by": "RANGE (created_at)"},
     )

@@ -2,8 +2,9 @@
 
 The rollups gain the channel (``http`` or ``ussd``) as part of their key, so a summary's totals by
 channel, and a summary filtered on one channel, read a few rows per hour instead of the rows. The
-partial index ``ix_login_attempts_pin_locked`` finds the few ``pin_locked`` refusals of a range
-without reading the others, so a summary with ``top=0`` reads no row of a whole hour.
+partial index ``ix_login_attempts_pin_locked`` (time, with the number included) finds the
+``pin_locked`` refusals of a range without reading the table, so a summary with ``top=0`` reads
+no row of a whole hour.
 
 Upgrade recounts the rollups from the rows (one GROUP BY over ``login_attempts``: seconds per
 million rows), with inserts into the audit table held off meanwhile (a SHARE lock: the writer's
@@ -48,6 +49,7 @@ def upgrade() -> None:
         op.f("ix_login_attempts_pin_locked"),
         "login_attempts",
         ["created_at"],
+        postgresql_include=["phone_number"],
         postgresql_where=sa.text("reason = 'pin_locked'"),
     )
 
