@@ -244,15 +244,18 @@ class Store:
     worker: psutil.Process | None = None
     rps: list[float] = field(default_factory=list)
     deltas: list[Delta] = field(default_factory=list)
+    backlogs: list[int] = field(default_factory=list)  # audit entries left in the streams after each round
     requests: int = 0  # answers wrk read over all rounds
     refused_before: float = 0.0  # the gate's refusals before the rounds
 
 
-def refusal_round(store: Store, keys: KeySpace, clients: list[str], seconds: float) -> str:
-    wait_drained(store.streams, keys)
+def refusal_round(store: Store, stores: list[Store], keys: KeySpace, clients: list[str], seconds: float) -> str:
+    for each in stores:  # the other server's writer too: it would still be draining its last round
+        wait_drained(each.streams, keys)
     before = Counters.take(store.nodes, store.worker)
     result = wrk(f"{store.base}/api/auth/login", seconds=seconds, body=WRONG, clients=clients)
     delta = Counters.take(store.nodes, store.worker).since(before)
+    store.backlogs.append(stream_backlog(store.streams, keys))  # refusals its writer had not yet written
     assert result.non_2xx == result.requests, f"{store.name}: every request must be refused"
     store.rps.append(result.requests_per_second)
     store.deltas.append(delta)
@@ -273,7 +276,7 @@ def refusals(
         store.refused_before = refused_counts(store.base).get("rate_limited", 0)
     for round_number in range(rounds):
         order = stores if round_number % 2 == 0 else stores[::-1]  # neither always goes first
-        lines = {store.name: refusal_round(store, keys, clients, seconds) for store in order}
+        lines = {store.name: refusal_round(store, stores, keys, clients, seconds) for store in order}
         print(f"  round {round_number + 1}: " + "   ".join(lines[store.name] for store in stores), flush=True)
     for store in stores:
         counts = refused_counts(store.base)
@@ -368,7 +371,7 @@ def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | 
         print(f"redis-server {version} ({redis_server_binary()}), no persistence, all on this machine")
         owned = shards_per_master(cluster, keys)
         print(
-            "cluster: 3 masters, no replicas; the 16 shards per master: "
+            f"cluster: 3 masters, no replicas; the {keys.shards} shards per master: "
             + ", ".join(f"{node.name} (:{node.port}) {len(s)}" for node, s in zip(masters, owned, strict=True))
         )
         clients = spread_clients(keys, CLIENTS_PER_SHARD)
@@ -402,6 +405,7 @@ def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | 
                 f"  {store.name}: worker CPU {median(cpu_per_request):.0f} us per refusal, redis-server "
                 f"{median(redis_per_request):.0f} us (all nodes); EVALSHA/s per node "
                 + " ".join(f"{node.name} {rate:.0f}" for node, rate in zip(store.nodes, served, strict=True))
+                + f"; audit entries unwritten at a round's end: max {max(store.backlogs)}"
             )
 
         print(
