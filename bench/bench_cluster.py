@@ -323,22 +323,23 @@ async def script_calls(
     clients = {name: create_redis(config) for name, config in configs.items()}
     limiters = {name: LoginLimiter(clients[name], configs[name]) for name in configs}
     results: dict[str, list[tuple[float, Delta]]] = {name: [] for name in configs}
+    this_process = psutil.Process()  # the client: when the machine starves it, calls/s drop with its CPU
     try:
         for name, limiter in limiters.items():
             await drive(limiter, 0.5, f"warm-{name}")  # scripts loaded, connections open
         for round_number in range(rounds):
             order = stores if round_number % 2 == 0 else stores[::-1]
             for store in order:
-                before = Counters.take(store.nodes)
+                before = Counters.take(store.nodes, this_process)
                 calls = await drive(limiters[store.name], seconds, f"r{round_number}-{store.name}")
-                delta = Counters.take(store.nodes).since(before)
+                delta = Counters.take(store.nodes, this_process).since(before)
                 results[store.name].append((calls / delta.seconds, delta))
             print(
                 f"  round {round_number + 1}: "
                 + "   ".join(
                     f"{store.name} {results[store.name][-1][0]:6.0f} calls/s ("
                     + " ".join(f"{rate:5.0f}" for rate in results[store.name][-1][1].evalsha_per_s)
-                    + ")"
+                    + f", client {results[store.name][-1][1].worker_cpu_share:4.0%})"
                     for store in stores
                 ),
                 flush=True,
@@ -411,13 +412,17 @@ def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | 
         print(
             f"(b) script calls/s: reserve + settle for fresh clients through LoginLimiter in this process "
             f"({IN_FLIGHT} x {BATCH} calls in flight), {seconds:.0f} s per store, rounds interleaved "
-            "(EVALSHA/s per node in brackets):"
+            "(EVALSHA/s per node and the client's CPU in brackets):"
         )
         results = asyncio.run(script_calls(settings, cluster.seed_url, stores, rounds, seconds))
         for store in stores:
             totals = [rate for rate, _ in results[store.name]]
             deltas = [delta for _, delta in results[store.name]]
-            print(f"  {store.name}: {median(totals):.0f} calls/s from this client (median of {rounds})")
+            client_cpu = median([delta.worker_cpu_share for delta in deltas])
+            print(
+                f"  {store.name}: {median(totals):.0f} calls/s from this client (median of {rounds}; "
+                f"the client at {client_cpu:.0%} of a core)"
+            )
             for index, node in enumerate(store.nodes):
                 served = median([d.evalsha_per_s[index] for d in deltas])
                 cpu = median([d.cpu_share[index] for d in deltas])
