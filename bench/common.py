@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +194,17 @@ request = function()
 end
 """
 
+# Each request from the next address of a fixed list (``clients = {...}`` is prepended), round robin:
+# clients whose budgets were spent beforehand, so every request takes the refused path.
+WRK_CLIENT_LIST = """
+local next_client = 0
+request = function()
+  next_client = next_client % #clients + 1
+  wrk.headers["X-Forwarded-For"] = clients[next_client]
+  return wrk.format()
+end
+"""
+
 
 def wrk(
     url: str,
@@ -205,8 +216,15 @@ def wrk(
     headers: dict[str, str] | None = None,
     many_clients: bool = False,
     many_numbers: bool = False,
+    clients: Sequence[str] = (),
 ) -> LoadResult:
-    """Drive ``url`` with wrk for a bounded time (loopback only) and parse its summary."""
+    """Drive ``url`` with wrk for a bounded time (loopback only) and parse its summary.
+
+    ``many_clients``: each request from a random address; ``clients``: from these addresses in turn
+    (``X-Forwarded-For``, for a server started with ``TRUSTED_PROXIES=127.0.0.1/32``).
+    """
+    if many_clients and clients:
+        raise ValueError("many_clients or a list of clients, not both")
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian) to run the load benchmarks")
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
@@ -217,6 +235,8 @@ def wrk(
             script.write(header_lines)
         if many_clients:
             script.write(f"many_numbers = {'true' if many_numbers else 'false'}\n" + WRK_MANY_CLIENTS)
+        if clients:
+            script.write("clients = {" + ", ".join(f'"{client}"' for client in clients) + "}\n" + WRK_CLIENT_LIST)
     try:
         command = [
             "wrk",
