@@ -99,7 +99,7 @@ async def test_an_absurdly_long_value_is_a_field_error(app, client, admin, subte
 WHOLE_NUMBER_PARAMETERS = {
     ATTEMPTS: ("user_id", "limit"),
     EXPORT: ("user_id",),
-    SUMMARY: ("user_id", "top"),
+    SUMMARY: ("user_id",),  # top: 0 is valid (no top lists); test_top_outside_0_to_100_is_a_field_error
     QUERIES: ("user_id", "limit"),
 }
 NOT_A_BIGINT = [
@@ -123,6 +123,11 @@ async def test_whole_numbers_outside_their_range_or_not_plain_digits_are_field_e
         for name in names:
             with subtests.test(path=path, parameter=name):
                 field_error(await client.get(path, params={name: value}, headers=admin), name)
+
+
+@pytest.mark.parametrize("value", [value for value in NOT_A_BIGINT if value != "0"] + ["101"])
+async def test_top_outside_0_to_100_is_a_field_error(client, admin, value):
+    field_error(await client.get(SUMMARY, params={"top": value}, headers=admin), "top")
 
 
 async def test_the_largest_bigint_is_a_user_id_like_any_other(client, admin, subtests):
