@@ -18,14 +18,16 @@ import asyncpg
 import httpx
 import msgspec
 import pytest
+import uvloop
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.audit.pipeline.metrics import AuditMetrics, unwritten_events
 from app.audit.pipeline.publisher import AuditPublisher
 from app.audit.pipeline.writer import AuditWriter
 from app.core.errors import LimiterUnavailable
-from app.core.redis import create_redis
+from app.core.redis import ClusterNodeConnection, create_cluster, create_redis
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings, asyncpg_url
 from app.ratelimit.limiter import LoginLimiter
@@ -160,6 +162,31 @@ async def test_an_unreachable_node_fails_only_its_own_calls(on_cluster: Settings
     assert failed and all(isinstance(r, LimiterUnavailable) for r in failed)
     assert len(failed) < len(clients)
     assert all(r.remaining == on_cluster.rate_limit_login_failures - 2 for r in results if not isinstance(r, Exception))
+
+
+def test_a_node_that_hangs_up_before_the_first_command_is_a_connection_error(cluster: LocalCluster) -> None:
+    """uvloop (what uvicorn runs) raises RuntimeError writing to a closed transport; that must read as a lost node.
+
+    Seen in the failover test: a connection made just before the master died, its HELLO written
+    after the transport closed, answered the login with 500 instead of 503.
+    """
+
+    async def write_after_hang_up() -> None:
+        client = create_cluster(cluster.seed_url)
+        try:
+            await client.initialize()
+            assert {node.connection_class for node in client.get_nodes()} == {ClusterNodeConnection}
+            connection = client.get_primaries()[0].acquire_connection()
+            await connection.connect()
+            assert connection._writer is not None
+            connection._writer.transport.abort()  # the node hung up; the loop closes the transport
+            await asyncio.sleep(0.01)
+            with pytest.raises(RedisConnectionError):
+                await connection.send_command("PING")
+        finally:
+            await client.aclose()
+
+    uvloop.run(write_after_hang_up())
 
 
 # ---- the login endpoint on a cluster, 2 workers --------------------------------------------------------
