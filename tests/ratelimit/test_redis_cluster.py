@@ -263,6 +263,47 @@ async def test_events_spread_over_the_masters_are_written_exactly_once_by_writer
     assert metrics.value("events_duplicate") == 50
 
 
+async def test_a_master_down_for_good_holds_up_only_its_own_streams(settings: Settings, tmp_path: Path) -> None:
+    """No replica, full coverage not required: the other masters serve on, and the writer drains them."""
+    with local_cluster(tmp_path / "partial", masters=3) as partial:
+        for node in partial.masters:
+            with node.client() as client:
+                client.config_set("cluster-require-full-coverage", "no")
+        own = settings_with(settings, redis_url=partial.seed_url, redis_cluster=True, audit_flush_ms=50)
+        assert own.database_url
+        keys = KeySpace(own.redis_key_prefix, own.redis_shards)
+        redis = create_redis(own)
+        engine = create_async_engine(asyncpg_url(own.database_url), pool_size=4)
+        metrics = AuditMetrics()
+        events = [login_event(n) for n in range(600)]
+        clients = [f"client-{n % 40}" for n in range(len(events))]
+        try:
+            publisher = AuditPublisher(redis, keys, engine, metrics)
+            for event, client in zip(events, clients, strict=True):
+                await publisher.publish(event, client)
+            # The seed node, the one the client discovered the cluster from (if it owns a stream).
+            owners = [partial.master_of_key(stream) for stream in keys.audit_streams()]
+            dead = partial.masters[0] if partial.masters[0] in owners else owners[0]
+            lost = {stream for stream, owner in zip(keys.audit_streams(), owners, strict=True) if owner is dead}
+            surviving = [stream for stream in keys.audit_streams() if stream not in lost]
+            written = [
+                e for e, c in zip(events, clients, strict=True) if keys.audit_stream(keys.shard_of(c)) not in lost
+            ]
+            assert 0 < len(written) < len(events)  # events on the dead master and on the others
+            dead.kill()
+            writer = AuditWriter(redis, keys, engine, own, metrics)
+            writer.start()
+            deadline = time.monotonic() + 30
+            while sum([await redis.xlen(stream) for stream in surviving]):
+                assert time.monotonic() < deadline, "the streams of the masters still up were not drained"
+                await asyncio.sleep(0.1)
+            await writer.stop()  # and it stops, with a master gone
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+        await test_audit_faults.assert_stored_exactly_once(own.database_url.replace("+asyncpg", ""), written)
+
+
 def settings_with(settings: Settings, **changes: Any) -> Settings:
     return msgspec.structs.replace(settings, **changes)
 
