@@ -8,11 +8,13 @@ batch of script calls, a read over several audit streams, one script over severa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TypeAlias, TypeGuard
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 from app.core.settings import Settings
@@ -50,14 +52,33 @@ def create_redis(settings: Settings) -> RedisClient:
     return Redis(connection_pool=pool)
 
 
+class ClusterNodeConnection(Connection):
+    """A node connection on which a write to a transport closed under it is a ``ConnectionError``.
+
+    When a node dies between the TCP connect and the first command (``HELLO``), asyncio's own loop
+    reports a lost connection, but uvloop (what uvicorn runs) raises ``RuntimeError: unable to
+    perform operation on <TCPTransport closed=True>``. redis-py passes that through untouched, so
+    the limiter answered 500 instead of failing closed with 503, and redis-py's own slot-map refresh
+    after a connection error never ran (seen in the failover test, docs/redis-cluster.md).
+    """
+
+    async def _send_packed_command(self, command: Iterable[bytes]) -> None:
+        try:
+            await super()._send_packed_command(command)
+        except RuntimeError as exc:
+            raise RedisConnectionError(f"Error writing to {self.host}:{self.port}: {exc}") from exc
+
+
 def create_cluster(seed_url: str) -> RedisCluster:
     """A cluster client that discovers the nodes from ``seed_url`` and never silently re-sends.
 
     No retries, as for one server: a command whose node died may have run, so it is reported, not
     re-sent. Redirections are a different matter: ``MOVED`` and ``ASK`` mean the node did not run
     the command, and redis-py follows them (and refreshes its slot map after a connection error).
+    Every node's connections time out (2 s a command, 1 s a connect): a dead node is an error soon,
+    never a wait.
     """
-    return RedisCluster.from_url(
+    cluster = RedisCluster.from_url(
         seed_url,
         max_connections=CLUSTER_NODE_POOL_SIZE,
         socket_timeout=2.0,
@@ -65,3 +86,10 @@ def create_cluster(seed_url: str) -> RedisCluster:
         retry=Retry(NoBackoff(), 0),
         health_check_interval=15,
     )
+    # RedisCluster takes no connection class: set it on the seed node and on the keyword arguments
+    # every node discovered later is built from (redis-py 8.1; tests/ratelimit/test_redis_cluster.py
+    # checks that it holds).
+    cluster.connection_kwargs["connection_class"] = ClusterNodeConnection
+    for node in cluster.nodes_manager.startup_nodes.values():
+        node.connection_class = ClusterNodeConnection
+    return cluster

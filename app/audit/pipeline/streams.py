@@ -5,7 +5,9 @@ Each function is one Redis conversation about the shard streams; none keeps stat
 
 On Redis Cluster (``REDIS_CLUSTER=true``) a command over several shard streams would cross hash
 slots, which Redis refuses: there the reads, the acknowledgement and the backlog probe go out as
-one command per stream (per slot), in a cluster pipeline, so one round trip per master.
+one command per stream (per slot), one pipeline per master. A master that does not answer fails
+only the streams it owns: the reads, group creations and acknowledgements raise
+:class:`StreamsUnavailable` naming them, with what the other masters answered.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import datetime
 import logging
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any, TypedDict
 
 from redis.asyncio.cluster import RedisCluster
@@ -65,6 +67,20 @@ class Backlog(TypedDict):
     lag_seconds: float
 
 
+class StreamsUnavailable(RedisError):
+    """Redis Cluster: the masters owning ``failed`` (stream -> error) did not answer; the others did.
+
+    What the others were asked was done: ``reply`` holds what a read returned from them. Only a
+    cluster raises it; one Redis fails as a whole.
+    """
+
+    def __init__(self, failed: Mapping[str, BaseException], reply: StreamReply | None = None) -> None:
+        first = next(iter(failed.values()))
+        super().__init__(f"{len(failed)} audit streams unavailable ({type(first).__name__}: {first})")
+        self.failed = dict(failed)
+        self.reply: StreamReply = reply or []
+
+
 def _raw_reply(response: Any, **options: Any) -> Any:
     return response
 
@@ -113,20 +129,65 @@ async def _read_group_per_stream(
 
     Not blocking: a blocking read holds its node's connection until it times out, and the streams
     of every master are read in the same round. Finding nothing, it waits ``block_ms`` instead, as
-    a blocking read that timed out would have.
+    a blocking read that timed out would have. Streams whose master failed: :class:`StreamsUnavailable`,
+    carrying what the other streams returned.
     """
-    pipe = cluster.pipeline(transaction=False)
-    for stream, start in start_ids.items():
-        pipe.xreadgroup(group, consumer, {stream: start}, count=count)
-    results = await pipe.execute(raise_on_error=False)
-    _raise_first_error(results)
+    names = list(start_ids)
+    results = await _per_master(
+        cluster, names, lambda pipe, i: pipe.xreadgroup(group, consumer, {names[i]: start_ids[names[i]]}, count=count)
+    )
     reply: StreamReply = []
-    for result in results:
+    failed: dict[str, BaseException] = {}
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, Exception):
+            failed[name] = result
+            continue
         pairs = result.items() if isinstance(result, dict) else (result or [])
         reply.extend((text(stream), messages) for stream, messages in pairs)
+    if failed:
+        raise StreamsUnavailable(failed, reply)
     if not any(messages for _, messages in reply) and block_ms:
         await asyncio.sleep(block_ms / 1000)
     return reply
+
+
+async def _per_master(cluster: RedisCluster, keys: Sequence[str], add: Callable[[Any, int], object]) -> list[Any]:
+    """Per key, the reply of the command ``add(pipe, index)`` queued for ``keys[index]``, or its master's error.
+
+    One pipeline per master, all at once. Not redis-py's one cluster pipeline over every master:
+    it raises the first master's connection error for the whole pipeline (it gathers the masters'
+    pipelines without ``return_exceptions``), although the other masters ran their commands, so a
+    dead master stopped the writer on every master.
+    """
+    await cluster.initialize()  # the slot map on first use; a no-op afterwards
+    outcome: list[Any] = [None] * len(keys)
+    by_master: dict[str, list[int]] = defaultdict(list)
+    for index, key in enumerate(keys):
+        try:
+            node = cluster.get_node_from_key(key)
+        except (RedisError, RedisClusterException) as exc:  # a slot no master owns (yet)
+            outcome[index] = exc
+            continue
+        by_master[node.name if node is not None else ""].append(index)
+
+    async def send(indices: list[int]) -> list[Any]:
+        pipe = cluster.pipeline(transaction=False)
+        for index in indices:
+            add(pipe, index)
+        return await pipe.execute(raise_on_error=False)
+
+    groups = list(by_master.values())
+    results = await asyncio.gather(*(send(indices) for indices in groups), return_exceptions=True)
+    for indices, result in zip(groups, results, strict=True):
+        if isinstance(result, BaseException) and not isinstance(result, Exception):
+            raise result  # cancelled, not a Redis answer
+        for position, index in enumerate(indices):
+            outcome[index] = result if isinstance(result, Exception) else result[position]
+    return outcome
+
+
+def _failures(keys: Sequence[str], results: Sequence[Any]) -> dict[str, BaseException]:
+    return {key: result for key, result in zip(keys, results, strict=True) if isinstance(result, Exception)}
 
 
 async def after_redis_error(redis: RedisClient) -> None:
@@ -142,15 +203,16 @@ async def after_redis_error(redis: RedisClient) -> None:
             logger.warning("audit: Redis Cluster slot map refresh failed (%s: %s)", type(exc).__name__, exc)
 
 
-def _raise_first_error(results: Sequence[Any]) -> None:
-    """A cluster pipeline's own raise prefixes the message; the writer looks for ``NOGROUP`` first."""
-    for result in results:
-        if isinstance(result, Exception):
-            raise result
-
-
 async def ensure_groups(redis: RedisClient, streams: Sequence[str], group: str) -> None:
     """Create the consumer group on every shard stream (from the start, so nothing is skipped)."""
+    if isinstance(redis, RedisCluster):
+        results = await _per_master(
+            redis, streams, lambda pipe, i: pipe.xgroup_create(streams[i], group, id="0", mkstream=True)
+        )
+        failed = {stream: exc for stream, exc in _failures(streams, results).items() if "BUSYGROUP" not in str(exc)}
+        if failed:
+            raise StreamsUnavailable(failed)
+        return
     pipe = redis.pipeline(transaction=False)
     for stream in streams:
         pipe.xgroup_create(stream, group, id="0", mkstream=True)
@@ -175,22 +237,33 @@ async def claim_idle(
 
 async def forget_stale_consumers(redis: RedisClient, streams: Sequence[str], group: str, idle_ms: int) -> None:
     """Drop consumers idle over ``idle_ms`` with nothing pending (only ever those: that is safe)."""
+    if isinstance(redis, RedisCluster):  # housekeeping: a master that does not answer is skipped
+        infos = await _per_master(redis, streams, lambda pipe, i: pipe.xinfo_consumers(streams[i], group))
+        gone = _stale(streams, infos, idle_ms)
+        if gone:
+            keys = [stream for stream, _ in gone]
+            await _per_master(redis, keys, lambda pipe, i: pipe.xgroup_delconsumer(gone[i][0], group, gone[i][1]))
+        return
     pipe = redis.pipeline(transaction=False)
     for stream in streams:
         pipe.xinfo_consumers(stream, group)
-    replies = await pipe.execute(raise_on_error=False)
-    stale = [
+    stale = _stale(streams, await pipe.execute(raise_on_error=False), idle_ms)
+    if stale:
+        pipe = redis.pipeline(transaction=False)
+        for stream, name in stale:
+            pipe.xgroup_delconsumer(stream, group, name)
+        await pipe.execute(raise_on_error=False)
+
+
+def _stale(streams: Sequence[str], replies: Sequence[Any], idle_ms: int) -> list[tuple[str, Any]]:
+    """(stream, consumer) of the consumers idle over ``idle_ms`` with nothing pending; errors skipped."""
+    return [
         (stream, consumer["name"])
         for stream, consumers in zip(streams, replies, strict=True)
         if isinstance(consumers, list)
         for consumer in consumers
         if consumer["pending"] == 0 and consumer["idle"] > idle_ms
     ]
-    if stale:
-        pipe = redis.pipeline(transaction=False)
-        for stream, name in stale:
-            pipe.xgroup_delconsumer(stream, group, name)
-        await pipe.execute(raise_on_error=False)
 
 
 async def acknowledge(redis: RedisClient, group: str, entries: Sequence[tuple[str, bytes | str]]) -> None:
@@ -202,10 +275,12 @@ async def acknowledge(redis: RedisClient, group: str, entries: Sequence[tuple[st
         return
     # EVAL, not EVALSHA: no NOSCRIPT after a Redis restart, no SCRIPT EXISTS round trip.
     if isinstance(redis, RedisCluster):
-        pipe = redis.pipeline(transaction=False)
-        for stream, ids in by_stream.items():
-            pipe.eval(ACK_AND_DELETE, 1, stream, group, b" ".join(ids))
-        _raise_first_error(await pipe.execute(raise_on_error=False))
+        names = list(by_stream)
+        results = await _per_master(
+            redis, names, lambda pipe, i: pipe.eval(ACK_AND_DELETE, 1, names[i], group, b" ".join(by_stream[names[i]]))
+        )
+        if failed := _failures(names, results):
+            raise StreamsUnavailable(failed)
         return
     await redis.eval(ACK_AND_DELETE, len(by_stream), *by_stream, group, *(b" ".join(ids) for ids in by_stream.values()))
 

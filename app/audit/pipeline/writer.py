@@ -14,7 +14,10 @@ Lua script per stream). So, at every instant:
 Entries that are not login events go to the dead-letter stream with their raw fields; nothing is
 dropped silently. Postgres down: the batch is retried with capped exponential backoff, nothing
 read further, nothing acknowledged. Redis down: the same backoff, then the groups are re-created
-if Redis came back empty, and the writer's own pending entries are re-read.
+if Redis came back empty, and the writer's own pending entries are re-read. On Redis Cluster a
+master that does not answer holds up only its own streams: they are put aside and tried again
+(slot map refreshed first) while the other masters' streams are read, written and acknowledged
+as usual; once it (or its promoted replica) answers, their pending entries are read again.
 
 This module is the loop; ``batcher.py`` holds the pure decoding and batching, ``streams.py`` the
 Redis conversations.
@@ -31,7 +34,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -43,8 +46,15 @@ from app.audit.pipeline.events import stream_fields
 from app.audit.pipeline.metrics import AuditMetrics, shared_metrics
 from app.audit.pipeline.partitions import PartitionMaintenance
 from app.audit.pipeline.store import InsertMethod, is_data_error, store_events
-from app.audit.pipeline.streams import GROUP, STALE_CONSUMER_MS, Backlog, read_backlog_by_stream, unwritten_events
-from app.core.redis import RedisClient
+from app.audit.pipeline.streams import (
+    GROUP,
+    STALE_CONSUMER_MS,
+    Backlog,
+    StreamsUnavailable,
+    read_backlog_by_stream,
+    unwritten_events,
+)
+from app.core.redis import RedisClient, is_cluster
 from app.core.redis_keys import KeySpace, stream_share
 from app.core.settings import Settings
 
@@ -54,6 +64,11 @@ YIELD_EVERY = 500  # entries decoded between turns of the event loop
 # A blocking read longer than the client's socket timeout (2 s) would look like a dead Redis.
 MAX_BLOCK_MS = 1000
 BACKLOG_REFRESH_SECONDS = 1.0
+# Redis Cluster: a stream whose master did not answer is tried again after the first delay, doubling
+# up to the cap, after a slot-map refresh (at most one a second: a failover takes seconds anyway).
+STREAM_RETRY_FIRST_SECONDS = 0.5
+STREAM_RETRY_CAP_SECONDS = 2.0
+SLOT_MAP_REFRESH_SECONDS = 1.0
 
 
 def default_consumer_name() -> str:
@@ -133,6 +148,10 @@ class AuditWriter:
         self._groups_ready = False
         self._next_claim = 0.0
         self._next_backlog = 0.0
+        self._cluster = is_cluster(redis)
+        # Cluster: streams whose master did not answer -> (when to try again, the backoff to it).
+        self._set_aside: dict[str, tuple[float, Backoff]] = {}
+        self._next_slot_map_refresh = 0.0
         self._partitions = PartitionMaintenance(engine, settings.audit_partitions_ahead)  # months ahead, hourly
 
     def _queue_depth(self) -> int:
@@ -150,6 +169,7 @@ class AuditWriter:
             self._queue = asyncio.Queue(maxsize=self._queue_depth())  # nothing left from a cancelled run
             self._batcher.take()  # entries of a cancelled run stay pending in Redis and are re-read
             self._groups_ready = False
+            self._set_aside.clear()  # every stream's own pending entries are re-read anyway
             self._task = asyncio.get_running_loop().create_task(self.run(), name=f"audit-writer:{self.consumer}")
         return self._task
 
@@ -232,6 +252,8 @@ class AuditWriter:
                     await self._settle_in_hand()  # our own pending entries are then only the stuck ones
                     await self.ensure_groups()
                     await self._recover_own_pending()
+                if self._set_aside and time.monotonic() >= min(at for at, _ in self._set_aside.values()):
+                    await self._retry_set_aside()
                 if time.monotonic() >= self._next_claim:
                     await self._settle_in_hand()
                     await self.claim_abandoned()
@@ -242,16 +264,20 @@ class AuditWriter:
                     await self._pause(self._partial_due - time.monotonic())
                     if self._stopping.is_set():
                         continue
-                    await self._dispatch(await self._read(self._new_entries, block=False))
+                    await self._dispatch(await self._read(self._new_entry_ids(), block=False))
                     if not self._behind:
                         await self._flush_partial()
                     continue
                 # Behind (the last read was full): read on at once, no waiting for a batch to fill.
-                await self._dispatch(await self._read(self._new_entries, block=not self._behind))
+                await self._dispatch(await self._read(self._new_entry_ids(), block=not self._behind))
                 backoff.reset()
                 if time.monotonic() >= self._next_backlog:
                     self._next_backlog = time.monotonic() + BACKLOG_REFRESH_SECONDS
-                    await self.backlog()
+                    await self._refresh_backlog()
+            except StreamsUnavailable as exc:
+                # Cluster: an acknowledgement of dead-lettered or vanished entries met a master that
+                # did not answer; its streams wait, the others go on.
+                self._put_aside(exc.failed)
             except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 if isinstance(exc, ResponseError) and str(exc).startswith("NOGROUP"):
                     # Redis lost the stream or group (restarted without persistence, key deleted).
@@ -272,12 +298,16 @@ class AuditWriter:
 
     async def ensure_groups(self) -> None:
         """Create the consumer group on every shard stream (from the start, so nothing is skipped)."""
-        await streams.ensure_groups(self.redis, self.streams, self.group)
+        try:
+            await streams.ensure_groups(self.redis, self.streams, self.group)
+        except StreamsUnavailable as exc:  # cluster: created on the masters that answered
+            self._put_aside(exc.failed)
         self._groups_ready = True
 
-    async def _recover_own_pending(self) -> None:
+    async def _recover_own_pending(self, among: Sequence[str] | None = None) -> None:
         """Entries this consumer read but never acknowledged (a reused name, or a lost ACK reply)."""
-        cursors: dict[str, bytes | str] = dict.fromkeys(self.streams, "0")
+        names = [stream for stream in (self.streams if among is None else among) if stream not in self._set_aside]
+        cursors: dict[str, bytes | str] = dict.fromkeys(names, "0")
         while cursors and not self._stopping.is_set():
             reply = await self._read(cursors, block=False)
             # Walk each stream's pending list forward; a stream with nothing more drops out.
@@ -288,23 +318,98 @@ class AuditWriter:
         """Take over entries pending longer than ``audit_claim_idle_ms`` (their reader likely died)."""
         self._next_claim = time.monotonic() + self.claim_interval
         for stream in self.streams:
-            pages = streams.claim_idle(
-                self.redis, stream, self.group, self.consumer, self.claim_idle_ms, self.batch_size
-            )
-            async with contextlib.aclosing(pages):
-                async for claimed in pages:
-                    logger.info("audit writer %s claimed %d abandoned entries", self.consumer, len(claimed))
-                    await self._dispatch([(stream, claimed)])
-                    if self._stopping.is_set():
-                        break
+            if stream in self._set_aside:
+                continue
+            try:
+                await self._claim_idle(stream)
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+                if not self._cluster:
+                    raise
+                self._put_aside({stream: exc})  # its master did not answer: the other streams go on
+            if self._stopping.is_set():
+                break
         # Consumers of stopped processes, once idle well past any claim: only ones with nothing pending.
         idle_ms = max(STALE_CONSUMER_MS, 10 * self.claim_idle_ms)
         await streams.forget_stale_consumers(self.redis, self.streams, self.group, idle_ms)
 
+    async def _claim_idle(self, stream: str) -> None:
+        pages = streams.claim_idle(self.redis, stream, self.group, self.consumer, self.claim_idle_ms, self.batch_size)
+        async with contextlib.aclosing(pages):
+            async for claimed in pages:
+                logger.info("audit writer %s claimed %d abandoned entries", self.consumer, len(claimed))
+                await self._dispatch([(stream, claimed)])
+                if self._stopping.is_set():
+                    return
+
+    def _new_entry_ids(self) -> dict[str, bytes | str]:
+        if not self._set_aside:
+            return self._new_entries
+        return {stream: ">" for stream in self.streams if stream not in self._set_aside}
+
+    def _put_aside(self, failed: Mapping[str, BaseException]) -> None:
+        """Cluster: these streams' master did not answer; try them again later, read the others meanwhile."""
+        now = time.monotonic()
+        fresh = [stream for stream in failed if stream not in self._set_aside]
+        for stream in failed:
+            backoff = self._set_aside[stream][1] if stream in self._set_aside else self._stream_backoff()
+            self._set_aside[stream] = (now + backoff.next(), backoff)
+        if fresh:
+            self.metrics.write_errors.inc()
+            exc = failed[fresh[0]]
+            logger.warning(
+                "audit writer: %d streams unavailable (%s: %s); the other masters' streams go on",
+                len(fresh),
+                type(exc).__name__,
+                str(exc)[:200],
+            )
+
+    @staticmethod
+    def _stream_backoff() -> Backoff:
+        return Backoff(STREAM_RETRY_FIRST_SECONDS, STREAM_RETRY_CAP_SECONDS)
+
+    async def _retry_set_aside(self) -> None:
+        """The streams put aside whose time has come: the slot map, their groups, then our pending entries."""
+        now = time.monotonic()
+        due = [stream for stream, (at, _) in self._set_aside.items() if at <= now]
+        await self._refresh_slot_map()
+        await self._settle_in_hand()  # what is in flight is not read again as pending
+        try:
+            await streams.ensure_groups(self.redis, due, self.group)  # a promoted replica may lack them
+        except StreamsUnavailable as exc:
+            self._put_aside(exc.failed)
+            due = [stream for stream in due if stream not in exc.failed]
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+            self._put_aside(dict.fromkeys(due, exc))
+            return
+        for stream in due:
+            del self._set_aside[stream]
+        if due:
+            logger.info("audit writer: %d streams answer again; re-reading their pending entries", len(due))
+            # Read before the master failed and never acknowledged (the reply or the ACK was lost, or
+            # the ACK was not attempted): written again, absorbed by the idempotent insert.
+            await self._recover_own_pending(due)
+
+    async def _refresh_slot_map(self) -> None:
+        if time.monotonic() >= self._next_slot_map_refresh:
+            self._next_slot_map_refresh = time.monotonic() + SLOT_MAP_REFRESH_SECONDS
+            await streams.after_redis_error(self.redis)
+
+    async def _refresh_backlog(self) -> None:
+        try:
+            await self.backlog()
+        except (RedisError, RedisClusterException, OSError, TimeoutError):
+            if not self._cluster:
+                raise
+            # A master that does not answer: the reads put its streams aside; the gauges wait.
+
     async def _read(self, start_ids: dict[str, bytes | str], *, block: bool) -> StreamReply:
-        reply = await streams.read_group(
-            self._reader, self.group, self.consumer, start_ids, self.batch_size, self.block_ms if block else None
-        )
+        try:
+            reply = await streams.read_group(
+                self._reader, self.group, self.consumer, start_ids, self.batch_size, self.block_ms if block else None
+            )
+        except StreamsUnavailable as exc:  # cluster: what the masters that answered returned
+            self._put_aside(exc.failed)
+            reply = exc.reply
         self._behind = any(len(messages) >= self.batch_size for _, messages in reply)
         return reply
 
@@ -417,11 +522,19 @@ class AuditWriter:
             await self._write([item])
 
     async def _acknowledge_committed(self, batch: Batch) -> None:
-        """The rows are in; keep trying to acknowledge (a lost ACK only means a harmless redelivery)."""
+        """The rows are in; keep trying to acknowledge (a lost ACK only means a harmless redelivery).
+
+        On a cluster a master that does not answer is not waited for (each wait would hold up the
+        next commits): its streams are put aside, and once it answers their pending entries are
+        read again, found written, and acknowledged then.
+        """
         backoff = Backoff()
         while True:
             try:
                 await self._acknowledge([(stream, entry_id) for stream, entry_id, _ in batch])
+                return
+            except StreamsUnavailable as exc:
+                self._put_aside(exc.failed)
                 return
             except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 self._raise_if_giving_up(len(batch), exc)
@@ -429,6 +542,8 @@ class AuditWriter:
                 await self._pause(backoff.next(), until_given_up=True)
 
     async def _acknowledge(self, entries: Sequence[tuple[str, bytes | str]]) -> None:
+        if self._set_aside:  # cluster: re-read once their master answers, and acknowledged then
+            entries = [entry for entry in entries if entry[0] not in self._set_aside]
         await streams.acknowledge(self.redis, self.group, entries)
 
     async def _dead_letter(self, invalid: Sequence[tuple[Entry, str]], *, acknowledge: bool = True) -> None:
