@@ -1,0 +1,37 @@
+"""The single-server Redis client as the app builds it, on the real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import pytest
+import uvloop
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from app.core.redis import TcpConnection, create_redis
+from app.core.settings import Settings
+
+
+def test_a_server_that_hangs_up_before_the_first_command_is_a_connection_error(settings: Settings) -> None:
+    """uvloop (what uvicorn runs) raises RuntimeError writing to a closed transport; the limiter must
+    read that as a lost Redis (503, fail closed), not as a bug (500)."""
+    if not (settings.redis_url or "").startswith("redis://"):
+        pytest.skip("a TCP Redis URL")
+
+    async def write_after_hang_up() -> None:
+        client = create_redis(msgspec.structs.replace(settings, redis_cluster=False))
+        assert isinstance(client, Redis)
+        try:
+            assert client.connection_pool.connection_class is TcpConnection
+            connection = await client.connection_pool.get_connection()
+            assert connection._writer is not None  # type: ignore[attr-defined]
+            connection._writer.transport.abort()  # type: ignore[attr-defined]  # Redis hung up
+            await asyncio.sleep(0.01)
+            with pytest.raises(RedisConnectionError):
+                await connection.send_command("PING")
+        finally:
+            await client.aclose()
+
+    uvloop.run(write_after_hang_up())
