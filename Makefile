@@ -57,7 +57,7 @@ format: install ## Apply ruff's fixes and formatting
 	"$(VENV)/bin/ruff" check --fix-only $(LINT_PATHS)
 	"$(VENV)/bin/ruff" format $(LINT_PATHS)
 
-bench: install ## Run every benchmark and rewrite docs/benchmarks.md (needs wrk; ~15 min)
+bench: install ## Run every benchmark and rewrite docs/benchmarks.md (needs wrk; ~20 min)
 	"$(VENV)/bin/python" -m bench
 
 clean: ## Remove .venv, caches and build output (keeps .data, the local database)
