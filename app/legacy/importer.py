@@ -75,6 +75,7 @@ ON CONFLICT (id) DO NOTHING
 RETURNING id
 """  # noqa: S608 (fixed column names)
 LEGACY_CHANNEL = "http"  # login_attempts.channel's default, which the COPY leaves in place
+assert "channel" not in HISTORY_COLUMNS, "count the rows' own channel into the rollups"
 
 INSERT_HISTORY = f"""
 INSERT INTO login_attempts ({", ".join(HISTORY_COLUMNS)})

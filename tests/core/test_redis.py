@@ -10,7 +10,7 @@ import uvloop
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.core.redis import TcpConnection, create_redis
+from app.core.redis import TcpConnection, TlsConnection, create_cluster, create_redis
 from app.core.settings import Settings
 
 
@@ -35,3 +35,13 @@ def test_a_server_that_hangs_up_before_the_first_command_is_a_connection_error(s
             await client.aclose()
 
     uvloop.run(write_after_hang_up())
+
+
+def test_a_tls_cluster_keeps_its_tls_connections() -> None:
+    """rediss:// seeds build TLS node connections (with their ssl_* options), guarded like the TCP ones."""
+    cluster = create_cluster("rediss://127.0.0.1:7000/0")
+    assert cluster.connection_kwargs["connection_class"] is TlsConnection
+    seed = next(iter(cluster.nodes_manager.startup_nodes.values()))
+    assert seed.connection_class is TlsConnection
+    connection = seed.connection_class(**seed.connection_kwargs)  # what a node's pool builds; no server needed
+    assert isinstance(connection, TlsConnection)

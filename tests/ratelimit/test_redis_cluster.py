@@ -27,7 +27,7 @@ from app.audit.pipeline.metrics import AuditMetrics, unwritten_events
 from app.audit.pipeline.publisher import AuditPublisher
 from app.audit.pipeline.writer import AuditWriter
 from app.core.errors import LimiterUnavailable
-from app.core.redis import ClusterNodeConnection, create_cluster, create_redis
+from app.core.redis import TcpConnection, create_cluster, create_redis
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings, asyncpg_url
 from app.ratelimit.limiter import LoginLimiter
@@ -176,7 +176,7 @@ def test_a_node_that_hangs_up_before_the_first_command_is_a_connection_error(clu
         client = create_cluster(cluster.seed_url)
         try:
             await client.initialize()
-            assert {node.connection_class for node in client.get_nodes()} == {ClusterNodeConnection}
+            assert {node.connection_class for node in client.get_nodes()} == {TcpConnection}
             connection = client.get_primaries()[0].acquire_connection()
             await connection.connect()
             assert connection._writer is not None

@@ -26,6 +26,14 @@ class AuditQueryTimeout(AppError):
     message = "This query took too long. Narrow the time range or filter by phone number or IP address."
 
 
+class AuditReadConflict(AppError):
+    """A read that lost a lock conflict with a change of the tables themselves (a migration, retention)."""
+
+    status_code = 503
+    code = "audit_busy"
+    message = "The login history is being reorganised. Try again in a few seconds."
+
+
 @asynccontextmanager
 async def pooled_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """The asyncpg connection under one of the app's pooled SQLAlchemy connections."""
@@ -56,9 +64,12 @@ async def read_transaction(
 @asynccontextmanager
 async def api_read(engine: AsyncEngine, *, snapshot: bool = False) -> AsyncIterator[Any]:
     """An audit read for the API: its statements stop after API_STATEMENT_TIMEOUT_MS, and a
-    statement stopped that way is the client's 503 ``audit_query_timeout``, never a 500."""
+    statement stopped that way is the client's 503 ``audit_query_timeout``, never a 500. One chosen
+    as a deadlock's victim (a migration locking the tables in the other order) is a 503 too."""
     try:
         async with read_transaction(engine, timeout_ms=API_STATEMENT_TIMEOUT_MS, snapshot=snapshot) as conn:
             yield conn
     except asyncpg.QueryCanceledError as exc:  # statement_timeout
         raise AuditQueryTimeout() from exc
+    except (asyncpg.DeadlockDetectedError, asyncpg.LockNotAvailableError) as exc:
+        raise AuditReadConflict(headers={"Retry-After": "5"}) from exc

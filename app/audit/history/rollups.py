@@ -24,10 +24,9 @@ HOUR = datetime.timedelta(hours=1)
 
 
 def answerable(request: SummaryRequest) -> bool:
-    """The rollups hold hour, outcome, reason and channel: the request filters on nothing else, by hour or day."""
+    """The rollups hold hour, outcome, reason and channel: the request filters on nothing else."""
     filters = request.filters
-    others = (filters.phone_number, filters.ip, filters.auth_method, filters.user_id)
-    return request.bucket in ("hour", "day") and all(value is None for value in others)
+    return all(value is None for value in (filters.phone_number, filters.ip, filters.auth_method, filters.user_id))
 
 
 def _whole_hours(since: datetime.datetime, until: datetime.datetime) -> tuple[datetime.datetime, datetime.datetime]:
@@ -38,9 +37,10 @@ def _whole_hours(since: datetime.datetime, until: datetime.datetime) -> tuple[da
     return first, until.replace(minute=0, second=0, microsecond=0)
 
 
-def _counted_sql(request: SummaryRequest, params: SqlParams) -> str | None:
-    """The request's attempts as (start, success, refused, channel, attempts) rows: the rollups of its
-    whole hours and its ragged ends' rows one by one; None when the rollups cannot answer."""
+def _counted_sql(request: SummaryRequest, params: SqlParams, unit: str) -> str | None:
+    """The request's attempts as (start, success, refused, channel, attempts) rows, ``start`` truncated
+    to ``unit`` (hour or day): the rollups of its whole hours and its ragged ends' rows one by one;
+    None when the rollups cannot answer."""
     from app.audit.history.attempts import REFUSAL_REASONS
 
     if not answerable(request):
@@ -49,7 +49,6 @@ def _counted_sql(request: SummaryRequest, params: SqlParams) -> str | None:
     if first >= end:
         return None  # less than an hour: the rows are few
     refusals = params.add(list(REFUSAL_REASONS))
-    unit = request.bucket  # one of two constants, never client text
     filters = request.filters
     kept = AttemptFilters(success=filters.success, reasons=filters.reasons, channel=filters.channel)
     rollup_conditions = [*filter_conditions(kept, params), f"hour >= {params.add(first)}", f"hour < {params.add(end)}"]
@@ -78,11 +77,13 @@ SUMS = """coalesce(sum(counted.attempts) FILTER (WHERE counted.success), 0)::int
 
 def rollup_buckets_sql(request: SummaryRequest) -> tuple[str, list[Any]] | None:
     """The summary's buckets from the rollups (same columns as ``buckets_sql``), or None if they cannot answer."""
+    if request.bucket == "minute":
+        return None  # an hour's rollup cannot be split into minutes
     params = SqlParams()
-    counted = _counted_sql(request, params)
+    unit = request.bucket  # hour or day, never client text
+    counted = _counted_sql(request, params, unit)
     if counted is None:
         return None
-    unit = request.bucket  # one of two constants, never client text
     since, until = params.add(request.since), params.add(request.until)
     sql = f"""
 SELECT bucket.start AT TIME ZONE 'UTC' AS start, {SUMS}
@@ -99,9 +100,10 @@ ORDER BY bucket.start"""  # noqa: S608 (names are constants, values parameters)
 
 
 def rollup_channels_sql(request: SummaryRequest, channels: tuple[str, ...]) -> tuple[str, list[Any]] | None:
-    """The totals by channel from the rollups (same columns as ``channels_sql``), or None if they cannot answer."""
+    """The totals by channel from the rollups (same columns as ``channels_sql``), or None if they
+    cannot answer; whatever the request's buckets, since totals do not depend on them."""
     params = SqlParams()
-    counted = _counted_sql(request, params)
+    counted = _counted_sql(request, params, "hour")
     if counted is None:
         return None
     sql = f"""

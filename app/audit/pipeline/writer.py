@@ -330,7 +330,8 @@ class AuditWriter:
                 break
         # Consumers of stopped processes, once idle well past any claim: only ones with nothing pending.
         idle_ms = max(STALE_CONSUMER_MS, 10 * self.claim_idle_ms)
-        await streams.forget_stale_consumers(self.redis, self.streams, self.group, idle_ms)
+        answering = [stream for stream in self.streams if stream not in self._set_aside]
+        await streams.forget_stale_consumers(self.redis, answering, self.group, idle_ms)
 
     async def _claim_idle(self, stream: str) -> None:
         pages = streams.claim_idle(self.redis, stream, self.group, self.consumer, self.claim_idle_ms, self.batch_size)
@@ -353,12 +354,15 @@ class AuditWriter:
         for stream in failed:
             backoff = self._set_aside[stream][1] if stream in self._set_aside else self._stream_backoff()
             self._set_aside[stream] = (now + backoff.next(), backoff)
-        if fresh:
+        # Said once per outage of a master; an error reply (WRONGTYPE, OOM) is said at every retry,
+        # since it will not go away by itself.
+        replies = [stream for stream in failed if isinstance(failed[stream], ResponseError)]
+        if said := fresh or replies:
             self.metrics.write_errors.inc()
-            exc = failed[fresh[0]]
+            exc = failed[said[0]]
             logger.warning(
                 "audit writer: %d streams unavailable (%s: %s); the other masters' streams go on",
-                len(fresh),
+                len(said),
                 type(exc).__name__,
                 str(exc)[:200],
             )

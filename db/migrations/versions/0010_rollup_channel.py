@@ -6,10 +6,16 @@ partial index ``ix_login_attempts_pin_locked`` (time, with the number included) 
 ``pin_locked`` refusals of a range without reading the table, so a summary with ``top=0`` reads
 no row of a whole hour.
 
-Upgrade recounts the rollups from the rows (one GROUP BY over ``login_attempts``: seconds per
-million rows), with inserts into the audit table held off meanwhile (a SHARE lock: the writer's
-batches wait in Redis, the API's reads go on), so the rollups equal the rows when it commits.
-Downgrade sums the channels back together.
+Upgrade builds the index, then recounts the rollups from the rows (one GROUP BY over
+``login_attempts``: seconds per million rows), with inserts into the audit table held off
+meanwhile (a SHARE lock: the writer's batches wait in Redis; pages and exports go on, summaries
+wait for the recount), so the rollups equal the rows when it commits. Downgrade sums the channels
+back together.
+
+Deploy: the writers of the code before and after this revision write different rollup keys, so
+stop the old processes' writers before upgrading (the service's own start-up upgrade does it in
+the right order for a single host; with several hosts, stop them all, upgrade, start the new
+code). Entries wait in Redis meanwhile; nothing is lost.
 
 Revision ID: 0010_rollup_channel
 Revises: 0009_admin
@@ -31,6 +37,14 @@ KEY = "pk_login_attempts_hourly"
 
 def upgrade() -> None:
     op.execute("LOCK TABLE login_attempts IN SHARE MODE")
+    op.create_index(
+        op.f("ix_login_attempts_pin_locked"),
+        "login_attempts",
+        ["created_at"],
+        postgresql_include=["phone_number"],
+        postgresql_where=sa.text("reason = 'pin_locked'"),
+    )
+    # The rollups are locked only for the recount, after the index is built.
     op.execute("LOCK TABLE login_attempts_hourly IN ACCESS EXCLUSIVE MODE")
     op.drop_constraint(op.f(KEY), "login_attempts_hourly", type_="primary")
     op.add_column("login_attempts_hourly", sa.Column("channel", sa.String(length=8), nullable=True))
@@ -45,13 +59,6 @@ def upgrade() -> None:
         op.f("ck_login_attempts_hourly_channel"), "login_attempts_hourly", "channel IN ('http', 'ussd')"
     )
     op.create_primary_key(op.f(KEY), "login_attempts_hourly", ["hour", "success", "reason", "channel"])
-    op.create_index(
-        op.f("ix_login_attempts_pin_locked"),
-        "login_attempts",
-        ["created_at"],
-        postgresql_include=["phone_number"],
-        postgresql_where=sa.text("reason = 'pin_locked'"),
-    )
 
 
 def downgrade() -> None:

@@ -8,11 +8,13 @@ import datetime
 import gc
 import io
 import json
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
+import asyncpg
 import pytest
 
 from app.audit.history import connections as audit_connections
@@ -20,6 +22,7 @@ from app.audit.history.cursor import Cursor
 from app.audit.history.export import STOP_GRACE_SECONDS
 from app.audit.history.summary import parse_summary_request, pin_locked_sql
 from tests.audit.history.support import BASE_TIME, Row, insert_rows, staff_headers, staff_token
+from tests.conftest import plain_dsn
 from tests.helpers import bearer, e164, new_phone
 
 ATTEMPTS = "/api/audit/login-attempts"
@@ -517,6 +520,39 @@ async def test_summary_counts_buckets_clients_phones_and_pin_locks(client, db):
     assert {key: value for key, value in counts_only.items() if not key.startswith("top_")} == {
         key: value for key, value in body.items() if not key.startswith("top_")
     }
+
+
+async def test_a_summary_chosen_as_a_deadlock_victim_is_a_503(client, db, settings):
+    """A migration that locks login_attempts and then the rollups, while a summary holds the rollups
+    and waits for login_attempts: Postgres breaks the deadlock by failing the summary (which waited
+    first), and the client gets a 503 to retry, not a 500."""
+    headers = await staff_headers(client, db, "security")
+    params = {"since": "2026-11-01", "until": "2026-11-07", "bucket": "hour", "top": "0"}
+    took_attempts, done = threading.Event(), threading.Event()
+
+    def migration() -> None:  # its own thread and loop: the test client blocks this loop while it runs
+        async def run() -> None:
+            conn = await asyncpg.connect(plain_dsn(settings))
+            try:
+                async with conn.transaction():
+                    await conn.execute("LOCK TABLE login_attempts IN ACCESS EXCLUSIVE MODE")
+                    took_attempts.set()
+                    await asyncio.sleep(0.3)  # the summary has read the rollups and waits for the rows
+                    await conn.execute("LOCK TABLE login_attempts_hourly IN ACCESS EXCLUSIVE MODE")
+            finally:
+                await conn.close()
+                done.set()
+
+        asyncio.run(run())
+
+    thread = threading.Thread(target=migration)
+    thread.start()
+    assert took_attempts.wait(10)
+    response = await client.get(SUMMARY, params=params, headers=headers)
+    thread.join(20)
+    assert done.is_set()
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "audit_busy" and response.headers["retry-after"] == "5"
 
 
 async def test_pin_locked_numbers_are_found_through_their_partial_index(db):
