@@ -12,7 +12,7 @@ Side by side in one run, on the same servers and table (medians of ``--repeat`` 
      group, as an API with that many workers runs them; timed from the moment all have joined;
 (d)  partitioned vs unpartitioned, same run: the writer's insert of ``audit_batch_size``-row batches
      (COPY + the hourly rollups in one transaction) into the partitioned table, against the plain
-     batch COPY the writer did before into the table as migration 0002 left it (a second scratch
+     batch COPY the writer did before into the table as migration 0007 left it (a second scratch
      database), interleaved batch by batch; target (d) >= 0.9;
 (c)  lag at a steady 1,000 events/s for ``--lag-seconds``: the publisher and a writer in one event
      loop (as in an API process); per event, the row's insert time (``clock_timestamp()`` default of
@@ -178,7 +178,7 @@ class Bench:
             await flat.close()
             await partitioned.close()
         for kind, label in (
-            (False, "(d)  unpartitioned (0002), batch COPY"),
+            (False, "(d)  unpartitioned (0007), batch COPY"),
             (True, "(d)  partitioned + rollups, writer"),
         ):
             runs = ", ".join(f"{rate:,.0f}" for rate in rates[kind])
@@ -327,7 +327,8 @@ class Bench:
 def main(args: argparse.Namespace) -> int:
     # The servers' set-up runs its own event loops, so it stays outside the measuring one.
     with servers(args.database_url, args.redis_url) as settings, migrations.scratch_database(settings) as flat:
-        migrations.upgrade(flat, "0002")  # the table as it was before partitioning
+        # The table as it was before partitioning, with every column the writer now sends (0007).
+        migrations.upgrade(flat, "0007_channel")
         assert flat.database_url
         asyncio.run(
             measure(
