@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 import pytest
@@ -25,16 +26,23 @@ def test_a_server_that_hangs_up_before_the_first_command_is_a_connection_error(s
         assert isinstance(client, Redis)
         try:
             assert client.connection_pool.connection_class is TcpConnection
-            connection = await client.connection_pool.get_connection()
-            assert connection._writer is not None  # type: ignore[attr-defined]
-            connection._writer.transport.abort()  # type: ignore[attr-defined]  # Redis hung up
-            await asyncio.sleep(0.01)
-            with pytest.raises(RedisConnectionError):
-                await connection.send_command("PING")
+            await assert_a_write_after_hang_up_is_a_connection_error(await client.connection_pool.get_connection())
         finally:
             await client.aclose()
 
     uvloop.run(write_after_hang_up())
+
+
+async def assert_a_write_after_hang_up_is_a_connection_error(connection: Any) -> None:
+    """Redis hangs up on ``connection`` (the loop closes the transport); writing then must be a
+    ``ConnectionError`` (tests/ratelimit/test_redis_cluster.py uses it on a cluster node too)."""
+    if not connection.is_connected:
+        await connection.connect()
+    assert connection._writer is not None
+    connection._writer.transport.abort()
+    await asyncio.sleep(0.01)
+    with pytest.raises(RedisConnectionError):
+        await connection.send_command("PING")
 
 
 def test_a_tls_cluster_keeps_its_tls_connections() -> None:

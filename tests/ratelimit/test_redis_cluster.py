@@ -20,7 +20,6 @@ import msgspec
 import pytest
 import uvloop
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.audit.pipeline.metrics import AuditMetrics, unwritten_events
@@ -33,6 +32,7 @@ from app.core.settings import Settings, asyncpg_url
 from app.ratelimit.limiter import LoginLimiter
 from tests.audit.pipeline import test_faults as test_audit_faults
 from tests.cluster import LocalCluster, local_cluster
+from tests.core.test_redis import assert_a_write_after_hang_up_is_a_connection_error
 from tests.factories import login_event
 from tests.helpers import STRONG_PASSWORD
 from tests.servers import api_server
@@ -177,13 +177,7 @@ def test_a_node_that_hangs_up_before_the_first_command_is_a_connection_error(clu
         try:
             await client.initialize()
             assert {node.connection_class for node in client.get_nodes()} == {TcpConnection}
-            connection = client.get_primaries()[0].acquire_connection()
-            await connection.connect()
-            assert connection._writer is not None
-            connection._writer.transport.abort()  # the node hung up; the loop closes the transport
-            await asyncio.sleep(0.01)
-            with pytest.raises(RedisConnectionError):
-                await connection.send_command("PING")
+            await assert_a_write_after_hang_up_is_a_connection_error(client.get_primaries()[0].acquire_connection())
         finally:
             await client.aclose()
 
