@@ -37,11 +37,11 @@ from app.admin.service import (
     MAX_PER_PAGE,
     AdminService,
     ResetPasswordRetired,
-    StaffActor,
     UserQuery,
     is_panel_admin,
 )
 from app.audit.history.params import Params
+from app.audit.history.query_log import actor_of
 from app.core.errors import FieldError, FieldErrors, PermissionDenied, ValidationFailed, error_responses
 from app.db.models import USER_TYPES, User
 
@@ -60,12 +60,6 @@ async def provide_panel_admin(current_user: NamedDependency[User]) -> User:
 
 async def provide_admin_service(db_session: NamedDependency[AsyncSession], state: State) -> AdminService:
     return AdminService(db_session, state.hasher, state.limiter, state.redis, state.session_tracker, state.settings)
-
-
-def staff_actor(user: User, request: Request[Any, Any, Any], state: State) -> StaffActor:
-    address = state.client_resolver.address_of(request.scope)
-    name = user.phone_number or f"user {user.id}"
-    return StaffActor(name, "api", user.id, str(address) if address is not None else None)
 
 
 def _query(description: str) -> Any:
@@ -153,7 +147,7 @@ class AdminController(Controller):
     ) -> UserResponse:
         account, user_type = clean_new_user(data, state.settings.default_phone_region)
         user = await admin_service.create_user(
-            staff_actor(panel_admin, request, state),
+            actor_of(panel_admin, request, state),
             name=account.name,
             phone_number=account.phone_number,
             password=account.password,
@@ -188,7 +182,7 @@ class AdminController(Controller):
         admin_service: NamedDependency[AdminService],
         state: State,
     ) -> UserResponse:
-        user = await admin_service.toggle_status(staff_actor(panel_admin, request, state), user_id)
+        user = await admin_service.toggle_status(actor_of(panel_admin, request, state), user_id)
         message = "User activated successfully" if user.is_active else "User deactivated successfully"
         return UserResponse(message=message, user=AdminUserView.of(user))
 
@@ -205,7 +199,7 @@ class AdminController(Controller):
         user_type = (data.user_type or "").strip().lower()
         if user_type not in USER_TYPES:
             raise ValidationFailed([FieldError("user_type", USER_TYPE_MESSAGE)])
-        user = await admin_service.change_user_type(staff_actor(panel_admin, request, state), user_id, user_type)
+        user = await admin_service.change_user_type(actor_of(panel_admin, request, state), user_id, user_type)
         return UserResponse(message=f"User role changed to {user_type}", user=AdminUserView.of(user))
 
     @delete("/{user_id:int}", status_code=200, summary="Deactivate and erase personal data", responses=CHANGE_ERRORS)
@@ -217,7 +211,7 @@ class AdminController(Controller):
         admin_service: NamedDependency[AdminService],
         state: State,
     ) -> MessageResponse:
-        await admin_service.delete_user(staff_actor(panel_admin, request, state), user_id)
+        await admin_service.delete_user(actor_of(panel_admin, request, state), user_id)
         return MessageResponse(message="User deleted successfully")
 
     @patch(
@@ -233,7 +227,7 @@ class AdminController(Controller):
         admin_service: NamedDependency[AdminService],
         state: State,
     ) -> MessageResponse:
-        await admin_service.record_reset_refused(staff_actor(panel_admin, request, state), user_id)
+        await admin_service.record_reset_refused(actor_of(panel_admin, request, state), user_id)
         raise ResetPasswordRetired(state.settings.recovery_ttl_hours)
 
     @post(
@@ -250,7 +244,7 @@ class AdminController(Controller):
         admin_service: NamedDependency[AdminService],
         state: State,
     ) -> RecoveryResponse:
-        recovery = await admin_service.issue_recovery(staff_actor(panel_admin, request, state), user_id)
+        recovery = await admin_service.issue_recovery(actor_of(panel_admin, request, state), user_id)
         return RecoveryResponse(
             message=(
                 "Read this one-time code to the user. They sign in with it as their password, once, "
@@ -274,7 +268,7 @@ class AdminController(Controller):
         admin_service: NamedDependency[AdminService],
         state: State,
     ) -> UnlockResponse:
-        cleared = await admin_service.unlock(staff_actor(panel_admin, request, state), user_id)
+        cleared = await admin_service.unlock(actor_of(panel_admin, request, state), user_id)
         return UnlockResponse(message="Sign-in locks lifted for this number", locks_cleared=cleared)
 
     @delete(
@@ -292,5 +286,5 @@ class AdminController(Controller):
         admin_service: NamedDependency[AdminService],
         state: State,
     ) -> SessionEndedResponse:
-        await admin_service.end_session(staff_actor(panel_admin, request, state), user_id, session_id)
+        await admin_service.end_session(actor_of(panel_admin, request, state), user_id, session_id)
         return SessionEndedResponse(message="Session ended", session_id=session_id)

@@ -20,7 +20,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import phonenumbers
 from sqlalchemy import ColumnElement, and_, func, or_, select, update
@@ -33,6 +33,7 @@ from app.accounts.service import RefreshTokenService, UserService, utcnow
 from app.accounts.sessions import SessionUseTracker, SessionView, end_session, live_sessions
 from app.admin.recovery import canonical_recovery_code, new_recovery_code
 from app.audit.history.admin_actions import AdminActionName
+from app.audit.history.query_log import Actor
 from app.core.errors import AppError, Conflict
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.core.redis import RedisClient
@@ -90,16 +91,6 @@ class ResetPasswordRetired(AdminRefusal):
             f"code to the user. It works for one sign-in, as their password, within {ttl_hours} hours; right "
             "after it they set a new password and PIN in their settings."
         )
-
-
-@dataclass(frozen=True, slots=True)
-class StaffActor:
-    """Who acts: a signed-in staff account (API) or an operator at a shell (CLI)."""
-
-    name: str
-    origin: Literal["api", "cli"]
-    user_id: int | None = None
-    client_ip: str | None = None
 
 
 def is_panel_admin(user: User) -> bool:
@@ -190,9 +181,7 @@ class AdminService:
         self.tracker = tracker
         self.settings = settings
 
-    async def record(
-        self, actor: StaffActor, action: AdminActionName, target_user_id: int | None, **details: Any
-    ) -> None:
+    async def record(self, actor: Actor, action: AdminActionName, target_user_id: int | None, **details: Any) -> None:
         self.session.add(
             AdminAction(
                 actor_user_id=actor.user_id,
@@ -264,7 +253,7 @@ class AdminService:
 
     async def create_user(
         self,
-        actor: StaffActor,
+        actor: Actor,
         *,
         name: str,
         phone_number: str,
@@ -300,7 +289,7 @@ class AdminService:
         )
         return list(rows.all())
 
-    async def _guarded_target(self, actor: StaffActor, user_id: int, doing: str) -> User:
+    async def _guarded_target(self, actor: Actor, user_id: int, doing: str) -> User:
         """The target, locked, after the admins' rows; refused when it is the actor or the last admin."""
         admins = await self._lock_admins()
         target = await self.get_user(user_id, lock=True)
@@ -314,7 +303,7 @@ class AdminService:
         await self.tokens.revoke_all(user.id, reason=reason)
         await self.tracker.forget(user.id)
 
-    async def toggle_status(self, actor: StaffActor, user_id: int) -> User:
+    async def toggle_status(self, actor: Actor, user_id: int) -> User:
         target = await self.get_user(user_id)
         if target.is_active:
             target = await self._guarded_target(actor, user_id, "deactivate")
@@ -328,7 +317,7 @@ class AdminService:
             await self.record(actor, "activate", target.id)
         return target
 
-    async def change_user_type(self, actor: StaffActor, user_id: int, user_type: str) -> User:
+    async def change_user_type(self, actor: Actor, user_id: int, user_type: str) -> User:
         target = await self.get_user(user_id)
         demotes = is_panel_admin(target) and user_type != "admin" and target.role != "admin"
         target = await (
@@ -341,7 +330,7 @@ class AdminService:
         await self.record(actor, "change_role", target.id, user_type=user_type, previous_user_type=previous)
         return target
 
-    async def delete_user(self, actor: StaffActor, user_id: int) -> None:
+    async def delete_user(self, actor: Actor, user_id: int) -> None:
         """Deactivate and erase the personal data; the login history stays until AUDIT_RETENTION_DAYS."""
         target = await self._guarded_target(actor, user_id, "delete")
         await self._end_every_session(target, "deleted")
@@ -370,13 +359,13 @@ class AdminService:
         )
         await self.record(actor, "delete", target.id)
 
-    async def record_reset_refused(self, actor: StaffActor, user_id: int) -> None:
+    async def record_reset_refused(self, actor: Actor, user_id: int) -> None:
         """The old button was pressed: recorded (and committed: the caller answers 409), nothing changed."""
         target = await self.get_user(user_id)
         await self.record(actor, "reset_password_refused", target.id)
         await self.session.commit()
 
-    async def issue_recovery(self, actor: StaffActor, user_id: int) -> Recovery:
+    async def issue_recovery(self, actor: Actor, user_id: int) -> Recovery:
         """A one-time temporary password; every session ends and the number's locks are lifted."""
         target = await self.get_user(user_id, lock=True)
         if not target.is_active:
@@ -400,7 +389,7 @@ class AdminService:
         deleted: int = await self.redis.delete(*keys)
         return deleted
 
-    async def unlock(self, actor: StaffActor, user_id: int) -> int:
+    async def unlock(self, actor: Actor, user_id: int) -> int:
         target = await self.get_user(user_id)
         cleared = await self.clear_locks(target.phone_number)
         await self.record(actor, "unlock", target.id, locks_cleared=cleared)
@@ -409,7 +398,7 @@ class AdminService:
     async def sessions(self, user_id: int) -> list[SessionView]:
         return await live_sessions(self.tokens, self.tracker, user_id)
 
-    async def end_session(self, actor: StaffActor, user_id: int, family: uuid.UUID) -> None:
+    async def end_session(self, actor: Actor, user_id: int, family: uuid.UUID) -> None:
         target = await self.get_user(user_id)
         await end_session(self.tokens, self.tracker, target.id, family)
         await self.record(actor, "end_session", target.id, session_id=str(family))

@@ -16,7 +16,7 @@ from app.core.cli import load_settings
 from app.core.settings import Settings
 
 if TYPE_CHECKING:
-    from app.admin.service import StaffActor
+    from app.audit.history.query_log import Actor
 
 T = TypeVar("T")
 
@@ -60,11 +60,10 @@ def _run(work: Callable[..., Awaitable[T]]) -> T:
             raise click.ClickException(exc.message) from exc
 
 
-def _shell_actor() -> StaffActor:
-    from app.admin.service import StaffActor
+def _shell_actor() -> Actor:
     from app.audit.history.query_log import Actor
 
-    return StaffActor(Actor.from_shell().name, "cli")
+    return Actor.from_shell()
 
 
 @click.command("recover", help="Issue a one-time temporary password (ends every session, lifts the locks).")

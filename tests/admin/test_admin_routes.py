@@ -311,12 +311,13 @@ async def admin_services(settings, count: int):
 
 
 async def test_the_only_admin_is_kept_even_from_the_command_line(client, db, settings):
-    from app.admin.service import LastAdmin, StaffActor
+    from app.admin.service import LastAdmin
+    from app.audit.history.query_log import Actor
 
     _, only = await panel_admin(client, db)
     async with admin_services(settings, 1) as (service,):
         with pytest.raises(LastAdmin):
-            await service.toggle_status(StaffActor("ops@host", "cli"), only["user_id"])
+            await service.toggle_status(Actor("ops@host", "cli"), only["user_id"])
     assert await db.fetchval("SELECT is_active FROM users WHERE id = $1", only["user_id"]) is True
 
 
@@ -333,11 +334,12 @@ async def test_two_admins_removed_at_once_leave_one(client, db, settings, remova
 
     Without the lock both would count two admins, both go ahead, and no admin would be left.
     """
-    from app.admin.service import LastAdmin, StaffActor
+    from app.admin.service import LastAdmin
+    from app.audit.history.query_log import Actor
 
     first_id = (await panel_admin(client, db))[1]["user_id"]
     second_id = (await panel_admin(client, db))[1]["user_id"]
-    operator = StaffActor("ops@host", "cli")
+    operator = Actor("ops@host", "cli")
     remove = REMOVALS[removal]
     async with admin_services(settings, 2) as (first, second):
         await remove(first, operator, first_id)  # done, not committed: its locks are held

@@ -29,8 +29,8 @@ from app.audit.history.export import MEDIA_TYPES, ExportFormat, ExportSlots, exp
 from app.audit.history.filters import parse_page_request
 from app.audit.history.query_log import (
     Action,
-    Actor,
     AuditQueryPage,
+    actor_of,
     fetch_query_log,
     parse_query_log_request,
     record_query,
@@ -88,17 +88,6 @@ class ExportOperation(Operation):
                 MEDIA_TYPES[fmt]: OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, description=description))
                 for fmt, description in EXPORT_DESCRIPTIONS.items()
             }
-
-
-def actor_of(user: User, request: Request[Any, Any, Any], state: State) -> Actor:
-    peer = request.scope.get("client")
-    address = state.client_resolver.resolve(peer[0] if peer else None, request.scope["headers"])
-    return Actor(
-        name=user.phone_number or f"account {user.id}",  # phone-less accounts cannot sign in; for the types
-        origin="api",
-        user_id=user.id,
-        client_ip=str(address) if address is not None else None,
-    )
 
 
 def _filter_params(**values: str | None) -> dict[str, str | None]:

@@ -12,13 +12,19 @@ import getpass
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from app.audit.history.cursor import Cursor, read_cursor
 from app.audit.history.filters import read_limit
 from app.audit.history.params import Params
+
+if TYPE_CHECKING:
+    from litestar import Request
+    from litestar.datastructures import State
+
+    from app.db.models import User
 
 Origin = Literal["api", "cli", "service"]  # service: a platform service's credential (app/platform)
 # grant_role: `users create-admin --promote` gave an account a staff role.
@@ -47,12 +53,23 @@ class Actor:
     client_ip: str | None = None
 
     @classmethod
+    def of_account(cls, user_id: int, phone_number: str | None, address: object | None) -> Actor:
+        """A signed-in account calling the API from ``address`` (its resolved client address)."""
+        # Phone-less accounts cannot sign in; the fallback is for the types.
+        return cls(phone_number or f"account {user_id}", "api", user_id, str(address) if address is not None else None)
+
+    @classmethod
     def from_shell(cls) -> Actor:
         try:
             user = getpass.getuser()
         except (KeyError, OSError):
             user = "unknown"
         return cls(name=f"{user}@{socket.gethostname()}"[:255], origin="cli")
+
+
+def actor_of(user: User, request: Request[Any, Any, Any], state: State) -> Actor:
+    """The signed-in staff account making ``request``, as the audit records name it (admin too)."""
+    return Actor.of_account(user.id, user.phone_number, state.client_resolver.address_of(request.scope))
 
 
 INSERT = """
