@@ -18,10 +18,7 @@ from app.accounts.controller import AuthController
 from app.accounts.deps import AUTH_DEPENDENCIES
 from app.accounts.guards import ROLE_DEPENDENCIES
 from app.accounts.passwords import Hasher
-from app.accounts.relay import AccountEventRelay
-from app.accounts.sessions import SessionsController, SessionUseTracker
 from app.accounts.settings_controller import SettingsController
-from app.accounts.tokens import TokenIssuer
 from app.admin.controller import AdminController
 from app.audit.history.admin_actions import AdminActionsController
 from app.audit.history.controller import AuditController
@@ -39,6 +36,7 @@ from app.core.redis import create_redis
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings
 from app.db.config import sqlalchemy_config
+from app.events.relay import AccountEventRelay
 from app.health import HealthChecks, HealthController, database_check
 from app.keys.keyring import KeyRingRefresher, load_keyring
 from app.login.controller import LoginController
@@ -46,6 +44,8 @@ from app.login.gate import LoginGate
 from app.platform.controller import FORM_BODY_PATHS, FORM_MEDIA_TYPE, PLATFORM_HANDLERS
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
+from app.sessions.controller import SessionsController
+from app.sessions.tokens import TokenIssuer
 from app.ussd.controller import USSD_HANDLERS
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
@@ -102,7 +102,6 @@ def create_app(settings: Settings) -> Litestar:
             settings.trusted_proxies, settings.rate_limit_ipv6_prefix, forwarded_headers=settings.forwarded_header
         )
         app.state.limiter = LoginLimiter(redis, settings)
-        app.state.session_tracker = SessionUseTracker(redis, settings)
         app.state.audit_publisher = AuditPublisher(redis, keys, engine, metrics, max_backlog=settings.audit_max_backlog)
         app.state.export_slots = ExportSlots(settings.audit_export_concurrency)
         app.state.audit_writer = None
@@ -130,7 +129,6 @@ def create_app(settings: Settings) -> Litestar:
             await app.state.audit_writer.stop()  # drains what it read before the pool closes
         if app.state.account_relay is not None:
             await app.state.account_relay.stop()
-        await app.state.session_tracker.flush()
         await app.state.redis.aclose()
         app.state.hasher.close()
 

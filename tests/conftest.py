@@ -28,7 +28,15 @@ from app.db import migrations
 TEST_JWT_SECRET = "test-jwt-secret-" + "x" * 32
 TEST_PIN_PEPPER = "test-pin-pepper-" + "y" * 32
 TEST_SIGNING_KEYS_SECRET = "test-signing-keys-" + "z" * 32
-TABLES = ("login_attempts", "login_attempts_hourly", "refresh_tokens", "users", "account_events", "admin_actions")
+TABLES = (
+    "login_attempts",
+    "login_attempts_hourly",
+    "refresh_tokens",
+    "sessions",
+    "users",
+    "account_events",
+    "admin_actions",
+)
 
 
 @pytest.fixture(scope="session")

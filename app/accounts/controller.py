@@ -1,117 +1,34 @@
-"""HTTP side of the accounts API (register, refresh, logout, profile): the Flask-era paths and JSON shapes."""
+"""HTTP side of the accounts API (register, profile): the Flask-era paths and JSON shapes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-import msgspec
 from litestar import Controller, Request, Response, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.openapi.spec import Operation, RequestBody
-from litestar.params import Body, JSONBody
+from litestar.params import JSONBody
 
-from app.accounts.deps import bearer_token
 from app.accounts.forms import clean_profile_update, clean_registration
 from app.accounts.identifiers import IdentifierChanges
 from app.accounts.reauth import Reauthentication, RequestOrigin
-from app.accounts.schemas import (
-    AuthResponse,
-    MessageResponse,
-    ProfileResponse,
-    ProfileUpdateRequest,
-    RefreshRequest,
-    RefreshResponse,
-    RegisterRequest,
-    UserView,
-)
-from app.accounts.service import AuthService, RefreshForm, Session
-from app.accounts.tokens import TokenClaims
-from app.core.errors import (
-    AppError,
-    InvalidToken,
-    LimiterUnavailable,
-    NotAuthenticated,
-    RateLimited,
-    UnsupportedMediaType,
-    error_responses,
-)
-from app.core.http import user_agent_of
+from app.accounts.schemas import AuthResponse, ProfileResponse, ProfileUpdateRequest, RegisterRequest
+from app.accounts.service import AuthService
+from app.core.errors import LimiterUnavailable, RateLimited, error_responses
+from app.core.http import BODY_ERRORS
 from app.db.models import User
 from app.ratelimit.limiter import Decision, LoginLimiter, rate_limit_headers
-
-
-def user_agent(request: Request[Any, Any, Any]) -> str | None:
-    return user_agent_of(request.headers.get("user-agent"))
-
-
-async def touch_session(state: State, request: Request[Any, Any, Any], session: Session) -> None:
-    """The session's last use (app/accounts/sessions.py): on sign-in and refresh, never per request."""
-    if not state.session_tracker.enabled:
-        return
-    address = state.client_resolver.address_of(request.scope)
-    claims = session.access.claims
-    ip = str(address) if address is not None else None
-    await state.session_tracker.touch(claims.user_id, claims.session_id, ip, request.headers.get("user-agent"))
+from app.sessions.deps import client_use
+from app.sessions.tokens import TokenClaims
 
 
 def request_origin(request: Request[Any, Any, Any], state: State) -> RequestOrigin:
-    address = state.client_resolver.address_of(request.scope)
+    use = client_use(request, state)
     return RequestOrigin(
-        ip_address=str(address) if address is not None else None,
-        user_agent=user_agent(request),
+        ip_address=use.ip_address,
+        user_agent=use.user_agent,
         request_id=(request.headers.get("x-request-id") or "")[:64] or None,
     )
-
-
-def _expires_in(session: Session) -> int:
-    claims = session.access.claims
-    return int((claims.expires_at - claims.issued_at).total_seconds())
-
-
-def auth_response(session: Session, message: str, **extra: Any) -> AuthResponse:
-    assert session.refresh is not None
-    return AuthResponse(
-        message=message,
-        access_token=session.access.token,
-        refresh_token=session.refresh.token,
-        expires_in=_expires_in(session),
-        user_id=session.user.id,
-        user_type=session.user.user_type,
-        user=UserView.of(session.user),
-        **extra,
-    )
-
-
-_refresh_body: msgspec.json.Decoder[RefreshRequest | None] = msgspec.json.Decoder(RefreshRequest | None)
-
-
-async def _optional_json_body(request: Request[Any, Any, Any]) -> RefreshRequest | None:
-    """Refresh and logout accept no body at all (Flask-era header form), JSON ``null``, or a JSON object."""
-    body = await request.body()
-    if not body.strip():
-        return None
-    if "json" not in request.headers.get("content-type", "application/json"):
-        raise UnsupportedMediaType()
-    try:
-        return _refresh_body.decode(body)
-    except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
-        raise AppError("The request body has the wrong shape.", code="validation_error") from exc
-    except msgspec.DecodeError as exc:
-        raise AppError("The request body is not valid JSON.", code="malformed_json") from exc
-
-
-BODY_ERRORS = (400, 413, 415)
-
-
-@dataclass
-class OptionalBodyOperation(Operation):
-    """Refresh and logout also take no body at all (the Flask-era header form)."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.request_body, RequestBody):
-            self.request_body.required = False
 
 
 async def take_register_budget(limiter: LoginLimiter, client_key: str, state: State) -> Decision | None:
@@ -156,74 +73,9 @@ class AuthController(Controller):
         decision = await take_register_budget(state.limiter, state.client_resolver.client_key(address), state)
         headers = rate_limit_headers("register", decision) if decision else {}
         account = clean_registration(data, state.settings.default_phone_region)
-        session = await auth_service.register(account, user_agent(request))
-        body = auth_response(session, "Registration successful", pin_enabled=session.user.enable_pin_auth)
+        sign_in = await auth_service.register(account, client_use(request, state))
+        body = AuthResponse.of(sign_in, "Registration successful", pin_enabled=sign_in.user.enable_pin_auth)
         return Response(body, status_code=201, headers=headers)
-
-    @post(
-        "/auth/refresh",
-        status_code=200,
-        summary="New access token from a refresh token (Bearer header, or JSON body which rotates it)",
-        responses=error_responses(*BODY_ERRORS, 401),
-        operation_class=OptionalBodyOperation,
-    )
-    async def refresh(
-        self,
-        request: Request[Any, Any, Any],
-        auth_service: NamedDependency[AuthService],
-        state: State,
-        data: Annotated[RefreshRequest | None, Body(description="Optional: the body form")] = None,
-    ) -> RefreshResponse:
-        body = await _optional_json_body(request)
-        token: str | None
-        form: RefreshForm
-        if body is not None and body.refresh_token:
-            token, form = body.refresh_token, "body"
-        else:
-            token, form = bearer_token(request), "header"
-        if not token:
-            raise NotAuthenticated("Send the refresh token as a Bearer token or as refresh_token.")
-        session = await auth_service.refresh(token, form, user_agent(request))
-        await touch_session(state, request, session)
-        response = RefreshResponse(
-            message="Token refreshed",
-            access_token=session.access.token,
-            expires_in=_expires_in(session),
-        )
-        if session.refresh is not None:
-            response.refresh_token = session.refresh.token
-        return response
-
-    @post(
-        "/auth/logout",
-        status_code=200,
-        summary="End this session: its refresh tokens and access tokens",
-        responses=error_responses(*BODY_ERRORS, 401),
-        operation_class=OptionalBodyOperation,
-    )
-    async def logout(
-        self,
-        request: Request[Any, Any, Any],
-        auth_service: NamedDependency[AuthService],
-        state: State,
-        data: Annotated[RefreshRequest | None, Body(description="Optional: the refresh token")] = None,
-    ) -> MessageResponse:
-        body = await _optional_json_body(request)
-        token = bearer_token(request) or (body.refresh_token if body else None)
-        if not token:
-            raise NotAuthenticated()
-        claims: TokenClaims | None = None
-        for kind in ("access", "refresh"):
-            try:
-                # An expired but genuine token may still end its session.
-                claims = state.token_issuer.decode(token, kind, allow_expired=True)
-                break
-            except InvalidToken:
-                continue
-        if claims is None:
-            raise InvalidToken()
-        await auth_service.logout(claims)
-        return MessageResponse(message="Logged out successfully")
 
     @get(
         ["/auth/profile", "/settings/account"],

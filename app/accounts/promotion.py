@@ -3,7 +3,7 @@
 Anyone can register a staffer's number before the staffer gets an account. Promotion therefore
 shows the operator what the account is (created, last sign-in, live sessions) and, in one
 transaction: sets the password the operator typed (and turns PIN sign-in off, clearing the PIN),
-revokes every session, writes an ``audit_queries`` entry (action ``grant_role``: the security
+ends every session (app/sessions), writes an ``audit_queries`` entry (action ``grant_role``: the security
 team's record of who may read the login history) and the account event.
 """
 
@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.events import AccountEventService
-from app.db.models import AuditQuery, LoginAttempt, RefreshToken, User
+from app.core.settings import Settings
+from app.db.models import AuditQuery, LoginAttempt, Session, User
+from app.events.outbox import AccountEventService
+from app.sessions.service import SessionService, live
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +44,20 @@ async def summarise(session: AsyncSession, phone_number: str) -> AccountSummary 
         )
     )
     live_sessions = await session.scalar(
-        select(func.count(func.distinct(RefreshToken.family_id))).where(
-            RefreshToken.user_id == user.id, RefreshToken.revoked_at.is_(None), RefreshToken.expires_at > func.now()
-        )
+        select(func.count()).select_from(Session).where(Session.user_id == user.id, live())
     )
     return AccountSummary(user.id, user.name, user.role, user.created_at, last_sign_in, int(live_sessions or 0))
 
 
 async def promote(
-    session: AsyncSession, account: AccountSummary, *, role: str, name: str, password_hash: str, actor: str
+    session: AsyncSession,
+    account: AccountSummary,
+    *,
+    role: str,
+    name: str,
+    password_hash: str,
+    actor: str,
+    settings: Settings,
 ) -> int:
     """Make ``account`` the operator's: role, name, password; every session ended. Returns sessions ended."""
     await session.execute(
@@ -58,13 +65,10 @@ async def promote(
         .where(User.id == account.user_id)
         .values(role=role, name=name, password_hash=password_hash, pin_hash=None, enable_pin_auth=False)
     )
-    ended = await session.execute(
-        update(RefreshToken)
-        .where(RefreshToken.user_id == account.user_id, RefreshToken.revoked_at.is_(None))
-        .values(revoked_at=func.now(), revoked_reason="role_granted")
-        .returning(RefreshToken.family_id)
-    )
-    families = {row[0] for row in ended}
+    events = AccountEventService(session=session)
+    await events.role_changed(account.user_id, role, previous_role=account.role)
+    await events.record(account.user_id, "account.credentials_changed", credentials=["password", "pin"])
+    ended = await SessionService(session, None, settings).end_all(account.user_id, "role_granted")
     session.add(
         AuditQuery(
             user_id=account.user_id,
@@ -75,13 +79,9 @@ async def promote(
                 "user_id": account.user_id,
                 "role": role,
                 "previous_role": account.role,
-                "sessions_revoked": len(families),
+                "sessions_revoked": len(ended),
                 "password_set": True,
             },
         )
     )
-    events = AccountEventService(session=session)
-    await events.role_changed(account.user_id, role, previous_role=account.role)
-    await events.record(account.user_id, "account.credentials_changed", credentials=["password", "pin"])
-    await events.sessions_revoked(account.user_id, reason="role_granted")
-    return len(families)
+    return len(ended)

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 from app.accounts.forms import ProfileChanges
 from app.accounts.passwords import Hasher
-from app.accounts.tokens import TokenClaims
 from app.audit.pipeline.events import LoginEvent, encode_event, new_event
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
 from app.core.errors import AccountLocked, AppError, FieldError, LimiterUnavailable, ValidationFailed
 from app.core.settings import Settings
 from app.db.models import User
 from app.ratelimit.limiter import Decision, LoginLimiter, rate_limit_headers
+from app.sessions.tokens import TokenClaims
 
 logger = logging.getLogger(__name__)
 

@@ -7,13 +7,17 @@ for people; :mod:`app.accounts.forms` turns them into checked values or raises `
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from app.accounts import contract
 from app.db.models import User
+from app.sessions.schemas import MessageResponse as MessageResponse  # these routes give the same plain answer
+
+if TYPE_CHECKING:
+    from app.accounts.service import SignIn
 
 # ---- requests ---------------------------------------------------------------------------------
 
@@ -35,10 +39,6 @@ class LoginRequest(msgspec.Struct, kw_only=True):
     phone_number: contract.Phone = None
     password: contract.Password = None
     pin: contract.Pin = None
-
-
-class RefreshRequest(msgspec.Struct, kw_only=True):
-    refresh_token: str | None = None
 
 
 class ProfileUpdateRequest(msgspec.Struct, kw_only=True):
@@ -143,13 +143,20 @@ class AuthResponse(msgspec.Struct, kw_only=True):
     pin_enabled: bool | UnsetType = UNSET
     auth_method: str | UnsetType = UNSET
 
-
-class RefreshResponse(msgspec.Struct, kw_only=True):
-    message: str
-    access_token: str
-    token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
-    expires_in: int
-    refresh_token: str | UnsetType = UNSET
+    @classmethod
+    def of(cls, sign_in: SignIn, message: str, **extra: Any) -> AuthResponse:
+        """The Flask-era sign-in answer: both tokens, the user, and ``extra`` (``pin_enabled``, ``auth_method``)."""
+        access = sign_in.access.claims
+        return cls(
+            message=message,
+            access_token=sign_in.access.token,
+            refresh_token=sign_in.refresh_token,
+            expires_in=int((access.expires_at - access.issued_at).total_seconds()),
+            user_id=sign_in.user.id,
+            user_type=sign_in.user.user_type,
+            user=UserView.of(sign_in.user),
+            **extra,
+        )
 
 
 class ProfileResponse(UserView, kw_only=True):
@@ -170,10 +177,6 @@ class ProfileResponse(UserView, kw_only=True):
         fields: dict[str, Any] = {name: getattr(view, name) for name in view.__struct_fields__}
         fields.update(tokens)
         return cls(**fields, message=message, user=view)
-
-
-class MessageResponse(msgspec.Struct, kw_only=True):
-    message: str
 
 
 def split_name(name: str) -> tuple[str, str]:

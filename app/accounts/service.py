@@ -1,34 +1,28 @@
-"""Account and session rules: registration, sign-in, refresh, sign-out, profile changes.
+"""Account rules: registration, sign-in, profile changes, deactivation (sessions are app/sessions).
 
 No HTTP types here: the controller hands in checked values and gets results or domain errors.
 """
 
 from __future__ import annotations
 
-import datetime
 import uuid
 from dataclasses import dataclass
-from typing import Literal
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import ColumnElement, exists, func, select, update
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 
-from app.accounts.events import AccountEventService
 from app.accounts.forms import Credentials, NewAccount, ProfileChanges
 from app.accounts.passwords import Hasher, Verification
-from app.accounts.tokens import IssuedToken, TokenClaims, TokenIssuer, token_digest
-from app.core.errors import Conflict, FieldError, InvalidCredentials, InvalidToken, ValidationFailed
-from app.core.http import user_agent_of
+from app.core.errors import Conflict, FieldError, InvalidCredentials, ValidationFailed
 from app.core.settings import Settings
-from app.db.models import RefreshToken, User
+from app.db.models import User
+from app.events.outbox import AccountEventService
+from app.sessions.service import ClientUse, SessionService, utcnow
+from app.sessions.tokens import IssuedToken, TokenIssuer
 
-RefreshForm = Literal["header", "body"]
-
-
-def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
+__all__ = ["AuthService", "LoginFailed", "SignIn", "UserService", "canonical_recovery_code", "utcnow"]
 
 
 def canonical_recovery_code(typed: str) -> str:
@@ -52,89 +46,13 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
             setattr(user, key, value)
 
 
-class RefreshTokenService(SQLAlchemyAsyncRepositoryService[RefreshToken]):
-    """The ``refresh_tokens`` table: one row per issued refresh token, a family per session."""
-
-    class Repo(SQLAlchemyAsyncRepository[RefreshToken]):
-        model_type = RefreshToken
-
-    repository_type = Repo
-
-    async def store(self, issued: IssuedToken, user_agent: str | None) -> RefreshToken:
-        claims = issued.claims
-        row = RefreshToken(
-            jti=claims.jti,
-            family_id=claims.session_id,
-            user_id=claims.user_id,
-            token_hash=token_digest(issued.token),
-            expires_at=claims.expires_at,
-            user_agent=user_agent_of(user_agent),
-        )
-        return await self.create(row, auto_commit=False)
-
-    async def live_row(self, token: str, claims: TokenClaims) -> RefreshToken | None:
-        """The row of a presented refresh token, unless it is unknown, forged or revoked."""
-        row = await self.get_one_or_none(RefreshToken.jti == claims.jti)
-        if row is None or row.token_hash != token_digest(token) or row.revoked_at is not None:
-            return None
-        return row
-
-    async def rotate(self, row: RefreshToken, now: datetime.datetime) -> bool:
-        """Mark ``row`` rotated; False when another request rotated it first (then ``row`` is reloaded)."""
-        first = await self.repository.session.execute(
-            update(RefreshToken)
-            .where(RefreshToken.id == row.id, RefreshToken.rotated_at.is_(None))
-            .values(rotated_at=now)
-            .returning(RefreshToken.id)
-        )
-        if first.scalar_one_or_none() is not None:
-            return True
-        await self.repository.session.refresh(row)
-        return False
-
-    async def revoke_family(self, family_id: uuid.UUID, reason: str) -> None:
-        """End one session: every token of the family."""
-        await self._revoke(RefreshToken.family_id == family_id, reason)
-
-    async def revoke_all(self, user_id: int, reason: str, *, keep_family: uuid.UUID | None = None) -> None:
-        """End every session of a user (but ``keep_family``, the one that asked)."""
-        which = RefreshToken.user_id == user_id
-        if keep_family is not None:
-            which = which & (RefreshToken.family_id != keep_family)
-        await self._revoke(which, reason)
-
-    async def _revoke(self, which: ColumnElement[bool], reason: str) -> None:
-        await self.repository.session.execute(
-            update(RefreshToken)
-            .where(which, RefreshToken.revoked_at.is_(None))
-            .values(revoked_at=utcnow(), revoked_reason=reason)
-        )
-
-    async def is_live(self, family_id: uuid.UUID) -> bool:
-        """True while the session has a refresh token neither revoked nor expired.
-
-        One indexed EXISTS, as the revocation check was: a made-up ``sid`` (a token minted with a
-        leaked key) has no row at all, so asking for a live row refuses it as well as a revoked one.
-        """
-        live = await self.repository.session.scalar(
-            select(
-                exists().where(
-                    RefreshToken.family_id == family_id,
-                    RefreshToken.revoked_at.is_(None),
-                    RefreshToken.expires_at > utcnow(),
-                )
-            )
-        )
-        return bool(live)
-
-
 @dataclass(frozen=True, slots=True)
-class Session:
-    """What a successful sign-in, registration or body-form refresh hands the client."""
+class SignIn:
+    """What a successful sign-in or registration hands the client: a new session's tokens."""
 
     user: User
     access: IssuedToken
-    refresh: IssuedToken | None
+    refresh_token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,13 +73,13 @@ class AuthService:
     def __init__(
         self,
         users: UserService,
-        tokens: RefreshTokenService,
+        sessions: SessionService,
         hasher: Hasher,
         issuer: TokenIssuer,
         settings: Settings,
     ) -> None:
         self.users = users
-        self.tokens = tokens
+        self.sessions = sessions
         self.hasher = hasher
         self.issuer = issuer
         self.settings = settings
@@ -171,9 +89,13 @@ class AuthService:
         """End the transaction so the pooled connection goes back before a slow hash."""
         await self.users.repository.session.commit()
 
+    async def commit(self) -> None:
+        """Commit now, for a caller that must know the change is stored before it answers or records."""
+        await self.users.repository.session.commit()
+
     # ---- accounts -----------------------------------------------------------------------------
 
-    async def register(self, account: NewAccount, user_agent: str | None) -> Session:
+    async def register(self, account: NewAccount, use: ClientUse) -> SignIn:
         await self._ensure_unique(account.phone_number, account.email, exclude_id=None)
         password_hash = await self.hasher.hash_password(account.password)
         pin_hash = await self.hasher.hash_pin(account.pin) if account.pin else None
@@ -193,7 +115,7 @@ class AuthService:
         except IntegrityError as exc:  # a concurrent registration won the race
             raise Conflict("An account with this phone number already exists.", code="phone_number_taken") from exc
         await self.events.registered(user)
-        return await self.start_session(user, user_agent)
+        return await self.start_session(user, use)
 
     async def _ensure_unique(self, phone: str | None, email: str | None, exclude_id: int | None) -> None:
         if phone:
@@ -225,11 +147,7 @@ class AuthService:
         else:
             stored = user.password_hash if user else None
             result = await self.hasher.verify_password(stored, credentials.secret, deadline_ms)
-            if (
-                not result.ok
-                and user is not None
-                and await self.signs_in_with_recovery_code(user, credentials.secret, deadline_ms)
-            ):
+            if not result.ok and user is not None and await self.signs_in_with_recovery_code(user, credentials.secret):
                 result = Verification(ok=True)
         if user is None:
             raise LoginFailed(LoginFailure("unknown_account", None))
@@ -246,17 +164,22 @@ class AuthService:
         await self.users.set_columns(user, changes)
         return user
 
-    async def signs_in_with_recovery_code(self, user: User, secret: str, deadline_ms: int | None = None) -> bool:
+    async def signs_in_with_recovery_code(self, user: User, secret: str) -> bool:
         """Support's one-time temporary password (app/admin/recovery.py), typed as the password.
 
         Good for one sign-in before ``recovery_expires_at``: the row is cleared in the sign-in's
         transaction, and a concurrent sign-in with the same code waits for that row lock and then
-        finds nothing to clear. Only accounts with a live code pay for the second verification.
+        finds nothing to clear. The code is random and kept as a keyed digest
+        (:meth:`Hasher.code_matches`), so checking it costs microseconds: a failed sign-in takes as
+        long with a code outstanding as without one.
         """
         if user.recovery_hash is None or user.recovery_expires_at is None or user.recovery_expires_at <= utcnow():
             return False
         candidate = canonical_recovery_code(secret)
-        if not (await self.hasher.verify_password(user.recovery_hash, candidate, deadline_ms)).ok:
+        if user.recovery_hash.startswith("$argon2"):  # issued before codes were digests: good until it expires
+            if not (await self.hasher.verify_password(user.recovery_hash, candidate)).ok:
+                return False
+        elif not self.hasher.code_matches(user.recovery_hash, candidate):
             return False
         consumed = await self.users.repository.session.scalar(
             update(User)
@@ -270,80 +193,13 @@ class AuthService:
         user.recovery_hash = user.recovery_expires_at = None
         return True
 
-    async def start_session(self, user: User, user_agent: str | None) -> Session:
+    async def start_session(self, user: User, use: ClientUse) -> SignIn:
         """A new session, signed in now (its tokens' ``auth_time``)."""
-        family = uuid.uuid4()
-        now = utcnow()
-        access = self.issuer.issue("access", user_id=user.id, role=user.role, session_id=family, auth_time=now)
-        refresh = await self._store_refresh(user, family, user_agent, now)
-        return Session(user=user, access=access, refresh=refresh)
-
-    async def _store_refresh(
-        self, user: User, family: uuid.UUID, user_agent: str | None, auth_time: datetime.datetime | None
-    ) -> IssuedToken:
-        refresh = self.issuer.issue("refresh", user_id=user.id, role=user.role, session_id=family, auth_time=auth_time)
-        await self.tokens.store(refresh, user_agent)
-        return refresh
-
-    # ---- refresh ------------------------------------------------------------------------------
-
-    def _rotates(self, form: RefreshForm) -> bool:
-        mode = self.settings.refresh_rotation
-        return mode == "always" or (mode == "auto" and form == "body")
-
-    async def refresh(self, token: str, form: RefreshForm, user_agent: str | None) -> Session:
-        claims = self.issuer.decode(token, "refresh")
-        row = await self.tokens.live_row(token, claims)
-        if row is None:
-            raise InvalidToken()
-        user = await self._active_user(claims.user_id)
-        now = utcnow()
-        await self._refuse_reuse(row, now)
-        # A refresh is no sign-in: the tokens keep the session's auth_time.
-        signed_in = claims.auth_time
-        if not self._rotates(form):
-            access = self.issuer.issue(
-                "access", user_id=user.id, role=user.role, session_id=row.family_id, auth_time=signed_in
-            )
-            return Session(user=user, access=access, refresh=None)
-
-        if not await self.tokens.rotate(row, now):
-            # Another request rotated it meanwhile: fine inside the grace interval (parallel refreshes).
-            await self._refuse_reuse(row, now)
-        access = self.issuer.issue(
-            "access", user_id=user.id, role=user.role, session_id=row.family_id, auth_time=signed_in
+        started = await self.sessions.start(user.id, use)
+        access = self.issuer.issue_access(
+            user_id=user.id, role=user.role, session_id=started.session_id, auth_time=started.auth_time
         )
-        refresh = await self._store_refresh(user, row.family_id, user_agent, signed_in)
-        return Session(user=user, access=access, refresh=refresh)
-
-    async def _refuse_reuse(self, row: RefreshToken, now: datetime.datetime) -> None:
-        """A rotated token that comes back after the grace interval was probably stolen: end the session."""
-        grace = datetime.timedelta(seconds=self.settings.refresh_reuse_grace_seconds)
-        if row.rotated_at is None or now - row.rotated_at <= grace:
-            return
-        await self.tokens.revoke_family(row.family_id, reason="reuse_detected")
-        await self.tokens.repository.session.commit()  # the revocation must outlive the 401 that follows
-        raise InvalidToken(
-            "This sign-in was used again after it was replaced. Please sign in again.",
-            code="refresh_token_reused",
-        )
-
-    async def _active_user(self, user_id: int) -> User:
-        user = await self.users.get_one_or_none(User.id == user_id)
-        if user is None or not user.is_active:
-            raise InvalidToken()
-        return user
-
-    # ---- sessions -----------------------------------------------------------------------------
-
-    async def logout(self, claims: TokenClaims) -> None:
-        await self.tokens.revoke_family(claims.session_id, reason="logout")
-
-    async def user_for_access_token(self, claims: TokenClaims) -> User:
-        """The signed-in user, provided the account is active and the session exists and is live."""
-        if not await self.tokens.is_live(claims.session_id):
-            raise InvalidToken()
-        return await self._active_user(claims.user_id)
+        return SignIn(user=user, access=access, refresh_token=started.refresh_token)
 
     # ---- profile ------------------------------------------------------------------------------
 
@@ -373,8 +229,7 @@ class AuthService:
             raise Conflict("That phone number or email address belongs to another account.") from exc
         if not changes.changes_credentials:
             return False
-        await self.tokens.revoke_all(user.id, reason="credentials_changed", keep_family=current_session)
-        await self.events.sessions_revoked(user.id, reason="credentials_changed")
+        await self.sessions.end_all(user.id, "credentials_changed", keep=current_session)
         return True
 
     # ---- deactivation -------------------------------------------------------------------------
@@ -384,5 +239,5 @@ class AuthService:
         if not user.is_active:
             return
         await self.users.set_columns(user, {"is_active": False})
-        await self.tokens.revoke_all(user.id, reason="deactivated")
+        await self.sessions.end_all(user.id, "deactivated", announce=False)
         await self.events.deactivated(user.id, reason)

@@ -15,7 +15,6 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from app.accounts.controller import BODY_ERRORS
 from app.accounts.privacy import (
     ParentAccessRequest,
     PrivacyUpdateRequest,
@@ -26,6 +25,7 @@ from app.accounts.privacy import (
 from app.accounts.schemas import UserView
 from app.accounts.service import UserService
 from app.core.errors import error_responses
+from app.core.http import BODY_ERRORS
 from app.db.models import User
 
 

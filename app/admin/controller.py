@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.forms import NewAccount, clean_registration
 from app.accounts.schemas import MessageResponse, RegisterRequest
-from app.accounts.sessions import read_whole_body
 from app.admin.schemas import (
     AdminUserDetail,
     AdminUserView,
@@ -43,6 +42,7 @@ from app.admin.service import (
 from app.audit.history.params import Params
 from app.audit.history.query_log import actor_of
 from app.core.errors import FieldError, FieldErrors, PermissionDenied, ValidationFailed, error_responses
+from app.core.http import read_whole_body
 from app.db.models import USER_TYPES, User
 
 ADMIN_ERRORS = error_responses(400, 401, 403, 413, 415)
@@ -59,7 +59,7 @@ async def provide_panel_admin(current_user: NamedDependency[User]) -> User:
 
 
 async def provide_admin_service(db_session: NamedDependency[AsyncSession], state: State) -> AdminService:
-    return AdminService(db_session, state.hasher, state.limiter, state.redis, state.session_tracker, state.settings)
+    return AdminService(db_session, state.hasher, state.limiter, state.redis, state.settings)
 
 
 def _query(description: str) -> Any:
@@ -166,7 +166,7 @@ class AdminController(Controller):
         detail = AdminUserDetail(
             **msgspec.structs.asdict(view),
             recovery_expires_at=user.recovery_expires_at,
-            sessions=await admin_service.sessions(user.id),
+            sessions=await admin_service.live_sessions(user.id),
             last_sign_ins=[SignInView.of(row) for row in await admin_service.last_sign_ins(user)],
         )
         return UserDetailResponse(message="User retrieved", data=detail)

@@ -7,8 +7,8 @@ import uuid
 
 import msgspec
 
-from app.accounts.sessions import SessionView
 from app.db.models import LoginAttempt, User
+from app.sessions.schemas import SessionView
 
 
 class CreateUserRequest(msgspec.Struct, kw_only=True):

@@ -27,10 +27,8 @@ from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.events import AccountEventService
 from app.accounts.passwords import Hasher
-from app.accounts.service import RefreshTokenService, UserService, utcnow
-from app.accounts.sessions import SessionUseTracker, SessionView, end_session, live_sessions
+from app.accounts.service import UserService, utcnow
 from app.admin.recovery import canonical_recovery_code, new_recovery_code
 from app.audit.history.admin_actions import AdminActionName
 from app.audit.history.query_log import Actor
@@ -39,7 +37,11 @@ from app.core.phones import PhoneNumberError, normalise_phone
 from app.core.redis import RedisClient
 from app.core.settings import Settings
 from app.db.models import AdminAction, LoginAttempt, User
+from app.events.outbox import AccountEventService
 from app.ratelimit.limiter import LoginLimiter
+from app.sessions.controller import SessionNotFound
+from app.sessions.schemas import SessionView
+from app.sessions.service import SessionService
 
 DEFAULT_PER_PAGE = 20
 MAX_PER_PAGE = 100
@@ -168,17 +170,15 @@ class AdminService:
         hasher: Hasher,
         limiter: LoginLimiter,
         redis_client: RedisClient,
-        tracker: SessionUseTracker,
         settings: Settings,
     ) -> None:
         self.session = session
         self.users = UserService(session=session)
-        self.tokens = RefreshTokenService(session=session)
+        self.sessions = SessionService(session, None, settings)
         self.events = AccountEventService(session=session)
         self.hasher = hasher
         self.limiter = limiter
         self.redis = redis_client
-        self.tracker = tracker
         self.settings = settings
 
     async def record(self, actor: Actor, action: AdminActionName, target_user_id: int | None, **details: Any) -> None:
@@ -299,9 +299,9 @@ class AdminService:
             raise LastAdmin()
         return target
 
-    async def _end_every_session(self, user: User, reason: str) -> None:
-        await self.tokens.revoke_all(user.id, reason=reason)
-        await self.tracker.forget(user.id)
+    async def _end_every_session(self, user: User, reason: str, *, announce: bool = False) -> None:
+        """Through the one ending operation; ``announce``: publish ``account.sessions_revoked`` too."""
+        await self.sessions.end_all(user.id, reason, announce=announce)
 
     async def toggle_status(self, actor: Actor, user_id: int) -> User:
         target = await self.get_user(user_id)
@@ -372,11 +372,10 @@ class AdminService:
             raise InactiveAccount()
         code = new_recovery_code()
         expires_at = utcnow() + datetime.timedelta(hours=self.settings.recovery_ttl_hours)
-        code_hash = await self.hasher.hash_password(canonical_recovery_code(code))
+        code_hash = self.hasher.digest_code(canonical_recovery_code(code))
         await self.users.set_columns(target, {"recovery_hash": code_hash, "recovery_expires_at": expires_at})
-        await self._end_every_session(target, "recovery")
         await self.events.record(target.id, "account.credentials_changed", credentials=["recovery_code"])
-        await self.events.sessions_revoked(target.id, reason="recovery")
+        await self._end_every_session(target, "recovery", announce=True)
         cleared = await self.clear_locks(target.phone_number)
         await self.record(actor, "recovery", target.id, expires_at=expires_at.isoformat(), locks_cleared=cleared)
         return Recovery(code, expires_at)
@@ -395,10 +394,11 @@ class AdminService:
         await self.record(actor, "unlock", target.id, locks_cleared=cleared)
         return cleared
 
-    async def sessions(self, user_id: int) -> list[SessionView]:
-        return await live_sessions(self.tokens, self.tracker, user_id)
+    async def live_sessions(self, user_id: int) -> list[SessionView]:
+        return [SessionView.of(session) for session in await self.sessions.live_sessions(user_id)]
 
-    async def end_session(self, actor: Actor, user_id: int, family: uuid.UUID) -> None:
+    async def end_session(self, actor: Actor, user_id: int, session_id: uuid.UUID) -> None:
         target = await self.get_user(user_id)
-        await end_session(self.tokens, self.tracker, target.id, family)
-        await self.record(actor, "end_session", target.id, session_id=str(family))
+        if not await self.sessions.end_one(session_id, "ended_by_support", user_id=target.id):
+            raise SessionNotFound()
+        await self.record(actor, "end_session", target.id, session_id=str(session_id))

@@ -2,7 +2,7 @@
 
 The API processes run one each (``ACCOUNT_EVENTS_RELAY_ENABLED``); this command is for deployments
 that turn those off, or for publishing what is pending from a script (``--once``). Any number of
-relays may run: they take turns on one Postgres advisory lock (app/accounts/relay.py).
+relays may run: they take turns on one Postgres advisory lock (app/events/relay.py).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ def relay(once: bool) -> None:
 
 
 async def _relay(settings: Settings, once: bool) -> int:
-    from app.accounts.relay import AccountEventRelay
     from app.core.redis import create_redis
     from app.core.redis_keys import KeySpace
     from app.db.config import sqlalchemy_config
+    from app.events.relay import AccountEventRelay
 
     redis = create_redis(settings)
     engine = sqlalchemy_config(settings, pool=False).get_engine()

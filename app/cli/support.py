@@ -25,7 +25,6 @@ async def _with_admin_service(settings: Settings, work: Callable[..., Awaitable[
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from app.accounts.passwords import Hasher
-    from app.accounts.sessions import SessionUseTracker
     from app.admin.service import AdminService
     from app.core.redis import create_redis
     from app.db.config import sqlalchemy_config
@@ -36,9 +35,7 @@ async def _with_admin_service(settings: Settings, work: Callable[..., Awaitable[
     engine = sqlalchemy_config(settings, pool=False).get_engine()
     try:
         async with AsyncSession(engine, expire_on_commit=False) as session:
-            service = AdminService(
-                session, hasher, LoginLimiter(redis, settings), redis, SessionUseTracker(redis, settings), settings
-            )
+            service = AdminService(session, hasher, LoginLimiter(redis, settings), redis, settings)
             result = await work(service)
             await session.commit()
             return result

@@ -125,10 +125,10 @@ async def _create(settings: Settings, phone_number: str, name: str, role: str, p
     from sqlalchemy.exc import IntegrityError
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from app.accounts.events import AccountEventService
     from app.accounts.passwords import Hasher
     from app.db.config import sqlalchemy_config
     from app.db.models import User
+    from app.events.outbox import AccountEventService
 
     hasher = Hasher(settings)
     engine = sqlalchemy_config(settings, pool=False).get_engine()
@@ -187,7 +187,13 @@ async def _promote(settings: Settings, account: AccountSummary, role: str, name:
         password_hash = await hasher.hash_password(password)
         async with AsyncSession(engine) as session:
             ended = await promote(
-                session, account, role=role, name=name, password_hash=password_hash, actor=Actor.from_shell().name
+                session,
+                account,
+                role=role,
+                name=name,
+                password_hash=password_hash,
+                actor=Actor.from_shell().name,
+                settings=settings,
             )
             await session.commit()
             return ended

@@ -24,6 +24,7 @@ from litestar.exceptions import (
 )
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
 
 logger = logging.getLogger("app.core.errors")
@@ -251,8 +252,40 @@ def too_deep_handler(_: Request[Any, Any, Any], exc: RecursionError) -> Response
     return _json({"message": "The request body is nested too deeply.", "code": "malformed_json"}, 400)
 
 
+# Postgres gave up on this transaction because of another one (deadlock_detected, serialization_failure,
+# lock_not_available): rolled back whole, nothing half-done, and the same request will likely pass again.
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+CONFLICT_RETRY_AFTER = 1
+
+
+def _sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of a database error, however deep the drivers wrapped it."""
+    while exc is not None:
+        code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        if isinstance(code, str):
+            return code
+        exc = getattr(exc, "orig", None) or exc.__cause__
+    return None
+
+
+def transient_conflict(request: Request[Any, Any, Any], exc: BaseException) -> Response[Any] | None:
+    """503 with Retry-After for a transaction Postgres rolled back for a lock conflict; None otherwise."""
+    if _sqlstate(exc) not in TRANSIENT_SQLSTATES:
+        return None
+    logger.warning("transaction rolled back by a lock conflict on %s %s: %s", request.method, request.url.path, exc)
+    body = {"message": "This clashed with a change made at the same moment. Please try again.", "code": "busy"}
+    return _json(body, 503, {"Retry-After": str(CONFLICT_RETRY_AFTER)})
+
+
+def database_error_handler(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[Any]:
+    return transient_conflict(request, exc) or internal_error_handler(request, exc)
+
+
 def repository_error_handler(request: Request[Any, Any, Any], exc: RepositoryError) -> Response[Any]:
     """advanced-alchemy's wrapped database errors (its own handler would echo the driver's message)."""
+    conflict = transient_conflict(request, exc)
+    if conflict is not None:
+        return conflict
     if isinstance(exc, NotFoundError):
         return _json({"message": "That record does not exist.", "code": "not_found"}, 404)
     if isinstance(exc, DuplicateKeyError) or isinstance(exc.__cause__, DatabaseIntegrityError):
@@ -315,5 +348,6 @@ EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     HTTPException: http_exception_handler,
     RecursionError: too_deep_handler,
     RepositoryError: repository_error_handler,
+    DBAPIError: database_error_handler,
     Exception: internal_error_handler,
 }

@@ -1,6 +1,17 @@
-"""Small facts about requests that several packages read the same way."""
+"""Small facts about requests that several packages read the same way: user agents, optional bodies."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi.spec import Operation, RequestBody
+
+from app.core.errors import AppError, UnsupportedMediaType
 
 USER_AGENT_MAX = 255  # the Flask-era column's width, kept by the audit table and the sessions
 
@@ -10,3 +21,42 @@ def user_agent_of(value: str | bytes | None) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     return value[:USER_AGENT_MAX] or None if value else None
+
+
+# ---- request bodies --------------------------------------------------------------------------------
+# Below the user-agent helper, what several controllers share about bodies: the errors a body can
+# get, routes whose body is optional (the Flask-era header form), and routes that take none.
+
+
+BODY_ERRORS = (400, 413, 415)
+BodyT = TypeVar("BodyT")
+
+
+@dataclass
+class OptionalBodyOperation(Operation):
+    """A route that also takes no body at all (the Flask-era header form of refresh and logout)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.request_body, RequestBody):
+            self.request_body.required = False
+
+
+async def optional_json_body(request: Request[Any, Any, Any], decoder: msgspec.json.Decoder[BodyT]) -> BodyT | None:
+    """No body at all, JSON ``null``, or a JSON object of the decoder's shape; anything else a clear 400/415."""
+    body = await request.body()
+    if not body.strip():
+        return None
+    if "json" not in request.headers.get("content-type", "application/json"):
+        raise UnsupportedMediaType()
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
+        raise AppError("The request body has the wrong shape.", code="validation_error") from exc
+    except msgspec.DecodeError as exc:
+        raise AppError("The request body is not valid JSON.", code="malformed_json") from exc
+
+
+async def read_whole_body(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """A guard: routes that take no body still read it, so an oversized one is the usual 413, not ignored."""
+    if isinstance(connection, Request) and connection.method in ("POST", "PUT", "PATCH", "DELETE"):
+        await connection.body()

@@ -104,7 +104,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reauth_window_seconds: int = 600  # a sign-in this recent may change credentials without current_password
     umwari_server_key_configured: bool = False  # reported to the settings page; the assistant is not ours
 
-    # Account events (app/accounts/events.py, relay.py).
+    # Account events (app/events/outbox.py, relay.py).
     account_events_relay_enabled: bool = True
     account_events_poll_ms: int = 500
     account_events_retention_days: int = 30

@@ -1,4 +1,4 @@
-"""Tables: users (every Flask-era column plus ``role``), refresh_tokens, login_attempts (partitioned),
+"""Tables: users (every Flask-era column plus ``role``), sessions, refresh_tokens, login_attempts (partitioned),
 login_attempts_hourly, audit_queries, signing_keys, service_credentials, account_events, admin_actions."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class User(IdentityAuditBase):
     data_sharing_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     notification_preferences: Mapped[dict[str, Any] | None] = mapped_column(JSONB, default=None)
     date_of_birth: Mapped[datetime.date | None] = mapped_column(Date, default=None)
-    # The last account event's sequence number (app/accounts/events.py bumps it in the change's transaction).
+    # The last account event's sequence number (app/events/outbox.py bumps it in the change's transaction).
     event_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     current_session_data: Mapped[str | None] = mapped_column(Text, default=None)  # Flask-era USSD session state
     source: Mapped[str] = mapped_column(String(8), default="api", server_default="api")
@@ -77,25 +77,54 @@ class User(IdentityAuditBase):
     deleted_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
 
 
-class RefreshToken(IdentityAuditBase):
-    """One issued refresh token. Only a SHA-256 of the token is stored.
+SESSION_CHANNELS = ("http", "ussd")
 
-    ``family_id`` is the session: every token rotated from one login shares it, and revoking the
-    session revokes the family. Access tokens carry the family id as ``sid``.
+
+class Session(DefaultBase):
+    """One signed-in session (app/sessions): its id is the ``sid`` of every token issued for it.
+
+    Live means ``ended_at IS NULL AND expires_at > now()`` (``app.sessions.liveness``), and nothing
+    else does: token checks, refresh, the device list, the admin view and introspection all ask
+    that. ``expires_at`` moves with each rotation (the newest refresh token's expiry). Every path
+    that ends a session sets ``ended_at`` and ``end_reason`` through one statement.
+    """
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index("ix_sessions_user_live", "user_id", postgresql_where=text("ended_at IS NULL")),
+        Index("ix_sessions_user_id", "user_id"),
+        CheckConstraint("channel IN ('http', 'ussd')", name="channel"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(8), default="http", server_default="http")
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True))
+    # When the password or PIN sign-in happened (OIDC's ``auth_time``); NULL for sessions older than the column.
+    auth_time: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    expires_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True))
+    last_used_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True))
+    last_ip: Mapped[str | None] = mapped_column(INET, default=None)
+    last_user_agent: Mapped[str | None] = mapped_column(String(255), default=None)
+    ended_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    end_reason: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class RefreshToken(IdentityAuditBase):
+    """One issued refresh token of a session. Only a SHA-256 of the token is stored.
+
+    A refresh token is usable while its session is live, it has not expired, and it was not
+    replaced (``rotated_at``) longer ago than the reuse grace. It has no state of its own that
+    says "revoked": ending is the session's business.
     """
 
     __tablename__ = "refresh_tokens"
-    __table_args__ = (Index("ix_refresh_tokens_user_active", "user_id", postgresql_where=text("revoked_at IS NULL")),)
 
     jti: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
-    family_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
-    user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id", ondelete="CASCADE"))
+    session_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("sessions.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True))
     rotated_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
-    revoked_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
-    revoked_reason: Mapped[str | None] = mapped_column(String(32), default=None)
-    user_agent: Mapped[str | None] = mapped_column(String(255), default=None)
 
 
 class LoginAttempt(DefaultBase):
@@ -225,7 +254,7 @@ class ServiceCredential(IdentityBase):
 
 
 class AccountEvent(DefaultBase):
-    """One account change, written in the change's transaction; the relay publishes it (app/accounts/relay.py).
+    """One account change, written in the change's transaction; the relay publishes it (app/events/relay.py).
 
     No foreign key to ``users``: an ``account.deleted`` event must outlive the row it reports.
     ``seq`` counts the user's events from 1 without gaps (``users.event_seq``).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from app.accounts.events import record_imported_batch
+from app.events.outbox import record_imported_batch
 
 
 async def accounts_imported(conn: Any, user_ids: Sequence[int]) -> None:

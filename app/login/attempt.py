@@ -122,11 +122,11 @@ class LoginAttempt:
                 await self.publisher.store_directly(event, backlog_full=True)
         self.recorded = True
 
-    async def record_unfinished(self, reason: str = "invalid_request") -> None:
-        """The handler never got to an outcome (bad request, error, ``busy``): release the slots, keep the record."""
+    async def record_unfinished(self, reason: str = "invalid_request", user_id: int | None = None) -> None:
+        """No sign-in came of it (bad request, error, ``busy``, no session stored): slots back, record kept."""
         if self.recorded:
             return
-        event = self.event(reason)
+        event = self.event(reason, user_id=user_id)
         try:
             if self.client_reservation is not None:
                 if await self.limiter.settle(self.client_reservation, "release", encode_event(event)):

@@ -15,14 +15,15 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from app.accounts.controller import BODY_ERRORS, auth_response, touch_session, user_agent
 from app.accounts.forms import clean_login
 from app.accounts.schemas import AuthResponse, LoginRequest
 from app.accounts.service import AuthService, LoginFailed
 from app.accounts.verification import VerificationBusy
 from app.core.errors import InvalidCredentials, error_responses
+from app.core.http import BODY_ERRORS
 from app.login.attempt import LoginAttempt
 from app.login.gate import ATTEMPT_STATE_KEY, login_gate_factory
+from app.sessions.deps import client_use
 
 
 class LoginController(Controller):
@@ -66,8 +67,14 @@ class LoginController(Controller):
         except LoginFailed as failed:
             await attempt.finish(success=False, reason=failed.failure.reason, user_id=failed.failure.user_id)
             raise InvalidCredentials(headers=attempt.headers()) from None
+        # A success is recorded only once its session is stored: a sign-in whose session could not be
+        # committed is a failure (``session_not_stored``), and its client is not remembered as known.
+        try:
+            sign_in = await auth_service.start_session(user, client_use(request, state))
+            await auth_service.commit()
+        except BaseException:
+            await attempt.record_unfinished("session_not_stored", user_id=user.id)  # both slots go back
+            raise
         await attempt.finish(success=True, reason="ok", user_id=user.id)
-        session = await auth_service.start_session(user, user_agent(request))
-        await touch_session(state, request, session)
-        body = auth_response(session, "Login successful", auth_method=credentials.method)
+        body = AuthResponse.of(sign_in, "Login successful", auth_method=credentials.method)
         return Response(body, headers=attempt.headers(success=True))

@@ -24,11 +24,12 @@ from litestar.di import NamedDependency
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.deps import bearer_token
 from app.audit.history.query_log import Action, Actor, record_query
 from app.core.errors import AppError, Conflict, InvalidToken, PermissionDenied
 from app.db.models import ServiceCredential
 from app.platform.scopes import SCOPES
+from app.sessions.deps import bearer_token
+from app.sessions.tokens import is_opaque_refresh_token
 
 TOKEN_PREFIX = "les_"  # noqa: S105 (a prefix, not a secret)
 TOKEN_PATTERN = re.compile(r"les_[A-Za-z0-9_-]{43}\Z")
@@ -128,6 +129,8 @@ def require_scope(scope: str) -> Callable[..., Awaitable[ServiceClient]]:
         if token is None:
             raise InvalidServiceCredential()
         if not token.startswith(TOKEN_PREFIX):
+            if is_opaque_refresh_token(token):  # a user's refresh token, sent where a service's belongs
+                raise ServiceCredentialRequired()
             for kind in ("access", "refresh"):
                 try:
                     state.token_issuer.decode(token, kind)

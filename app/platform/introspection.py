@@ -7,19 +7,19 @@ or a replaced refresh token at once, because it reads the database.
 from __future__ import annotations
 
 import datetime
+import uuid
 from typing import Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.accounts.tokens import TokenClaims, TokenIssuer, token_digest
 from app.core.errors import InvalidToken
 from app.core.settings import Settings
-from app.db.models import RefreshToken, User
-
-MAX_TOKEN_CHARS = 8192
+from app.db.models import User
+from app.sessions.service import SessionService
+from app.sessions.tokens import MAX_TOKEN_CHARS, TokenClaims, TokenIssuer
 
 
 class Introspection(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -40,52 +40,64 @@ class Introspection(msgspec.Struct, kw_only=True, omit_defaults=True):
 INACTIVE = Introspection(active=False)
 
 
-def _claims(token: str, issuer: TokenIssuer) -> TokenClaims | None:
-    if not token or len(token) > MAX_TOKEN_CHARS:
+def _access_claims(token: str, issuer: TokenIssuer) -> TokenClaims | None:
+    try:
+        return issuer.decode_access(token)
+    except InvalidToken:
         return None
-    for kind in ("access", "refresh"):
-        try:
-            return issuer.decode(token, kind)
-        except InvalidToken:
-            continue
-    return None
 
 
 async def introspect(token: str, issuer: TokenIssuer, db_session: AsyncSession, settings: Settings) -> Introspection:
-    claims = _claims(token, issuer)
-    if claims is None:
+    """Active when the refresh endpoint, or a signed-in route, would take the token right now."""
+    if not token or len(token) > MAX_TOKEN_CHARS:
         return INACTIVE
-    session_ended = await db_session.scalar(
-        select(exists().where(RefreshToken.family_id == claims.session_id, RefreshToken.revoked_at.is_not(None)))
-    )
-    active_user = await db_session.scalar(select(User.is_active).where(User.id == claims.user_id))
-    if session_ended or not active_user:
+    sessions = SessionService(db_session, issuer, settings)
+    claims = _access_claims(token, issuer)
+    if claims is not None:
+        if await sessions.signed_in_user(claims.user_id, claims.session_id) is None:
+            return INACTIVE
+        return _active(
+            claims.user_id,
+            claims.session_id,
+            claims.jti,
+            claims.issued_at,
+            claims.expires_at,
+            "access",
+            claims.role,
+            settings,
+        )
+    found = await sessions.owner_of_refresh_token(token)
+    if found is None:
         return INACTIVE
-    if claims.type == "refresh" and not await _refresh_usable(token, claims, db_session, settings):
+    row, session = found
+    role = await db_session.scalar(select(User.role).where(User.id == session.user_id, User.is_active.is_(True)))
+    if role is None:
         return INACTIVE
+    return _active(session.user_id, session.id, row.jti, row.created_at, row.expires_at, "refresh", role, settings)
+
+
+def _active(
+    user_id: int,
+    session_id: uuid.UUID,
+    jti: uuid.UUID,
+    issued_at: datetime.datetime,
+    expires_at: datetime.datetime,
+    token_type: str,
+    role: str,
+    settings: Settings,
+) -> Introspection:
     return Introspection(
         active=True,
-        sub=str(claims.user_id),
-        exp=int(claims.expires_at.timestamp()),
-        iat=int(claims.issued_at.timestamp()),
-        sid=str(claims.session_id),
-        jti=str(claims.jti),
-        token_type=claims.type,
-        role=claims.role,
+        sub=str(user_id),
+        exp=int(expires_at.timestamp()),
+        iat=int(issued_at.timestamp()),
+        sid=str(session_id),
+        jti=str(jti),
+        token_type=token_type,
+        role=role,
         iss=settings.jwt_issuer,
         aud=settings.jwt_audience,
     )
-
-
-async def _refresh_usable(token: str, claims: TokenClaims, db_session: AsyncSession, settings: Settings) -> bool:
-    """The refresh endpoint would take it: stored, not revoked, not replaced longer ago than the grace."""
-    row = await db_session.scalar(select(RefreshToken).where(RefreshToken.jti == claims.jti))
-    if row is None or row.token_hash != token_digest(token) or row.revoked_at is not None:
-        return False
-    if row.rotated_at is None:
-        return True
-    grace = datetime.timedelta(seconds=settings.refresh_reuse_grace_seconds)
-    return datetime.datetime.now(datetime.UTC) - row.rotated_at <= grace
 
 
 def audit_filters(result: Introspection) -> dict[str, Any]:

@@ -91,9 +91,9 @@ class UssdAttempt(LoginAttempt):
             super().finish(success=success, reason=reason, user_id=user_id), self._settle_quietly(session, outcome)
         )
 
-    async def record_unfinished(self, reason: str = "invalid_request") -> None:
+    async def record_unfinished(self, reason: str = "invalid_request", user_id: int | None = None) -> None:
         session, self.session_reservation = self.session_reservation, None
-        await asyncio.gather(super().record_unfinished(reason), self._settle_quietly(session, "release"))
+        await asyncio.gather(super().record_unfinished(reason, user_id), self._settle_quietly(session, "release"))
 
     async def _reserve(self, budget: Budget, identity: str, reason: str) -> Decision | None:
         """One budget's slot; a refusal is audited (in the script call) and every slot taken is released."""

@@ -71,5 +71,5 @@ class UssdService:
         """Set the new PIN and end every session of the account, as a PIN change in the app does."""
         pin_hash = await self.auth.hasher.hash_pin(new_pin)
         await self.auth.users.set_columns(user, {"pin_hash": pin_hash, "enable_pin_auth": True})
-        await self.auth.tokens.revoke_all(user.id, reason="credentials_changed")
+        await self.auth.sessions.end_all(user.id, "credentials_changed")
         await self.auth.users.repository.session.commit()

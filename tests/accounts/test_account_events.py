@@ -27,11 +27,12 @@ from sqlalchemy import text as sa_text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.__main__ import main
-from app.accounts.events import AccountEventService, record_imported
+from app.events.outbox import AccountEventService, record_imported
 from app.accounts.passwords import Hasher
-from app.accounts.relay import EVENT_FIELD, AccountEventRelay
-from app.accounts.service import AuthService, RefreshTokenService, UserService
-from app.accounts.tokens import TokenIssuer
+from app.events.relay import EVENT_FIELD, AccountEventRelay
+from app.accounts.service import AuthService, UserService
+from app.sessions.service import SessionService
+from app.sessions.tokens import TokenIssuer
 from app.asgi import create_app, served
 from app.core.embedded import EmbeddedRedis
 from app.core.redis import create_redis
@@ -115,13 +116,8 @@ async def deactivate(settings: Settings, engine: AsyncEngine, user_id: int, reas
     try:
         async with AsyncSession(engine, expire_on_commit=False) as session:
             users = UserService(session=session)
-            auth = AuthService(
-                users,
-                RefreshTokenService(session=session),
-                hasher,
-                TokenIssuer(settings, await load_keyring(engine, settings)),
-                settings,
-            )
+            issuer = TokenIssuer(settings, await load_keyring(engine, settings))
+            auth = AuthService(users, SessionService(session, issuer, settings), hasher, issuer, settings)
             await auth.deactivate(await users.get(user_id), reason)
             await session.commit()
     finally:
@@ -257,13 +253,8 @@ async def deactivate_uncommitted(settings: Settings, engine: AsyncEngine, sessio
     hasher = Hasher(settings)
     try:
         users = UserService(session=session)
-        auth = AuthService(
-            users,
-            RefreshTokenService(session=session),
-            hasher,
-            TokenIssuer(settings, await load_keyring(engine, settings)),
-            settings,
-        )
+        issuer = TokenIssuer(settings, await load_keyring(engine, settings))
+        auth = AuthService(users, SessionService(session, issuer, settings), hasher, issuer, settings)
         await auth.deactivate(await users.get(user_id), "rule broken")
     finally:
         hasher.close()

@@ -143,8 +143,8 @@ def signed_in_long_ago(app, access_token, seconds):
     issuer = app.state.token_issuer
     claims = issuer.decode(access_token, "access")
     signed_in = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds)
-    return issuer.issue(
-        "access", user_id=claims.user_id, role=claims.role, session_id=claims.session_id, auth_time=signed_in
+    return issuer.issue_access(
+        user_id=claims.user_id, role=claims.role, session_id=claims.session_id, auth_time=signed_in
     ).token
 
 

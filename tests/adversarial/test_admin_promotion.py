@@ -91,7 +91,7 @@ async def test_promotion_shows_the_account_and_asks(client: Any, db: Any, settin
     assert scripted.exit_code == 1 and "--yes-this-account-is-theirs" in scripted.output
     role = "SELECT role FROM users WHERE phone_number = $1"
     assert await db.fetchval(role, e164(phone)) == "user"
-    assert await db.fetchval("SELECT count(*) FROM refresh_tokens WHERE revoked_at IS NOT NULL") == 0
+    assert await db.fetchval("SELECT count(*) FROM sessions WHERE ended_at IS NOT NULL") == 0
 
     accepted = await cli(settings, tmp_path, promote_args(phone), f"y\n{STRONG_PASSWORD}\n{STRONG_PASSWORD}\n")
     assert accepted.exit_code == 0, accepted.output

@@ -1,6 +1,6 @@
 """Forged and unfit JWTs against the HTTP API: profile, refresh (both forms) and logout.
 
-tests/accounts/test_tokens.py checks the decoder; here every forgery goes through the served app and
+tests/sessions/test_tokens.py checks the decoder; here every forgery goes through the served app and
 must get the one ``invalid_token`` answer everywhere, and a forged logout must not end the session
 it names. Forgeries start from a genuine token's claims (real user, real session, real ``jti``), so
 only the forged part can be what refuses them.
@@ -171,17 +171,23 @@ def assert_refused(response: Any, expected: dict[str, str] = FORGED) -> None:
     assert "access_token" not in response.text
 
 
+def legacy_refresh_jwt(access_token: str, secret: bytes, **changes: Any) -> str:
+    """A refresh JWT of the session, in the form issued before refresh tokens became opaque (still read)."""
+    return encode(HS256, {**claims_of(access_token), "type": "refresh", **changes}, secret)
+
+
 async def test_forged_tokens_are_refused_everywhere_and_end_nothing(
     client: Any, settings: Settings, subtests: pytest.Subtests
 ) -> None:
     assert settings.jwt_secret
     secret = settings.jwt_secret.encode()
     tokens = await signed_in(client)
+    refresh_jwt = legacy_refresh_jwt(tokens["access_token"], secret)
     for name, forgery in FORGERIES.items():
         with subtests.test(forgery=name):
             forged_access = forgery(tokens["access_token"], secret)
-            forged_refresh = forgery(tokens["refresh_token"], secret)
-            assert forged_access != tokens["access_token"] and forged_refresh != tokens["refresh_token"]
+            forged_refresh = forgery(refresh_jwt, secret)
+            assert forged_access != tokens["access_token"] and forged_refresh != refresh_jwt
             await assert_forgery_refused(client, forged_access, forged_refresh)
             # The genuine session the forgery named is untouched: not ended, not renamed.
             profile = await client.get("/api/auth/profile", headers=bearer(tokens["access_token"]))
@@ -235,7 +241,7 @@ async def test_genuine_expired_tokens(client: Any, settings: Settings) -> None:
     tokens = await signed_in(client)
     past = {"iat": now() - 7200, "nbf": now() - 7200, "exp": now() - 60}
     expired_access = encode(HS256, {**claims_of(tokens["access_token"]), **past}, secret)
-    expired_refresh = encode(HS256, {**claims_of(tokens["refresh_token"]), **past}, secret)
+    expired_refresh = legacy_refresh_jwt(tokens["access_token"], secret, **past)
     expired = {"message": "Your session has expired. Please sign in again.", "code": "token_expired"}
     assert_refused(await client.get("/api/auth/profile", headers=bearer(expired_access)), expired)
     assert_refused(await client.post("/api/auth/refresh", headers=bearer(expired_refresh)), expired)

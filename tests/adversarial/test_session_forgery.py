@@ -16,7 +16,9 @@ from tests.helpers import bearer, registered
 async def test_a_minted_token_with_a_made_up_session_is_refused(client: Any, app: Any) -> None:
     account = await registered(client)
     # Signed with the deployment's own key, as whoever held it could.
-    minted = app.state.token_issuer.issue("access", user_id=account["user_id"], role="admin", session_id=uuid.uuid4())
+    minted = app.state.token_issuer.issue_access(
+        auth_time=None, user_id=account["user_id"], role="admin", session_id=uuid.uuid4()
+    )
     for path in ("/api/auth/profile", "/api/settings/account", "/api/audit/login-attempts"):
         response = await client.get(path, headers=bearer(minted.token))
         assert response.status_code == 401, (path, response.text)
@@ -28,7 +30,7 @@ async def test_a_session_whose_refresh_tokens_expired_is_over(client: Any, db: A
     headers = bearer(account["access_token"])
     assert (await client.get("/api/auth/profile", headers=headers)).status_code == 200
     await db.execute(
-        "UPDATE refresh_tokens SET expires_at = now() - interval '1 second' WHERE user_id = $1", account["user_id"]
+        "UPDATE sessions SET expires_at = now() - interval '1 second' WHERE user_id = $1", account["user_id"]
     )
     assert (await client.get("/api/auth/profile", headers=headers)).status_code == 401
 

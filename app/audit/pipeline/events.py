@@ -30,6 +30,7 @@ REASONS = (
     "account_inactive",
     "rate_limited",
     "busy",  # not verified: the hash queue could not verify it within its reservation
+    "session_not_stored",  # verified, but its session could not be stored (a database fault): no sign-in
     "limiter_unavailable",
     "invalid_request",
     "reauth_failed",  # a wrong current_password on a profile change (app/accounts/reauth.py)

@@ -1,19 +1,24 @@
-"""JWT access and refresh tokens (PyJWT), signed with the key set's active key (app/keys).
+"""The session's credentials: access tokens (JWTs, RFC 9068 profile) and refresh tokens (opaque).
 
-Every token names its key in ``kid``; the key, not the token, says which algorithm verifies it.
-A token without ``kid`` is one signed with JWT_SECRET (HS256) before the switch: it verifies with
-that secret while JWT_ACCEPT_LEGACY_HS256 is on, so nobody is signed out by the switch.
+Access tokens are signed with the key set's active key (app/keys) and carry the header ``typ:
+at+jwt`` (RFC 9068), ``kid``, and the claims ``sub``, ``sid`` (the session), ``jti``, ``iat``,
+``nbf``, ``exp``, ``iss``, ``aud``, ``role``, ``auth_time`` (when the session's password or PIN
+sign-in happened, kept across refreshes) and ``type: access`` (what the Flask-era peers check).
 
-Claims: ``sub`` (user id), ``type`` (access/refresh), ``jti``, ``iat``, ``exp``, ``iss``, ``aud``,
-``role``, ``sid``: the session (refresh-token family) the token belongs to, so revoking a
-session kills its access tokens too, and ``auth_time``: when that session's password or PIN sign-in
-happened (OIDC's claim), copied onto every token refreshed from it.
+Refresh tokens are random secrets (256 bits, ``rt_`` + base64url), stored only as SHA-256: no key
+that the JWKS publishes verifies one, so no peer can mistake one for an access token. Refresh JWTs
+issued before the switch (``type: refresh``, ES256 or, while JWT_ACCEPT_LEGACY_HS256 is on, the
+Flask-era HS256) are still read until they expire: :meth:`TokenIssuer.decode_legacy_refresh`.
+
+A token without ``kid`` is one signed with JWT_SECRET (HS256) before the switch to signing keys; the
+key, never the token's ``alg`` header, says which algorithm verifies a token.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,7 +31,11 @@ from app.keys.keyring import KeyRing
 
 TokenType = Literal["access", "refresh"]
 LEGACY_ALGORITHM = "HS256"
+ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a media type, not a secret
 REQUIRED_CLAIMS = ["sub", "type", "jti", "iat", "exp", "iss", "aud", "sid"]
+REFRESH_TOKEN_PREFIX = "rt_"  # noqa: S105 - a marker, not a secret
+REFRESH_TOKEN_BYTES = 32
+MAX_TOKEN_CHARS = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +61,15 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_refresh_token() -> str:
+    """An opaque refresh token: 256 random bits that mean nothing to anyone but this service."""
+    return REFRESH_TOKEN_PREFIX + secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+
+
+def is_opaque_refresh_token(token: str) -> bool:
+    return token.startswith(REFRESH_TOKEN_PREFIX) and "." not in token
+
+
 class TokenIssuer:
     def __init__(self, settings: Settings, keys: KeyRing) -> None:
         self._keys = keys
@@ -61,31 +79,24 @@ class TokenIssuer:
         self.access_lifetime = datetime.timedelta(minutes=settings.access_token_minutes)
         self.refresh_lifetime = datetime.timedelta(days=settings.refresh_token_days)
 
-    def issue(
-        self,
-        type_: TokenType,
-        *,
-        user_id: int,
-        role: str,
-        session_id: uuid.UUID,
-        auth_time: datetime.datetime | None = None,
+    def issue_access(
+        self, *, user_id: int, role: str, session_id: uuid.UUID, auth_time: datetime.datetime | None
     ) -> IssuedToken:
-        """``auth_time``: the session's sign-in (a refresh passes its token's); None leaves the claim out."""
+        """``auth_time``: the session's sign-in (a refresh passes the session's); None leaves the claim out."""
         now = datetime.datetime.now(datetime.UTC)
-        lifetime = self.access_lifetime if type_ == "access" else self.refresh_lifetime
         claims = TokenClaims(
             user_id=user_id,
-            type=type_,
+            type="access",
             jti=uuid.uuid4(),
             session_id=session_id,
             role=role,
             issued_at=now,
-            expires_at=now + lifetime,
+            expires_at=now + self.access_lifetime,
             auth_time=auth_time,
         )
         payload = {
             "sub": str(user_id),
-            "type": type_,
+            "type": "access",
             "jti": str(claims.jti),
             "sid": str(session_id),
             "role": role,
@@ -99,7 +110,9 @@ class TokenIssuer:
             payload["auth_time"] = int(auth_time.timestamp())
         key = self._keys.signer()
         assert key.private_key is not None, "the signer is a key with its private half"
-        token = jwt.encode(payload, key.private_key, algorithm=key.alg, headers={"kid": key.kid})
+        token = jwt.encode(
+            payload, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP}
+        )
         return IssuedToken(token, claims)
 
     def _verification_key(self, token: str) -> tuple[Any, str]:
@@ -116,6 +129,8 @@ class TokenIssuer:
 
     def decode(self, token: str, expected: TokenType, *, allow_expired: bool = False) -> TokenClaims:
         """Verify signature, issuer, audience, lifetime and type; anything off is InvalidToken."""
+        if len(token) > MAX_TOKEN_CHARS:
+            raise InvalidToken()
         try:
             key, algorithm = self._verification_key(token)
             payload = jwt.decode(
@@ -143,8 +158,15 @@ class TokenIssuer:
             )
         except jwt.ExpiredSignatureError as exc:
             raise InvalidToken("Your session has expired. Please sign in again.", code="token_expired") from exc
-        except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError, OverflowError) as exc:
             raise InvalidToken() from exc
         if claims.type != expected:
             raise InvalidToken()
         return claims
+
+    def decode_access(self, token: str, *, allow_expired: bool = False) -> TokenClaims:
+        return self.decode(token, "access", allow_expired=allow_expired)
+
+    def decode_legacy_refresh(self, token: str, *, allow_expired: bool = False) -> TokenClaims:
+        """A refresh JWT issued before refresh tokens became opaque; read until it expires."""
+        return self.decode(token, "refresh", allow_expired=allow_expired)

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from app.accounts.tokens import TokenIssuer
+from app.sessions.tokens import TokenIssuer
 from app.core.errors import InvalidToken
 from app.core.settings import Settings
 from app.keys.keyring import KeyRing, LoadedKey
@@ -66,8 +66,8 @@ def claims(**overrides):
 
 
 def test_round_trip_carries_every_claim(issuer, key):
-    issued = issuer.issue("access", user_id=7, role="security", session_id=uuid.uuid4())
-    assert jwt.get_unverified_header(issued.token) == {"alg": "ES256", "kid": key.kid, "typ": "JWT"}
+    issued = issuer.issue_access(auth_time=None, user_id=7, role="security", session_id=uuid.uuid4())
+    assert jwt.get_unverified_header(issued.token) == {"alg": "ES256", "kid": key.kid, "typ": "at+jwt"}  # RFC 9068
     payload = jwt.decode(issued.token, key.verify_key, algorithms=["ES256"], audience="ladys-essence")
     assert {"sub", "type", "jti", "iat", "exp", "iss", "aud", "role"} <= payload.keys()
     decoded = issuer.decode(issued.token, "access")
@@ -113,7 +113,7 @@ def test_forged_or_unfit_tokens_are_refused(issuer, make_token):
 
 
 def test_tampered_signature_is_refused(issuer):
-    token = issuer.issue("access", user_id=1, role="user", session_id=uuid.uuid4()).token
+    token = issuer.issue_access(auth_time=None, user_id=1, role="user", session_id=uuid.uuid4()).token
     head, body, signature = token.split(".")
     payload = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     payload["role"] = "admin"
@@ -125,9 +125,9 @@ def test_tampered_signature_is_refused(issuer):
 def test_eddsa_keys_sign_and_verify():
     key = loaded_key("EdDSA")
     issuer = TokenIssuer(SETTINGS, KeyRing([key], SETTINGS))
-    token = issuer.issue("refresh", user_id=3, role="user", session_id=uuid.uuid4()).token
+    token = issuer.issue_access(auth_time=None, user_id=3, role="user", session_id=uuid.uuid4()).token
     assert jwt.get_unverified_header(token)["alg"] == "EdDSA"
-    assert issuer.decode(token, "refresh").user_id == 3
+    assert issuer.decode(token, "access").user_id == 3
 
 
 def test_legacy_hs256_tokens_verify_until_the_setting_ends_them(issuer, key):
@@ -172,9 +172,11 @@ def test_the_token_cannot_choose_key_or_algorithm(issuer, key, make_header):
 def test_a_key_signs_only_once_active_and_verifies_while_published():
     current, upcoming = loaded_key(), loaded_key(activates_in=datetime.timedelta(hours=1))
     issuer = TokenIssuer(SETTINGS, KeyRing([current, upcoming], SETTINGS))
-    token = issuer.issue("access", user_id=5, role="user", session_id=uuid.uuid4()).token
+    token = issuer.issue_access(auth_time=None, user_id=5, role="user", session_id=uuid.uuid4()).token
     assert jwt.get_unverified_header(token)["kid"] == current.kid
     # A token of the published next key (a host whose clock runs ahead) verifies too.
     ring_with_upcoming_active = KeyRing([dataclasses.replace(upcoming, activates_at=current.activates_at)], SETTINGS)
     early = TokenIssuer(SETTINGS, ring_with_upcoming_active)
-    assert issuer.decode(early.issue("access", user_id=5, role="user", session_id=uuid.uuid4()).token, "access")
+    assert issuer.decode(
+        early.issue_access(auth_time=None, user_id=5, role="user", session_id=uuid.uuid4()).token, "access"
+    )

@@ -1,0 +1,1 @@
+"""Account events: the outbox written in each change's transaction, and the relay that publishes it."""

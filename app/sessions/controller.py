@@ -1,0 +1,178 @@
+"""HTTP side of sessions: refresh, logout, and the signed-in user's device list.
+
+Refresh takes the token as ``Authorization: Bearer`` with no body (the Flask-era form the field
+client uses: a new access token, the refresh token kept) or as ``{"refresh_token": ...}`` (rotated,
+per ``REFRESH_ROTATION``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import Body, FromPath
+
+from app.core.errors import AppError, InvalidToken, NotAuthenticated, error_responses
+from app.core.http import BODY_ERRORS, OptionalBodyOperation, optional_json_body, read_whole_body
+from app.core.settings import Settings
+from app.db.models import User
+from app.sessions.deps import bearer_token, client_use
+from app.sessions.schemas import (
+    EndedResponse,
+    MessageResponse,
+    RefreshRequest,
+    RefreshResponse,
+    SessionsResponse,
+    SessionView,
+)
+from app.sessions.service import SessionService
+from app.sessions.tokens import TokenClaims, TokenIssuer, is_opaque_refresh_token
+
+RefreshForm = Literal["header", "body"]
+_refresh_body: msgspec.json.Decoder[RefreshRequest | None] = msgspec.json.Decoder(RefreshRequest | None)
+
+
+class SessionNotFound(AppError):
+    status_code = 404
+    code = "session_not_found"
+    message = "No such session: it has ended already, or it is not yours."
+
+
+def rotates(settings: Settings, form: RefreshForm) -> bool:
+    mode = settings.refresh_rotation
+    return mode == "always" or (mode == "auto" and form == "body")
+
+
+def session_of_token(token: str, issuer: TokenIssuer) -> TokenClaims | None:
+    """Claims of an access token or a refresh JWT from before (expired ones too: they may still end their session)."""
+    for decode in (issuer.decode_access, issuer.decode_legacy_refresh):
+        try:
+            return decode(token, allow_expired=True)
+        except InvalidToken:
+            continue
+    return None
+
+
+class SessionsController(Controller):
+    path = "/api/auth"
+    tags = ["auth"]
+
+    @post(
+        "/refresh",
+        status_code=200,
+        summary="New access token from a refresh token (Bearer header, or JSON body which rotates it)",
+        responses=error_responses(*BODY_ERRORS, 401),
+        operation_class=OptionalBodyOperation,
+    )
+    async def refresh(
+        self,
+        request: Request[Any, Any, Any],
+        session_service: NamedDependency[SessionService],
+        state: State,
+        data: Annotated[RefreshRequest | None, Body(description="Optional: the body form")] = None,
+    ) -> RefreshResponse:
+        body = await optional_json_body(request, _refresh_body)
+        token: str | None
+        form: RefreshForm
+        if body is not None and body.refresh_token:
+            token, form = body.refresh_token, "body"
+        else:
+            token, form = bearer_token(request), "header"
+        if not token:
+            raise NotAuthenticated("Send the refresh token as a Bearer token or as refresh_token.")
+        refreshed = await session_service.refresh(
+            token, client_use(request, state), rotate=rotates(state.settings, form)
+        )
+        issuer: TokenIssuer = state.token_issuer
+        access = issuer.issue_access(
+            user_id=refreshed.user_id,
+            role=refreshed.role,
+            session_id=refreshed.session_id,
+            auth_time=refreshed.auth_time,
+        )
+        response = RefreshResponse(
+            message="Token refreshed",
+            access_token=access.token,
+            expires_in=int(issuer.access_lifetime.total_seconds()),
+        )
+        if refreshed.refresh_token is not None:
+            response.refresh_token = refreshed.refresh_token
+        return response
+
+    @post(
+        "/logout",
+        status_code=200,
+        summary="End this session: its refresh tokens and access tokens",
+        responses=error_responses(*BODY_ERRORS, 401),
+        operation_class=OptionalBodyOperation,
+    )
+    async def logout(
+        self,
+        request: Request[Any, Any, Any],
+        session_service: NamedDependency[SessionService],
+        state: State,
+        data: Annotated[RefreshRequest | None, Body(description="Optional: the refresh token")] = None,
+    ) -> MessageResponse:
+        body = await optional_json_body(request, _refresh_body)
+        token = bearer_token(request) or (body.refresh_token if body else None)
+        if not token:
+            raise NotAuthenticated()
+        if is_opaque_refresh_token(token):
+            found = await session_service.owner_of_refresh_token(token)
+            if found is None:
+                raise InvalidToken()
+            session_id = found[1].id
+        else:
+            claims = session_of_token(token, state.token_issuer)
+            if claims is None:
+                raise InvalidToken()
+            session_id = claims.session_id
+        await session_service.end_one(session_id, "logout")
+        return MessageResponse(message="Logged out successfully")
+
+    @get("/sessions", summary="My live sessions (devices), most recently used first", responses=error_responses(401))
+    async def list_sessions(
+        self,
+        access_claims: NamedDependency[TokenClaims],
+        current_user: NamedDependency[User],
+        session_service: NamedDependency[SessionService],
+    ) -> SessionsResponse:
+        sessions = await session_service.live_sessions(current_user.id)
+        views = [SessionView.of(session, current=access_claims.session_id) for session in sessions]
+        return SessionsResponse(message="Sessions retrieved", sessions=views)
+
+    @delete(
+        "/sessions/{session_id:uuid}",
+        status_code=200,
+        summary="End one of my sessions",
+        responses=error_responses(401, 404, 413, 415),
+    )
+    async def end_one(
+        self,
+        session_id: FromPath[uuid.UUID],
+        current_user: NamedDependency[User],
+        session_service: NamedDependency[SessionService],
+    ) -> MessageResponse:
+        if not await session_service.end_one(session_id, "ended", user_id=current_user.id):
+            raise SessionNotFound()
+        return MessageResponse(message="Session ended")
+
+    @post(
+        "/logout-all",
+        status_code=200,
+        summary="End all my sessions but this one",
+        responses=error_responses(401, 413, 415),
+        guards=[read_whole_body],
+    )
+    async def logout_all(
+        self,
+        access_claims: NamedDependency[TokenClaims],
+        current_user: NamedDependency[User],
+        session_service: NamedDependency[SessionService],
+    ) -> EndedResponse:
+        ended = await session_service.end_all(current_user.id, "logout_all", keep=access_claims.session_id)
+        return EndedResponse(message="Signed out on every other device", ended=len(ended))
