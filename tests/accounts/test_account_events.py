@@ -27,19 +27,19 @@ from sqlalchemy import text as sa_text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.__main__ import main
-from app.events.outbox import AccountEventService, record_imported
 from app.accounts.passwords import Hasher
-from app.events.relay import EVENT_FIELD, AccountEventRelay
 from app.accounts.service import AuthService, UserService
-from app.sessions.service import SessionService
-from app.sessions.tokens import TokenIssuer
 from app.asgi import create_app, served
 from app.core.embedded import EmbeddedRedis
 from app.core.redis import create_redis
 from app.core.redis_keys import KeySpace
 from app.core.settings import PROJECT_ROOT, Settings
 from app.db.config import sqlalchemy_config
+from app.events.outbox import AccountEventService, record_imported
+from app.events.relay import EVENT_FIELD, AccountEventRelay
 from app.keys.keyring import load_keyring
+from app.sessions.service import SessionService
+from app.sessions.tokens import TokenIssuer
 from tests.conftest import TEST_JWT_SECRET, TEST_PIN_PEPPER, from_loopback
 from tests.helpers import GOOD_PIN, OTHER_PASSWORD, STRONG_PASSWORD, bearer, registered
 

@@ -11,11 +11,11 @@ import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from app.sessions.tokens import TokenIssuer
 from app.core.errors import InvalidToken
 from app.core.settings import Settings
 from app.keys.keyring import KeyRing, LoadedKey
 from app.keys.material import generate
+from app.sessions.tokens import TokenIssuer
 
 SECRET = "s" * 40
 SETTINGS = Settings.from_env({}, jwt_secret=SECRET, pin_pepper="p" * 40, signing_keys_secret="k" * 40, app_env="test")
