@@ -88,14 +88,14 @@ def columns_for(authority: Authority, user_type: str) -> tuple[str, str]:
     """The ``(role, user_type)`` an account gets for a staff ``authority``; ``user_type`` is the current one.
 
     Support is the panel's user type; security analysts are no panel account, so an ``admin`` user
-    type is dropped for ``parent`` (an adult's kind); admins keep the panel's user type.
+    type is dropped for ``parent`` (an adult's kind); admins have the panel by their role and keep theirs.
     """
     if authority is Authority.SUPPORT:
         return "user", SUPPORT_USER_TYPE
     if authority is Authority.SECURITY:
         return "security", "parent" if user_type == SUPPORT_USER_TYPE else user_type
     if authority is Authority.ADMIN:
-        return "admin", SUPPORT_USER_TYPE
+        return "admin", user_type
     raise ValueError(f"{authority.label} is no staff authority an account can be given")
 
 

@@ -141,12 +141,12 @@ async def _create(settings: Settings, phone_number: str, name: str, role: str, p
 
     from app.accounts.events import AccountEventService
     from app.accounts.passwords import Hasher
-    from app.authority import Authority, columns_for
+    from app.authority import SUPPORT_USER_TYPE, Authority, columns_for
     from app.db.config import sqlalchemy_config
     from app.db.models import User
 
-    # A security analyst is no panel account (an adult's user type); support and admins are the panel's.
-    role_column, user_type = columns_for(Authority[role.upper()], "parent")
+    # A new staff account starts as the panel's kind; a security analyst's is not (no panel).
+    role_column, user_type = columns_for(Authority[role.upper()], SUPPORT_USER_TYPE)
     hasher = Hasher(settings)
     engine = sqlalchemy_config(settings, pool=False).get_engine()
     try:
