@@ -110,7 +110,8 @@ def _confirm_promotion(
     """Show what the account is; anyone may have registered a staffer's number first."""
     last = account.last_sign_in.isoformat(timespec="seconds") if account.last_sign_in else "never"
     click.echo(
-        f"{phone_number} already has account {account.user_id} (role {account.role}, user type {account.user_type}, name {account.name!r}):\n"
+        f"{phone_number} already has account {account.user_id} "
+        f"(role {account.role}, user type {account.user_type}, name {account.name!r}):\n"
         f"  created       {account.created_at.isoformat(timespec='seconds')}\n"
         f"  last sign-in  {last}\n"
         f"  live sessions {account.live_sessions}\n"

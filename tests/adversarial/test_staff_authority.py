@@ -216,7 +216,9 @@ async def test_granting_support_at_the_shell_ends_what_the_account_had(
         assert (await client.post("/api/auth/login", json={"phone_number": phone, **secret})).status_code == 401
     staffer = await client.post("/api/auth/login", json={"phone_number": phone, "password": STRONG_PASSWORD})
     assert staffer.status_code == 200
-    assert (await client.get(ADMIN, headers=bearer(staffer.json()["access_token"]))).status_code == 200
+    listed = await client.get(ADMIN, params={"search": phone}, headers=bearer(staffer.json()["access_token"]))
+    assert listed.status_code == 200
+    assert listed.json()["users"][0]["authority"] == "support"
     assert (await client.get(HISTORY, headers=bearer(staffer.json()["access_token"]))).status_code == 403
     row = await db.fetchrow("SELECT user_type, role FROM users WHERE id = $1", holder["user_id"])
     assert tuple(row) == ("admin", "user")
