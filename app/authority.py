@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from app.db.models import User
 
 SUPPORT_USER_TYPE = "admin"  # the Flask-era panel account: support, unless a role grants more
-ROLE_AUTHORITY = {"admin": "admin", "security": "security"}
 PROMOTE_COMMAND = "ladys-essence users create-admin --promote --role support --phone <number> --name <name>"
 RECOVER_COMMAND = "ladys-essence users recover --phone <number>"
 
@@ -43,6 +42,9 @@ class Authority(enum.IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower()
+
+
+ROLE_AUTHORITY = {"admin": Authority.ADMIN, "security": Authority.SECURITY}
 
 
 class Power(enum.StrEnum):
@@ -76,7 +78,7 @@ class Action(enum.StrEnum):
 
 def authority_of(role: str, user_type: str) -> Authority:
     if role in ROLE_AUTHORITY:
-        return Authority[ROLE_AUTHORITY[role].upper()]
+        return ROLE_AUTHORITY[role]
     return Authority.SUPPORT if user_type == SUPPORT_USER_TYPE else Authority.USER
 
 

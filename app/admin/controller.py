@@ -126,7 +126,12 @@ class AdminController(Controller):
             has_next=result.page < result.pages,
         )
 
-    @post("/create", status_code=201, summary="Create an account (staff types too)", responses=CHANGE_ERRORS)
+    @post(
+        "/create",
+        status_code=201,
+        summary="Create an account (a support account, user type admin, by an admin only)",
+        responses=CHANGE_ERRORS,
+    )
     async def create_user(
         self,
         data: JSONBody[CreateUserRequest],
@@ -176,7 +181,11 @@ class AdminController(Controller):
         message = "User activated successfully" if user.is_active else "User deactivated successfully"
         return UserResponse(message=message, user=AdminUserView.of(user))
 
-    @patch("/{user_id:int}/change-role", summary="Change the Flask-era user type", responses=CHANGE_ERRORS)
+    @patch(
+        "/{user_id:int}/change-role",
+        summary="Change the Flask-era user type (never to admin: users create-admin --promote)",
+        responses=CHANGE_ERRORS,
+    )
     async def change_role(
         self,
         user_id: FromPath[int],
@@ -223,7 +232,7 @@ class AdminController(Controller):
     @post(
         "/{user_id:int}/recovery",
         status_code=200,
-        summary="Issue a one-time temporary password (shown once); ends every session, lifts the locks",
+        summary="Issue a one-time temporary password (shown once; not for staff); ends every session, lifts the locks",
         responses=CHANGE_ERRORS,
     )
     async def issue_recovery(
@@ -248,7 +257,7 @@ class AdminController(Controller):
         "/{user_id:int}/unlock",
         status_code=200,
         summary="Lift the PIN lock and the number's password budget",
-        responses=ONE_ACCOUNT_ERRORS,
+        responses=CHANGE_ERRORS,
     )
     async def unlock(
         self,
@@ -265,7 +274,7 @@ class AdminController(Controller):
         "/{user_id:int}/sessions/{session_id:uuid}",
         status_code=200,
         summary="End one of the account's sessions",
-        responses=ONE_ACCOUNT_ERRORS,
+        responses=CHANGE_ERRORS,
     )
     async def end_session(
         self,
