@@ -1,8 +1,10 @@
 """The admin panel's account routes, at the paths and in the shapes the panel already uses.
 
-Reachable by accounts the panel is for: ``user_type = 'admin'`` (Flask era) or ``role = 'admin'``;
-401 without a valid token, 403 for everybody else. Query parameters go through the history's one
-validator (:class:`app.audit.history.params.Params`); bodies through the registration's rules.
+Reachable by the authorities the panel is for (:mod:`app.authority`: support, the Flask-era
+``user_type = 'admin'``, and admins, ``role = 'admin'``); 401 without a valid token, 403 for everybody
+else, security analysts included (what each may do to which account, the service asks the same
+module). Query parameters go through the history's one validator
+(:class:`app.audit.history.params.Params`); bodies through the registration's rules.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.forms import NewAccount, clean_registration
+from app.accounts.guards import PANEL_DEPENDENCY
 from app.accounts.schemas import MessageResponse, RegisterRequest
 from app.admin.schemas import (
     AdminUserDetail,
@@ -32,16 +35,10 @@ from app.admin.schemas import (
     UserListResponse,
     UserResponse,
 )
-from app.admin.service import (
-    MAX_PER_PAGE,
-    AdminService,
-    ResetPasswordRetired,
-    UserQuery,
-    is_panel_admin,
-)
+from app.admin.service import MAX_PER_PAGE, AdminService, ResetPasswordRetired, UserQuery
 from app.audit.history.params import Params
 from app.audit.history.query_log import actor_of
-from app.core.errors import FieldError, FieldErrors, PermissionDenied, ValidationFailed, error_responses
+from app.core.errors import FieldError, FieldErrors, ValidationFailed, error_responses
 from app.core.http import read_whole_body
 from app.db.models import USER_TYPES, User
 
@@ -49,13 +46,6 @@ ADMIN_ERRORS = error_responses(400, 401, 403, 413, 415)
 ONE_ACCOUNT_ERRORS = error_responses(400, 401, 403, 404, 413, 415)
 CHANGE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415)
 USER_TYPE_MESSAGE = f"Choose one of: {', '.join(USER_TYPES)}."
-
-
-async def provide_panel_admin(current_user: NamedDependency[User]) -> User:
-    """The signed-in user, if the admin panel is for them."""
-    if not is_panel_admin(current_user):
-        raise PermissionDenied()
-    return current_user
 
 
 async def provide_admin_service(db_session: NamedDependency[AsyncSession], state: State) -> AdminService:
@@ -108,7 +98,7 @@ class AdminController(Controller):
     path = "/api/admin/users"
     tags = ["admin"]
     guards = [read_whole_body]
-    dependencies = {"panel_admin": Provide(provide_panel_admin), "admin_service": Provide(provide_admin_service)}
+    dependencies = {"panel_admin": PANEL_DEPENDENCY, "admin_service": Provide(provide_admin_service)}
 
     @get("/", summary="Accounts, newest first, searched and paginated", responses=ADMIN_ERRORS)
     async def list_users(
@@ -136,7 +126,12 @@ class AdminController(Controller):
             has_next=result.page < result.pages,
         )
 
-    @post("/create", status_code=201, summary="Create an account (staff types too)", responses=CHANGE_ERRORS)
+    @post(
+        "/create",
+        status_code=201,
+        summary="Create an account (a support account, user type admin, by an admin only)",
+        responses=CHANGE_ERRORS,
+    )
     async def create_user(
         self,
         data: JSONBody[CreateUserRequest],
@@ -186,7 +181,11 @@ class AdminController(Controller):
         message = "User activated successfully" if user.is_active else "User deactivated successfully"
         return UserResponse(message=message, user=AdminUserView.of(user))
 
-    @patch("/{user_id:int}/change-role", summary="Change the Flask-era user type", responses=CHANGE_ERRORS)
+    @patch(
+        "/{user_id:int}/change-role",
+        summary="Change the Flask-era user type (never to admin: users create-admin --promote)",
+        responses=CHANGE_ERRORS,
+    )
     async def change_role(
         self,
         user_id: FromPath[int],
@@ -233,7 +232,7 @@ class AdminController(Controller):
     @post(
         "/{user_id:int}/recovery",
         status_code=200,
-        summary="Issue a one-time temporary password (shown once); ends every session, lifts the locks",
+        summary="Issue a one-time temporary password (shown once; not for staff); ends every session, lifts the locks",
         responses=CHANGE_ERRORS,
     )
     async def issue_recovery(
@@ -258,7 +257,7 @@ class AdminController(Controller):
         "/{user_id:int}/unlock",
         status_code=200,
         summary="Lift the PIN lock and the number's password budget",
-        responses=ONE_ACCOUNT_ERRORS,
+        responses=CHANGE_ERRORS,
     )
     async def unlock(
         self,
@@ -275,7 +274,7 @@ class AdminController(Controller):
         "/{user_id:int}/sessions/{session_id:uuid}",
         status_code=200,
         summary="End one of the account's sessions",
-        responses=ONE_ACCOUNT_ERRORS,
+        responses=CHANGE_ERRORS,
     )
     async def end_session(
         self,

@@ -7,6 +7,7 @@ import uuid
 
 import msgspec
 
+from app.authority import authority_of_user
 from app.db.models import LoginAttempt, User
 from app.sessions.schemas import SessionView
 
@@ -33,6 +34,7 @@ class AdminUserView(msgspec.Struct, kw_only=True):
     email: str | None
     user_type: str
     role: str
+    authority: str  # user, support, security or admin (docs/authority.md): what the panel may do to it
     is_active: bool
     enable_pin_auth: bool
     created_at: datetime.datetime
@@ -47,6 +49,7 @@ class AdminUserView(msgspec.Struct, kw_only=True):
             email=user.email,
             user_type=user.user_type,
             role=user.role,
+            authority=authority_of_user(user).label,
             is_active=user.is_active,
             enable_pin_auth=user.enable_pin_auth,
             created_at=user.created_at,
@@ -92,6 +95,7 @@ class AdminUserDetail(msgspec.Struct, kw_only=True):
     email: str | None
     user_type: str
     role: str
+    authority: str
     is_active: bool
     enable_pin_auth: bool
     created_at: datetime.datetime

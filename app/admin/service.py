@@ -3,11 +3,15 @@
 Every action that changes something writes one ``admin_actions`` row and its account event in the
 action's transaction, so the record, the event and the change commit or roll back together.
 
-"Admins" are the accounts the admin panel admits: ``user_type = 'admin'`` (Flask era) or
-``role = 'admin'``. Nobody can deactivate, delete or demote themselves, nor the last active admin.
-The last-admin rule is exact under concurrency: an action that could remove an admin first locks
-every active admin's row (``SELECT ... ORDER BY id FOR UPDATE``, always in the same order, so two
-such actions never deadlock) and counts inside that transaction; a second action waits for the
+Who may do what to whom is :mod:`app.authority`'s decision (docs/authority.md): the panel is for
+support (the Flask-era ``user_type = 'admin'``) and admins (``role = 'admin'``); nobody acts on an
+account with the same or a higher authority, or on their own; staff accounts get recovery codes only
+from the command line; the panel grants no staff authority to an existing account.
+
+The last active admin (``role = 'admin'``) is never deactivated or deleted (only the operator at a
+shell can try). The rule is exact under concurrency: an action that could remove an admin first
+locks every active admin's row (``SELECT ... ORDER BY id FOR UPDATE``, always in the same order, so
+two such actions never deadlock) and counts inside that transaction; a second action waits for the
 first to commit and then sees the admin it removed as gone.
 """
 
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +36,7 @@ from app.accounts.service import UserService, utcnow
 from app.admin.recovery import canonical_recovery_code, new_recovery_code
 from app.audit.history.admin_actions import AdminActionName
 from app.audit.history.query_log import Actor
+from app.authority import Action, Authority, Refusal, authority_of, authority_of_user, grant_refusal, refusal
 from app.core.errors import AppError, Conflict
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.core.redis import RedisClient
@@ -65,11 +70,6 @@ class AccountNotFound(AdminRefusal):
     message = "User not found."
 
 
-class SelfAction(AdminRefusal):
-    status_code = 409
-    code = "own_account"
-
-
 class LastAdmin(AdminRefusal):
     status_code = 409
     code = "last_admin"
@@ -82,25 +82,32 @@ class InactiveAccount(AdminRefusal):
     message = "This account is deactivated. Activate it first."
 
 
+class Refused(AdminRefusal):
+    """What :func:`app.authority.refusal` answered, in the panel's shape."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message, code=refusal.code)
+        self.status_code = refusal.status
+
+
 class ResetPasswordRetired(AdminRefusal):
     status_code = 409
     code = "reset_password_retired"
 
     def __init__(self, ttl_hours: int) -> None:
+        # The panel has no user page and no recovery button (docs/web-client.md): name what exists.
         super().__init__(
-            "Passwords are no longer reset to a known value. Instead, issue a one-time code: open this user "
-            "and choose 'Issue recovery code' (or run ladys-essence users recover --phone ...), then read the "
-            f"code to the user. It works for one sign-in, as their password, within {ttl_hours} hours; right "
-            "after it they set a new password and PIN in their settings."
+            "Passwords are no longer reset to a known value. Instead, support issues a one-time code from a "
+            "service host: ladys-essence users recover --phone <the user's number> (or POST "
+            "/api/admin/users/{id}/recovery), and reads the code to the user. It works for one sign-in, as "
+            f"their password, within {ttl_hours} hours; right after it they set a new password and PIN in "
+            "their settings. See the support runbook (docs/support.md)."
         )
 
 
-def is_panel_admin(user: User) -> bool:
-    return user.user_type == "admin" or user.role == "admin"
-
-
-def _panel_admin_condition() -> ColumnElement[bool]:
-    return and_(or_(User.user_type == "admin", User.role == "admin"), User.is_active, User.deleted_at.is_(None))
+def _active_admin_condition() -> ColumnElement[bool]:
+    """The accounts the last-admin rule counts: role admin, active, not deleted (support and security do not)."""
+    return (User.role == "admin") & User.is_active & User.deleted_at.is_(None)
 
 
 # ---- listing ------------------------------------------------------------------------------------
@@ -251,6 +258,19 @@ class AdminService:
 
     # ---- changes ----------------------------------------------------------------------------------
 
+    async def actor_authority(self, actor: Actor) -> Authority:
+        """The actor's authority as the database has it now (a role change counts at once)."""
+        if actor.user_id is None:
+            return Authority.OPERATOR if actor.origin == "cli" else Authority.USER
+        row = (
+            await self.session.execute(
+                select(User.role, User.user_type).where(
+                    User.id == actor.user_id, User.is_active, User.deleted_at.is_(None)
+                )
+            )
+        ).first()
+        return authority_of(row.role, row.user_type) if row is not None else Authority.USER
+
     async def create_user(
         self,
         actor: Actor,
@@ -262,6 +282,11 @@ class AdminService:
         email: str | None,
         is_active: bool,
     ) -> User:
+        refused = grant_refusal(
+            await self.actor_authority(actor), authority_of("user", user_type), existing_account=False
+        )
+        if refused is not None:
+            raise Refused(refused)
         if await self.session.scalar(select(User.id).where(User.phone_number == phone_number)) is not None:
             raise Conflict("An account with this phone number already exists.", code="phone_number_taken")
         if email and await self.session.scalar(select(User.id).where(func.lower(User.email) == email.lower())):
@@ -285,17 +310,25 @@ class AdminService:
     async def _lock_admins(self) -> list[int]:
         """Lock every active admin's row, in id order; their ids."""
         rows = await self.session.scalars(
-            select(User.id).where(_panel_admin_condition()).order_by(User.id).with_for_update()
+            select(User.id).where(_active_admin_condition()).order_by(User.id).with_for_update()
         )
         return list(rows.all())
 
-    async def _guarded_target(self, actor: Actor, user_id: int, doing: str) -> User:
-        """The target, locked, after the admins' rows; refused when it is the actor or the last admin."""
-        admins = await self._lock_admins()
+    async def _target(self, actor: Actor, user_id: int, action: Action) -> User:
+        """The target, locked, if :mod:`app.authority` lets the actor do ``action`` to it.
+
+        An action that can remove an admin locks the admins' rows first (always before the target's,
+        so two such actions never deadlock) and refuses to remove the last one.
+        """
+        removes = action in (Action.DEACTIVATE, Action.DELETE)
+        admins = await self._lock_admins() if removes else []
         target = await self.get_user(user_id, lock=True)
-        if actor.user_id == target.id:
-            raise SelfAction(f"You cannot {doing} your own account.")
-        if target.id in admins and len(admins) == 1:
+        refused = refusal(
+            await self.actor_authority(actor), actor.user_id, authority_of_user(target), target.id, action
+        )
+        if refused is not None:
+            raise Refused(refused)
+        if removes and target.id in admins and len(admins) == 1:
             raise LastAdmin()
         return target
 
@@ -306,23 +339,25 @@ class AdminService:
     async def toggle_status(self, actor: Actor, user_id: int) -> User:
         target = await self.get_user(user_id)
         if target.is_active:
-            target = await self._guarded_target(actor, user_id, "deactivate")
+            target = await self._target(actor, user_id, Action.DEACTIVATE)
             await self.users.set_columns(target, {"is_active": False})
             await self._end_every_session(target, "deactivated")
             await self.events.deactivated(target.id, reason="admin")
             await self.record(actor, "deactivate", target.id)
         else:
-            target = await self.get_user(user_id, lock=True)
+            target = await self._target(actor, user_id, Action.ACTIVATE)
             await self.users.set_columns(target, {"is_active": True})
             await self.record(actor, "activate", target.id)
         return target
 
     async def change_user_type(self, actor: Actor, user_id: int, user_type: str) -> User:
-        target = await self.get_user(user_id)
-        demotes = is_panel_admin(target) and user_type != "admin" and target.role != "admin"
-        target = await (
-            self._guarded_target(actor, user_id, "demote") if demotes else self.get_user(user_id, lock=True)
-        )
+        """The Flask-era user type; never a grant of staff authority (``create-admin --promote`` does that)."""
+        target = await self._target(actor, user_id, Action.CHANGE_USER_TYPE)
+        before, after = authority_of_user(target), authority_of(target.role, user_type)
+        if after > before:
+            refused = grant_refusal(await self.actor_authority(actor), after, existing_account=True)
+            if refused is not None:
+                raise Refused(refused)
         previous = target.user_type
         if previous != user_type:
             await self.events.profile_changing(target, {"user_type": user_type})
@@ -332,7 +367,7 @@ class AdminService:
 
     async def delete_user(self, actor: Actor, user_id: int) -> None:
         """Deactivate and erase the personal data; the login history stays until AUDIT_RETENTION_DAYS."""
-        target = await self._guarded_target(actor, user_id, "delete")
+        target = await self._target(actor, user_id, Action.DELETE)
         await self._end_every_session(target, "deleted")
         await self.events.deleted(target.id, reason="admin")
         await self.session.execute(
@@ -367,7 +402,7 @@ class AdminService:
 
     async def issue_recovery(self, actor: Actor, user_id: int) -> Recovery:
         """A one-time temporary password; every session ends and the number's locks are lifted."""
-        target = await self.get_user(user_id, lock=True)
+        target = await self._target(actor, user_id, Action.RECOVER)
         if not target.is_active:
             raise InactiveAccount()
         code = new_recovery_code()
@@ -389,7 +424,7 @@ class AdminService:
         return deleted
 
     async def unlock(self, actor: Actor, user_id: int) -> int:
-        target = await self.get_user(user_id)
+        target = await self._target(actor, user_id, Action.UNLOCK)
         cleared = await self.clear_locks(target.phone_number)
         await self.record(actor, "unlock", target.id, locks_cleared=cleared)
         return cleared
@@ -398,7 +433,7 @@ class AdminService:
         return [SessionView.of(session) for session in await self.sessions.live_sessions(user_id)]
 
     async def end_session(self, actor: Actor, user_id: int, session_id: uuid.UUID) -> None:
-        target = await self.get_user(user_id)
+        target = await self._target(actor, user_id, Action.END_SESSION)
         if not await self.sessions.end_one(session_id, "ended_by_support", user_id=target.id):
             raise SessionNotFound()
         await self.record(actor, "end_session", target.id, session_id=str(session_id))

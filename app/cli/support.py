@@ -1,7 +1,9 @@
 """``ladys-essence users recover | unlock --phone ...``: support's tools at a shell, through the admin service.
 
-The same rules and records as the admin panel's buttons (app/admin/service.py): one
-``admin_actions`` row per command, with ``user@host`` as who did it.
+The same service and records as the admin panel (app/admin/service.py): one ``admin_actions`` row
+per command, with ``user@host`` as who did it. The operator at a shell has the highest authority
+(:mod:`app.authority`), so this is where staff accounts (support, security, admin) are recovered:
+the panel refuses to.
 """
 
 from __future__ import annotations

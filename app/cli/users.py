@@ -1,4 +1,7 @@
-"""``ladys-essence users create-admin``: accounts for the security team and administrators.
+"""``ladys-essence users create-admin``: accounts for support, the security team and administrators.
+
+The only way staff authority (:mod:`app.authority`) reaches an existing account is ``--promote``:
+the panel refuses it, because the account would keep its password, PIN and sessions.
 
 The password comes from a prompt (typed twice, not echoed) or ``--password-stdin`` (for scripts:
 the first line of standard input), never from an argument that ``ps`` and shell history would keep.
@@ -19,7 +22,8 @@ from app.core.settings import Settings
 if TYPE_CHECKING:
     from app.accounts.promotion import AccountSummary
 
-STAFF_ROLES = ("security", "admin")
+# support: the admin panel (Flask-era user_type admin); security: the login history, no panel; admin: both.
+STAFF_ROLES = ("support", "security", "admin")
 
 
 class UserCommandError(click.ClickException):
@@ -31,11 +35,14 @@ def users() -> None:
     pass
 
 
-@users.command("create-admin", help="Create an account with the role security or admin.")
+@users.command("create-admin", help="Create a staff account: support, security or admin (docs/authority.md).")
 @click.option("--phone", required=True, help="The account's phone number (any form; stored as E.164).")
 @click.option("--name", required=True, help="The person's name.")
 @click.option(
-    "--role", type=click.Choice(STAFF_ROLES), required=True, help="security: the audit API; admin: also who used it."
+    "--role",
+    type=click.Choice(STAFF_ROLES),
+    required=True,
+    help="support: the admin panel; security: the audit API (no panel); admin: both, and who used the audit API.",
 )
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of standard input.")
 @click.option(
@@ -80,7 +87,14 @@ def create_admin(phone: str, name: str, role: str, password_stdin: bool, promote
         if problem:
             raise click.UsageError(f"password: {problem}")
         if account is not None:
-            ended = asyncio.run(_promote(resolved, account, role, display_name, password))
+            from app.accounts.promotion import LastAdminKept
+
+            try:
+                ended = asyncio.run(_promote(resolved, account, role, display_name, password))
+            except LastAdminKept as exc:
+                raise UserCommandError(
+                    f"account {account.user_id} is the only active admin: make another account admin first"
+                ) from exc
             click.echo(
                 f"account {account.user_id} ({phone_number}) is now {role} with the password you typed; "
                 f"{ended} session(s) ended"
@@ -96,7 +110,8 @@ def _confirm_promotion(
     """Show what the account is; anyone may have registered a staffer's number first."""
     last = account.last_sign_in.isoformat(timespec="seconds") if account.last_sign_in else "never"
     click.echo(
-        f"{phone_number} already has account {account.user_id} (role {account.role}, name {account.name!r}):\n"
+        f"{phone_number} already has account {account.user_id} "
+        f"(role {account.role}, user type {account.user_type}, name {account.name!r}):\n"
         f"  created       {account.created_at.isoformat(timespec='seconds')}\n"
         f"  last sign-in  {last}\n"
         f"  live sessions {account.live_sessions}\n"
@@ -126,10 +141,13 @@ async def _create(settings: Settings, phone_number: str, name: str, role: str, p
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from app.accounts.passwords import Hasher
+    from app.authority import SUPPORT_USER_TYPE, Authority, columns_for
     from app.db.config import sqlalchemy_config
     from app.db.models import User
     from app.events.outbox import AccountEventService
 
+    # A new staff account starts as the panel's kind; a security analyst's is not (no panel).
+    role_column, user_type = columns_for(Authority[role.upper()], SUPPORT_USER_TYPE)
     hasher = Hasher(settings)
     engine = sqlalchemy_config(settings, pool=False).get_engine()
     try:
@@ -139,8 +157,8 @@ async def _create(settings: Settings, phone_number: str, name: str, role: str, p
                 name=name,
                 phone_number=phone_number,
                 password_hash=password_hash,
-                user_type="admin",
-                role=role,
+                user_type=user_type,
+                role=role_column,
             )
             session.add(user)
             try:
@@ -179,6 +197,7 @@ async def _promote(settings: Settings, account: AccountSummary, role: str, name:
     from app.accounts.passwords import Hasher
     from app.accounts.promotion import promote
     from app.audit.history.query_log import Actor
+    from app.authority import Authority
     from app.db.config import sqlalchemy_config
 
     hasher = Hasher(settings)
@@ -189,7 +208,7 @@ async def _promote(settings: Settings, account: AccountSummary, role: str, name:
             ended = await promote(
                 session,
                 account,
-                role=role,
+                authority=Authority[role.upper()],
                 name=name,
                 password_hash=password_hash,
                 actor=Actor.from_shell().name,

@@ -110,7 +110,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     account_events_retention_days: int = 30
     metrics_token: str | None = None  # GET /metrics needs it as Bearer; unset: refused in production
 
-    # Support (app/admin, app/accounts/sessions.py).
+    # Support (app/admin, app/sessions).
     recovery_ttl_hours: int = 24  # a one-time temporary password is good for one sign-in within this
     session_last_use_tracking: bool = True  # last use, address and user agent of each session (on refresh)
 

@@ -11,7 +11,7 @@ KINDS = {
     "parent": ("parent", "user"),
     "adolescent": ("adolescent", "user"),
     "security": ("adolescent", "security"),
-    "admin": ("admin", "user"),  # the admin panel's Flask-era admin accounts
+    "admin": ("admin", "user"),  # the admin panel's Flask-era admin accounts: support (docs/authority.md)
     "role_admin": ("parent", "admin"),
 }
 PANEL_ADMINS = {"admin", "role_admin"}

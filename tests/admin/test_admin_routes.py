@@ -261,7 +261,7 @@ async def test_recovery_also_lifts_the_pin_lock(client, db):
 
 async def test_an_admin_cannot_remove_themselves(client, db):
     headers, me = await panel_admin(client, db)
-    other_headers, _ = await panel_admin(client, db)
+    other_headers, _ = await account_of_kind(client, db, "role_admin")
     for method, suffix, body in (
         ("PATCH", "/toggle-status", None),
         ("PATCH", "/change-role", {"user_type": "parent"}),
@@ -273,7 +273,7 @@ async def test_an_admin_cannot_remove_themselves(client, db):
         assert response.json()["error"] == response.json()["message"]
     row = await db.fetchrow("SELECT user_type, is_active, deleted_at FROM users WHERE id = $1", me["user_id"])
     assert tuple(row) == ("admin", True, None)
-    # Another admin may demote them; then they are no admin any more.
+    # An admin (role) may demote support; then they have no panel any more.
     demoted = await client.patch(
         f"{ADMIN}/{me['user_id']}/change-role", json={"user_type": "parent"}, headers=other_headers
     )
@@ -308,7 +308,8 @@ async def test_the_only_admin_is_kept_even_from_the_command_line(client, db, set
     from app.admin.service import LastAdmin
     from app.audit.history.query_log import Actor
 
-    _, only = await panel_admin(client, db)
+    _, only = await account_of_kind(client, db, "role_admin")
+    await panel_admin(client, db)  # support accounts are not admins: they do not count
     async with admin_services(settings, 1) as (service,):
         with pytest.raises(LastAdmin):
             await service.toggle_status(Actor("ops@host", "cli"), only["user_id"])
@@ -317,7 +318,6 @@ async def test_the_only_admin_is_kept_even_from_the_command_line(client, db, set
 
 REMOVALS = {
     "deactivate": lambda service, actor, target: service.toggle_status(actor, target),
-    "demote": lambda service, actor, target: service.change_user_type(actor, target, "parent"),
     "delete": lambda service, actor, target: service.delete_user(actor, target),
 }
 
@@ -331,8 +331,8 @@ async def test_two_admins_removed_at_once_leave_one(client, db, settings, remova
     from app.admin.service import LastAdmin
     from app.audit.history.query_log import Actor
 
-    first_id = (await panel_admin(client, db))[1]["user_id"]
-    second_id = (await panel_admin(client, db))[1]["user_id"]
+    first_id = (await account_of_kind(client, db, "role_admin"))[1]["user_id"]
+    second_id = (await account_of_kind(client, db, "role_admin"))[1]["user_id"]
     operator = Actor("ops@host", "cli")
     remove = REMOVALS[removal]
     async with admin_services(settings, 2) as (first, second):
@@ -349,13 +349,13 @@ async def test_two_admins_removed_at_once_leave_one(client, db, settings, remova
         with pytest.raises(LastAdmin):
             await racing
     remaining = await db.fetchval(
-        "SELECT count(*) FROM users WHERE user_type = 'admin' AND is_active AND deleted_at IS NULL"
+        "SELECT count(*) FROM users WHERE role = 'admin' AND is_active AND deleted_at IS NULL"
     )
     assert remaining == 1
 
 
 async def test_every_admin_action_leaves_one_row_that_security_can_read(client, db):
-    headers, me = await panel_admin(client, db)
+    headers, me = await account_of_kind(client, db, "role_admin")  # only an admin creates a support account
     victim = await registered(client)
     vid = victim["user_id"]
     created = await client.post(

@@ -81,7 +81,8 @@ def test_create_admin_with_password_on_stdin(settings, tmp_path):
     assert result.exit_code == 0, result.output
     assert "created security account" in result.stdout
     row = on_db(settings, lambda c: c.fetchrow("SELECT * FROM users WHERE phone_number = '+250788555001'"))
-    assert row["role"] == "security" and row["name"] == "Grace Mukamana" and row["user_type"] == "admin"
+    # A security analyst is no panel account (issue 21, item 10): not the panel's user type.
+    assert row["role"] == "security" and row["name"] == "Grace Mukamana" and row["user_type"] == "parent"
     assert row["password_hash"].startswith("$argon2id$")
 
 
