@@ -232,6 +232,9 @@ def clean_profile_update(data: ProfileUpdateRequest, user: User, region: str) ->
     new_pin = data.new_pin if _given(data.new_pin) else data.pin
     if isinstance(new_pin, str | int) and new_pin != "":
         changes.new_pin = _clean_pin(errors, "new_pin" if _given(data.new_pin) else "pin", new_pin)
+        # A new PIN turns PIN sign-in on, whatever the checkbox sent with it says: the settings page
+        # sends its (usually unticked) box along, and the Flask route applied it first, then the PIN.
+        out["enable_pin_auth"] = True
     # Optional: a recent sign-in also allows sensitive changes (app/accounts/reauth.py decides).
     current = data.current_password if isinstance(data.current_password, str) else None
     changes.current_password = current or None
