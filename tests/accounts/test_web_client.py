@@ -154,6 +154,26 @@ async def bundle_of(client, token):
     return response.json()
 
 
+async def test_the_pages_exact_body_with_the_box_unticked_turns_pin_sign_in_on(client):
+    """Issue 21, finding 12: the checkbox (false) comes with the new PIN; the Flask route turned PIN sign-in on."""
+    phone = new_phone()
+    account = await registered(client, phone_number=phone, name="Aline Uwase", email="aline@example.org")
+    body = {
+        "first_name": "Aline",
+        "last_name": "Uwase",
+        "email": "aline@example.org",
+        "phone_number": e164(phone),
+        "enable_pin_auth": False,
+        "new_pin": "5938",
+    }  # as the settings page sends it (clients/web-client.md, "Settings page")
+    saved = await client.put("/api/settings/account", headers=bearer(account["access_token"]), json=body)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["user"]["enable_pin_auth"] is True
+    signed_in = await client.post("/api/auth/login", json={"phone_number": phone, "pin": "5938"})
+    assert signed_in.status_code == 200, signed_in.text
+    assert signed_in.json()["auth_method"] == "pin"
+
+
 async def test_register_then_set_a_pin_on_its_own_then_sign_in_by_pin(client):
     phone = new_phone()
     account = await registered(client, phone_number=phone)
