@@ -36,6 +36,7 @@ from app.core.errors import (
     RateLimited,
     UnsupportedMediaType,
     error_responses,
+    try_again_in,
 )
 from app.core.http import user_agent_of
 from app.db.models import User
@@ -126,7 +127,7 @@ async def take_register_budget(limiter: LoginLimiter, client_key: str, state: St
         ) from None
     if not decision.allowed:
         raise RateLimited(
-            "Too many registrations from this network. Please wait before trying again.",
+            f"Too many registrations from this network. {try_again_in(decision.retry_after)}",
             headers={"Retry-After": str(decision.retry_after), **rate_limit_headers("register", decision)},
             extra={"retry_after": decision.retry_after},
         )
