@@ -19,6 +19,7 @@ from app.accounts.relay import EVENT_FIELD, withdraw_entries
 from app.accounts.sessions import SessionUseTracker
 from app.core.redis import create_redis
 from app.core.redis_keys import KeySpace
+from tests.accounts.test_account_events import doc_consumer
 from tests.admin.support import login, panel_admin
 from tests.helpers import GOOD_PIN, STRONG_PASSWORD, bearer, e164, new_phone, registered
 
@@ -210,3 +211,20 @@ async def test_withdrawing_reads_the_whole_stream_and_keeps_the_deleted_event(re
     left = [json.loads(fields[EVENT_FIELD.encode()]) for _, fields in await redis.xrange(stream)]
     assert len(left) == 3001 - len(ours)
     assert [event["type"] for event in left if event["user_id"] == ours_id] == ["account.deleted"]
+
+
+async def test_the_documented_consumer_acknowledges_an_entry_withdrawn_after_it_read_it(redis, settings):
+    """A consumer read an entry and had not acknowledged it when the account was erased: it comes back empty."""
+    stream = KeySpace(settings.redis_key_prefix).account_events
+    await redis.xgroup_create(stream, "platform", id="0", mkstream=True)
+    await redis.xadd(stream, {EVENT_FIELD: json.dumps({"user_id": 5, "type": "account.registered", "seq": 1})})
+    assert await redis.xreadgroup("platform", "platform-1", {stream: ">"})  # read, never acknowledged
+    assert await withdraw_entries(redis, stream, 5) == 1
+
+    handled: list[Any] = []
+    turns = iter([True, True])
+    await asyncio.to_thread(
+        doc_consumer(), settings.redis_url, handled.append, stream=stream, running=lambda: next(turns, False)
+    )
+    assert handled == []
+    assert (await redis.xpending(stream, "platform"))["pending"] == 0
