@@ -10,7 +10,9 @@ Where a person's name, phone number, email, birth date or preferences were, and 
   ``account.deleted`` tells consumers to erase their copies;
 - Redis keys named after a number the account has had (its events name them): the password
   budget, the PIN lock and the known clients of each, built by the limiter's own key builders, so
-  they are the keys of the number's hash slot on a Redis Cluster too;
+  they are the keys of the number's hash slot on a Redis Cluster too. The names carry the number
+  in clear on purpose: a hash of a phone number is no anonymisation (a numbering plan is small
+  enough to hash whole), so the keys are personal data either way, and are deleted;
 - the session last-use hash (addresses, devices) goes with the sessions (``SessionUseTracker.forget``).
 
 Kept by design: ``login_attempts`` and its hourly rollups, for AUDIT_RETENTION_DAYS, with the

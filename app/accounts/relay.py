@@ -18,6 +18,9 @@ backoff: delayed, never lost. A crash or a lost commit after step 2: the batch i
 (at least once; consumers drop an event whose ``id`` they have seen, or whose ``seq`` is not above
 the last one they applied). The stream keeps entries for ``ACCOUNT_EVENTS_RETENTION_DAYS`` (XADD
 MINID), the table keeps published rows as long, then they are pruned.
+
+Erasing an account (``erasure.py``) pauses the relays (:func:`pause_relays`) and withdraws the
+account's entries from the stream (:func:`withdraw_entries`).
 """
 
 from __future__ import annotations
@@ -134,7 +137,7 @@ async def withdraw_entries(redis: RedisClient, stream: str, user_id: int, keep_t
         page = await redis.xrange(stream, min=start, max="+", count=WITHDRAW_PAGE) or []
         owned: list[Any] = []
         for entry_id, fields in page:
-            raw = (fields or {}).get(EVENT_FIELD.encode()) or (fields or {}).get(EVENT_FIELD)
+            raw = (fields or {}).get(EVENT_FIELD.encode())
             if entry_id is None or raw is None:
                 continue
             try:
