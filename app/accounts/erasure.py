@@ -95,10 +95,15 @@ class AccountEraser:
             .execution_options(synchronize_session=False)
         )
         try:
-            for number in sorted(numbers):  # one DEL per number: its keys share a hash slot
-                await self.redis.delete(*(self.keys.phone(number, kind) for kind in NUMBER_KEYS))
-            withdrawn = await withdraw_entries(self.redis, self.keys.account_events, user.id)
+            withdrawn = await erase_from_redis(self.redis, self.keys, user.id, numbers)
         except (RedisError, OSError) as exc:
             logger.warning("erasure of account %s failed at Redis: %s", user.id, exc)
             raise ErasureUnavailable() from exc
         logger.info("account %s erased: %d events scrubbed, %d stream entries withdrawn", user.id, scrubbed, withdrawn)
+
+
+async def erase_from_redis(redis: RedisClient, keys: KeySpace, user_id: int, numbers: set[str]) -> int:
+    """The numbers' limiter keys and the account's stream entries; how many entries were withdrawn."""
+    for number in sorted(numbers):  # one DEL per number: its keys share a hash slot
+        await redis.delete(*(keys.phone(number, kind) for kind in NUMBER_KEYS))
+    return await withdraw_entries(redis, keys.account_events, user_id)

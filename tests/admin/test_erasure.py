@@ -13,14 +13,18 @@ import json
 import time
 from typing import Any
 
+import msgspec
 import pytest
 
+from app.accounts.erasure import erase_from_redis
 from app.accounts.relay import EVENT_FIELD, withdraw_entries
 from app.accounts.sessions import SessionUseTracker
 from app.core.redis import create_redis
 from app.core.redis_keys import KeySpace
+from app.ratelimit.limiter import LoginLimiter
 from tests.accounts.test_account_events import doc_consumer
 from tests.admin.support import login, panel_admin
+from tests.cluster import local_cluster
 from tests.helpers import GOOD_PIN, STRONG_PASSWORD, bearer, e164, new_phone, registered
 
 ADMIN = "/api/admin/users"
@@ -228,3 +232,39 @@ async def test_the_documented_consumer_acknowledges_an_entry_withdrawn_after_it_
     )
     assert handled == []
     assert (await redis.xpending(stream, "platform"))["pending"] == 0
+
+
+@pytest.mark.slow
+async def test_on_a_redis_cluster_the_numbers_keys_and_the_entries_go_from_their_own_nodes(settings, tmp_path):
+    """REDIS_CLUSTER=true: each number's keys live in its own slot (its hash tag), the stream in another."""
+    with local_cluster(tmp_path / "cluster", masters=3) as cluster:
+        on_cluster = msgspec.structs.replace(settings, redis_url=cluster.seed_url, redis_cluster=True)
+        redis = create_redis(on_cluster)
+        try:
+            limiter = LoginLimiter(redis, on_cluster)
+            numbers = {f"+25078800{n:04d}" for n in range(12)}  # spread over the shards, and so the masters
+            assert len({cluster.master_of_key(limiter.keys.phone(n, "pin")).port for n in numbers}) > 1
+            for number in numbers:
+                await limiter.reserve_account(number, "pin")
+                await limiter.execute([limiter.remember_call(number, "198.51.100.7")])
+                decision = await limiter.reserve_account(number, "password")
+                assert decision.reservation is not None
+                await limiter.settle(decision.reservation, "failure")
+            stream = limiter.keys.account_events
+            for user_id, kind in ((7, "account.registered"), (8, "account.registered"), (7, "account.deleted")):
+                await redis.xadd(stream, {EVENT_FIELD: json.dumps({"user_id": user_id, "type": kind, "seq": 1})})
+
+            def number_keys() -> list[str]:
+                found = []
+                for node in cluster.nodes:
+                    with node.client() as client:
+                        found += [str(key) for key in client.keys(f"{settings.redis_key_prefix}*") if ":p:" in str(key)]
+                return found
+
+            assert len(number_keys()) == 3 * len(numbers)  # password, PIN and known clients of each
+            assert await erase_from_redis(redis, limiter.keys, 7, numbers) == 1
+            assert number_keys() == []
+            owners = [json.loads(fields[b"event"]) for _, fields in await redis.xrange(stream)]
+            assert [(e["user_id"], e["type"]) for e in owners] == [(8, "account.registered"), (7, "account.deleted")]
+        finally:
+            await redis.aclose()
