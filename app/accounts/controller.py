@@ -14,7 +14,7 @@ from app.accounts.identifiers import IdentifierChanges
 from app.accounts.reauth import Reauthentication, RequestOrigin
 from app.accounts.schemas import AuthResponse, ProfileResponse, ProfileUpdateRequest, RegisterRequest
 from app.accounts.service import AuthService
-from app.core.errors import LimiterUnavailable, RateLimited, error_responses
+from app.core.errors import LimiterUnavailable, RateLimited, error_responses, try_again_in
 from app.core.http import BODY_ERRORS
 from app.db.models import User
 from app.ratelimit.limiter import Decision, LoginLimiter, rate_limit_headers
@@ -43,7 +43,7 @@ async def take_register_budget(limiter: LoginLimiter, client_key: str, state: St
         ) from None
     if not decision.allowed:
         raise RateLimited(
-            "Too many registrations from this network. Please wait before trying again.",
+            f"Too many registrations from this network. {try_again_in(decision.retry_after)}",
             headers={"Retry-After": str(decision.retry_after), **rate_limit_headers("register", decision)},
             extra={"retry_after": decision.retry_after},
         )

@@ -15,6 +15,7 @@ from msgspec import UNSET
 
 from app.accounts.names import name_problem, normalise_name
 from app.accounts.passwords import password_problem, pin_problem
+from app.accounts.privacy import clean_notification_preferences
 from app.accounts.schemas import LoginRequest, ProfileUpdateRequest, RegisterRequest, split_name
 from app.core.errors import FieldErrors
 from app.core.phones import PhoneNumberError, normalise_phone
@@ -168,16 +169,6 @@ def _given(value: Any) -> bool:
     return value is not UNSET
 
 
-def _contains_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_contains_nul(key) or _contains_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_contains_nul(item) for item in value)
-    return False
-
-
 def clean_profile_update(data: ProfileUpdateRequest, user: User, region: str) -> ProfileChanges:
     errors = FieldErrors()
     changes = ProfileChanges()
@@ -224,12 +215,11 @@ def clean_profile_update(data: ProfileUpdateRequest, user: User, region: str) ->
         value = getattr(data, name)
         if _given(value):
             out[name] = value
-    if _given(data.notification_preferences):
-        if _contains_nul(data.notification_preferences):
-            # Postgres text and jsonb cannot hold U+0000.
-            errors.add("notification_preferences", "Preferences must not contain the NUL character.")
-        else:
-            out["notification_preferences"] = data.notification_preferences
+    preferences = data.notification_preferences
+    if preferences is None:  # back to the defaults
+        out["notification_preferences"] = None
+    elif isinstance(preferences, dict):  # checked as the privacy page's are
+        out["notification_preferences"] = clean_notification_preferences(errors, preferences, user)
 
     new_password = data.new_password if _given(data.new_password) else data.password
     if isinstance(new_password, str) and new_password:
@@ -242,6 +232,9 @@ def clean_profile_update(data: ProfileUpdateRequest, user: User, region: str) ->
     new_pin = data.new_pin if _given(data.new_pin) else data.pin
     if isinstance(new_pin, str | int) and new_pin != "":
         changes.new_pin = _clean_pin(errors, "new_pin" if _given(data.new_pin) else "pin", new_pin)
+        # A new PIN turns PIN sign-in on, whatever the checkbox sent with it says: the settings page
+        # sends its (usually unticked) box along, and the Flask route applied it first, then the PIN.
+        out["enable_pin_auth"] = True
     # Optional: a recent sign-in also allows sensitive changes (app/accounts/reauth.py decides).
     current = data.current_password if isinstance(data.current_password, str) else None
     changes.current_password = current or None

@@ -17,7 +17,7 @@ from app.accounts.forms import ProfileChanges
 from app.accounts.reauth import RequestOrigin
 from app.audit.pipeline.events import new_event
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
-from app.core.errors import Conflict, LimiterUnavailable, RateLimited
+from app.core.errors import Conflict, LimiterUnavailable, RateLimited, try_again_in
 from app.db.models import User
 from app.ratelimit.limiter import LoginLimiter, rate_limit_headers
 
@@ -51,7 +51,7 @@ class IdentifierChanges:
         if decision is not None and not decision.allowed:
             await self._record(user, origin, "rate_limited", success=False)
             raise RateLimited(
-                "Too many changes of your email or phone number. Please wait before trying again.",
+                f"Too many changes of your email or phone number. {try_again_in(decision.retry_after)}",
                 headers={"Retry-After": str(decision.retry_after), **rate_limit_headers("identifier", decision)},
                 extra={"retry_after": decision.retry_after},
             )

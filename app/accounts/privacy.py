@@ -59,21 +59,32 @@ def notification_preferences(user: User) -> dict[str, bool]:
     return {key: bool(stored.get(key, default)) for key, default in NOTIFICATION_DEFAULTS.items()}
 
 
+def clean_notification_preferences(errors: FieldErrors, given: dict[str, Any], user: User) -> dict[str, bool]:
+    """``given`` merged over the user's preferences; each unknown key and non-boolean value is a field error.
+
+    The one check for every route that stores preferences (the privacy page and the profile), so no
+    route keeps what the other refuses.
+    """
+    merged = notification_preferences(user)
+    for key, value in given.items():
+        field_name = f"notification_preferences.{key}"[:100]
+        if key not in NOTIFICATION_DEFAULTS:
+            errors.add(field_name, f"Unknown notification preference. Use: {', '.join(NOTIFICATION_DEFAULTS)}.")
+        elif not isinstance(value, bool):
+            errors.add(field_name, "Enter true or false.")
+        else:
+            merged[key] = value
+    return merged
+
+
 def clean_privacy_update(data: PrivacyUpdateRequest, user: User) -> dict[str, Any]:
     """The columns to set, or ValidationFailed naming each unknown key and non-boolean value."""
     errors = FieldErrors()
     columns: dict[str, Any] = {}
     if data.notification_preferences is not UNSET:
-        merged = notification_preferences(user)
-        for key, value in data.notification_preferences.items():
-            field_name = f"notification_preferences.{key}"[:100]
-            if key not in NOTIFICATION_DEFAULTS:
-                errors.add(field_name, f"Unknown notification preference. Use: {', '.join(NOTIFICATION_DEFAULTS)}.")
-            elif not isinstance(value, bool):
-                errors.add(field_name, "Enter true or false.")
-            else:
-                merged[key] = value
-        columns["notification_preferences"] = merged
+        columns["notification_preferences"] = clean_notification_preferences(
+            errors, data.notification_preferences, user
+        )
     if data.data_sharing_consent is not UNSET:
         columns["data_sharing_consent"] = data.data_sharing_consent
     errors.raise_if_any()

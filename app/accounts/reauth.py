@@ -18,7 +18,7 @@ from app.accounts.forms import ProfileChanges
 from app.accounts.passwords import Hasher
 from app.audit.pipeline.events import LoginEvent, encode_event, new_event
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
-from app.core.errors import AccountLocked, AppError, FieldError, LimiterUnavailable, ValidationFailed
+from app.core.errors import AccountLocked, AppError, FieldError, LimiterUnavailable, ValidationFailed, try_again_in
 from app.core.settings import Settings
 from app.db.models import User
 from app.ratelimit.limiter import Decision, LoginLimiter, rate_limit_headers
@@ -124,6 +124,7 @@ class Reauthentication:
             else:
                 await self._store(refusal, backlog_full=True)
             raise AccountLocked(
+                f"{AccountLocked.cause} {try_again_in(decision.retry_after)}",
                 headers={"Retry-After": str(decision.retry_after), **rate_limit_headers("password", decision)},
                 extra={"retry_after": decision.retry_after},
             )

@@ -217,7 +217,7 @@ class AuthService:
             fields["password_hash"] = await self.hasher.hash_password(changes.new_password)
         if changes.new_pin:
             fields["pin_hash"] = await self.hasher.hash_pin(changes.new_pin)
-            fields.setdefault("enable_pin_auth", True)
+            fields["enable_pin_auth"] = True  # whatever the checkbox sent with it said (the Flask route's order)
         if fields.get("enable_pin_auth") and not (user.pin_hash or changes.new_pin):
             raise ValidationFailed([FieldError("enable_pin_auth", "Set a PIN before turning on PIN sign-in.")])
         await self.events.profile_changing(user, fields)

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import phonenumbers
-from sqlalchemy import ColumnElement, func, or_, select, update
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts.erasure import AccountEraser
 from app.accounts.passwords import Hasher
 from app.accounts.service import UserService, utcnow
 from app.admin.recovery import canonical_recovery_code, new_recovery_code
@@ -366,32 +367,12 @@ class AdminService:
         return target
 
     async def delete_user(self, actor: Actor, user_id: int) -> None:
-        """Deactivate and erase the personal data; the login history stays until AUDIT_RETENTION_DAYS."""
+        """Deactivate and erase the personal data (app/accounts/erasure.py); the login history stays until
+        AUDIT_RETENTION_DAYS."""
         target = await self._target(actor, user_id, Action.DELETE)
         await self._end_every_session(target, "deleted")
         await self.events.deleted(target.id, reason="admin")
-        await self.session.execute(
-            update(User)
-            .where(User.id == target.id)
-            .values(
-                name="Deleted account",
-                phone_number=None,
-                email=None,
-                password_hash="!",  # noqa: S106 (never a valid hash: nothing verifies against it)
-                pin_hash=None,
-                enable_pin_auth=False,
-                recovery_hash=None,
-                recovery_expires_at=None,
-                date_of_birth=None,
-                notification_preferences=None,
-                current_session_data=None,
-                personal_cycle_length=None,
-                personal_period_length=None,
-                is_active=False,
-                deleted_at=utcnow(),
-            )
-            .execution_options(synchronize_session=False)
-        )
+        await AccountEraser(self.session, self.redis, self.limiter.keys).erase(target)
         await self.record(actor, "delete", target.id)
 
     async def record_reset_refused(self, actor: Actor, user_id: int) -> None:

@@ -120,6 +120,20 @@ class Conflict(AppError):
     code = "conflict"
 
 
+def try_again_in(seconds: int) -> str:
+    """The wait of a 429 in words, never shorter than ``seconds``: the web page shows only the message
+    (it ignores ``Retry-After``), so the message must say how long. Seconds under a minute, then
+    minutes, from two hours on hours; always rounded up."""
+    seconds = max(1, seconds)
+    if seconds < 60:
+        count, unit = seconds, "second"
+    elif seconds < 2 * 3600:
+        count, unit = -(-seconds // 60), "minute"
+    else:
+        count, unit = -(-seconds // 3600), "hour"
+    return f"Please try again in {count} {unit}{'' if count == 1 else 's'}."
+
+
 class RateLimited(AppError):
     status_code = 429
     code = "rate_limited"
@@ -134,7 +148,8 @@ class PinLocked(AppError):
 
 class AccountLocked(RateLimited):
     code = "account_locked"
-    message = "Too many failed sign-ins for this phone number. Please wait before trying again."
+    cause = "Too many failed sign-ins for this phone number."
+    message = f"{cause} Please wait before trying again."
 
 
 UNAVAILABLE_RETRY_AFTER = 30  # seconds a client is told to wait when a dependency is down

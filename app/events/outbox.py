@@ -19,7 +19,7 @@ from typing import Any, Literal
 import msgspec
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
 from advanced_alchemy.service import SQLAlchemyAsyncRepositoryService
-from sqlalchemy import update
+from sqlalchemy import func, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid_utils.compat import uuid7
 
@@ -57,6 +57,9 @@ PROFILE_FIELDS = (
 )
 # What a new account's event carries: who the platform must create its parents/adolescents row for.
 NEW_ACCOUNT_FIELDS = ("name", "phone_number", "email", "user_type", "role", "date_of_birth", "is_active")
+# What an erased account's earlier events keep: words about the change that name nobody (why, which
+# credential, which role). Everything else of their payloads goes (``AccountEventService.scrub``).
+KEPT_WHEN_ERASED = ("reason", "credentials", "role", "previous_role", "source")
 # Columns whose change is a credential change, and the name the event gives it (never the value).
 CREDENTIAL_COLUMNS = {"password_hash": "password", "pin_hash": "pin", "phone_number": "phone"}
 
@@ -129,6 +132,45 @@ class AccountEventService(SQLAlchemyAsyncRepositoryService[AccountEvent]):
     async def deleted(self, user_id: int, reason: str) -> None:
         """Call *before* deleting the row (the sequence number lives on it); same transaction."""
         await self.record(user_id, "account.deleted", reason=reason)
+
+    # ---- erasure ----------------------------------------------------------------------------------
+
+    async def phone_numbers(self, user_id: int) -> set[str]:
+        """Every number the user's events name (at registration, import or a change): the numbers
+        Redis may hold keys for, the current one and earlier ones alike."""
+        session = self.repository.session
+        payload = AccountEvent.payload
+        rows = await session.scalars(
+            select(func.coalesce(payload["phone_number"].astext, payload["fields"]["phone_number"].astext)).where(
+                AccountEvent.user_id == user_id,
+                or_(payload.has_key("phone_number"), payload["fields"].has_key("phone_number")),
+            )
+        )
+        return {number for number in rows if number}
+
+    async def scrub(self, user_id: int) -> int:
+        """Strip the user's earlier events down to :data:`KEPT_WHEN_ERASED`, marked ``"erased": true``.
+
+        Type, sequence number and time stay, so consumers still see an unbroken sequence; an
+        ``account.updated`` keeps an empty ``fields``. The ``account.deleted`` event is left as it is.
+        How many events were scrubbed.
+        """
+        session = self.repository.session
+        result = await session.execute(_SCRUB, {"user_id": user_id, "kept": list(KEPT_WHEN_ERASED)})
+        return int(result.rowcount or 0)
+
+
+_SCRUB = text(
+    """
+UPDATE account_events
+SET payload = coalesce(
+        (SELECT jsonb_object_agg(key, value) FROM jsonb_each(payload) WHERE key = ANY(CAST(:kept AS text[]))),
+        '{}'::jsonb)
+    || CASE WHEN payload ? 'fields' THEN '{"fields": {}}'::jsonb ELSE '{}'::jsonb END
+    || '{"erased": true}'::jsonb
+WHERE user_id = :user_id AND type <> 'account.deleted' AND NOT payload ? 'erased'
+"""
+)
 
 
 async def record_imported(

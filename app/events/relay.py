@@ -18,6 +18,9 @@ backoff: delayed, never lost. A crash or a lost commit after step 2: the batch i
 (at least once; consumers drop an event whose ``id`` they have seen, or whose ``seq`` is not above
 the last one they applied). The stream keeps entries for ``ACCOUNT_EVENTS_RETENTION_DAYS`` (XADD
 MINID), the table keeps published rows as long, then they are pruned.
+
+Erasing an account (``erasure.py``) pauses the relays (:func:`pause_relays`) and withdraws the
+account's entries from the stream (:func:`withdraw_entries`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import msgspec
 from redis.exceptions import RedisError
 from sqlalchemy import Row, and_, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.core.redis import RedisClient
 from app.core.redis_keys import KeySpace
@@ -50,6 +53,7 @@ EVENT_FIELD = "event"
 BATCH_SIZE = 500
 PRUNE_BATCH = 5000
 PRUNE_EVERY_SECONDS = 3600.0
+WITHDRAW_PAGE = 1000
 # Any fixed number: the one advisory lock every relay on this database contends for.
 RELAY_LOCK_KEY = 0x4C45_0001_ACC0
 
@@ -102,6 +106,52 @@ def _batch_query(limit: int) -> Any:
         .where(unpublished)
         .order_by(AccountEvent.created_at, AccountEvent.id)
     )
+
+
+async def pause_relays(session: AsyncSession) -> None:
+    """Wait for the batch in flight, then keep every relay out until ``session``'s transaction ends.
+
+    Erasure needs it: a batch that read a payload before it was scrubbed must not append it after
+    the stream was cleaned of the account's entries.
+    """
+    await session.execute(select(func.pg_advisory_xact_lock(RELAY_LOCK_KEY)))
+
+
+class _EntryOwner(msgspec.Struct):
+    user_id: int
+    type: str
+
+
+_entry_owner = msgspec.json.Decoder(_EntryOwner)
+
+
+async def withdraw_entries(redis: RedisClient, stream: str, user_id: int, keep_type: str = "account.deleted") -> int:
+    """XDEL every entry of ``user_id`` from ``stream`` but its ``keep_type`` event; how many.
+
+    The stream is read through in pages (it holds ACCOUNT_EVENTS_RETENTION_DAYS of every account's
+    events), so entries appended twice (the relay publishes at least once) are found as well.
+    """
+    withdrawn = 0
+    start = "-"
+    while True:
+        page = await redis.xrange(stream, min=start, max="+", count=WITHDRAW_PAGE) or []
+        owned: list[Any] = []
+        for entry_id, fields in page:
+            raw = (fields or {}).get(EVENT_FIELD.encode())
+            if entry_id is None or raw is None:
+                continue
+            try:
+                owner = _entry_owner.decode(raw)
+            except msgspec.DecodeError:
+                continue
+            if owner.user_id == user_id and owner.type != keep_type:
+                owned.append(entry_id)
+        if owned:
+            withdrawn += int(await redis.xdel(stream, *owned))
+        if len(page) < WITHDRAW_PAGE:
+            return withdrawn
+        last = page[-1][0]
+        start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
 
 
 class AccountEventRelay:

@@ -13,7 +13,7 @@ from typing import Literal
 
 from app.audit.pipeline.events import LoginEvent, encode_event, new_event
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
-from app.core.errors import AccountLocked, LimiterUnavailable, PinLocked
+from app.core.errors import AccountLocked, LimiterUnavailable, PinLocked, try_again_in
 from app.ratelimit.limiter import Decision, LoginLimiter, Reservation, rate_limit_headers
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ class LoginAttempt:
         if self.method == "pin":
             raise PinLocked(headers=self.headers())
         raise AccountLocked(
+            f"{AccountLocked.cause} {try_again_in(decision.retry_after)}",
             headers={**self.headers(), "Retry-After": str(decision.retry_after)},
             extra={"retry_after": decision.retry_after},
         )

@@ -21,7 +21,7 @@ from prometheus_client import Counter
 
 from app.audit.pipeline.events import LoginEvent, encode_event
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
-from app.core.errors import AppError, LimiterUnavailable, PayloadTooLarge, RateLimited, encode_error
+from app.core.errors import AppError, LimiterUnavailable, PayloadTooLarge, RateLimited, encode_error, try_again_in
 from app.core.http import user_agent_of
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.core.settings import Settings
@@ -183,7 +183,7 @@ class LoginGate:
             else:
                 await _store_refusal(publisher, refusal)  # its audit stream is full (AUDIT_MAX_BACKLOG)
             refused = RateLimited(
-                "Too many failed sign-in attempts. Please wait before trying again.",
+                f"Too many failed sign-in attempts. {try_again_in(decision.retry_after)}",
                 headers={"Retry-After": str(decision.retry_after), **rate_limit_headers("login", decision)},
                 extra={"retry_after": decision.retry_after},
             )

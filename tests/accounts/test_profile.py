@@ -184,3 +184,26 @@ async def test_disabling_pin_stops_pin_login(client):
     assert response.status_code == 200
     login = await client.post("/api/auth/login", json={"phone_number": phone, "pin": GOOD_PIN})
     assert login.status_code == 401
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_profile_refuses_the_preferences_the_privacy_page_refuses(client, db, account, path):
+    """Issue 21, finding 11: the profile route stored unknown keys and any value; one check serves both."""
+    refused = {"sms": True, "x-tracker": True, "email": 2**80, "cycle_reminders": "yes"}
+    for route, method in ((path, client.put), ("/api/settings/privacy", client.put)):
+        response = await method(route, headers=account["headers"], json={"notification_preferences": refused})
+        assert response.status_code == 400, response.text
+        fields = {e["field"] for e in response.json()["errors"]}
+        assert fields == {
+            "notification_preferences.x-tracker",
+            "notification_preferences.email",
+            "notification_preferences.cycle_reminders",
+        }
+    stored = await db.fetchval("SELECT notification_preferences FROM users WHERE id = $1", account["user_id"])
+    assert stored is None  # nothing of either refused request was kept
+
+    saved = await client.put(path, headers=account["headers"], json={"notification_preferences": {"sms": True}})
+    assert saved.status_code == 200, saved.text
+    privacy = (await client.get("/api/settings/privacy", headers=account["headers"])).json()["privacy"]
+    assert privacy["notification_preferences"]["sms"] is True
+    assert privacy["notification_preferences"]["email"] is True  # the other switches keep their values

@@ -2,11 +2,12 @@
 
 import asyncio
 import datetime
+import re
 import time
 
 import pytest
 
-from tests.helpers import GOOD_PIN, OTHER_PASSWORD, STRONG_PASSWORD, bearer, e164, new_phone, registered
+from tests.helpers import GOOD_PIN, OTHER_PASSWORD, STRONG_PASSWORD, bearer, e164, new_phone, register, registered
 
 FIELD_ORIGIN = "https://ladys-essence-git-main-team.vercel.app"
 FIELD_ORIGINS = {
@@ -152,6 +153,26 @@ async def bundle_of(client, token):
     response = await client.get("/api/settings/bundle", headers=bearer(token))
     assert response.status_code == 200, response.text
     return response.json()
+
+
+async def test_the_pages_exact_body_with_the_box_unticked_turns_pin_sign_in_on(client):
+    """Issue 21, finding 12: the checkbox (false) comes with the new PIN; the Flask route turned PIN sign-in on."""
+    phone = new_phone()
+    account = await registered(client, phone_number=phone, name="Aline Uwase", email="aline@example.org")
+    body = {
+        "first_name": "Aline",
+        "last_name": "Uwase",
+        "email": "aline@example.org",
+        "phone_number": e164(phone),
+        "enable_pin_auth": False,
+        "new_pin": "5938",
+    }  # as the settings page sends it (clients/web-client.md, "Settings page")
+    saved = await client.put("/api/settings/account", headers=bearer(account["access_token"]), json=body)
+    assert saved.status_code == 200, saved.text
+    assert saved.json()["user"]["enable_pin_auth"] is True
+    signed_in = await client.post("/api/auth/login", json={"phone_number": phone, "pin": "5938"})
+    assert signed_in.status_code == 200, signed_in.text
+    assert signed_in.json()["auth_method"] == "pin"
 
 
 async def test_register_then_set_a_pin_on_its_own_then_sign_in_by_pin(client):
@@ -398,3 +419,73 @@ async def test_21_wrong_current_passwords_lock_the_number_and_are_audited(client
     # The same budget as the login endpoint's: the right password cannot sign in now either.
     login = await client.post("/api/auth/login", json={"phone_number": phone, "password": STRONG_PASSWORD})
     assert login.status_code == 429 and login.json()["code"] == "account_locked"
+
+
+# ---- what a 429 tells the page ------------------------------------------------------------------
+
+UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600}
+
+
+def stated_wait(message):
+    """The wait a message names, in seconds, and the size of its unit."""
+    found = re.search(r"try again in (\d+) (second|minute|hour)s?\.$", message)
+    assert found, message
+    unit = UNIT_SECONDS[found[2]]
+    return int(found[1]) * unit, unit
+
+
+def assert_names_the_wait(response, code):
+    """The page shows only ``message`` (it ignores Retry-After): the message names the same wait, rounded up,
+    in seconds under a minute, in minutes under two hours, in hours beyond."""
+    assert response.status_code == 429, response.text
+    body = response.json()
+    assert body["code"] == code
+    retry_after = int(response.headers["Retry-After"])
+    assert body["retry_after"] == retry_after
+    stated, unit = stated_wait(body["message"])
+    assert unit == (1 if retry_after < 60 else 60 if retry_after < 7200 else 3600), body["message"]
+    assert retry_after <= stated < retry_after + unit, (body["message"], retry_after)
+
+
+LIMITS_TO_REACH = {
+    "account_max_failures": 2,
+    "account_window_seconds": 3 * 3600,
+    "register_limit": 2,
+    "register_window_seconds": 45,
+    "profile_identifier_changes": 1,
+}
+
+
+@pytest.mark.parametrize("settings", [LIMITS_TO_REACH], indirect=True)
+async def test_every_429_of_the_page_says_how_long_to_wait(client):
+    """Issue 21, finding 13: sign-in, registration and profile refusals name the wait in the message."""
+    phone = new_phone()
+    account = await registered(client, phone_number=phone)
+    headers = bearer(account["access_token"])
+    await registered(client)
+    assert_names_the_wait(await register(client), "rate_limited")  # seconds: a 45 s window
+
+    email = await client.put("/api/settings/account", headers=headers, json={"email": "aline@example.org"})
+    assert email.status_code == 200, email.text
+    again = await client.put("/api/settings/account", headers=headers, json={"email": "uwase@example.org"})
+    assert_names_the_wait(again, "rate_limited")  # minutes: an hour's budget
+
+    for index in range(3):
+        reauth = await client.put(
+            "/api/settings/account",
+            headers=headers,
+            json={"current_password": f"Wrong-Guess-{index:03d}", "new_password": OTHER_PASSWORD},
+        )
+    assert_names_the_wait(reauth, "account_locked")  # hours: a three-hour window
+
+    for number in (new_phone(), new_phone()):  # two numbers, two wrong passwords each: the client's 4 of 5
+        for _ in range(2):
+            wrong = await client.post("/api/auth/login", json={"phone_number": number, "password": "Wrong-Guess-7"})
+            assert wrong.status_code == 401
+    locked = await client.post("/api/auth/login", json={"phone_number": number, "password": "Wrong-Guess-7"})
+    assert_names_the_wait(locked, "account_locked")
+    fifth = await client.post("/api/auth/login", json={"phone_number": new_phone(), "password": "Wrong-Guess-7"})
+    assert fifth.status_code == 401
+    refused = await client.post("/api/auth/login", json={"phone_number": phone, "password": STRONG_PASSWORD})
+    assert_names_the_wait(refused, "rate_limited")  # the client's budget: 15 minutes
+    assert "sign-in" in refused.json()["message"]

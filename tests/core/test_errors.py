@@ -1,5 +1,6 @@
 import pytest
 
+from app.core.errors import try_again_in
 from tests.helpers import STRONG_PASSWORD, new_phone
 
 
@@ -84,3 +85,22 @@ async def test_openapi_schema_is_served(client):
     paths = response.json()["paths"]
     for path in ("/api/auth/register", "/api/auth/login", "/api/auth/refresh", "/api/auth/profile", "/health"):
         assert path in paths
+
+
+@pytest.mark.parametrize(
+    ("seconds", "words"),
+    [
+        (0, "1 second"),
+        (1, "1 second"),
+        (45, "45 seconds"),
+        (59, "59 seconds"),
+        (60, "1 minute"),
+        (61, "2 minutes"),
+        (14 * 60, "14 minutes"),
+        (2 * 3600 - 1, "120 minutes"),
+        (2 * 3600, "2 hours"),
+        (2 * 3600 + 1, "3 hours"),
+    ],
+)
+def test_a_wait_in_words_is_never_shorter_than_the_wait(seconds, words):
+    assert try_again_in(seconds) == f"Please try again in {words}."
