@@ -41,7 +41,7 @@ class RegistrationsSpent(RateLimited):
 
 class NumberRegistrationsSpent(RateLimited):
     code = "rate_limited"
-    message = "Too many registrations for this number today. Please try again tomorrow."
+    message = "Too many registrations for this number today. Please try again later."
 
 
 class SessionLocked(AppError):
