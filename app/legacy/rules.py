@@ -208,7 +208,7 @@ def user_row(
     refusal: tuple[str, str] | None = None
     if user_type not in USER_TYPES:
         user_type = raw_type
-        refusal = ("user_type_unknown", f"user_type {shown(raw_type)!r} is none of {', '.join(USER_TYPES)}")
+        refusal = ("user_type_unknown", f"user_type '{shown(raw_type)}' is none of {', '.join(USER_TYPES)}")
     elif user_type != raw_type:
         note("user_type", "user_type_normalised", shown(raw_type), user_type)
     staff = user_type in STAFF_USER_TYPES
