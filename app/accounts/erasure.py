@@ -42,9 +42,9 @@ from app.events.relay import pause_relays, withdraw_entries
 
 logger = logging.getLogger(__name__)
 
-# The limiter's keys of one phone number (app/ratelimit/limiter.py): failed passwords, the PIN
+# The limiter's keys of one phone number (app/ratelimit/limiter.py): failed passwords, the PIN, USSD registrations,
 # lock, and the clients that signed in to it (addresses, kept for KNOWN_CLIENT_DAYS).
-NUMBER_KEYS = ("password", "pin", "known")
+NUMBER_KEYS = ("password", "pin", "known", "ussd_register_number")
 
 ERASED_COLUMNS = {
     "name": "Deleted account",

@@ -18,8 +18,6 @@ import click
 
 from app.core.settings import ConfigError, Settings
 
-ROLE_CHOICES = ("user", "security", "admin")
-
 
 @click.group(help="The Flask-era data: import its accounts and login history.")
 def legacy() -> None:
@@ -27,15 +25,23 @@ def legacy() -> None:
 
 
 def _staff_roles(values: tuple[str, ...]) -> dict[str, str]:
+    """USER_TYPE -> the authority granted (support, security, admin); ``support`` is the panel's type only."""
     from app.db.models import STAFF_USER_TYPES
+    from app.legacy.rules import PANEL_USER_TYPE, STAFF_GRANTS
 
     roles: dict[str, str] = {}
     for value in values:
         user_type, sep, role = value.partition("=")
-        if not sep or user_type not in STAFF_USER_TYPES or role not in ROLE_CHOICES:
+        if not sep or user_type not in STAFF_USER_TYPES or role not in STAFF_GRANTS:
             raise click.BadParameter(
                 f"{value!r}: write USER_TYPE=ROLE, USER_TYPE one of {', '.join(STAFF_USER_TYPES)},"
-                f" ROLE one of {', '.join(ROLE_CHOICES)} (e.g. admin=admin)",
+                f" ROLE one of {', '.join(STAFF_GRANTS)} (e.g. admin=admin)",
+                param_hint="--staff-role",
+            )
+        if role == "support" and user_type != PANEL_USER_TYPE:
+            raise click.BadParameter(
+                f"{value!r}: support is the admin panel's authority, which only user_type {PANEL_USER_TYPE} has;"
+                f" leave {user_type} out (no authority) or grant security or admin",
                 param_hint="--staff-role",
             )
         roles[user_type] = role
@@ -126,7 +132,11 @@ class _Progress:
     help="JSON: source account id -> keep | unlink | skip, for the collisions it names.",
 )
 @click.option(
-    "--staff-role", multiple=True, help="USER_TYPE=ROLE, e.g. admin=admin (default: every account's role is user)."
+    "--staff-role",
+    multiple=True,
+    help="USER_TYPE=ROLE (support, security or admin), e.g. admin=support. Without it nothing is granted: "
+    "user_type admin rows are not imported, other staff types get no authority. Granted accounts come "
+    "without their Flask-era password and PIN (set one with `users recover`).",
 )
 def import_command(
     source_url: str,

@@ -89,6 +89,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ussd_session_max_failures: int = 3
     ussd_session_seconds: int = 900
     ussd_max_failures_per_minute: int = 2000
+    # Registrations over USSD (every one counts, a 409 too): per gateway credential in a minute's sliding
+    # window, and per number in a day's (docs/ussd.md: sizing).
+    ussd_registrations_per_minute: int = 120
+    ussd_registrations_per_number_per_day: int = 3
 
     # Audit pipeline (app/audit).
     audit_batch_size: int = 500

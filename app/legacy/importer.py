@@ -178,6 +178,7 @@ async def _import_users(
 ) -> None:
     total = await source.count("users")
     unusable = _unusable_password_hash(options)
+    actor = Actor.from_shell()
     imported_at = report.started_at
 
     def row_of(record: Any) -> UserRow:
@@ -227,6 +228,10 @@ async def _import_users(
                 reason, detail = plan.skipped[user_id]
                 report.not_imported_account(user_id, reason, detail)
                 continue
+            if row.refusal is not None:
+                # Decided after the plan, which it took part in: a rerun that imports it decides the same.
+                report.not_imported_account(user_id, *row.refusal)
+                continue
             _apply_plan(row, plan, user_id)
             _note(report, row)
             if user_id in ours:
@@ -234,7 +239,7 @@ async def _import_users(
             else:
                 batch.append(row)
         if batch and not options.dry_run:
-            await _write_users(target, batch, ours, report)
+            await _write_users(target, batch, ours, report, actor)
         elif batch:
             report.users_inserted += len(batch)
         done += len(rows)
@@ -257,7 +262,16 @@ def _note(report: Report, row: UserRow) -> None:
     if row.ussd_created:
         report.ussd_created.append(values["id"])
     if row.staff:
-        report.staff.append({"id": values["id"], "user_type": values["user_type"], "role": values["role"]})
+        report.staff.append(
+            {
+                "id": values["id"],
+                "user_type": values["user_type"],
+                "role": values["role"],
+                "granted": row.granted,
+                "phone_number": values["phone_number"],
+                "credentials": "not_imported" if row.granted is not None else "imported",
+            }
+        )
     if values["phone_number"] is None and values["account_type"] == FAMILY_MANAGED and not row.raw_phone:
         report.family_managed_without_phone += 1
 
@@ -298,13 +312,16 @@ async def _next_user_id(target: asyncpg.Connection, floor: int, dry_run: bool) -
     return max(last, floor) + 1 if dry_run else last + 1
 
 
-async def _write_users(target: asyncpg.Connection, batch: list[UserRow], ours: set[int], report: Report) -> None:
+async def _write_users(
+    target: asyncpg.Connection, batch: list[UserRow], ours: set[int], report: Report, actor: Actor
+) -> None:
     ids = [row.values["id"] for row in batch]
     columns = [[row.values[name] for row in batch] for name, _ in USER_INSERT_COLUMNS]
     try:
         async with target.transaction():
             inserted = [record["id"] for record in await target.fetch(INSERT_USERS, *columns)]
             await accounts_imported(target, inserted)
+            await _record_grants(target, [row for row in batch if row.granted], set(inserted), actor)
     except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError) as exc:
         raise ImportFailed(FailedBatch("users", ids[0], ids[-1], ids, _describe(exc))) from exc
     report.users_inserted += len(inserted)
@@ -317,6 +334,25 @@ async def _write_users(target: asyncpg.Connection, batch: list[UserRow], ours: s
                 ours.add(record["id"])
             else:
                 report.not_imported_account(record["id"], "id_taken", "the id was taken during the import")
+
+
+async def _record_grants(target: asyncpg.Connection, granted: list[UserRow], inserted: set[int], actor: Actor) -> None:
+    """One ``grant_role`` entry per staff account written, as ``users create-admin --promote`` writes:
+    the security team's record of who was given authority, and that no credential came with it."""
+    for row in granted:
+        if row.values["id"] not in inserted:
+            continue
+        filters = {
+            "user_id": row.values["id"],
+            "role": row.values["role"],
+            "granted": row.granted,
+            "user_type": row.values["user_type"],
+            "previous_role": None,
+            "sessions_revoked": 0,
+            "password_set": False,
+            "source": "legacy_import",
+        }
+        await record_query(target, actor, "grant_role", filters)
 
 
 def _describe(exc: BaseException) -> str:

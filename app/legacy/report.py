@@ -127,7 +127,13 @@ class Report:
             f" email collisions: {len(data['email_collisions']):,} addresses"
         )
         lines.append(f"  USSD-created (password is probably the PIN): {len(self.ussd_created):,}")
-        lines.append(f"  staff accounts: {len(self.staff):,}")
+        granted = [item for item in self.staff if item["granted"] is not None]
+        lines.append(f"  staff accounts: {len(self.staff):,}, {len(granted):,} granted authority by --staff-role")
+        if granted:
+            lines.append(
+                "  granted staff have no password or PIN from the Flask era: give each one a one-time code with"
+                " `ladys-essence users recover --phone NUMBER` (the report's `staff` lists them)"
+            )
         if users["next_user_id"] is not None:
             lines.append(f"  next registration gets an id >= {users['next_user_id']:,}")
         if data["history"] is not None:

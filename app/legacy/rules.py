@@ -12,11 +12,19 @@ import functools
 import ipaddress
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.accounts.forms import CYCLE_LENGTH_RANGE, PERIOD_LENGTH_RANGE, SESSION_TIMEOUT_RANGE
+from app.accounts.names import (
+    ALLOWED_FORMAT_CHARACTERS,
+    NAME_MAX_LENGTH,
+    REFUSED_CATEGORIES,
+    name_problem,
+    normalise_name,
+)
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.db.models import STAFF_USER_TYPES, USER_TYPES
 
@@ -26,6 +34,12 @@ BCRYPT_HASH = re.compile(r"\A\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{5
 USSD_LOCAL_PHONE = re.compile(r"\A0[0-9]{9}\Z")
 EMAIL_MAX = 254
 FLASK_SESSION_TIMEOUT_DEFAULT = 2
+# The Flask admin panel admitted this user_type: here it is support authority unless a role grants more,
+# so such a row is imported only when ``--staff-role admin=...`` says what it is granted.
+PANEL_USER_TYPE = "admin"
+# What ``--staff-role USER_TYPE=GRANT`` may grant, and the role column each grant stores. ``support`` is
+# the panel's user_type with no role above it, so only PANEL_USER_TYPE can be granted it.
+STAFF_GRANTS: dict[str, str] = {"support": "user", "security": "security", "admin": "admin"}
 FAMILY_MANAGED = "family_managed"
 DETAIL_MAX = 200
 # Flask-era column defaults, for NULLs in columns that had one.
@@ -65,6 +79,8 @@ class UserRow:
     has_pin: bool = False
     ussd_created: bool = False
     staff: bool = False
+    granted: str | None = None  # the staff authority --staff-role granted (its credentials were not imported)
+    refusal: tuple[str, str] | None = None  # (reason, detail): the row is read and planned, never written
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -107,6 +123,29 @@ def parse_preferences(value: str | None) -> tuple[dict[str, Any] | None, bool]:
     if not isinstance(parsed, dict):
         return None, False
     return parsed, True
+
+
+def _refused_in_name(ch: str) -> bool:
+    return unicodedata.category(ch) in REFUSED_CATEGORIES and ch not in ALLOWED_FORMAT_CHARACTERS
+
+
+def clean_name(raw: str | None) -> str:
+    """The name as registration would have accepted it: whitespace runs collapsed and the characters
+    registration refuses (controls, direction overrides, invisible format characters) removed.
+
+    Registration refuses such a name; an imported account cannot be asked again, so the import keeps
+    what is left (possibly nothing: the report lists it) and never what was stored.
+    """
+    kept = "".join(ch for ch in normalise_name(raw) if not _refused_in_name(ch))
+    name = normalise_name(kept)[:NAME_MAX_LENGTH].strip()
+    assert name_problem(name) is None, name
+    return name
+
+
+def shown(text: str) -> str:
+    """``text`` for the report: every refused character as a ``\\uXXXX`` escape, so the report reads as stored."""
+    escaped = "".join(f"\\u{ord(ch):04x}" if _refused_in_name(ch) else ch for ch in text)
+    return escaped[:DETAIL_MAX]
 
 
 def _in(value: int | None, bounds: tuple[int, int]) -> bool:
@@ -153,11 +192,41 @@ def user_row(
         pin_hash = None
         enable_pin_auth = False
 
-    user_type = row["user_type"]
+    raw_name = row["name"] or ""
+    name = clean_name(raw_name)
+    if name != raw_name:
+        if not name:
+            problem = "name_empty"
+        elif any(_refused_in_name(ch) for ch in normalise_name(raw_name)):  # tabs and newlines are whitespace
+            problem = "name_refused_characters"
+        else:
+            problem = "name_whitespace"
+        note("name", problem, shown(raw_name), name)
+
+    raw_type = row["user_type"] or ""
+    user_type = raw_type.strip().lower()
+    refusal: tuple[str, str] | None = None
     if user_type not in USER_TYPES:
-        note("user_type", "user_type_unknown", user_type, user_type)
+        user_type = raw_type
+        refusal = ("user_type_unknown", f"user_type '{shown(raw_type)}' is none of {', '.join(USER_TYPES)}")
+    elif user_type != raw_type:
+        note("user_type", "user_type_normalised", shown(raw_type), user_type)
     staff = user_type in STAFF_USER_TYPES
-    role = staff_roles.get(user_type, "user")
+    granted = staff_roles.get(user_type) if staff else None
+    if user_type == PANEL_USER_TYPE and granted is None:
+        refusal = (
+            "staff_role_required",
+            "user_type admin was the Flask admin panel; it is imported only as granted staff:"
+            " --staff-role admin=support|security|admin",
+        )
+    role = STAFF_GRANTS[granted] if granted is not None else "user"
+    if granted is not None:
+        # Granting staff authority trusts no credential the Flask era kept (as promotion does):
+        # the operator sets one through the CLI after the import (docs/legacy-import.md).
+        note("password_hash", "staff_credentials_not_imported", None, "unusable")
+        password_hash = unusable_password_hash
+        pin_hash = None
+        enable_pin_auth = False
 
     created_at = as_utc(row["created_at"])
     updated_at = as_utc(row["updated_at"])
@@ -209,7 +278,7 @@ def user_row(
     )
     values: dict[str, Any] = {
         "id": user_id,
-        "name": row["name"],
+        "name": name,
         "phone_number": phone,
         "email": email,
         "password_hash": password_hash,
@@ -236,6 +305,8 @@ def user_row(
         has_pin=has_pin,
         ussd_created=ussd_created,
         staff=staff,
+        granted=granted,
+        refusal=refusal,
     )
 
 

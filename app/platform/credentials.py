@@ -36,18 +36,33 @@ TOKEN_PATTERN = re.compile(r"les_[A-Za-z0-9_-]{43}\Z")
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
 
 
-class InvalidServiceCredential(AppError):
+class CredentialRefusal(AppError):
+    """A call refused for its credential; what is known of the caller, for an audit record.
+
+    ``credential_name``: the credential presented, when it is one of ours (revoked, or without the
+    scope); ``user_id``: the account whose token was presented instead of a credential.
+    """
+
+    credential_name: str | None = None
+    user_id: int | None = None
+
+    def known(self, *, credential_name: str | None = None, user_id: int | None = None) -> CredentialRefusal:
+        self.credential_name, self.user_id = credential_name, user_id
+        return self
+
+
+class InvalidServiceCredential(CredentialRefusal):
     status_code = 401
     code = "invalid_service_credential"
     message = "A valid service credential is required (Authorization: Bearer les_...)."
 
 
-class ServiceCredentialRequired(PermissionDenied):
+class ServiceCredentialRequired(CredentialRefusal, PermissionDenied):
     code = "service_credential_required"
     message = "This endpoint is for the platform's services; a user's token is not accepted."
 
 
-class InsufficientScope(PermissionDenied):
+class InsufficientScope(CredentialRefusal, PermissionDenied):
     code = "insufficient_scope"
 
 
@@ -107,11 +122,14 @@ class ServiceCredentialService(SQLAlchemyAsyncRepositoryService[ServiceCredentia
         return int(result.rowcount)
 
     async def authenticate(self, token: str) -> ServiceCredential | None:
+        row = await self.find(token)
+        return row if row is not None and row.revoked_at is None else None
+
+    async def find(self, token: str) -> ServiceCredential | None:
+        """The credential ``token`` is, revoked or not (a revoked one still names who is calling)."""
         if not TOKEN_PATTERN.match(token):
             return None
-        return await self.get_one_or_none(
-            ServiceCredential.token_hash == token_digest(token), ServiceCredential.revoked_at.is_(None)
-        )
+        return await self.get_one_or_none(ServiceCredential.token_hash == token_digest(token))
 
 
 def require_scope(scope: str) -> Callable[..., Awaitable[ServiceClient]]:
@@ -133,16 +151,18 @@ def require_scope(scope: str) -> Callable[..., Awaitable[ServiceClient]]:
                 raise ServiceCredentialRequired()
             for kind in ("access", "refresh"):
                 try:
-                    state.token_issuer.decode(token, kind)
+                    claims = state.token_issuer.decode(token, kind)
                 except InvalidToken:
                     continue
-                raise ServiceCredentialRequired()
+                raise ServiceCredentialRequired().known(user_id=claims.user_id)
             raise InvalidServiceCredential()
-        row = await ServiceCredentialService(session=db_session).authenticate(token)
+        row = await ServiceCredentialService(session=db_session).find(token)
         if row is None:
             raise InvalidServiceCredential()
+        if row.revoked_at is not None:
+            raise InvalidServiceCredential().known(credential_name=row.name)
         if scope not in row.scopes:
-            raise InsufficientScope(f"This credential does not have the scope {scope}.")
+            raise InsufficientScope(f"This credential does not have the scope {scope}.").known(credential_name=row.name)
         peer = request.scope.get("client")
         address = state.client_resolver.resolve(peer[0] if peer else None, request.scope["headers"])
         return ServiceClient(row.name, frozenset(row.scopes), str(address) if address is not None else None)

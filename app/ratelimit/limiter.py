@@ -20,7 +20,10 @@ Budgets:
 - ``register`` per client (``REGISTER_*``): every attempt counts (one ``hit``, no reservation);
 - ``ussd_gateway`` per gateway credential (``USSD_MAX_FAILURES_PER_MINUTE``): failed PIN
   verifications over all numbers in a minute's sliding window;
-- ``ussd_session`` per USSD session (``USSD_SESSION_MAX_FAILURES``): wrong PINs of one session.
+- ``ussd_session`` per USSD session (``USSD_SESSION_MAX_FAILURES``): wrong PINs of one session;
+- ``ussd_register`` per gateway credential (``USSD_REGISTRATIONS_PER_MINUTE``) and
+  ``ussd_register_number`` per phone (``USSD_REGISTRATIONS_PER_NUMBER_PER_DAY``): USSD
+  registrations, every attempt counts (a ``hit``), one answering 409 too.
 
 A client (its budget key: an address, or an IPv6 /64) that signed in to a number within
 ``KNOWN_CLIENT_DAYS`` is exempt from that number's ``password`` lock, checked in the same reserve
@@ -56,11 +59,22 @@ from app.ratelimit.transport import UNAVAILABLE, script_transport
 # A number remembers at most this many clients that signed in to it (the most recent ones).
 KNOWN_CLIENTS_PER_NUMBER = 16
 
-Budget = Literal["login", "register", "identifier", "password", "pin", "ussd_gateway", "ussd_session"]
+Budget = Literal[
+    "login",
+    "register",
+    "identifier",
+    "password",
+    "pin",
+    "ussd_gateway",
+    "ussd_session",
+    "ussd_register",
+    "ussd_register_number",
+]
+UssdRegistrationBudget = Literal["ussd_register", "ussd_register_number"]
 # Budgets keyed by a caller (an address, a gateway credential, a USSD session), not a phone number.
-CLIENT_BUDGETS = frozenset({"login", "register", "identifier", "ussd_gateway", "ussd_session"})
+CLIENT_BUDGETS = frozenset({"login", "register", "identifier", "ussd_gateway", "ussd_session", "ussd_register"})
 # Budgets whose every attempt counts at once (a hit, nothing to settle).
-HIT_BUDGETS = frozenset({"register", "identifier"})
+HIT_BUDGETS = frozenset({"register", "identifier", "ussd_register", "ussd_register_number"})
 Outcome = Literal["success", "failure", "release"]
 _OUTCOME_CODES: dict[str, str] = {"success": "s", "failure": "f", "release": "r"}
 
@@ -173,6 +187,10 @@ class LoginLimiter:
             "ussd_session": _Policy(
                 settings.ussd_session_max_failures, settings.ussd_session_seconds * 1000, "session_locked"
             ),
+            "ussd_register": _Policy(settings.ussd_registrations_per_minute, 60_000, "rate_limited"),
+            "ussd_register_number": _Policy(
+                settings.ussd_registrations_per_number_per_day, 24 * 3_600_000, "rate_limited"
+            ),
         }
         for budget, policy in self._policies.items():
             if policy.limit < 1 or policy.window_ms < 1000:
@@ -220,6 +238,11 @@ class LoginLimiter:
     async def hit_identifier_change(self, user_id: int) -> Decision:
         """Count an attempt of account ``user_id`` to change its email or phone number (found or taken alike)."""
         return await self._hit("identifier", f"user:{user_id}")
+
+    async def hit_ussd_registration(self, budget: UssdRegistrationBudget, identity: str) -> Decision:
+        """Count a USSD registration against the gateway credential's (``identity``: its name) or the
+        number's (E.164) budget, or refuse it; nothing to settle."""
+        return await self._hit(budget, identity)
 
     async def _hit(self, budget: Budget, identity: str) -> Decision:
         (reply,) = await self.execute([self.reserve_call(budget, identity, mode="h")])

@@ -22,7 +22,7 @@ from app.audit.pipeline.events import SESSION_ID_MAX, LoginEvent, encode_event
 from app.audit.pipeline.publisher import AuditUnavailable
 from app.core.errors import AppError, LimiterUnavailable, PinLocked, RateLimited
 from app.login.attempt import LoginAttempt
-from app.ratelimit.limiter import Budget, Decision, Outcome, Reservation, rate_limit_headers
+from app.ratelimit.limiter import Budget, Decision, Outcome, Reservation, UssdRegistrationBudget, rate_limit_headers
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,16 @@ POLICY = "ussd"
 class GatewayBudgetSpent(RateLimited):
     code = "rate_limited"
     message = "Too many wrong PINs through this service right now. Please try again in a few minutes."
+
+
+class RegistrationsSpent(RateLimited):
+    code = "rate_limited"
+    message = "Too many registrations through this service right now. Please try again in a few minutes."
+
+
+class NumberRegistrationsSpent(RateLimited):
+    code = "rate_limited"
+    message = "Too many registrations for this number today. Please try again later."
 
 
 class SessionLocked(AppError):
@@ -82,6 +92,33 @@ class UssdAttempt(LoginAttempt):
         if session is not None and not session.allowed:
             raise SessionLocked()
         self.session_reservation = session.reservation if session is not None else None
+
+    async def count_registration(self, phone_number: str) -> None:
+        """The credential's registrations, then the number's: every registration counts, one answering
+        409 too, so neither mass registration nor asking which numbers have accounts is unlimited.
+
+        The credential's budget is counted first: calls it refuses never use up a number's. A refusal
+        is this call's outcome (429, recorded once, ``rate_limited``).
+        """
+        budgets: tuple[tuple[UssdRegistrationBudget, str, type[RateLimited]], ...] = (
+            ("ussd_register", self.service_name, RegistrationsSpent),
+            ("ussd_register_number", phone_number, NumberRegistrationsSpent),
+        )
+        for budget, identity, refusal in budgets:
+            try:
+                decision = await self.limiter.hit_ussd_registration(budget, identity)
+            except LimiterUnavailable:
+                if self.fail_open:
+                    logger.warning("rate limiter unavailable; USSD %s budget skipped (RATE_LIMIT_FAIL_OPEN)", budget)
+                    continue
+                await self.refuse_unavailable()
+                raise
+            if not decision.allowed:
+                await self.finish(success=False, reason="rate_limited")
+                raise refusal(
+                    headers={"Retry-After": str(decision.retry_after), **rate_limit_headers(POLICY, decision)},
+                    extra={"retry_after": decision.retry_after},
+                )
 
     async def finish(self, *, success: bool, reason: str, user_id: int | None = None) -> None:
         """Settle every budget and publish the event; the calls go to Redis in one pipeline."""

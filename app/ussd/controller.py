@@ -2,8 +2,9 @@
 
 Each handler opens a :class:`~app.ussd.attempt.UssdAttempt` before it reads the body, so every
 call that gets past the credential check (malformed, refused, wrong PIN or right) leaves exactly
-one audit row with ``channel = 'ussd'``, its session id and the gateway's name. There is no
-per-address budget: the gateway is one address for every caller.
+one audit row with ``channel = 'ussd'``, its session id and the gateway's name; a call refused for
+its credential leaves one too (app/ussd/gateway.py). There is no per-address budget: the gateway is
+one address for every caller. Registrations have budgets of their own, per credential and per number.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from app.accounts.service import AuthService, LoginFailed
 from app.accounts.verification import VerificationBusy
 from app.core.errors import InvalidCredentials, error_responses
 from app.core.http import user_agent_of
-from app.platform.credentials import ServiceClient, require_scope
+from app.platform.credentials import ServiceClient
 from app.ussd.attempt import UssdAttempt, recorded
+from app.ussd.gateway import require_gateway
 from app.ussd.schemas import (
     PinChanged,
     Registered,
@@ -73,14 +75,15 @@ ERRORS = error_responses(
     503,
     s401="No valid gateway credential; on verify-pin and change-pin also a wrong number or PIN (one answer)",
     s403="A user's token, a credential without the `ussd` scope, a locked PIN, or a session out of tries",
-    s429="The gateway credential's failure budget is spent; see Retry-After",
+    s429="The gateway credential's failure or registration budget, or the number's registrations, is spent;"
+    " see Retry-After",
 )
 
 
 class UssdController(Controller):
     path = "/api/ussd"
     tags = ["ussd"]
-    dependencies = {"gateway": Provide(require_scope("ussd"))}
+    dependencies = {"gateway": Provide(require_gateway())}
 
     @post("/verify-pin", status_code=200, summary="Check a caller's PIN (the USSD gateway)", responses=ERRORS)
     async def verify_pin(
@@ -130,6 +133,7 @@ class UssdController(Controller):
         region = state.settings.default_phone_region
         async with recorded(_attempt(request, state, gateway)) as attempt:
             account = clean_account(await _body(request, attempt, region), region)
+            await attempt.count_registration(account.phone_number)
             try:
                 user = await UssdService(auth_service).register(account)
             except PhoneNumberTaken:

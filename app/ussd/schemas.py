@@ -8,20 +8,19 @@ answer's ``message`` is a short plain sentence: a USSD screen holds about 160 ch
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from app.accounts.forms import SELF_REGISTERED_USER_TYPES
+from app.accounts.names import NAME_MAX_LENGTH, name_problem, normalise_name
 from app.accounts.passwords import pin_problem
 from app.core.errors import AppError, FieldErrors
 from app.core.phones import PhoneNumberError, normalise_phone
 
 USSD_MESSAGE_MAX = 160
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}\Z")
-NAME_MAX_LENGTH = 200
 
 
 class MalformedBody(AppError):
@@ -125,10 +124,10 @@ def clean_pin_check(body: dict[str, Any], region: str) -> PinCheck:
 def clean_account(body: dict[str, Any], region: str) -> UssdAccount:
     errors = FieldErrors()
     phone = _phone(errors, body, region, strict=True)
-    name = " ".join((_text(body, "name") or "").split())
+    name = normalise_name(_text(body, "name"))
     if not name:
         errors.add("name", "Enter your name.")
-    elif len(name) > NAME_MAX_LENGTH or any(unicodedata.category(ch) == "Cc" for ch in name):
+    elif name_problem(name):  # registration's rules: no control, direction-changing or hidden characters
         errors.add("name", f"Name must be at most {NAME_MAX_LENGTH} printable characters.")
     user_type = (_text(body, "user_type") or "").lower()
     if user_type not in SELF_REGISTERED_USER_TYPES:

@@ -1,4 +1,4 @@
-"""A Flask-era source database per test, built from the shared schema (../shared/legacy/flask_schema.sql)."""
+"""A Flask-era source database per test, built from the Flask-era schema kept beside these tests (fixtures/)."""
 
 from __future__ import annotations
 
@@ -15,24 +15,14 @@ from app.core.settings import Settings
 from app.db import migrations
 from app.legacy.importer import ImportOptions, run_import
 from app.legacy.report import Report
-from tests.conftest import PROJECT_ROOT, plain_dsn
+from tests.conftest import plain_dsn
 
-
-def _schema_file() -> Path | None:
-    """``shared/`` sits beside the repository (CI clone) or beside the worktrees' parent."""
-    for parent in PROJECT_ROOT.parents:
-        candidate = parent / "shared" / "legacy" / "flask_schema.sql"
-        if candidate.is_file():
-            return candidate
-    return None
+FLASK_SCHEMA = Path(__file__).parent / "fixtures" / "flask_schema.sql"
 
 
 @pytest.fixture(scope="session")
 def flask_schema_sql() -> str:
-    path = _schema_file()
-    if path is None:
-        pytest.skip("shared/legacy/flask_schema.sql is not beside the repository: the legacy tests need it")
-    return path.read_text()
+    return FLASK_SCHEMA.read_text()
 
 
 def make_flask_database(base_settings: Settings, schema_sql: str) -> Iterator[str]:
@@ -51,7 +41,7 @@ def make_flask_database(base_settings: Settings, schema_sql: str) -> Iterator[st
 
 @pytest.fixture
 def flask_url(base_settings: Settings, flask_schema_sql: str) -> Iterator[str]:
-    """An empty Flask-era database (the shared schema applied), dropped after the test."""
+    """An empty Flask-era database (fixtures/flask_schema.sql applied), dropped after the test."""
     yield from make_flask_database(base_settings, flask_schema_sql)
 
 

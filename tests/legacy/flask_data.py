@@ -1,4 +1,4 @@
-"""Flask-era data, written the way the Flask code wrote it (see ../shared/legacy/README.md).
+"""Flask-era data, written the way the Flask code wrote it (see fixtures/README.md).
 
 Hashes use bcrypt cost 4 (the Flask code used 12: slow, and the cost does not change the rules).
 """

@@ -55,6 +55,7 @@ def test_dry_run_writes_the_report_and_a_summary_then_resolve_and_import(
     result = runner.invoke(main, [*args, "--dry-run"], env=_env(settings, tmp_path))
     assert result.exit_code == 0, result.output
     assert "DRY RUN" in result.output and "not imported, phone_collision: 2" in result.output
+    assert "not imported, staff_role_required: 1" in result.output
     report = json.loads(report_path.read_text())
     assert report["dry_run"] is True and report["complete"] is True
     assert asyncio.run(_count(settings)) == 0
@@ -62,8 +63,10 @@ def test_dry_run_writes_the_report_and_a_summary_then_resolve_and_import(
     # The operator's decisions, from the report's template.
     resolve = tmp_path / "resolve.json"
     resolve.write_text(json.dumps(report["resolve_template"]))
-    result = runner.invoke(main, [*args, "--resolve", str(resolve)], env=_env(settings, tmp_path))
+    staff = ["--staff-role", "admin=admin"]
+    result = runner.invoke(main, [*args, "--resolve", str(resolve), *staff], env=_env(settings, tmp_path))
     assert result.exit_code == 0, result.output
+    assert "1 granted authority by --staff-role" in result.output and "users recover" in result.output
     report = json.loads(report_path.read_text())
     assert report["dry_run"] is False and report["users"]["not_imported"] == 0
     assert asyncio.run(_count(settings)) == report["users"]["read"]
@@ -76,8 +79,11 @@ def test_bad_options_are_refused_with_a_clear_message(settings: Settings, flask_
     base = ["legacy", "import", "--from", flask_url]
     result = runner.invoke(main, [*base, "--resolve", str(bad)], env=_env(settings, tmp_path))
     assert result.exit_code == 2 and "keep, unlink, skip" in result.output
-    result = runner.invoke(main, [*base, "--staff-role", "admin=root"], env=_env(settings, tmp_path))
-    assert result.exit_code == 2 and "USER_TYPE=ROLE" in result.output
+    for grant in ("admin=root", "admin=user", "superuser=admin"):
+        result = runner.invoke(main, [*base, "--staff-role", grant], env=_env(settings, tmp_path))
+        assert result.exit_code == 2 and "USER_TYPE=ROLE" in result.output, grant
+    result = runner.invoke(main, [*base, "--staff-role", "content_writer=support"], env=_env(settings, tmp_path))
+    assert result.exit_code == 2 and "only user_type admin" in result.output
     result = runner.invoke(
         main, ["legacy", "import", "--from", "postgresql://127.0.0.1:1/none"], env=_env(settings, tmp_path)
     )

@@ -212,20 +212,6 @@ async def test_case_variant_emails_only_the_oldest_keeps_the_address(
                          "cleared": [fd.EMAIL_NEWER]}  # fmt: skip
 
 
-async def test_staff_types_are_kept_with_role_user_unless_granted(
-    settings: Settings, flask_url: str, quirky: Any, db: asyncpg.Connection
-) -> None:
-    await import_legacy(settings, flask_url, only="users")
-    kinds = {r["id"]: (r["user_type"], r["role"]) for r in await db.fetch("SELECT id, user_type, role FROM users")}
-    assert kinds[fd.ADMIN] == ("admin", "user")
-    assert kinds[fd.CONTENT_WRITER] == ("content_writer", "user")
-    assert kinds[fd.HEALTH_PROVIDER] == ("health_provider", "user")
-    await db.execute("TRUNCATE users, account_events CASCADE")
-    await import_legacy(settings, flask_url, only="users", staff_roles={"admin": "admin"})
-    assert await db.fetchval("SELECT role FROM users WHERE id = $1", fd.ADMIN) == "admin"
-    assert await db.fetchval("SELECT role FROM users WHERE id = $1", fd.CONTENT_WRITER) == "user"
-
-
 async def test_timestamps_preferences_ranges_and_unknown_hashes_follow_the_rules(
     settings: Settings, flask_url: str, quirky: Any, db: asyncpg.Connection, client: Any
 ) -> None:

@@ -9,9 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.accounts.forms import clean_login
+from app.accounts.names import name_problem, normalise_name
 from app.accounts.schemas import LoginRequest
 from app.core.errors import ValidationFailed
-from app.legacy.rules import HistoryStats, history_records, ip_or_note, legacy_event_id, sign_in_phone
+from app.legacy.rules import HistoryStats, clean_name, history_records, ip_or_note, legacy_event_id, sign_in_phone
 
 UTC = datetime.UTC
 
@@ -56,3 +57,12 @@ def test_a_row_without_a_time_takes_the_time_of_the_row_before() -> None:
     assert records[0][2] == "+250788123456" and records[1][2] == "x"
     assert (records[0][4], records[1][4]) == ("ok", "legacy")
     assert stats.created_at_missing == 1 and stats.phone_as_typed == 1 and stats.ip_empty == 1
+
+
+@given(st.text(max_size=300))
+def test_a_cleaned_name_is_one_registration_accepts_and_an_accepted_name_is_kept(raw: str) -> None:
+    cleaned = clean_name(raw)
+    assert name_problem(cleaned) is None and clean_name(cleaned) == cleaned
+    accepted = normalise_name(raw)
+    if accepted and name_problem(accepted) is None:
+        assert cleaned == accepted

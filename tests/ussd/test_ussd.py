@@ -170,6 +170,56 @@ async def test_the_gateway_credential_has_a_failure_budget_across_numbers(client
     assert (await verify(client, other, new_phone(), WRONG_PIN)).status_code == 401  # a budget per credential
 
 
+@pytest.mark.parametrize("settings", [{"ussd_registrations_per_minute": 5}], indirect=True)
+async def test_concurrent_registrations_through_one_credential_exactly_the_budget_succeed(
+    client, gateway, settings, db
+):
+    """The attack: 24 accounts in 2 s through one credential, each phone-verified with the caller's PIN."""
+    phones = [new_phone() for _ in range(24)]
+    answers = await asyncio.gather(*(ussd_register(client, gateway, phone) for phone in phones))
+    statuses = [answer.status_code for answer in answers]
+    assert statuses.count(201) == 5 and statuses.count(429) == 19, statuses
+    refused = next(answer for answer in answers if answer.status_code == 429)
+    assert refused.json()["code"] == "rate_limited" and 1 <= int(refused.headers["Retry-After"]) <= 60
+    screen(refused)
+    stored = await db.fetchval(
+        "SELECT count(*) FROM users WHERE phone_number = ANY($1::text[])", [e164(p) for p in phones]
+    )
+    assert stored == 5
+    rows = await ussd_rows(db, 24)
+    assert sorted(row["reason"] for row in rows) == ["rate_limited"] * 19 + ["registered"] * 5
+    other = bearer(await new_credential(settings, f"second-gateway-{uuid.uuid4().hex[:8]}", "ussd"))
+    assert (await ussd_register(client, other, new_phone())).status_code == 201  # a budget per credential
+
+
+@pytest.mark.parametrize("settings", [{"ussd_registrations_per_minute": 3}], indirect=True)
+async def test_the_409_counts_so_asking_which_numbers_have_accounts_is_limited(client, gateway):
+    taken = [new_phone() for _ in range(5)]
+    for phone in taken:
+        await registered(client, phone_number=phone)
+    answers = [await ussd_register(client, gateway, phone) for phone in taken]
+    assert [answer.status_code for answer in answers] == [409, 409, 409, 429, 429]
+
+
+@pytest.mark.parametrize("settings", [{"ussd_registrations_per_number_per_day": 3}], indirect=True)
+async def test_one_number_has_its_own_registration_budget_under_concurrency(client, gateway, db):
+    phone = new_phone()
+    answers = await asyncio.gather(*(ussd_register(client, gateway, phone) for _ in range(10)))
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [201] + [409] * 2 + [429] * 7, statuses
+    refused = next(answer for answer in answers if answer.status_code == 429)
+    assert int(refused.headers["Retry-After"]) > 3600 and "number" in screen(refused)
+    assert await db.fetchval("SELECT count(*) FROM users WHERE phone_number = $1", e164(phone)) == 1
+    assert (await ussd_register(client, gateway, new_phone())).status_code == 201  # other numbers go on
+
+
+async def test_a_name_registration_refuses_is_refused_over_ussd_too(client, gateway):
+    for name in ("Claudine\u202eanidualC", "Clau\u200bdine", "Clau\x07dine"):
+        refused = await ussd_register(client, gateway, new_phone(), name=name)
+        assert refused.status_code == 400 and refused.json()["errors"][0]["field"] == "name", name
+        screen(refused)
+
+
 # ---- accounts and PINs -------------------------------------------------------------------------
 
 
@@ -290,6 +340,37 @@ async def test_every_call_leaves_exactly_one_audit_row_with_its_channel_session_
             break
         await asyncio.sleep(0.05)
     assert len(channels) == 1  # the login endpoint's attempts are channel http
+
+
+async def test_every_call_refused_for_its_credential_leaves_one_audit_row_with_what_is_known(client, settings, db):
+    phone = new_phone()
+    body = {"phone_number": phone, "pin": GOOD_PIN, "session_id": new_session()}
+    revoked_name, reader_name = f"old-gateway-{uuid.uuid4().hex[:8]}", f"reader-{uuid.uuid4().hex[:8]}"
+    revoked = await new_credential(settings, revoked_name, "ussd")
+    assert (await arun_cli(settings, "services", "revoke", revoked_name)).exit_code == 0
+    reader = await new_credential(settings, reader_name, "users:read")
+    user = await registered(client)
+    calls = {
+        "missing": ({}, None),
+        "unknown": (bearer("les_" + "A" * 43), None),
+        "garbage": (bearer("not-a-token"), None),
+        "revoked": (bearer(revoked), revoked_name),
+        "no scope": (bearer(reader), reader_name),
+        "user token": (bearer(user["access_token"]), None),
+    }
+    for what, (headers, _) in calls.items():
+        answer = await client.post("/api/ussd/register", json=body, headers={**headers, "user-agent": what})
+        assert answer.status_code in (401, 403), (what, answer.text)
+
+    rows = await ussd_rows(db, len(calls))
+    assert len(rows) == len(calls)
+    by_agent = {row["user_agent"]: row for row in rows}
+    for what, (_, name) in calls.items():
+        row = by_agent[what]
+        assert row["reason"] == "bad_credential" and not row["success"] and row["service_name"] == name, what
+        assert str(row["ip_address"]) == "127.0.0.1" and row["phone_number"] == ""
+    assert by_agent["user token"]["user_id"] == user["user_id"]
+    assert await db.fetchval("SELECT count(*) FROM users WHERE phone_number = $1", e164(phone)) == 0
 
 
 # ---- hostile input ------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ REASONS = (
     "registered",
     "phone_number_taken",
     "pin_changed",
+    "bad_credential",  # a USSD call refused for its service credential: missing, unknown, revoked, wrong scope
 )
 CHANNELS = ("http", "ussd")
 
