@@ -202,11 +202,14 @@ async def export_chunks(
         if past_deadline():
             raise ExportCut("deadline")
         if not reader_gone:
+            wait = None
+            if limits is not None and deadline is not None:
+                wait = max(0.0, min(limits.idle_seconds, deadline - loop.time()))
             try:
                 # asyncpg lends a bytearray; a full queue is a client not reading.
-                await asyncio.wait_for(queue.put(bytes(chunk)), limits.idle_seconds if limits is not None else None)
+                await asyncio.wait_for(queue.put(bytes(chunk)), wait)
             except TimeoutError as exc:
-                raise ExportCut("idle") from exc
+                raise ExportCut("deadline" if past_deadline() else "idle") from exc
         if reader_gone:
             raise ExportStopped
 
