@@ -201,9 +201,20 @@ def is_database_unavailable(exc: BaseException) -> bool:
             return True
         if isinstance(current, DBAPIError) and isinstance(current.orig, OSError):
             return True  # the connect itself: unreachable host, timed out
+        if isinstance(current, OSError) and _raised_by_the_driver(current):
+            return True  # a Unix socket that is gone (FileNotFoundError), a connect that timed out
         if isinstance(current, asyncpg.InterfaceError) and "connection is closed" in str(current):
             return True
         current = current.__cause__ or current.__context__
+    return False
+
+
+def _raised_by_the_driver(exc: BaseException) -> bool:
+    traceback = exc.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame.f_globals.get("__name__", "").startswith("asyncpg."):
+            return True
+        traceback = traceback.tb_next
     return False
 
 
