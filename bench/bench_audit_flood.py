@@ -94,7 +94,7 @@ def main() -> dict[str, float]:
     parser = bench_parser(__doc__)
     parser.add_argument("--sign-ins", type=int, default=60)
     parser.add_argument("--readers", type=int, default=40)
-    parser.add_argument("--read-concurrency", type=int, default=2, help="AUDIT_READ_CONCURRENCY of the server")
+    parser.add_argument("--read-concurrency", type=int, default=1, help="AUDIT_READ_CONCURRENCY of the server")
     args = parser.parse_args()
     extra = {"AUDIT_READ_CONCURRENCY": str(args.read_concurrency)}
     with servers(args.database_url, args.redis_url) as settings, api_process(settings, workers=1, **extra) as base:

@@ -111,7 +111,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_export_idle_seconds: float = 60  # an export whose client takes no data for this long is cut
     # API reads of the history (pages, summaries) at once per process, on the audit pool of their own
     # (reads + exports connections, apart from sign-in's); a read waiting longer gets 503 audit_reads_busy.
-    audit_read_concurrency: int = 2
+    audit_read_concurrency: int = 1
     audit_read_wait_seconds: float = 5
     audit_max_backlog: int = 1_000_000  # unwritten events Redis may hold; past it events go to Postgres directly
     # Browser origins (app/core/cors.py has the syntax); unset: the development origins, required in production.

@@ -233,8 +233,11 @@ async def export_chunks(
         except ExportCut:
             _wake_with_end(queue)  # the chunks not sent are dropped: the reader ends at once
             raise
-        except asyncpg.QueryCanceledError as exc:  # the statement timeout, the deadline's backstop
-            _wake_with_end(queue)
+        except asyncpg.QueryCanceledError as exc:
+            if limits is None:  # a statement timeout of the caller's own
+                await queue.put(None)
+                raise
+            _wake_with_end(queue)  # ours: the deadline's backstop
             raise ExportCut("deadline") from exc
         except BaseException:
             await queue.put(None)  # wake the reader, which then awaits this task and re-raises
