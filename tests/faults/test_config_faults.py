@@ -63,3 +63,26 @@ def test_the_persistence_check_is_a_setting():
     assert Settings.from_env({"REDIS_PERSISTENCE_CHECK": "off"}).redis_persistence_check == "off"
     with pytest.raises(ConfigError):
         Settings.from_env({"REDIS_PERSISTENCE_CHECK": "maybe"})
+
+
+async def test_a_production_app_does_not_start_on_a_redis_without_persistence(settings, tmp_path):
+    import msgspec
+    from litestar.testing import AsyncTestClient
+
+    from app.asgi import create_app
+
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=False)
+    url = server.start()
+    try:
+        production = msgspec.structs.replace(
+            settings, app_env="production", redis_url=url, redis_persistence_check="on"
+        )
+        with pytest.raises(BaseException) as refused:  # the lifespan wraps it in an exception group
+            async with AsyncTestClient(app=create_app(production)):
+                pass
+        assert isinstance(refused.value, RedisNotPersistent) or refused.group_contains(RedisNotPersistent)
+        deliberate = msgspec.structs.replace(production, redis_persistence_check="off")
+        async with AsyncTestClient(app=create_app(deliberate)) as client:
+            assert (await client.get("/health")).status_code == 200
+    finally:
+        server.stop()
