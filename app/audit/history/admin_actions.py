@@ -8,6 +8,7 @@ in ``audit_queries``. Role guard: ``auditor`` (security or admin), provided by t
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime
 import io
@@ -26,7 +27,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from app.audit.history.connections import AuditPool, read_transaction
 from app.audit.history.controller import ExportOperation
 from app.audit.history.cursor import Cursor, read_cursor
-from app.audit.history.export import EXPORT_FORMATS, MEDIA_TYPES, ExportFormat, ExportSlots, neutralise_formula
+from app.audit.history.export import (
+    EXPORT_FORMATS,
+    MEDIA_TYPES,
+    ExportCut,
+    ExportFormat,
+    ExportLimits,
+    ExportSlots,
+    neutralise_formula,
+)
 from app.audit.history.filters import iso, read_limit
 from app.audit.history.params import Params
 from app.audit.history.query_log import Actor, record_query
@@ -177,7 +186,11 @@ def _csv_line(values: list[Any]) -> str:
 
 
 async def export_admin_actions(
-    engine: AsyncEngine, filters: AdminActionFilters, fmt: ExportFormat, slots: ExportSlots | None = None
+    engine: AsyncEngine,
+    filters: AdminActionFilters,
+    fmt: ExportFormat,
+    slots: ExportSlots | None = None,
+    limits: ExportLimits | None = None,
 ) -> AsyncIterator[bytes]:
     """Every matching action, newest first, from a server-side cursor (constant memory); holding one of
     ``slots`` (the login history's export slots) while it reads."""
@@ -189,8 +202,15 @@ async def export_admin_actions(
     transaction = (
         (lambda: read_transaction(engine)) if slots is None else slots.connection(lambda: read_transaction(engine))
     )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.deadline_seconds if limits is not None else None
     async with transaction() as conn:
+        if limits is not None:
+            await conn.execute(f"SET LOCAL statement_timeout = {int(limits.deadline_seconds * 1000)}")
+            await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {int(limits.idle_seconds * 1000)}")
         async for row in conn.cursor(f"{SELECT}{condition} ORDER BY created_at DESC, id DESC", *args):
+            if deadline is not None and loop.time() > deadline:
+                raise ExportCut("deadline")
             view = _view(row)
             if fmt == "ndjson":
                 yield msgspec.json.encode(view) + b"\n"
@@ -296,7 +316,13 @@ class AdminActionsController(Controller):
             await record_query(conn, _actor(auditor, request, state), "admin_actions_export", described)
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         return Stream(
-            export_admin_actions(audit_pool.engine, export_request.filters, export_request.format, state.export_slots),
+            export_admin_actions(
+                audit_pool.engine,
+                export_request.filters,
+                export_request.format,
+                state.export_slots,
+                ExportLimits(state.settings.audit_export_deadline_seconds, state.settings.audit_export_idle_seconds),
+            ),
             media_type=MEDIA_TYPES[export_request.format],
             headers={
                 "Content-Disposition": f'attachment; filename="admin-actions-{stamp}.{export_request.format}"',
