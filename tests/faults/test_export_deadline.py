@@ -117,3 +117,23 @@ def test_one_account_runs_one_export_at_a_time(settings, tmp_path):
             assert third.status_code == 200
         finally:
             first.close()
+
+
+async def test_a_reader_that_stops_taking_chunks_is_cut_after_the_idle_time(db):
+    from contextlib import asynccontextmanager
+
+    from app.audit.history.export import ExportCut, ExportLimits, export_chunks
+    from app.audit.history.filters import AttemptFilters
+
+    await db.execute(FILL, BASE_TIME, 20_000)
+
+    @asynccontextmanager
+    async def connect():  # type: ignore[no-untyped-def]
+        yield db
+
+    chunks = export_chunks(connect, AttemptFilters(), "csv", limits=ExportLimits(deadline_seconds=60, idle_seconds=0.3))
+    with pytest.raises(ExportCut) as cut:
+        async for _ in chunks:
+            await asyncio.sleep(1)  # the client reads a chunk, then nothing for longer than the idle time
+    assert cut.value.why == "idle"
+    assert await db.fetchval("SELECT 1") == 1  # the connection is usable: the COPY ended cleanly
