@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from advanced_alchemy.extensions.litestar import SQLAlchemyPlugin
@@ -21,6 +22,7 @@ from app.accounts.passwords import Hasher
 from app.accounts.settings_controller import SettingsController
 from app.admin.controller import AdminController
 from app.audit.history.admin_actions import AdminActionsController
+from app.audit.history.connections import AuditPool
 from app.audit.history.controller import AuditController
 from app.audit.history.dashboard import DASHBOARD_HANDLERS
 from app.audit.history.export import ExportSlots
@@ -29,15 +31,16 @@ from app.audit.pipeline.metrics import shared_metrics
 from app.audit.pipeline.publisher import AuditPublisher
 from app.audit.pipeline.writer import AuditWriter
 from app.core.cors import CorsMiddleware, CorsPolicy
+from app.core.edge import exit_with_parent
 from app.core.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
 from app.core.gc import freeze_startup_heap
 from app.core.metrics_access import require_metrics_token
-from app.core.redis import create_redis
+from app.core.redis import create_redis, require_persistence
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings
 from app.db.config import sqlalchemy_config
 from app.events.relay import AccountEventRelay
-from app.health import HealthChecks, HealthController, database_check
+from app.health import HealthChecks, HealthController, audit_lag_check, database_check
 from app.keys.keyring import KeyRingRefresher, load_keyring
 from app.login.controller import LoginController
 from app.login.gate import LoginGate
@@ -91,6 +94,8 @@ def create_app(settings: Settings) -> Litestar:
         engine = db_config.get_engine()
         app.state.keyring = await load_keyring(engine, settings)  # first: a key it cannot use stops start-up
         redis = create_redis(settings)
+        if settings.app_env == "production" and settings.redis_persistence_check == "on":
+            await require_persistence(redis)
         keys = KeySpace(settings.redis_key_prefix, settings.redis_shards)
         metrics = shared_metrics()
         app.state.settings = settings
@@ -103,7 +108,13 @@ def create_app(settings: Settings) -> Litestar:
         )
         app.state.limiter = LoginLimiter(redis, settings)
         app.state.audit_publisher = AuditPublisher(redis, keys, engine, metrics, max_backlog=settings.audit_max_backlog)
-        app.state.export_slots = ExportSlots(settings.audit_export_concurrency)
+        app.state.export_slots = ExportSlots(settings.audit_export_concurrency, settings.audit_exports_per_user)
+        app.state.audit_pool = AuditPool(
+            engine.url.render_as_string(hide_password=False),
+            reads=settings.audit_read_concurrency,
+            exports=settings.audit_export_concurrency,
+            wait_seconds=settings.audit_read_wait_seconds,
+        )
         app.state.audit_writer = None
         if settings.audit_writer_enabled:
             app.state.audit_writer = AuditWriter(redis, keys, engine, settings, metrics)
@@ -117,7 +128,11 @@ def create_app(settings: Settings) -> Litestar:
         app.state.keys_refresher = KeyRingRefresher(app.state.keyring, engine, settings)
         app.state.keys_refresher.start()
         app.state.health_checks = HealthChecks(
-            {"database": database_check(app.state), "redis": redis.ping, "audit": backlog.check}
+            {
+                "database": database_check(app.state, settings.health_sign_in_threshold_ms),
+                "redis": redis.ping,
+                "audit": audit_lag_check(backlog.check, settings.health_audit_lag_seconds),
+            }
         )
         freeze_startup_heap()
 
@@ -130,6 +145,7 @@ def create_app(settings: Settings) -> Litestar:
         if app.state.account_relay is not None:
             await app.state.account_relay.stop()
         await app.state.redis.aclose()
+        await app.state.audit_pool.dispose()
         app.state.hasher.close()
 
     return Litestar(
@@ -183,6 +199,9 @@ def served(app: Litestar) -> ASGIApp:
 
 def create_app_from_env() -> ASGIApp:
     """uvicorn factory: settings from the environment (the CLI has resolved the server URLs)."""
+    master = os.environ.get("SERVE_MASTER_PID", "")
+    if master.isdigit() and int(master) != os.getpid():
+        exit_with_parent(int(master))  # a worker of `serve --workers N`: never outlive the master
     settings = Settings.from_env()
     logger.debug("creating app for %s", settings.app_env)
     return create_asgi_app(settings)

@@ -18,11 +18,21 @@ from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 CHECK_TIMEOUT_SECONDS = 2.0
 CACHE_SECONDS = 1.0
 
 Check = Callable[[], Awaitable[Any]]
+
+
+class Degraded(Exception):
+    """The dependency answers, but too slowly for its users: ``reason`` says how."""
+
+    def __init__(self, reason: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail or {}
 
 
 async def _timed(check: Check) -> dict[str, Any]:
@@ -32,6 +42,10 @@ async def _timed(check: Check) -> dict[str, Any]:
         result: dict[str, Any] = {"status": "ok"}
         if isinstance(detail, dict):
             result.update(detail)
+    except Degraded as degraded:
+        result = {"status": "degraded", **degraded.detail, "reason": degraded.reason}
+    except TimeoutError:
+        result = {"status": "error", "error": "TimeoutError", "reason": f"no answer within {CHECK_TIMEOUT_SECONDS:g} s"}
     except Exception as exc:
         result = {"status": "error", "error": type(exc).__name__}
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 2)
@@ -60,21 +74,50 @@ class HealthChecks:
         return await asyncio.shield(self._running)
 
 
-def database_check(state: State) -> Check:
+def database_check(state: State, threshold_ms: int) -> Check:
+    """What a sign-in needs first: a pooled connection and a read of ``users`` within ``threshold_ms``.
+    A lock on the table (a migration, a stuck transaction) holds every sign-in; this sees it."""
+
     async def database() -> None:
         async with state.db_config.get_engine().connect() as conn:
-            await conn.execute(text("SELECT 1"))
+            await conn.execute(text(f"SET LOCAL statement_timeout = {int(threshold_ms)}"))
+            try:
+                await conn.execute(text("SELECT id FROM users LIMIT 1"))
+            except DBAPIError as exc:
+                if "statement timeout" not in str(exc.orig):
+                    raise
+                await conn.rollback()
+                raise Degraded(
+                    f"sign-in path: reading users took over {threshold_ms} ms (a lock or an overload)"
+                ) from exc
 
     return database
 
 
+def audit_lag_check(backlog: Check, max_lag_seconds: float) -> Check:
+    """The audit backlog, degraded once its oldest unwritten event is older than ``max_lag_seconds``."""
+
+    async def audit() -> dict[str, Any]:
+        detail: dict[str, Any] = await backlog()
+        lag = float(detail.get("lag_seconds", 0.0))
+        if lag > max_lag_seconds:
+            raise Degraded(
+                f"audit lag {lag:.1f} s is over {max_lag_seconds:g} s: the writer is behind or stopped", detail
+            )
+        return detail
+
+    return audit
+
+
 class HealthBody(msgspec.Struct):
-    """``checks`` maps each dependency to ``{"status": "ok"|"error", "latency_ms": ..., ...}``."""
+    """``checks`` maps each dependency to ``{"status": "ok"|"degraded"|"error", "latency_ms": ..., ...}``
+    (``reason`` when not ok); ``reasons`` lists what is wrong."""
 
     status: Literal["healthy", "unhealthy"]
     message: str
     timestamp: str
     checks: dict[str, dict[str, Any]]
+    reasons: list[str] = msgspec.field(default_factory=list)
 
 
 class HealthController(Controller):
@@ -90,10 +133,16 @@ class HealthController(Controller):
     async def health(self, state: State) -> Response[HealthBody]:
         checks = await state.health_checks.current()
         healthy = all(check["status"] == "ok" for check in checks.values())
+        reasons = [
+            f"{name}: {check.get('reason') or check.get('error', check['status'])}"
+            for name, check in checks.items()
+            if check["status"] != "ok"
+        ]
         body = HealthBody(
             status="healthy" if healthy else "unhealthy",
             message="Lady's Essence API is running" if healthy else "Lady's Essence API is degraded",
             timestamp=datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
             checks=checks,
+            reasons=reasons,
         )
         return Response(body, status_code=200 if healthy else 503)

@@ -108,6 +108,13 @@ BENCHMARKS = (
         servers=("database",),
     ),
     Benchmark(
+        "audit-flood",
+        "bench.bench_audit_flood",
+        "Sign-in p99 during a flood of security-team reads vs idle",
+        "flood p99 <= 2x idle; no 500",
+        quick_args=("--sign-ins", "20"),
+    ),
+    Benchmark(
         "legacy-import",
         "bench.bench_legacy_import",
         "Legacy history import vs a plain COPY of the same rows (1 million rows); memory while importing",

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app.core.embedded import EmbeddedRedis
 from app.core.settings import Settings
 from app.ratelimit.limiter import LoginLimiter, ScriptCall
+from bench.common import BENCH_SECRET
 
 TARGET_BYTES = 512
 BATCH = 2000
@@ -74,7 +75,12 @@ async def fill(limiter: LoginLimiter, clock: list[float], keys: list[str], failu
 
 async def measure(url: str, prefix: str, clients: int, ipv6_every: int, settle: bool, cleanup: bool) -> int:
     settings = Settings.from_env(
-        {}, app_env="test", redis_url=url, redis_key_prefix=prefix, jwt_secret="b" * 40, pin_pepper="b" * 40
+        {},
+        app_env="test",
+        redis_url=url,
+        redis_key_prefix=prefix,
+        jwt_secret=BENCH_SECRET,
+        pin_pepper=BENCH_SECRET[::-1],
     )
     redis = Redis.from_url(url)
     clock = [time.time()]

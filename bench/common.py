@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from app.core.settings import Settings
 from app.db import migrations
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-BENCH_SECRET = "bench-secret-" + "b" * 40
+BENCH_SECRET = secrets.token_hex(32)  # APP_ENV=test outside pytest takes real secrets only
 
 
 @contextlib.contextmanager

@@ -79,6 +79,8 @@ def base_settings(server_urls: dict[str, str], tmp_path_factory: pytest.TempPath
         # The writer's idle read blocks this long, and an app's shutdown waits for it: 200 ms by
         # default, paid by every test that starts an app. Tests of batching set their own.
         audit_flush_ms=20,
+        # The suite's Redis keeps nothing between runs; tests that build production apps start on it.
+        redis_persistence_check="off",
     )
     with migrations.scratch_database(settings, name=f"le_test_{uuid.uuid4().hex[:10]}") as run_settings:
         migrations.upgrade(run_settings)

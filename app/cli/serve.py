@@ -22,6 +22,7 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     import uvicorn
 
+    from app.core.edge import protocol_path
     from app.core.embedded import servers_for
     from app.db import migrations
 
@@ -44,6 +45,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             PIN_PEPPER=resolved.pin_pepper or "",
             SIGNING_KEYS_SECRET=resolved.signing_keys_secret or "",
             WORKERS=str(workers),
+            SERVE_MASTER_PID=str(os.getpid()),  # workers end themselves when this process dies
         )
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
         click.echo(f"Lady's Essence Auth on http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)")
@@ -56,4 +58,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             log_level=settings.log_level.lower(),
             proxy_headers=False,
             server_header=False,
+            # The edge (app/core/edge.py): whole-request read deadline and connection caps.
+            http=protocol_path(),
+            limit_concurrency=settings.max_connections,
+            timeout_keep_alive=settings.keep_alive_seconds,
         )

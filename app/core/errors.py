@@ -8,10 +8,13 @@ stack trace reaches the client.
 from __future__ import annotations
 
 import logging
+import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import msgspec
 from advanced_alchemy.exceptions import DuplicateKeyError, NotFoundError, RepositoryError
 from litestar import Request, Response
@@ -26,6 +29,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import IntegrityError as DatabaseIntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 logger = logging.getLogger("app.core.errors")
 
@@ -175,6 +179,84 @@ class LimiterUnavailable(ServiceUnavailable):
         self.detail = detail
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """Postgres cannot be reached (stopped, restarting, connections refused) or no pooled connection came free."""
+
+    code = "database_unavailable"
+    message = "The service is temporarily unavailable. Please try again shortly."
+
+    def __init__(self) -> None:
+        super().__init__(headers={"Retry-After": str(DATABASE_RETRY_AFTER)})
+
+
+DATABASE_RETRY_AFTER = 5  # seconds: Postgres restarts or fails over in about this (docs/operations.md)
+
+# What a lost or refused database connection looks like from asyncpg and the socket beneath it.
+_CONNECTION_FAILURES: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08, including "too many clients"
+    asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
+    asyncpg.OperatorInterventionError,  # 57P01/57P02: administrator or crash shutdown
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+    ConnectionError,  # refused, reset, aborted
+    socket.gaierror,  # the database's host name does not resolve
+    PoolTimeout,  # no pooled connection came free within the pool's timeout
+)
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or anything it was raised from) is a database connection failing, not a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _CONNECTION_FAILURES):
+            return True
+        if isinstance(current, DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, DBAPIError) and isinstance(current.orig, OSError):
+            return True  # the connect itself: unreachable host, timed out
+        if isinstance(current, OSError) and _raised_by_the_driver(current):
+            return True  # a Unix socket that is gone (FileNotFoundError), a connect that timed out
+        if isinstance(current, asyncpg.InterfaceError) and "connection is closed" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _raised_by_the_driver(exc: BaseException) -> bool:
+    traceback = exc.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame.f_globals.get("__name__", "").startswith("asyncpg."):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+class OutageLog:
+    """One log line per outage, not one per request: the first failure is logged with its cause,
+    the rest are counted, and the count is reported when failures stop for ``quiet_seconds``."""
+
+    def __init__(self, name: str, quiet_seconds: float = 30.0) -> None:
+        self.name = name
+        self.quiet_seconds = quiet_seconds
+        self._last = float("-inf")
+        self._count = 0
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last > self.quiet_seconds:
+            if self._count > 1:
+                logger.warning("%s: the previous outage answered %d requests with 503", self.name, self._count)
+            self._count = 0
+            logger.error("%s unavailable (%s: %s); answering 503 until it is back", self.name, type(exc).__name__, exc)
+        self._count += 1
+        self._last = now
+
+
+database_outages = OutageLog("database")
+
+
 class PayloadTooLarge(AppError):
     status_code = 413
     code = "payload_too_large"
@@ -303,6 +385,8 @@ def repository_error_handler(request: Request[Any, Any, Any], exc: RepositoryErr
         return conflict
     if isinstance(exc, NotFoundError):
         return _json({"message": "That record does not exist.", "code": "not_found"}, 404)
+    if is_database_unavailable(exc):
+        return internal_error_handler(request, exc)
     if isinstance(exc, DuplicateKeyError) or isinstance(exc.__cause__, DatabaseIntegrityError):
         body = {"message": "This clashes with a change made at the same moment. Please try again.", "code": "conflict"}
         return _json(body, 409)
@@ -310,6 +394,9 @@ def repository_error_handler(request: Request[Any, Any, Any], exc: RepositoryErr
 
 
 def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    if is_database_unavailable(exc):
+        database_outages.failed(exc)
+        return app_error_handler(request, DatabaseUnavailable())
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     body = {"message": "Something went wrong on our side. Please try again.", "code": "internal_error"}
     return _json(body, HTTP_500_INTERNAL_SERVER_ERROR)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import TypeAlias, TypeGuard
+from typing import Any, TypeAlias, TypeGuard
 
 from redis.asyncio import BlockingConnectionPool, Connection, Redis, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.cluster import RedisCluster
@@ -124,3 +124,32 @@ def create_cluster(seed_url: str) -> RedisCluster:
     for node in cluster.nodes_manager.startup_nodes.values():
         node.connection_class = guarded
     return cluster
+
+
+class RedisNotPersistent(RuntimeError):
+    """Production was pointed at a Redis that would lose its data on a restart."""
+
+
+async def require_persistence(client: RedisClient) -> None:
+    """Refuse a Redis (every node of a cluster) with ``appendonly no``.
+
+    Without the append-only file a restart empties Redis: audit events not yet written to Postgres,
+    every failure budget and PIN lock, the known-client exemptions and undelivered account events
+    are gone (docs/redis-cluster.md). ``REDIS_PERSISTENCE_CHECK=off`` skips this, deliberately.
+    """
+    if is_cluster(client):
+        nodes = client.get_primaries()
+        answers: list[Any] = [await client.config_get("appendonly", target_nodes=node) for node in nodes]
+    else:
+        answers = [await client.config_get("appendonly")]
+    for answer in answers:
+        found = {(k.decode() if isinstance(k, bytes) else k): v for k, v in dict(answer).items()}
+        value = found.get("appendonly")
+        if isinstance(value, bytes):
+            value = value.decode()
+        if value != "yes":
+            raise RedisNotPersistent(
+                f"Redis runs with appendonly={value or 'unknown'}: a restart would lose audit events not yet "
+                "in Postgres, every rate-limit budget and PIN lock, and undelivered account events. Turn on "
+                "appendonly (docs/redis-cluster.md), or set REDIS_PERSISTENCE_CHECK=off to run without it."
+            )

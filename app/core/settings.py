@@ -41,6 +41,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_cluster: bool = False  # REDIS_URL is a seed node of a Redis Cluster (app/core/redis.py)
     redis_key_prefix: str = "le:"
     database_pool_size: int = 10
+    redis_persistence_check: Literal["on", "off"] = "on"  # production refuses a Redis with appendonly no
 
     jwt_secret: str | None = None
     pin_pepper: str | None = None
@@ -66,6 +67,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     legacy_bcrypt_rounds: int = 12  # cost of the Flask-era bcrypt hashes: failures are padded to it; 0: none left
 
     max_body_bytes: int = 16 * 1024
+    # The edge of each `serve` process (app/core/edge.py, docs/operations.md): a request must arrive whole
+    # within this many seconds of its first byte; open connections per process, and per client address
+    # (0: no cap; set it only where the process sees clients' own addresses); idle keep-alive.
+    request_read_timeout_seconds: float = 10
+    max_connections: int = 1000
+    connections_per_client: int = 0
+    keep_alive_seconds: int = 5
 
     # Brute-force protection (app/ratelimit).
     trusted_proxies: list[str] = msgspec.field(default_factory=list)
@@ -102,6 +110,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_retention_days: int = 365
     audit_partitions_ahead: int = 3  # months of login_attempts partitions kept created ahead of now
     audit_export_concurrency: int = 2  # exports streaming at once per process (each holds a DB connection)
+    audit_exports_per_user: int = 1  # of those, at once by one account
+    audit_export_deadline_seconds: float = 900  # an export still running after this is cut (and its COPY)
+    audit_export_idle_seconds: float = 60  # an export whose client takes no data for this long is cut
+    # API reads of the history (pages, summaries) at once per process, on the audit pool of their own
+    # (reads + exports connections, apart from sign-in's); a read waiting longer gets 503 audit_reads_busy.
+    audit_read_concurrency: int = 1
+    audit_read_wait_seconds: float = 5
     audit_max_backlog: int = 1_000_000  # unwritten events Redis may hold; past it events go to Postgres directly
     # Browser origins (app/core/cors.py has the syntax); unset: the development origins, required in production.
     cors_allow_origins: list[str] | None = None
@@ -112,6 +127,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     account_events_relay_enabled: bool = True
     account_events_poll_ms: int = 500
     account_events_retention_days: int = 30
+    # /health answers 503 (with the reason) when reading users takes longer than this, or the oldest
+    # unwritten audit event is older than that.
+    health_sign_in_threshold_ms: int = 1000
+    health_audit_lag_seconds: float = 30
     metrics_token: str | None = None  # GET /metrics needs it as Bearer; unset: refused in production
 
     # Support (app/admin, app/sessions).
@@ -161,6 +180,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("SIGNING_KEYS_REFRESH_SECONDS must be at least 1 and JWKS_MAX_AGE_SECONDS not negative")
         if self.reauth_window_seconds < 0:
             raise ConfigError("REAUTH_WINDOW_SECONDS must be 0 or more")
+        if self.app_env == "test" and not running_under_test_runner():
+            # Outside the suite, "test" is a deployment by another name (a staging host, a copied .env):
+            # the secrets it is given must be real ones.
+            for name in ("jwt_secret", "pin_pepper", "signing_keys_secret", "metrics_token"):
+                if getattr(self, name) is not None:
+                    _check_secret(name, getattr(self, name), "APP_ENV=test outside the test suite: ")
         if self.app_env == "production":
             # Embedded servers are for the local run: production names its servers or does not start.
             missing = [name.upper() for name in ("database_url", "redis_url") if not getattr(self, name)]
@@ -222,10 +247,15 @@ def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def _check_secret(name: str, value: str | None) -> None:
+def _check_secret(name: str, value: str | None, context: str = "") -> None:
     problem = secret_problem(value)
     if problem:
-        raise ConfigError(f"{name.upper()} {problem}")
+        raise ConfigError(f"{context}{name.upper()} {problem}")
+
+
+def running_under_test_runner() -> bool:
+    """pytest sets PYTEST_CURRENT_TEST while a test runs (and the servers a test starts inherit it)."""
+    return "PYTEST_CURRENT_TEST" in os.environ
 
 
 def _development_secrets(data_dir: Path) -> dict[str, str]:

@@ -8,6 +8,7 @@ in ``audit_queries``. Role guard: ``auditor`` (security or admin), provided by t
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import datetime
 import io
@@ -21,12 +22,20 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 from litestar.response import Stream
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from app.audit.history.connections import api_read, read_transaction
+from app.audit.history.connections import AuditPool, read_transaction
 from app.audit.history.controller import ExportOperation
 from app.audit.history.cursor import Cursor, read_cursor
-from app.audit.history.export import EXPORT_FORMATS, MEDIA_TYPES, ExportFormat, neutralise_formula
+from app.audit.history.export import (
+    EXPORT_FORMATS,
+    MEDIA_TYPES,
+    ExportCut,
+    ExportFormat,
+    ExportLimits,
+    ExportSlots,
+    neutralise_formula,
+)
 from app.audit.history.filters import iso, read_limit
 from app.audit.history.params import Params
 from app.audit.history.query_log import Actor, record_query
@@ -177,16 +186,31 @@ def _csv_line(values: list[Any]) -> str:
 
 
 async def export_admin_actions(
-    engine: AsyncEngine, filters: AdminActionFilters, fmt: ExportFormat
+    engine: AsyncEngine,
+    filters: AdminActionFilters,
+    fmt: ExportFormat,
+    slots: ExportSlots | None = None,
+    limits: ExportLimits | None = None,
 ) -> AsyncIterator[bytes]:
-    """Every matching action, newest first, from a server-side cursor (constant memory)."""
+    """Every matching action, newest first, from a server-side cursor (constant memory); holding one of
+    ``slots`` (the login history's export slots) while it reads."""
     args: list[Any] = []
     conditions = filters.conditions(args)
     condition = " WHERE " + " AND ".join(conditions) if conditions else ""
     if fmt == "csv":
         yield _csv_line(list(COLUMNS)).encode()
-    async with read_transaction(engine) as conn:
+    transaction = (
+        (lambda: read_transaction(engine)) if slots is None else slots.connection(lambda: read_transaction(engine))
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.deadline_seconds if limits is not None else None
+    async with transaction() as conn:
+        if limits is not None:
+            await conn.execute(f"SET LOCAL statement_timeout = {int(limits.deadline_seconds * 1000)}")
+            await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {int(limits.idle_seconds * 1000)}")
         async for row in conn.cursor(f"{SELECT}{condition} ORDER BY created_at DESC, id DESC", *args):
+            if deadline is not None and loop.time() > deadline:
+                raise ExportCut("deadline")
             view = _view(row)
             if fmt == "ndjson":
                 yield msgspec.json.encode(view) + b"\n"
@@ -245,7 +269,7 @@ class AdminActionsController(Controller):
         auditor: NamedDependency[User],
         request: Request[Any, Any, Any],
         state: State,
-        db_engine: NamedDependency[AsyncEngine],
+        db_session: NamedDependency[AsyncSession],
         admin_action_filters: NamedDependency[dict[str, str | None]],
         cursor: CursorText = None,
         limit: Limit = None,
@@ -257,7 +281,8 @@ class AdminActionsController(Controller):
                 "limit": limit,
             }
         )
-        async with api_read(db_engine) as conn:
+        audit_pool: AuditPool = state.audit_pool
+        async with audit_pool.read(db_session) as conn:
             page = await fetch_admin_actions(conn, page_request)
             described = {**page_request.filters.describe(), "limit": page_request.limit}
             await record_query(conn, _actor(auditor, request, state), "admin_actions", described, len(page.items))
@@ -275,7 +300,7 @@ class AdminActionsController(Controller):
         auditor: NamedDependency[User],
         request: Request[Any, Any, Any],
         state: State,
-        db_engine: NamedDependency[AsyncEngine],
+        db_session: NamedDependency[AsyncSession],
         admin_action_filters: NamedDependency[dict[str, str | None]],
         format: Format = None,
     ) -> Stream:
@@ -285,12 +310,19 @@ class AdminActionsController(Controller):
                 "format": format,
             }
         )
-        async with read_transaction(db_engine) as conn:
+        audit_pool: AuditPool = state.audit_pool
+        async with audit_pool.record(db_session) as conn:
             described = {**export_request.filters.describe(), "format": export_request.format}
             await record_query(conn, _actor(auditor, request, state), "admin_actions_export", described)
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         return Stream(
-            export_admin_actions(db_engine, export_request.filters, export_request.format),
+            export_admin_actions(
+                audit_pool.engine,
+                export_request.filters,
+                export_request.format,
+                state.export_slots,
+                ExportLimits(state.settings.audit_export_deadline_seconds, state.settings.audit_export_idle_seconds),
+            ),
             media_type=MEDIA_TYPES[export_request.format],
             headers={
                 "Content-Disposition": f'attachment; filename="admin-actions-{stamp}.{export_request.format}"',

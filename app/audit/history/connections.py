@@ -7,12 +7,13 @@ bind parameters.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
 from app.core.errors import AppError
 
@@ -73,3 +74,66 @@ async def api_read(engine: AsyncEngine, *, snapshot: bool = False) -> AsyncItera
         raise AuditQueryTimeout() from exc
     except (asyncpg.DeadlockDetectedError, asyncpg.LockNotAvailableError) as exc:
         raise AuditReadConflict(headers={"Retry-After": "5"}) from exc
+
+
+class AuditReadsBusy(AppError):
+    """Every audit read connection of this process is taken and none came free in time."""
+
+    status_code = 503
+    code = "audit_reads_busy"
+    message = "The login history is busy with other queries. Try again in a few seconds."
+
+
+class AuditPool:
+    """The security team's own connections: a small pool apart from the one sign-in uses.
+
+    API reads take one of ``reads`` places (waiting up to ``wait_seconds``, then 503
+    ``audit_reads_busy`` with Retry-After) and exports their own ``exports`` places (ExportSlots), so
+    a flood of summaries or exports can slow the history down but never take a connection a sign-in
+    needs. The pool has exactly one connection per place: nothing waits inside SQLAlchemy's pool.
+    """
+
+    def __init__(self, url: str, *, reads: int, exports: int, wait_seconds: float) -> None:
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_size=max(1, reads) + max(1, exports), max_overflow=0, pool_pre_ping=True, pool_recycle=1800
+        )
+        self._reads = asyncio.Semaphore(max(1, reads))
+        self.wait_seconds = wait_seconds
+
+    @asynccontextmanager
+    async def _place(self) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(self._reads.acquire(), self.wait_seconds)
+        except TimeoutError as exc:
+            raise AuditReadsBusy(headers={"Retry-After": str(max(1, round(self.wait_seconds)))}) from exc
+        try:
+            yield
+        finally:
+            self._reads.release()
+
+    @asynccontextmanager
+    async def read(self, session: AsyncSession | None = None, *, snapshot: bool = False) -> AsyncIterator[Any]:
+        """An API read (:func:`api_read`) on this pool. ``session``: the request's ORM session, which
+        loaded the signed-in user; its transaction ends first, so the request holds one connection at
+        a time, never one while it waits for another."""
+        if session is not None:
+            await release_request_session(session)
+        async with self._place(), api_read(self.engine, snapshot=snapshot) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def record(self, session: AsyncSession | None = None) -> AsyncIterator[Any]:
+        """A short transaction without the API timeout (recording an export before it streams)."""
+        if session is not None:
+            await release_request_session(session)
+        async with self._place(), read_transaction(self.engine) as conn:
+            yield conn
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+async def release_request_session(session: AsyncSession) -> None:
+    """End the request session's transaction (it only read the signed-in user), so its pooled
+    connection goes back now rather than when the response has been sent."""
+    await session.commit()

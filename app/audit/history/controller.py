@@ -21,11 +21,18 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import QueryParameter
 from litestar.response import Stream
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.history.attempts import AttemptPage, fetch_page
-from app.audit.history.connections import api_read, pooled_connection, read_transaction
-from app.audit.history.export import MEDIA_TYPES, ExportFormat, ExportSlots, export_chunks, parse_export_request
+from app.audit.history.connections import AuditPool, pooled_connection
+from app.audit.history.export import (
+    MEDIA_TYPES,
+    ExportFormat,
+    ExportLimits,
+    ExportSlots,
+    export_chunks,
+    parse_export_request,
+)
 from app.audit.history.filters import parse_page_request
 from app.audit.history.query_log import (
     Action,
@@ -127,7 +134,7 @@ class AuditController(Controller):
         auditor: NamedDependency[User],
         request: Request[Any, Any, Any],
         state: State,
-        db_engine: NamedDependency[AsyncEngine],
+        db_session: NamedDependency[AsyncSession],
         attempt_filters: NamedDependency[dict[str, str | None]],
         since: Since = None,
         until: Until = None,
@@ -143,7 +150,8 @@ class AuditController(Controller):
         )
         page_request = parse_page_request(params, state.settings.default_phone_region)
         actor = actor_of(auditor, request, state)
-        async with api_read(db_engine) as conn:
+        audit_pool: AuditPool = state.audit_pool
+        async with audit_pool.read(db_session) as conn:
             page = await fetch_page(conn, page_request)
             await record_query(conn, actor, "list", page_request.describe(), len(page.items))
         return page
@@ -160,7 +168,7 @@ class AuditController(Controller):
         auditor: NamedDependency[User],
         request: Request[Any, Any, Any],
         state: State,
-        db_engine: NamedDependency[AsyncEngine],
+        db_session: NamedDependency[AsyncSession],
         attempt_filters: NamedDependency[dict[str, str | None]],
         since: Since = None,
         until: Until = None,
@@ -171,19 +179,22 @@ class AuditController(Controller):
             state.settings.default_phone_region,
         )
         slots: ExportSlots = state.export_slots
-        slots.check()
+        slots.check(auditor.id)
         actor = actor_of(auditor, request, state)
-        async with read_transaction(db_engine) as conn:
+        audit_pool: AuditPool = state.audit_pool
+        async with audit_pool.record(db_session) as conn:
             record_id = await record_query(conn, actor, "export", export_request.describe())
 
         async def record_row_count(conn: Any, rows: int) -> None:
             await set_row_count(conn, record_id, rows)
 
+        settings = state.settings
         body = export_chunks(
-            slots.connection(lambda: pooled_connection(db_engine)),
+            slots.connection(lambda: pooled_connection(audit_pool.engine), auditor.id),
             export_request.filters,
             export_request.format,
             finish=record_row_count,
+            limits=ExportLimits(settings.audit_export_deadline_seconds, settings.audit_export_idle_seconds),
         )
 
         async def close_body() -> None:
@@ -214,7 +225,7 @@ class AuditController(Controller):
         auditor: NamedDependency[User],
         request: Request[Any, Any, Any],
         state: State,
-        db_engine: NamedDependency[AsyncEngine],
+        db_session: NamedDependency[AsyncSession],
         attempt_filters: NamedDependency[dict[str, str | None]],
         since: SummarySince = None,
         until: SummaryUntil = None,
@@ -230,7 +241,8 @@ class AuditController(Controller):
         )
         summary_request = parse_summary_request(params, state.settings.default_phone_region)
         actor = actor_of(auditor, request, state)
-        async with api_read(db_engine, snapshot=True) as conn:
+        audit_pool: AuditPool = state.audit_pool
+        async with audit_pool.read(db_session, snapshot=True) as conn:
             result = await summarise(conn, summary_request, ipv6_prefix=state.settings.rate_limit_ipv6_prefix)
             await record_query(conn, actor, "summary", summary_request.describe(), result.totals.attempts)
         return result
@@ -241,14 +253,15 @@ class AuditController(Controller):
         admin: NamedDependency[User],
         request: Request[Any, Any, Any],
         state: State,
-        db_engine: NamedDependency[AsyncEngine],
+        db_session: NamedDependency[AsyncSession],
         user_id: AccountId = None,
         cursor: CursorText = None,
         limit: Limit = None,
     ) -> AuditQueryPage:
         log_request = parse_query_log_request({"user_id": user_id, "cursor": cursor, "limit": limit})
         action: Action = "queries"
-        async with api_read(db_engine) as conn:
+        audit_pool: AuditPool = state.audit_pool
+        async with audit_pool.read(db_session) as conn:
             page = await fetch_query_log(conn, log_request)
             described: dict[str, Any] = {"limit": log_request.limit}
             if log_request.user_id is not None:

@@ -20,6 +20,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import asyncpg
+
 from app.audit.history.filters import AttemptFilters, read_filters
 from app.audit.history.params import Params
 from app.audit.history.sql import SqlParams, filter_conditions, where
@@ -139,6 +141,29 @@ Connect = Callable[[], AbstractAsyncContextManager[Any]]
 Finish = Callable[[Any, int], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class ExportLimits:
+    """How long an export may run in all, and wait for its client to take the next chunk."""
+
+    deadline_seconds: float
+    idle_seconds: float
+
+
+class ExportCut(Exception):
+    """The export ran past its deadline or its client stopped reading: the transfer ends unfinished
+    (no final chunk), so the client cannot take a cut file for a whole one."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"export cut: {why}")
+        self.why = why
+
+
+def _wake_with_end(queue: asyncio.Queue[bytes | None]) -> None:
+    while not queue.empty():
+        queue.get_nowait()
+    queue.put_nowait(None)
+
+
 class ExportStopped(Exception):
     """Raised in the COPY's output when the reader has gone: asyncpg then cancels the COPY cleanly."""
 
@@ -149,6 +174,7 @@ async def export_chunks(
     fmt: ExportFormat,
     result: ExportResult | None = None,
     finish: Finish | None = None,
+    limits: ExportLimits | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The export as byte chunks.
 
@@ -157,15 +183,33 @@ async def export_chunks(
     record the row count). The COPY runs in a task of its own, so that when the
     reader stops early (a client that hung up) the task still ends the COPY and releases its
     connection by itself, whatever cancellation the reader is under.
+
+    ``limits``: the export is cut (:class:`ExportCut`, the transfer ends unfinished) once it has
+    run ``deadline_seconds`` or its client has taken no chunk for ``idle_seconds``; the COPY's
+    transaction has the same deadline as its statement timeout, should Python not get to cut it.
     """
     sql, args = export_sql(filters, fmt)
     options: dict[str, Any] = {"format": "csv", "header": True} if fmt == "csv" else dict(NDJSON_COPY_OPTIONS)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUE_CHUNKS)
     reader_gone = False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limits.deadline_seconds if limits is not None else None
+
+    def past_deadline() -> bool:
+        return deadline is not None and loop.time() > deadline
 
     async def put(chunk: bytes | bytearray) -> None:
+        if past_deadline():
+            raise ExportCut("deadline")
         if not reader_gone:
-            await queue.put(bytes(chunk))  # asyncpg lends a bytearray
+            wait = None
+            if limits is not None and deadline is not None:
+                wait = max(0.0, min(limits.idle_seconds, deadline - loop.time()))
+            try:
+                # asyncpg lends a bytearray; a full queue is a client not reading.
+                await asyncio.wait_for(queue.put(bytes(chunk)), wait)
+            except TimeoutError as exc:
+                raise ExportCut("deadline" if past_deadline() else "idle") from exc
         if reader_gone:
             raise ExportStopped
 
@@ -174,6 +218,10 @@ async def export_chunks(
             async with connect() as conn, conn.transaction():
                 # JIT compiles the row formatting for a second or more and never earns it back here.
                 await conn.execute("SET LOCAL jit = off")
+                if limits is not None:
+                    await conn.execute(f"SET LOCAL statement_timeout = {int(limits.deadline_seconds * 1000)}")
+                    idle_ms = int(limits.idle_seconds * 1000)
+                    await conn.execute(f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms}")
                 status: str = await conn.copy_from_query(sql, *args, output=put, **options)
                 rows = row_count(status)
                 if finish is not None:
@@ -182,6 +230,15 @@ async def export_chunks(
                 result.rows, result.finished = rows, True
         except (asyncio.CancelledError, ExportStopped):
             raise  # the reader is gone: nobody to wake
+        except ExportCut:
+            _wake_with_end(queue)  # the chunks not sent are dropped: the reader ends at once
+            raise
+        except asyncpg.QueryCanceledError as exc:
+            if limits is None:  # a statement timeout of the caller's own
+                await queue.put(None)
+                raise
+            _wake_with_end(queue)  # ours: the deadline's backstop
+            raise ExportCut("deadline") from exc
         except BaseException:
             await queue.put(None)  # wake the reader, which then awaits this task and re-raises
             raise
@@ -191,6 +248,8 @@ async def export_chunks(
     task.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved, not logged
     try:
         while (chunk := await queue.get()) is not None:
+            if past_deadline():
+                raise ExportCut("deadline")
             yield chunk
         await task  # raises what the COPY raised
     finally:
@@ -212,35 +271,49 @@ class ExportsBusy(AppError):
 
 
 class ExportSlots:
-    """At most ``limit`` exports hold a database connection at once in this process.
+    """At most ``limit`` exports hold a database connection at once in this process, and at most
+    ``per_user`` of them one account's.
 
-    An export holds a pooled connection for as long as the file takes (minutes for millions of
-    rows), and the pool is the logins' pool too: without a cap, a few browser tabs of exports
-    could leave sign-ins waiting for a connection.
+    An export holds a connection for as long as the file takes (minutes for millions of rows): without
+    a cap, a few browser tabs of exports would take every connection the security team has, and one
+    account could keep the others out.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, per_user: int = 1) -> None:
         self._semaphore = asyncio.Semaphore(max(1, limit))
+        self.per_user = max(1, per_user)
         self.in_use = 0  # exports holding a slot now
+        self._by_user: dict[int, int] = {}
 
-    def check(self) -> None:
-        """Refuse up front when every slot is taken (the usual case of a busy server)."""
-        if self._semaphore.locked():
+    def check(self, user_id: int | None = None) -> None:
+        """Refuse up front when every slot is taken, or the account's (the usual case of a busy server)."""
+        own = self._by_user.get(user_id, 0) if user_id is not None else 0
+        if self._semaphore.locked() or own >= self.per_user:
             raise ExportsBusy(headers={"Retry-After": "30"})
 
-    def connection(self, connect: Connect) -> Connect:
+    def connection(self, connect: Connect, user_id: int | None = None) -> Connect:
         """``connect`` holding a slot exactly as long as the connection is held: taken before it is
         opened (exact even when two requests pass :meth:`check` at once), given back after the COPY
         has let it go, which may be a little after its reader has hung up."""
 
         @asynccontextmanager
         async def slotted() -> AsyncIterator[Any]:
-            async with self._semaphore:
-                self.in_use += 1
-                try:
-                    async with connect() as conn:
-                        yield conn
-                finally:
-                    self.in_use -= 1
+            if user_id is not None:
+                if self._by_user.get(user_id, 0) >= self.per_user:
+                    raise ExportsBusy(headers={"Retry-After": "30"})
+                self._by_user[user_id] = self._by_user.get(user_id, 0) + 1
+            try:
+                async with self._semaphore:
+                    self.in_use += 1
+                    try:
+                        async with connect() as conn:
+                            yield conn
+                    finally:
+                        self.in_use -= 1
+            finally:
+                if user_id is not None:
+                    self._by_user[user_id] -= 1
+                    if not self._by_user[user_id]:
+                        del self._by_user[user_id]
 
         return slotted

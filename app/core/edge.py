@@ -1,0 +1,161 @@
+"""The edge of each process: uvicorn's HTTP protocols with a whole-request read deadline and connection caps.
+
+uvicorn times out only an idle keep-alive connection. A client that opens a connection and sends
+nothing, or a header line every few seconds, or a body one byte at a time, is kept for ever, and a
+few thousand of them take every file descriptor (slowloris). Here every request must have arrived
+whole (headers and body) within ``REQUEST_READ_TIMEOUT_SECONDS`` of its first byte (of the
+connection, for the first one), or the connection is answered 408 and closed; a process keeps at
+most ``MAX_CONNECTIONS`` connections, and ``CONNECTIONS_PER_CLIENT`` of one address when set (only
+where the process sees the client's own address: behind a proxy every client shares the proxy's).
+
+``serve`` names these classes as uvicorn's ``http`` implementation; their limits come from the
+settings it passes to its workers in the environment (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+TIMED_OUT_BODY = b'{"message":"The request took too long to arrive.","code":"request_timeout"}'
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeLimits:
+    read_timeout_seconds: float
+    max_connections: int
+    connections_per_client: int  # 0: no cap per address
+
+
+@functools.cache
+def edge_limits() -> EdgeLimits:
+    """Read once per process, from the settings ``serve`` hands its workers."""
+    from app.core.settings import Settings  # the settings module reads nothing at import time either
+
+    settings = Settings.from_env()
+    return EdgeLimits(settings.request_read_timeout_seconds, settings.max_connections, settings.connections_per_client)
+
+
+_per_client: dict[str, int] = {}  # open connections per client address, in this process
+
+
+class RequestDeadline:
+    """Mixed into uvicorn's protocols, before them; uses only what both have (``transport``,
+    ``client``, ``connections``, ``cycle`` and its ``more_body``)."""
+
+    transport: asyncio.Transport
+    client: tuple[str, int] | None
+    connections: set[Any]
+    cycle: Any
+    limits: EdgeLimits | None = None  # None: from the environment (edge_limits)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        limits = self.limits or edge_limits()
+        self._deadline: asyncio.TimerHandle | None = None
+        self._cycle_at_arm: Any = None
+        self._counted: str | None = None
+        host = self.client[0] if self.client else None
+        if len(self.connections) > limits.max_connections:
+            self.transport.abort()
+            return
+        if host is not None and limits.connections_per_client:
+            if _per_client.get(host, 0) >= limits.connections_per_client:
+                self.transport.abort()
+                return
+            _per_client[host] = _per_client.get(host, 0) + 1
+            self._counted = host
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._counted is not None:
+            left = _per_client.get(self._counted, 1) - 1
+            if left > 0:
+                _per_client[self._counted] = left
+            else:
+                _per_client.pop(self._counted, None)
+            self._counted = None
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm()  # the first bytes of the next request on a kept-alive connection
+        super().data_received(data)  # type: ignore[misc]
+        if self.cycle is not None and self.cycle is not self._cycle_at_arm and not self.cycle.more_body:
+            self._disarm()  # read whole: from here on it is the application's time
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._cycle_at_arm = self.cycle
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later((self.limits or edge_limits()).read_timeout_seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if getattr(self, "_deadline", None) is not None:
+            assert self._deadline is not None
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is self._cycle_at_arm:  # its headers never completed: nothing was answered yet
+            self.transport.write(TIMED_OUT + b"content-length: %d\r\n\r\n" % len(TIMED_OUT_BODY) + TIMED_OUT_BODY)
+        self.transport.close()
+
+
+class GuardedH11Protocol(RequestDeadline, H11Protocol):
+    pass
+
+
+class GuardedHttpToolsProtocol(RequestDeadline, HttpToolsProtocol):
+    pass
+
+
+def protocol_path() -> str:
+    """The fastest guarded protocol installed, as uvicorn's ``http`` option takes it."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return f"{__name__}:GuardedH11Protocol"
+    return f"{__name__}:GuardedHttpToolsProtocol"
+
+
+def exit_with_parent(master_pid: int) -> None:
+    """Ask Linux to end this worker when its parent dies (PR_SET_PDEATHSIG), and end it now if the
+    parent is already gone: a worker left running after its master was killed would keep the port
+    and serve without supervision. Elsewhere than Linux a thread watches the parent instead."""
+    import signal
+
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        _watch_parent(master_pid)
+    if os.getppid() != master_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _watch_parent(master_pid: int) -> None:
+    import signal
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == master_pid:
+            time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

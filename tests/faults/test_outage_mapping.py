@@ -1,0 +1,45 @@
+"""Which errors are a database outage (503) and which stay a bug (500), against a real refused connection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from app.core.embedded import free_port
+from app.core.errors import OutageLog, is_database_unavailable
+
+pytestmark = pytest.mark.slow
+
+
+async def test_a_refused_connection_is_an_outage_whatever_wraps_it():
+    port = free_port()  # nothing listens there
+    with pytest.raises(OSError) as direct:
+        await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres")
+    assert is_database_unavailable(direct.value)
+    engine = create_async_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres")
+    try:
+        with pytest.raises(Exception) as wrapped:
+            async with engine.connect():
+                pass
+        assert is_database_unavailable(wrapped.value)
+    finally:
+        await engine.dispose()
+
+
+def test_a_bug_is_not_an_outage():
+    with pytest.raises(FileNotFoundError) as missing:  # a FileNotFoundError of our own code
+        Path("/nonexistent/file").read_text()
+    assert not is_database_unavailable(missing.value)
+    assert not is_database_unavailable(ValueError("bad"))
+    assert not is_database_unavailable(asyncpg.UniqueViolationError("duplicate"))
+
+
+def test_an_outage_is_logged_once(caplog):
+    log = OutageLog("database", quiet_seconds=60)
+    with caplog.at_level("WARNING", logger="app.core.errors"):
+        for _ in range(100):
+            log.failed(ConnectionRefusedError("refused"))
+    assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
