@@ -92,8 +92,9 @@ class Verdict:
         return f"{body}verdict: {self.word} - {summary}\n"
 
 
-def incomplete(why: str, lines: list[str] | None = None) -> Verdict:
-    return Verdict([*(lines or []), why], ok=True, complete=False, why=why)
+def incomplete(why: str, lines: list[str] | None = None, ok: bool = True) -> Verdict:
+    """Not judged (``ok`` False still fails it: what the generator saw was already wrong)."""
+    return Verdict([*(lines or []), why], ok=ok, complete=False, why=why)
 
 
 @dataclass
@@ -160,9 +161,8 @@ def judge(run_id: str, trail: Trail, budgets: Budgets) -> Verdict:
     lines = list(trail.client_lines)
     ok = trail.client_ok
     if not rows:
-        return incomplete(
-            f"no audit rows for run {run_id} (another database, --since too late, or none arrived)", lines
-        )
+        why = f"no audit rows for run {run_id} (another database, --since too late, or none arrived)"
+        return incomplete(why, lines, trail.client_ok)
     duplicates, missing, generators = _numbering(run_id, [row.request_id for row in rows], trail.uncertain)
     ok &= duplicates == 0 and missing == 0
     lines.append(
@@ -300,17 +300,13 @@ def verdict_of_run(
     """The whole verdict, from a synchronous caller (the CLI, the built-in driver after its loop)."""
     if not database_url:
         why = "the audit trail was not checked (no database to read it from: --database-url)"
-        verdict = incomplete(why, client_lines)
-        verdict.ok = client_ok
-        return verdict
+        return incomplete(why, client_lines, client_ok)
     import asyncpg
 
     try:
         rows = asyncio.run(read_trail(database_url, run_id, since, expected=expected, settle_seconds=settle_seconds))
     except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-        verdict = incomplete(f"the audit trail could not be read: {exc}", client_lines)
-        verdict.ok = client_ok
-        return verdict
+        return incomplete(f"the audit trail could not be read: {exc}", client_lines, client_ok)
     if scenario:
         rows = [row for row in rows if f"/{scenario}/" in row.user_agent]
     trail = Trail(rows, expected, client_lines or [], client_ok, uncertain or set())
