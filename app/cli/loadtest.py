@@ -192,7 +192,10 @@ def locust(
     quote = shlex.join
     click.echo(f"# run {run_id}: {scenario} against {url}")
     if scenario == "ussd":
-        click.echo("# the gateway's credential: export LOADTEST_USSD_TOKEN=... on every machine (services create)")
+        click.echo(
+            "# the gateway's credential on every machine: export LOADTEST_USSD_TOKEN=$(ladys-essence services "
+            "create loadtest-gateway --scope ussd)"
+        )
     if workers <= 0:
         click.echo(quote(head))
     else:
