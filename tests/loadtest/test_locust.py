@@ -81,7 +81,7 @@ def test_locust_master_and_two_workers_then_the_verdict_passes(server, tmp_path)
     ]
     try:
         ran = subprocess.run(
-            [*master, "--master-bind-port", port],
+            [*master, "--master-bind-host", "127.0.0.1", "--master-bind-port", port],
             env=env,
             cwd=tmp_path,
             capture_output=True,
