@@ -81,8 +81,9 @@ class Generator:
 
 
 def request_headers(generator: Generator, planned: Planned) -> dict[str, str]:
-    kind = LEGIT if planned.kind == LEGIT else planned.kind
-    headers = {"X-Request-ID": generator.request_id(planned), "User-Agent": f"{USER_AGENT}/{generator.scenario}/{kind}"}
+    # The User-Agent names the scenario and the kind: the verdict finds real users' rows by ".../legit".
+    agent = f"{USER_AGENT}/{generator.scenario}/{planned.kind}"
+    headers = {"X-Request-ID": generator.request_id(planned), "User-Agent": agent}
     if planned.address:
         headers["X-Forwarded-For"] = planned.address
     if planned.bearer:
