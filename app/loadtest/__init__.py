@@ -1,9 +1,18 @@
 """``ladys-essence loadtest``: attack a running server and say whether its limits held.
 
-An asyncio driver on httpx rather than locust: the scenarios need exact bookkeeping per simulated
-client and per phone number (which answers came back, which credentials were verified), a verdict
-at the end, and no extra runtime; one process of asyncio drives thousands of concurrent requests
-on loopback, which is as much as one 2-core machine can answer anyway.
+Three parts that do not depend on each other's traffic: ``scenarios.py`` (what to send, one table of
+scenarios), ``verdict.py`` (the judgement, read from the audit trail), and two generators that send
+the scenarios: ``runner.py`` (the built-in one-command driver) and ``locustfile.py`` (Locust, for a
+web UI, reports, and many machines). docs/loadtest.md says how to run them.
 """
 
-SCENARIOS = ("brute-force", "spray", "stuffing", "mixed", "ussd")
+from pathlib import Path
+
+from app.loadtest.scenarios import SCENARIOS as _SCENARIO_TABLE
+
+SCENARIOS = tuple(_SCENARIO_TABLE)
+
+
+def locustfile_path() -> Path:
+    """The shipped locustfile, for ``locust -f``."""
+    return Path(__file__).with_name("locustfile.py")
