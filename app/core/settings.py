@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import sys
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -254,8 +255,10 @@ def _check_secret(name: str, value: str | None, context: str = "") -> None:
 
 
 def running_under_test_runner() -> bool:
-    """pytest sets PYTEST_CURRENT_TEST while a test runs (and the servers a test starts inherit it)."""
-    return "PYTEST_CURRENT_TEST" in os.environ
+    """pytest sets PYTEST_CURRENT_TEST while a test runs (and the servers a test starts inherit it); test
+    modules that build settings while pytest collects them run with pytest imported. A served process
+    never imports pytest."""
+    return "PYTEST_CURRENT_TEST" in os.environ or "pytest" in sys.modules
 
 
 def _development_secrets(data_dir: Path) -> dict[str, str]:
