@@ -9,8 +9,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import sys
 import secrets
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
