@@ -122,3 +122,24 @@ async def test_pin_logins_of_unknown_numbers_disabled_pins_and_wrong_pins_cost_a
             "known number, wrong PIN": lambda: {"phone_number": with_pin, "pin": "9513"},
         },
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", [REAL_ARGON2], indirect=True)
+async def test_a_wrong_password_costs_the_same_with_a_recovery_code_outstanding(client: Any, db: Any) -> None:
+    """Issue 21, finding 8: a code outstanding took a second argon2 verification (1.29 s against 0.65 s)."""
+    from tests.admin.support import account_of_kind
+
+    admin, _ = await account_of_kind(client, db, "role_admin")
+    plain, reset = new_phone(), new_phone()
+    await registered(client, phone_number=plain)
+    target = await registered(client, phone_number=reset)
+    issued = await client.post(f"/api/admin/users/{target['user_id']}/recovery", headers=admin)
+    assert issued.status_code == 200, issued.text
+    await assert_indistinguishable(
+        client,
+        {
+            "no code outstanding": lambda: {"phone_number": plain, "password": "Wrong-Password-77"},
+            "recovery code outstanding": lambda: {"phone_number": reset, "password": "Wrong-Password-77"},
+        },
+    )

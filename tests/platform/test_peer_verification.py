@@ -146,15 +146,76 @@ def test_pyjwkclient_verifies_against_the_live_jwks(served: tuple[str, Settings]
     base, settings = served
     tokens = sign_in(base)
     client = jwt.PyJWKClient(f"{base}/.well-known/jwks.json")
-    for kind in ("access_token", "refresh_token"):
-        signing_key = client.get_signing_key_from_jwt(tokens[kind])
-        claims = jwt.decode(
-            tokens[kind],
-            signing_key.key,
-            algorithms=[signing_key.algorithm_name],
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer,
-        )
-        assert claims["sub"] == str(tokens["user_id"]) and claims["type"] == kind.removesuffix("_token")
+    signing_key = client.get_signing_key_from_jwt(tokens["access_token"])
+    claims = jwt.decode(
+        tokens["access_token"],
+        signing_key.key,
+        algorithms=[signing_key.algorithm_name],
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+    )
+    assert claims["sub"] == str(tokens["user_id"]) and claims["type"] == "access"
     with pytest.raises(jwt.PyJWKClientError):
         client.get_signing_key("no-such-kid")
+
+
+# Stock verifiers as another team configures them: the published JWKS, the issuer and the audience,
+# nothing of ours (no `type` check). Each answers the claims, or raises.
+def verify_with_pyjwt(token: str, jwks_url: str, settings: Settings) -> dict[str, Any]:
+    key = jwt.PyJWKClient(jwks_url).get_signing_key_from_jwt(token)
+    claims: dict[str, Any] = jwt.decode(
+        token, key.key, algorithms=["ES256", "EdDSA"], audience=settings.jwt_audience, issuer=settings.jwt_issuer
+    )
+    return claims
+
+
+def verify_with_authlib(token: str, jwks_url: str, settings: Settings) -> dict[str, Any]:
+    from authlib.jose import JsonWebKey, JsonWebToken
+
+    keys = JsonWebKey.import_key_set(httpx.get(jwks_url, timeout=10).json())
+    options = {
+        "iss": {"essential": True, "value": settings.jwt_issuer},
+        "aud": {"essential": True, "value": settings.jwt_audience},
+    }
+    claims = JsonWebToken(["ES256", "EdDSA"]).decode(token, keys, claims_options=options)
+    claims.validate()
+    return dict(claims)
+
+
+def verify_with_joserfc(token: str, jwks_url: str, settings: Settings) -> dict[str, Any]:
+    from joserfc import jwt as jose_jwt
+    from joserfc.jwk import KeySet
+
+    keys = KeySet.import_key_set(httpx.get(jwks_url, timeout=10).json())
+    decoded = jose_jwt.decode(token, keys, algorithms=["ES256", "EdDSA"])
+    jose_jwt.JWTClaimsRegistry(
+        iss={"essential": True, "value": settings.jwt_issuer}, aud={"essential": True, "value": settings.jwt_audience}
+    ).validate(decoded.claims)
+    return dict(decoded.claims)
+
+
+STOCK_VERIFIERS = {"pyjwt": verify_with_pyjwt, "authlib": verify_with_authlib, "joserfc": verify_with_joserfc}
+
+
+@pytest.mark.parametrize("verifier", list(STOCK_VERIFIERS))
+def test_stock_verifiers_take_access_tokens_and_no_refresh_token(served: tuple[str, Settings], verifier: str) -> None:
+    """Issue 21, finding 5: refresh tokens passed as access tokens at every stock verifier, for 30 days."""
+    base, settings = served
+    verify = STOCK_VERIFIERS[verifier]
+    jwks_url = f"{base}/.well-known/jwks.json"
+    tokens = sign_in(base)
+    claims = verify(tokens["access_token"], jwks_url, settings)
+    assert claims["sub"] == str(tokens["user_id"])
+    rotated = httpx.post(f"{base}/api/auth/refresh", json={"refresh_token": tokens["refresh_token"]}, timeout=30)
+    assert rotated.status_code == 200, rotated.text
+    logged_out = httpx.post(
+        f"{base}/api/auth/logout", headers={"Authorization": f"Bearer {rotated.json()['access_token']}"}, timeout=30
+    )
+    assert logged_out.status_code == 200, logged_out.text
+    for which, refresh in {
+        "issued": tokens["refresh_token"],
+        "rotated, logged out": rotated.json()["refresh_token"],
+    }.items():
+        with pytest.raises(Exception) as refused:
+            verify(refresh, jwks_url, settings)
+        assert not isinstance(refused.value, AssertionError), which
