@@ -18,7 +18,6 @@ from litestar.types import ASGIApp
 from app.accounts.controller import AuthController
 from app.accounts.deps import AUTH_DEPENDENCIES
 from app.accounts.guards import ROLE_DEPENDENCIES
-from app.accounts.passwords import Hasher
 from app.accounts.settings_controller import SettingsController
 from app.admin.controller import AdminController
 from app.audit.history.admin_actions import AdminActionsController
@@ -38,6 +37,7 @@ from app.core.metrics_access import require_metrics_token
 from app.core.redis import create_redis, require_persistence
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings
+from app.credentials.passwords import Hasher
 from app.db.config import sqlalchemy_config
 from app.events.relay import AccountEventRelay
 from app.health import HealthChecks, HealthController, audit_lag_check, database_check

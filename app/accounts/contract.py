@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import msgspec
 
 from app.accounts.names import NAME_MAX_LENGTH
-from app.accounts.passwords import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH
+from app.credentials.passwords import PASSWORD_MAX_LENGTH, PASSWORD_MIN_LENGTH
 
 PHONE_MAX_LENGTH = 32  # app.core.phones refuses longer text before parsing
 EMAIL_MAX_LENGTH = 254

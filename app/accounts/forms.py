@@ -14,11 +14,11 @@ from email_validator import EmailNotValidError, validate_email
 from msgspec import UNSET
 
 from app.accounts.names import name_problem, normalise_name
-from app.accounts.passwords import password_problem, pin_problem
 from app.accounts.privacy import clean_notification_preferences
 from app.accounts.schemas import LoginRequest, ProfileUpdateRequest, RegisterRequest, split_name
 from app.core.errors import FieldErrors
 from app.core.phones import PhoneNumberError, normalise_phone
+from app.credentials.passwords import password_problem, pin_problem
 from app.db.models import User
 
 SELF_REGISTERED_USER_TYPES = ("parent", "adolescent")

@@ -15,11 +15,11 @@ import logging
 from dataclasses import dataclass
 
 from app.accounts.forms import ProfileChanges
-from app.accounts.passwords import Hasher
 from app.audit.pipeline.events import LoginEvent, encode_event, new_event
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
 from app.core.errors import AccountLocked, AppError, FieldError, LimiterUnavailable, ValidationFailed, try_again_in
 from app.core.settings import Settings
+from app.credentials.passwords import Hasher
 from app.db.models import User
 from app.ratelimit.limiter import Decision, LoginLimiter, rate_limit_headers
 from app.sessions.tokens import TokenClaims

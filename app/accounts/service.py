@@ -14,9 +14,9 @@ from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 
 from app.accounts.forms import Credentials, NewAccount, ProfileChanges
-from app.accounts.passwords import Hasher, Verification
 from app.core.errors import Conflict, FieldError, InvalidCredentials, ValidationFailed
 from app.core.settings import Settings
+from app.credentials.passwords import Hasher, Verification
 from app.db.models import User
 from app.events.outbox import AccountEventService
 from app.sessions.service import ClientUse, SessionService, utcnow

@@ -32,7 +32,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.erasure import AccountEraser
-from app.accounts.passwords import Hasher
 from app.accounts.service import UserService, utcnow
 from app.admin.recovery import canonical_recovery_code, new_recovery_code
 from app.audit.history.admin_actions import AdminActionName
@@ -42,6 +41,7 @@ from app.core.errors import AppError, Conflict
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.core.redis import RedisClient
 from app.core.settings import Settings
+from app.credentials.passwords import Hasher
 from app.db.models import AdminAction, LoginAttempt, User
 from app.events.outbox import AccountEventService
 from app.ratelimit.limiter import LoginLimiter

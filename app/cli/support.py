@@ -26,9 +26,9 @@ T = TypeVar("T")
 async def _with_admin_service(settings: Settings, work: Callable[..., Awaitable[T]]) -> T:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from app.accounts.passwords import Hasher
     from app.admin.service import AdminService
     from app.core.redis import create_redis
+    from app.credentials.passwords import Hasher
     from app.db.config import sqlalchemy_config
     from app.ratelimit.limiter import LoginLimiter
 

@@ -81,7 +81,7 @@ def create_admin(phone: str, name: str, role: str, password_stdin: bool, promote
         if account is not None:
             _confirm_promotion(phone_number, account, role, confirmed=confirmed, scripted=password_stdin)
         password = _read_password(password_stdin)
-        from app.accounts.passwords import password_problem
+        from app.credentials.passwords import password_problem
 
         problem = password_problem(password, phone_digits=phone_number.lstrip("+"), name=display_name)
         if problem:
@@ -140,8 +140,8 @@ async def _create(settings: Settings, phone_number: str, name: str, role: str, p
     from sqlalchemy.exc import IntegrityError
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from app.accounts.passwords import Hasher
     from app.authority import SUPPORT_USER_TYPE, Authority, columns_for
+    from app.credentials.passwords import Hasher
     from app.db.config import sqlalchemy_config
     from app.db.models import User
     from app.events.outbox import AccountEventService
@@ -194,10 +194,10 @@ async def _promote(settings: Settings, account: AccountSummary, role: str, name:
     """Give the account ``role``, ``name`` and ``password`` and end its sessions; returns how many ended."""
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from app.accounts.passwords import Hasher
     from app.accounts.promotion import promote
     from app.audit.history.query_log import Actor
     from app.authority import Authority
+    from app.credentials.passwords import Hasher
     from app.db.config import sqlalchemy_config
 
     hasher = Hasher(settings)

@@ -136,7 +136,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # Support (app/admin, app/sessions).
     recovery_ttl_hours: int = 24  # a one-time temporary password is good for one sign-in within this
-    session_last_use_tracking: bool = True  # last use, address and user agent of each session (on refresh)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

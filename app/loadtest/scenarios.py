@@ -114,7 +114,7 @@ def forwarding_trusted(answers: list[tuple[int, str]]) -> bool:
 
 def _real_pin() -> str:
     """A PIN the service accepts (4 digits, not weak), never the attackers' COMMON_PIN."""
-    from app.accounts.passwords import pin_problem
+    from app.credentials.passwords import pin_problem
 
     while True:
         pin = f"{secrets.randbelow(10_000):04d}"

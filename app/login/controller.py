@@ -18,9 +18,9 @@ from litestar.params import JSONBody
 from app.accounts.forms import clean_login
 from app.accounts.schemas import AuthResponse, LoginRequest
 from app.accounts.service import AuthService, LoginFailed
-from app.accounts.verification import VerificationBusy
 from app.core.errors import InvalidCredentials, error_responses
 from app.core.http import BODY_ERRORS
+from app.credentials.verification import VerificationBusy
 from app.login.attempt import LoginAttempt
 from app.login.gate import ATTEMPT_STATE_KEY, login_gate_factory
 from app.sessions.deps import client_use

@@ -18,9 +18,9 @@ from litestar.di import NamedDependency, Provide
 
 from app.accounts.schemas import split_name
 from app.accounts.service import AuthService, LoginFailed
-from app.accounts.verification import VerificationBusy
 from app.core.errors import InvalidCredentials, error_responses
 from app.core.http import user_agent_of
+from app.credentials.verification import VerificationBusy
 from app.platform.credentials import ServiceClient
 from app.ussd.attempt import UssdAttempt, recorded
 from app.ussd.gateway import require_gateway

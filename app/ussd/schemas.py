@@ -15,9 +15,9 @@ import msgspec
 
 from app.accounts.forms import SELF_REGISTERED_USER_TYPES
 from app.accounts.names import NAME_MAX_LENGTH, name_problem, normalise_name
-from app.accounts.passwords import pin_problem
 from app.core.errors import AppError, FieldErrors
 from app.core.phones import PhoneNumberError, normalise_phone
+from app.credentials.passwords import pin_problem
 
 USSD_MESSAGE_MAX = 160
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}\Z")

@@ -13,9 +13,9 @@ from advanced_alchemy.exceptions import IntegrityError as RepositoryIntegrityErr
 from sqlalchemy.exc import IntegrityError
 
 from app.accounts.forms import Credentials
-from app.accounts.passwords import NO_PASSWORD
 from app.accounts.service import AuthService
 from app.core.errors import Conflict
+from app.credentials.passwords import NO_PASSWORD
 from app.db.models import User
 from app.ussd.schemas import UssdAccount
 
@@ -44,7 +44,7 @@ class UssdService:
     async def register(self, account: UssdAccount) -> User:
         """A PIN-only account; the operator vouches for the number, so it is verified.
 
-        It has no password (:data:`~app.accounts.passwords.NO_PASSWORD`) until one is set from the
+        It has no password (:data:`~app.credentials.passwords.NO_PASSWORD`) until one is set from the
         app: a password sign-in fails meanwhile exactly like a wrong password, at the same cost.
         """
         users = self.auth.users

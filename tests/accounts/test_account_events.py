@@ -27,13 +27,13 @@ from sqlalchemy import text as sa_text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.__main__ import main
-from app.accounts.passwords import Hasher
 from app.accounts.service import AuthService, UserService
 from app.asgi import create_app, served
 from app.core.embedded import EmbeddedRedis
 from app.core.redis import create_redis
 from app.core.redis_keys import KeySpace
 from app.core.settings import PROJECT_ROOT, Settings
+from app.credentials.passwords import Hasher
 from app.db.config import sqlalchemy_config
 from app.events.outbox import AccountEventService, record_imported
 from app.events.relay import EVENT_FIELD, AccountEventRelay

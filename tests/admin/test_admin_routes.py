@@ -286,8 +286,8 @@ async def admin_services(settings, count: int):
     """``count`` admin services, each on its own database session (its own transaction)."""
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from app.accounts.passwords import Hasher
     from app.admin.service import AdminService
+    from app.credentials.passwords import Hasher
     from app.db.config import sqlalchemy_config
     from app.ratelimit.limiter import LoginLimiter
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from app.audit.history.cursor import Cursor, read_cursor
 from app.audit.history.params import IPNetwork, Params
@@ -128,3 +128,29 @@ def parse_page_request(values: Mapping[str, str | None], region: str) -> PageReq
     limit = read_limit(params)
     params.raise_if_any()
     return PageRequest(filters, cursor, limit)
+
+
+# ---- the summary's request: its filters, bucket and top lists (summary.py and rollups.py both read it)
+
+Bucket = Literal["minute", "hour", "day"]
+DEFAULT_TOP = 10
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryRequest:
+    filters: AttemptFilters  # since and until always set
+    bucket: Bucket = "hour"
+    top: int = DEFAULT_TOP
+
+    @property
+    def since(self) -> datetime.datetime:
+        assert self.filters.since is not None
+        return self.filters.since
+
+    @property
+    def until(self) -> datetime.datetime:
+        assert self.filters.until is not None
+        return self.filters.until
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.filters.describe(), "bucket": self.bucket, "top": self.top}

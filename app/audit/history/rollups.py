@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from app.audit.history.filters import AttemptFilters
+from app.audit.history.filters import AttemptFilters, SummaryRequest
 from app.audit.history.sql import SqlParams, filter_conditions, where
-
-if TYPE_CHECKING:
-    from app.audit.history.summary import SummaryRequest
 
 HOUR = datetime.timedelta(hours=1)
 

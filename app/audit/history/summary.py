@@ -13,19 +13,17 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 
 from app.audit.history.attempts import REFUSAL_REASONS
-from app.audit.history.filters import AttemptFilters, read_filters
+from app.audit.history.filters import DEFAULT_TOP, Bucket, SummaryRequest, read_filters
 from app.audit.history.params import FIRST_TIME, Params
 from app.audit.history.rollups import rollup_buckets_sql, rollup_channels_sql
 from app.audit.history.sql import SqlParams, filter_conditions, where
 from app.audit.pipeline.events import CHANNELS
 
-Bucket = Literal["minute", "hour", "day"]
 BUCKET_LENGTHS: dict[Bucket, datetime.timedelta] = {
     "minute": datetime.timedelta(minutes=1),
     "hour": datetime.timedelta(hours=1),
@@ -33,30 +31,9 @@ BUCKET_LENGTHS: dict[Bucket, datetime.timedelta] = {
 }
 DEFAULT_RANGE = datetime.timedelta(hours=24)
 MAX_BUCKETS = 10_000
-DEFAULT_TOP = 10
 MAX_TOP = 100
 PIN_LOCKED_MAX = 1000  # numbers listed under pin_locked
 IPV6_CLIENT_PREFIX = 64
-
-
-@dataclass(frozen=True, slots=True)
-class SummaryRequest:
-    filters: AttemptFilters  # since and until always set
-    bucket: Bucket = "hour"
-    top: int = DEFAULT_TOP
-
-    @property
-    def since(self) -> datetime.datetime:
-        assert self.filters.since is not None
-        return self.filters.since
-
-    @property
-    def until(self) -> datetime.datetime:
-        assert self.filters.until is not None
-        return self.filters.until
-
-    def describe(self) -> dict[str, Any]:
-        return {**self.filters.describe(), "bucket": self.bucket, "top": self.top}
 
 
 def parse_summary_request(

@@ -27,8 +27,8 @@ import bcrypt
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from app.accounts.verification import HashQueue, Kind, VerifierCosts, bcrypt_cost
 from app.core.settings import Settings
+from app.credentials.verification import HashQueue, Kind, VerifierCosts, bcrypt_cost
 
 T = TypeVar("T")
 

@@ -3,8 +3,8 @@ import asyncio
 import bcrypt
 import pytest
 
-from app.accounts.passwords import Hasher, common_passwords, password_problem, pin_problem
 from app.core.settings import Settings
+from app.credentials.passwords import Hasher, common_passwords, password_problem, pin_problem
 
 
 def settings(**overrides):
