@@ -92,13 +92,6 @@ BENCHMARKS = (
         quick_args=("--rounds", "1", "--seconds", "2"),
     ),
     Benchmark(
-        "session-tracking",
-        "bench.bench_session_tracking",
-        "The refresh path with each session's last-use tracking on vs off",
-        "tracking on >= 0.9x of tracking off",
-        quick_args=("--rounds", "1", "--seconds", "2"),
-    ),
-    Benchmark(
         "audit-queries",
         "bench.bench_audit_queries",
         "Security team queries on 10 million rows; summaries; export throughput",

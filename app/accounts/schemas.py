@@ -7,7 +7,7 @@ for people; :mod:`app.accounts.forms` turns them into checked values or raises `
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -15,9 +15,7 @@ from msgspec import UNSET, UnsetType
 from app.accounts import contract
 from app.db.models import User
 from app.sessions.schemas import MessageResponse as MessageResponse  # these routes give the same plain answer
-
-if TYPE_CHECKING:
-    from app.accounts.service import SignIn
+from app.sessions.service import SignIn
 
 # ---- requests ---------------------------------------------------------------------------------
 

@@ -19,8 +19,8 @@ from app.core.settings import Settings
 from app.credentials.passwords import Hasher, Verification
 from app.db.models import User
 from app.events.outbox import AccountEventService
-from app.sessions.service import ClientUse, SessionService, utcnow
-from app.sessions.tokens import IssuedToken, TokenIssuer
+from app.sessions.service import ClientUse, SessionService, SignIn, utcnow
+from app.sessions.tokens import TokenIssuer
 
 __all__ = ["AuthService", "LoginFailed", "SignIn", "UserService", "canonical_recovery_code", "utcnow"]
 
@@ -44,15 +44,6 @@ class UserService(SQLAlchemyAsyncRepositoryService[User]):
         await self.repository.session.execute(update(User).where(User.id == user.id).values(**values))
         for key, value in values.items():
             setattr(user, key, value)
-
-
-@dataclass(frozen=True, slots=True)
-class SignIn:
-    """What a successful sign-in or registration hands the client: a new session's tokens."""
-
-    user: User
-    access: IssuedToken
-    refresh_token: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ from app.core.errors import InvalidToken
 from app.core.settings import Settings
 from app.db.models import RefreshToken, Session, User
 from app.events.outbox import AccountEventService
-from app.sessions.tokens import TokenIssuer, is_opaque_refresh_token, new_refresh_token, token_digest
+from app.sessions.tokens import IssuedToken, TokenIssuer, is_opaque_refresh_token, new_refresh_token, token_digest
 
 # Why a session ended (``sessions.end_reason``): every path that ends one names itself.
 END_REASONS = (
@@ -57,6 +57,15 @@ class Started:
     session_id: uuid.UUID
     refresh_token: str
     auth_time: datetime.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SignIn:
+    """What a successful sign-in or registration hands the client: the account and its new session's tokens."""
+
+    user: User
+    access: IssuedToken
+    refresh_token: str
 
 
 @dataclass(frozen=True, slots=True)
