@@ -17,13 +17,9 @@ from app.core.settings import Settings
 from tests.conftest import TEST_JWT_SECRET, TEST_PIN_PEPPER, TEST_SIGNING_KEYS_SECRET
 
 
-@contextlib.contextmanager
-def api_server(
-    settings: Settings, tmp_path: Path, *, redis_url: str | None = None, workers: int = 1, **env: str
-) -> Iterator[str]:
-    """Serve on a free port with the test database; yields the base URL, stops it afterwards."""
-    port = free_port()
-    environment = {
+def serve_env(settings: Settings, tmp_path: Path, *, redis_url: str | None = None, **env: str) -> dict[str, str]:
+    """The environment of a real server process on the test database, with ``env`` on top."""
+    return {
         **os.environ,
         "APP_ENV": "test",
         "DATABASE_URL": settings.database_url or "",
@@ -40,6 +36,15 @@ def api_server(
         "LEGACY_BCRYPT_ROUNDS": "4",
         **env,
     }
+
+
+@contextlib.contextmanager
+def api_server(
+    settings: Settings, tmp_path: Path, *, redis_url: str | None = None, workers: int = 1, **env: str
+) -> Iterator[str]:
+    """Serve on a free port with the test database; yields the base URL, stops it afterwards."""
+    port = free_port()
+    environment = serve_env(settings, tmp_path, redis_url=redis_url, **env)
     log_path = tmp_path / f"server-{port}.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -10,28 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from app.core.settings import Settings
-from tests.conftest import TEST_JWT_SECRET, TEST_PIN_PEPPER, TEST_SIGNING_KEYS_SECRET
-
-
-def serve_env(settings: Settings, tmp_path: Path, **env: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "APP_ENV": "test",
-        "DATABASE_URL": settings.database_url or "",
-        "REDIS_URL": settings.redis_url or "",
-        "REDIS_KEY_PREFIX": settings.redis_key_prefix,
-        "JWT_SECRET": TEST_JWT_SECRET,
-        "PIN_PEPPER": TEST_PIN_PEPPER,
-        "SIGNING_KEYS_SECRET": TEST_SIGNING_KEYS_SECRET,
-        "DATA_DIR": str(tmp_path / "data"),
-        "LOG_LEVEL": "WARNING",
-        "AUDIT_FLUSH_MS": "50",
-        "ARGON2_MEMORY_KIB": "1024",
-        "ARGON2_TIME_COST": "1",
-        "LEGACY_BCRYPT_ROUNDS": "4",
-        **env,
-    }
+from tests.servers import serve_env as serve_env  # the fault tests start `serve` with the same environment
 
 
 def start_serve(env: dict[str, str], port: int, log_path: Path, workers: int = 1) -> subprocess.Popen[bytes]:
