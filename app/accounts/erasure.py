@@ -15,6 +15,9 @@ Where a person's name, phone number, email, birth date or preferences were, and 
   enough to hash whole), so the keys are personal data either way, and are deleted;
 - ``sessions`` (last address and device of each) and their refresh tokens: deleted, once ended.
 
+- ``audit_queries``: a search of the login history by one of the numbers keeps who searched and
+  when, but the number it searched for becomes ``"(erased)"``.
+
 Kept by design: ``login_attempts`` and its hourly rollups, for AUDIT_RETENTION_DAYS, with the
 audit streams that carry attempts to it; staff records (``admin_actions``, ``audit_queries``) name
 staff and the target's id, never the target's data.
@@ -26,10 +29,12 @@ when Redis fails the deletion rolls back (503) instead of reporting an erasure t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
+import phonenumbers
 from redis.exceptions import RedisError
-from sqlalchemy import delete, update
+from sqlalchemy import delete, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.accounts.service import utcnow
@@ -65,6 +70,31 @@ ERASED_COLUMNS = {
 }
 
 
+# Each top-level filter of the security team's query log that holds one of the numbers, as searched.
+ERASE_SEARCHED_NUMBERS = text(
+    """
+    UPDATE audit_queries
+    SET filters = (
+        SELECT jsonb_object_agg(key, CASE WHEN value #>> '{}' = ANY(:numbers) THEN '"(erased)"'::jsonb ELSE value END)
+        FROM jsonb_each(filters)
+    )
+    WHERE jsonb_typeof(filters) = 'object'
+      AND EXISTS (SELECT 1 FROM jsonb_each(filters) WHERE value #>> '{}' = ANY(:numbers))
+    """
+)
+
+
+def spellings(numbers: set[str]) -> set[str]:
+    """A number as staff may have typed it: E.164, without the plus, and in its national form."""
+    found = set()
+    for number in numbers:
+        found |= {number, number.lstrip("+")}
+        with contextlib.suppress(phonenumbers.NumberParseException):
+            parsed = phonenumbers.parse(number)
+            found.add("0" + str(parsed.national_number))
+    return found
+
+
 class ErasureUnavailable(ServiceUnavailable):
     code = "erasure_unavailable"
     message = "The account could not be erased right now, so it was not deleted. Please try again in a minute."
@@ -88,6 +118,7 @@ class AccountEraser:
         if user.phone_number:
             numbers.add(user.phone_number)
         scrubbed = await self.events.scrub(user.id)
+        await self.session.execute(ERASE_SEARCHED_NUMBERS, {"numbers": sorted(spellings(numbers))})
         await self.session.execute(delete(Session).where(Session.user_id == user.id))
         await self.session.execute(
             update(User)

@@ -152,8 +152,36 @@ class AuthService:
                 changes["pin_hash"] = await self.hasher.hash_pin(credentials.secret)
             else:
                 changes["password_hash"] = await self.hasher.hash_password(credentials.secret)
-        await self.users.set_columns(user, changes)
+        await self._confirm_unchanged(user, credentials.method, stored, changes)
         return user
+
+    async def _confirm_unchanged(
+        self, user: User, method: str, verified: str | None, changes: dict[str, object]
+    ) -> None:
+        """Record the sign-in only if the account is still what was verified, and hold its row until commit.
+
+        The hash was checked with no lock held (a slow step, the connection handed back). Meanwhile a
+        password change, a promotion, a deactivation or a deletion may have committed and ended every
+        session: a sign-in verified against the old state must not start a new one, nor write back a
+        rehash of the old secret. So the update is conditional on the hash verified, and its row lock
+        is held until the new session commits; an ending that comes later waits for it, and then ends
+        that session too (every ending locks the user's row first: app/sessions/service.py).
+        """
+        hash_column = User.pin_hash if method == "pin" else User.password_hash
+        unchanged = [hash_column == verified, User.is_active.is_(True), User.deleted_at.is_(None)]
+        if method == "pin":
+            unchanged.append(User.enable_pin_auth.is_(True))
+        still = await self.users.repository.session.scalar(
+            update(User)
+            .where(User.id == user.id, *unchanged)
+            .values(**changes)
+            .returning(User.id)
+            .execution_options(synchronize_session=False)
+        )
+        if still is None:
+            raise LoginFailed(LoginFailure("credentials_changed", user.id))
+        for key, value in changes.items():
+            setattr(user, key, value)
 
     async def signs_in_with_recovery_code(self, user: User, secret: str) -> bool:
         """Support's one-time temporary password (app/admin/recovery.py), typed as the password.

@@ -47,14 +47,18 @@ def rotates(settings: Settings, form: RefreshForm) -> bool:
     return mode == "always" or (mode == "auto" and form == "body")
 
 
-def session_of_token(token: str, issuer: TokenIssuer) -> TokenClaims | None:
-    """Claims of an access token or a refresh JWT from before (expired ones too: they may still end their session)."""
-    for decode in (issuer.decode_access, issuer.decode_legacy_refresh):
+async def session_to_end(token: str, sessions: SessionService, issuer: TokenIssuer) -> uuid.UUID:
+    """The session a logout names: an access token's (an expired one too: it may still end its own session),
+    or a refresh token's, under the refresh endpoint's rules (a replaced or expired one ends nothing)."""
+    if not is_opaque_refresh_token(token):
         try:
-            return decode(token, allow_expired=True)
+            return issuer.decode_access(token, allow_expired=True).session_id
         except InvalidToken:
-            continue
-    return None
+            pass
+    found = await sessions.owner_of_refresh_token(token)
+    if found is None:
+        raise InvalidToken()
+    return found[1].id
 
 
 class SessionsController(Controller):
@@ -121,17 +125,7 @@ class SessionsController(Controller):
         token = bearer_token(request) or (body.refresh_token if body else None)
         if not token:
             raise NotAuthenticated()
-        if is_opaque_refresh_token(token):
-            found = await session_service.owner_of_refresh_token(token)
-            if found is None:
-                raise InvalidToken()
-            session_id = found[1].id
-        else:
-            claims = session_of_token(token, state.token_issuer)
-            if claims is None:
-                raise InvalidToken()
-            session_id = claims.session_id
-        await session_service.end_one(session_id, "logout")
+        await session_service.end_one(await session_to_end(token, session_service, state.token_issuer), "logout")
         return MessageResponse(message="Logged out successfully")
 
     @get("/sessions", summary="My live sessions (devices), most recently used first", responses=error_responses(401))

@@ -22,7 +22,7 @@ from app.core.redis_keys import KeySpace
 from app.events.relay import EVENT_FIELD, withdraw_entries
 from app.ratelimit.limiter import LoginLimiter
 from tests.accounts.test_account_events import doc_consumer
-from tests.admin.support import login, panel_admin
+from tests.admin.support import account_of_kind, login, panel_admin
 from tests.cluster import local_cluster
 from tests.helpers import GOOD_PIN, STRONG_PASSWORD, bearer, e164, new_phone, registered
 
@@ -143,6 +143,11 @@ async def test_deleting_an_account_leaves_the_person_nowhere_but_the_login_histo
     assert changed.status_code == 200, changed.text
     assert (await login(client, second, password=STRONG_PASSWORD)).status_code == 200
     assert (await login(client, second, password="Wrong-Guess-001")).status_code == 401
+    # The security team searched the history by both numbers (as typed, and in E.164): the query log keeps them.
+    analyst, _ = await account_of_kind(client, db, "security")
+    for searched in (first, e164(second)):
+        found = await client.get("/api/audit/login-attempts", params={"phone_number": searched}, headers=analyst)
+        assert found.status_code == 200, found.text
     await settled(redis, db, keys)
 
     values = needles(first, second)

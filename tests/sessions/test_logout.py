@@ -1,3 +1,8 @@
+import hashlib
+import uuid
+
+import jwt
+
 from tests.helpers import STRONG_PASSWORD, bearer, new_phone, registered
 
 
@@ -40,3 +45,27 @@ async def test_logout_with_refresh_token_in_body(client):
 async def test_logout_needs_a_genuine_token(client):
     assert (await client.post("/api/auth/logout")).status_code == 401
     assert (await client.post("/api/auth/logout", headers=bearer("a.b.c"))).status_code == 401
+
+
+async def test_a_replaced_legacy_refresh_jwt_cannot_log_the_session_out(client, db, settings):
+    """Logout by refresh token follows the refresh endpoint's rules: a refresh JWT from before opaque
+    tokens, replaced a day ago, names no session any more (it used to end it, and never counted as reuse)."""
+    tokens = await registered(client)
+    claims = jwt.decode(tokens["access_token"], options={"verify_signature": False})
+    jti = uuid.uuid4()
+    legacy = jwt.encode(
+        {**claims, "type": "refresh", "jti": str(jti), "exp": claims["exp"] + 86_400},
+        settings.jwt_secret,
+        algorithm="HS256",
+    )
+    await db.execute(
+        "INSERT INTO refresh_tokens (jti, session_id, token_hash, expires_at, rotated_at, created_at, updated_at)"
+        " VALUES ($1, $2, $3, now() + interval '20 days', now() - interval '1 day', now(), now())",
+        jti,
+        uuid.UUID(claims["sid"]),
+        hashlib.sha256(legacy.encode()).hexdigest(),
+    )
+    refused = await client.post("/api/auth/logout", json={"refresh_token": legacy})
+    assert refused.status_code == 401, refused.text
+    profile = await client.get("/api/auth/profile", headers=bearer(tokens["access_token"]))
+    assert profile.status_code == 200  # the session the old token named goes on

@@ -31,6 +31,7 @@ REASONS = (
     "rate_limited",
     "busy",  # not verified: the hash queue could not verify it within its reservation
     "session_not_stored",  # verified, but its session could not be stored (a database fault): no sign-in
+    "credentials_changed",  # verified against a password or PIN changed (or an account ended) meanwhile
     "limiter_unavailable",
     "invalid_request",
     "reauth_failed",  # a wrong current_password on a profile change (app/accounts/reauth.py)
