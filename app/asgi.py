@@ -44,7 +44,8 @@ from app.health import HealthChecks, HealthController, audit_lag_check, database
 from app.keys.keyring import KeyRingRefresher, load_keyring
 from app.login.controller import LoginController
 from app.login.gate import LoginGate
-from app.platform.controller import FORM_BODY_PATHS, FORM_MEDIA_TYPE, PLATFORM_HANDLERS
+from app.platform.controller import FORM_BODY_PATHS, PLATFORM_HANDLERS
+from app.platform.credentials import FORM_MEDIA_TYPE
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
 from app.sessions.controller import SessionsController

@@ -38,6 +38,8 @@ def api_server(
         "ARGON2_MEMORY_KIB": "1024",
         "ARGON2_TIME_COST": "1",
         "LEGACY_BCRYPT_ROUNDS": "4",
+        # One issuer for every process a test starts, as behind a deployment's one URL.
+        "PUBLIC_URL": settings.public_url,
         **env,
     }
     log_path = tmp_path / f"server-{port}.log"

@@ -35,6 +35,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     # it unwinds through ``servers_for`` instead (exit status 143; with --workers > 1 uvicorn's
     # supervisor handles the signal itself and returns normally).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     with servers_for(settings) as resolved:
         migrations.upgrade(resolved)
         # Workers are separate processes: hand them the resolved URLs and development secrets.
@@ -46,8 +47,9 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             SIGNING_KEYS_SECRET=resolved.signing_keys_secret or "",
             WORKERS=str(workers),
             SERVE_MASTER_PID=str(os.getpid()),  # workers end themselves when this process dies
+            # The issuer and discovery URLs: where this runs, unless PUBLIC_URL says (production must).
+            PUBLIC_URL=os.environ.get("PUBLIC_URL") or f"http://{shown}:{port}",
         )
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
         click.echo(f"Lady's Essence Auth on http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)")
         uvicorn.run(
             "app.asgi:create_app_from_env",
