@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from types import FrameType
@@ -24,6 +25,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 
     from app.core.edge import protocol_path
     from app.core.embedded import servers_for
+    from app.core.logs import logging_config
     from app.db import migrations
 
     settings = load_settings()
@@ -50,7 +52,11 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             # The issuer and discovery URLs: where this runs, unless PUBLIC_URL says (production must).
             PUBLIC_URL=os.environ.get("PUBLIC_URL") or f"http://{shown}:{port}",
         )
-        click.echo(f"Lady's Essence Auth on http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)")
+        banner = f"Lady's Essence Auth on http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)"
+        if settings.log_format == "json":
+            logging.getLogger("app.serve").info(banner)  # every line of the output is JSON
+        else:
+            click.echo(banner)  # for the person at the terminal, whatever LOG_LEVEL says
         uvicorn.run(
             "app.asgi:create_app_from_env",
             factory=True,
@@ -58,6 +64,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             port=port,
             workers=workers,
             log_level=settings.log_level.lower(),
+            log_config=logging_config(settings.log_level, settings.log_format),
+            access_log=False,  # app.core.logs.AccessLog logs each request, in the one format
             proxy_headers=False,
             server_header=False,
             # The edge (app/core/edge.py): whole-request read deadline and connection caps.
