@@ -205,3 +205,21 @@ async def test_the_openapi_document_has_the_form_bodies(client: Any) -> None:
         body = paths[path]["post"]["requestBody"]["content"]
         for media_type in ("application/x-www-form-urlencoded", "application/json"):
             assert required in body[media_type]["schema"]["required"]
+
+
+async def test_bad_bodies_at_the_token_endpoint_get_clear_errors(app: Litestar, client: Any) -> None:
+    name = unique("clumsy")
+    credential = await new_credential(app.state.settings, name, "introspect")
+    auth = httpx.BasicAuth(name, credential)
+    broken = await client.post(
+        "/oauth/token", auth=auth, content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert broken.status_code == 400 and broken.json()["code"] == "malformed_json"
+    xml = await client.post("/oauth/token", auth=auth, content=b"<grant/>", headers={"Content-Type": "text/xml"})
+    assert xml.status_code == 415
+    as_json = await client.post("/oauth/token", auth=auth, json={"grant_type": "client_credentials", "scope": 7})
+    assert as_json.status_code == 400 and as_json.json()["error"] == "invalid_scope"
+    garbled = await client.post(
+        "/oauth/token", headers={"Authorization": "Basic %%%"}, data={"grant_type": "client_credentials"}
+    )
+    assert garbled.status_code == 401 and garbled.json()["error"] == "invalid_client"
