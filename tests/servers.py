@@ -34,6 +34,8 @@ def serve_env(settings: Settings, tmp_path: Path, *, redis_url: str | None = Non
         "ARGON2_MEMORY_KIB": "1024",
         "ARGON2_TIME_COST": "1",
         "LEGACY_BCRYPT_ROUNDS": "4",
+        # One issuer for every process a test starts, as behind a deployment's one URL.
+        "PUBLIC_URL": settings.public_url,
         **env,
     }
 

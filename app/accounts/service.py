@@ -216,7 +216,11 @@ class AuthService:
         """A new session, signed in now (its tokens' ``auth_time``)."""
         started = await self.sessions.start(user.id, use)
         access = self.issuer.issue_access(
-            user_id=user.id, role=user.role, session_id=started.session_id, auth_time=started.auth_time
+            user_id=user.id,
+            role=user.role,
+            user_type=user.user_type,
+            session_id=started.session_id,
+            auth_time=started.auth_time,
         )
         return SignIn(user=user, access=access, refresh_token=started.refresh_token)
 

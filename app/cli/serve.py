@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from types import FrameType
@@ -24,6 +25,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
 
     from app.core.edge import protocol_path
     from app.core.embedded import servers_for
+    from app.core.logs import logging_config
     from app.db import migrations
 
     settings = load_settings()
@@ -35,6 +37,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     # it unwinds through ``servers_for`` instead (exit status 143; with --workers > 1 uvicorn's
     # supervisor handles the signal itself and returns normally).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     with servers_for(settings) as resolved:
         migrations.upgrade(resolved)
         # Workers are separate processes: hand them the resolved URLs and development secrets.
@@ -46,9 +49,14 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             SIGNING_KEYS_SECRET=resolved.signing_keys_secret or "",
             WORKERS=str(workers),
             SERVE_MASTER_PID=str(os.getpid()),  # workers end themselves when this process dies
+            # The issuer and discovery URLs: where this runs, unless PUBLIC_URL says (production must).
+            PUBLIC_URL=os.environ.get("PUBLIC_URL") or f"http://{shown}:{port}",
         )
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-        click.echo(f"Lady's Essence Auth on http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)")
+        banner = f"Lady's Essence Auth on http://{shown}:{port}  (API docs: http://{shown}:{port}/schema)"
+        if settings.log_format == "json":
+            logging.getLogger("app.serve").info(banner)  # every line of the output is JSON
+        else:
+            click.echo(banner)  # for the person at the terminal, whatever LOG_LEVEL says
         uvicorn.run(
             "app.asgi:create_app_from_env",
             factory=True,
@@ -56,6 +64,8 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             port=port,
             workers=workers,
             log_level=settings.log_level.lower(),
+            log_config=logging_config(settings.log_level, settings.log_format),
+            access_log=False,  # app.core.logs.AccessLog logs each request, in the one format
             proxy_headers=False,
             server_header=False,
             # The edge (app/core/edge.py): whole-request read deadline and connection caps.

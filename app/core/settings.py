@@ -23,6 +23,10 @@ from app.core.postgres import asyncpg_url as asyncpg_url  # the one normalisatio
 from app.core.secret_policy import secret_problem
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+LEGACY_ISSUER = "ladys-essence-auth"  # the issuer string before it became the service's URL
+# jose (createRemoteJWKSet's cooldownDuration) refetches a JWKS for an unknown kid at most every 30 s:
+# a key published less than this before it signs is unknown to such a verifier for up to that long.
+VERIFIER_REFETCH_FLOOR_SECONDS = 30
 
 
 class ConfigError(ValueError):
@@ -35,6 +39,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8000
     workers: int = 1
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line, for log shippers
+    # Where peers reach this service (https in production): the issuer and the discovery documents' URLs.
+    public_url: str = ""  # unset: http://HOST:PORT outside production
     data_dir: Path = PROJECT_ROOT / ".data"
 
     database_url: str | None = None
@@ -52,12 +59,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_accept_legacy_hs256: bool = True  # tokens signed with JWT_SECRET before the switch, until they expire
     signing_keys_refresh_seconds: int = 30  # how often every process re-reads the key set
     jwks_max_age_seconds: int = 300  # Cache-Control of /.well-known/jwks.json
-    jwt_issuer: str = "ladys-essence-auth"
+    jwt_issuer: str = ""  # unset: PUBLIC_URL (RFC 8414: the issuer is the URL discovery starts from)
+    jwt_accept_legacy_issuer: bool = True  # tokens carrying LEGACY_ISSUER still verify here (docs/cutover.md)
     jwt_audience: str = "ladys-essence"
     access_token_minutes: int = 15
     refresh_token_days: int = 30
     refresh_rotation: Literal["auto", "always", "never"] = "auto"
     refresh_reuse_grace_seconds: int = 10
+    client_credentials_token_seconds: int = 300  # access tokens of POST /oauth/token (grant client_credentials)
 
     default_phone_region: str = "RW"
     argon2_memory_kib: int = 19456
@@ -178,6 +187,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("RECOVERY_TTL_HOURS must be at least 1")
         if self.signing_keys_refresh_seconds < 1 or self.jwks_max_age_seconds < 0:
             raise ConfigError("SIGNING_KEYS_REFRESH_SECONDS must be at least 1 and JWKS_MAX_AGE_SECONDS not negative")
+        if self.client_credentials_token_seconds < 1:
+            raise ConfigError("CLIENT_CREDENTIALS_TOKEN_SECONDS must be at least 1")
         if self.reauth_window_seconds < 0:
             raise ConfigError("REAUTH_WINDOW_SECONDS must be 0 or more")
         if self.app_env == "test" and not running_under_test_runner():
@@ -198,6 +209,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 _check_secret(name, getattr(self, name))
             if self.metrics_token is not None:
                 _check_secret("metrics_token", self.metrics_token)
+            if not self.public_url:
+                raise ConfigError("PUBLIC_URL must be set when APP_ENV=production: the https URL peers reach this at")
+            for name, url in (("public_url", self.public_url), ("jwt_issuer", self.jwt_issuer or self.public_url)):
+                if not url.startswith("https://"):
+                    raise ConfigError(f"{name.upper()} must be an https URL when APP_ENV=production")
+            if self.key_publish_seconds < VERIFIER_REFETCH_FLOOR_SECONDS or (
+                self.jwks_max_age_seconds < VERIFIER_REFETCH_FLOOR_SECONDS
+            ):
+                raise ConfigError(
+                    f"JWKS_MAX_AGE_SECONDS must be at least {VERIFIER_REFETCH_FLOOR_SECONDS} when APP_ENV=production: "
+                    "jose and PyJWT clients refetch the key set at most that often, so a shorter key schedule "
+                    "fails their verifications (docs/signing-keys.md)"
+                )
+        if not self.public_url or not self.jwt_issuer:
+            return self._with_public_url().validated()
         if self.cors_allow_origins is None:
             if self.app_env == "production":
                 raise ConfigError(
@@ -220,6 +246,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             pin_pepper=self.pin_pepper or stored["pin_pepper"],
             signing_keys_secret=self.signing_keys_secret or stored["signing_keys_secret"],
         )
+
+    def _with_public_url(self) -> Settings:
+        """PUBLIC_URL (required in production) and the issuer, which is PUBLIC_URL unless JWT_ISSUER says otherwise."""
+        public_url = (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        return msgspec.structs.replace(self, public_url=public_url, jwt_issuer=self.jwt_issuer or public_url)
+
+    @property
+    def accepted_issuers(self) -> list[str]:
+        """The issuer, and the string it replaced while JWT_ACCEPT_LEGACY_ISSUER is on."""
+        if self.jwt_accept_legacy_issuer and self.jwt_issuer != LEGACY_ISSUER:
+            return [self.jwt_issuer, LEGACY_ISSUER]
+        return [self.jwt_issuer]
 
     @property
     def token_lifetime_seconds(self) -> int:

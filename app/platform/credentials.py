@@ -1,19 +1,28 @@
-"""Service credentials: bearer tokens for the platform's services, and the guard that checks them.
+"""Service credentials: the platform's services' secrets, and the guard that checks them.
 
 A credential is ``les_`` + 32 random bytes (base64url), shown once by ``ladys-essence services
 create``; only its SHA-256 is stored (a 256-bit random token needs no slow hash). The prefix lets a
 guard tell it from a user's JWT without a database read, and lets secret scanners spot a leaked one.
+
+A service presents it as OAuth 2.0 clients do (RFC 6749 section 2.3.1): ``client_id`` is the
+credential's name and ``client_secret`` the ``les_`` token, in HTTP Basic (``client_secret_basic``)
+or as form fields (``client_secret_post``); or the token alone as ``Authorization: Bearer les_...``;
+or a short-lived access token from ``POST /oauth/token`` (app/platform/service_tokens.py) as Bearer.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import hashlib
+import hmac
 import re
 import secrets
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from advanced_alchemy.exceptions import IntegrityError
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
@@ -28,12 +37,17 @@ from app.audit.history.query_log import Action, Actor, record_query
 from app.core.errors import AppError, Conflict, InvalidToken, PermissionDenied
 from app.db.models import ServiceCredential
 from app.platform.scopes import SCOPES
+from app.platform.service_tokens import decode_service_token
 from app.sessions.deps import bearer_token
 from app.sessions.tokens import is_opaque_refresh_token
 
 TOKEN_PREFIX = "les_"  # noqa: S105 (a prefix, not a secret)
 TOKEN_PATTERN = re.compile(r"les_[A-Za-z0-9_-]{43}\Z")
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}\Z")
+CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+# RFC 6750 section 3 and RFC 7617: how a refused caller may authenticate.
+CHALLENGE = 'Basic realm="ladys-essence", Bearer realm="ladys-essence"'
+FORM_MEDIA_TYPE = "application/x-www-form-urlencoded"
 
 
 class CredentialRefusal(AppError):
@@ -54,7 +68,14 @@ class CredentialRefusal(AppError):
 class InvalidServiceCredential(CredentialRefusal):
     status_code = 401
     code = "invalid_service_credential"
-    message = "A valid service credential is required (Authorization: Bearer les_...)."
+    message = (
+        "A valid service credential is required: HTTP Basic with the credential's name and les_ token, "
+        "the form fields client_id and client_secret, or Authorization: Bearer les_..."
+    )
+
+    def __init__(self, message: str | None = None) -> None:
+        """With the challenge RFC 6750 asks of a 401, and RFC 6749's ``error`` for OAuth clients."""
+        super().__init__(message, headers={"WWW-Authenticate": CHALLENGE}, extra={"error": "invalid_client"})
 
 
 class ServiceCredentialRequired(CredentialRefusal, PermissionDenied):
@@ -64,6 +85,45 @@ class ServiceCredentialRequired(CredentialRefusal, PermissionDenied):
 
 class InsufficientScope(CredentialRefusal, PermissionDenied):
     code = "insufficient_scope"
+
+
+@dataclass(frozen=True, slots=True)
+class PresentedSecret:
+    """What a caller sent: a secret (``les_`` or an access token) and, with Basic or form fields, its name."""
+
+    method: Literal["client_secret_basic", "client_secret_post", "bearer"]
+    secret: str
+    client_id: str | None = None
+
+
+def _basic_credentials(value: str) -> PresentedSecret:
+    """RFC 6749 section 2.3.1: ``client_id:client_secret``, each form-urlencoded, in base64."""
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidServiceCredential() from exc
+    client_id, colon, secret = decoded.partition(":")
+    if not colon:
+        raise InvalidServiceCredential()
+    return PresentedSecret(
+        "client_secret_basic", urllib.parse.unquote_plus(secret), urllib.parse.unquote_plus(client_id)
+    )
+
+
+async def presented_secret(request: Request[Any, Any, Any]) -> PresentedSecret | None:
+    """The credential of a request, by whichever of the three methods it came; None when there is none."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        return _basic_credentials(value)
+    token = bearer_token(request)
+    if token is not None:
+        return PresentedSecret("bearer", token)
+    if request.method == "POST" and request.headers.get("content-type", "").lower().startswith(FORM_MEDIA_TYPE):
+        form = await request.form()
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        if isinstance(client_id, str) and isinstance(secret, str) and client_id and secret:
+            return PresentedSecret("client_secret_post", secret, client_id)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,40 +192,82 @@ class ServiceCredentialService(SQLAlchemyAsyncRepositoryService[ServiceCredentia
         return await self.get_one_or_none(ServiceCredential.token_hash == token_digest(token))
 
 
+async def authenticate_client(
+    request: Request[Any, Any, Any], state: State, db_session: AsyncSession, *, access_tokens: bool = True
+) -> ServiceClient:
+    """The calling service, by its ``les_`` secret (any method) or, when ``access_tokens``, a service token.
+
+    401 without a credential or with a malformed, unknown, revoked or misnamed one; 403 for a user's
+    token (signed in, but not a service).
+    """
+    presented = await presented_secret(request)
+    if presented is None:
+        raise InvalidServiceCredential()
+    token = presented.secret
+    if not token.startswith(TOKEN_PREFIX):
+        if presented.method != "bearer":
+            raise InvalidServiceCredential()
+        return await _bearer_access_token(request, state, db_session, token, access_tokens=access_tokens)
+    row = await ServiceCredentialService(session=db_session).find(token)
+    if row is None:
+        raise InvalidServiceCredential()
+    if presented.client_id is not None and not hmac.compare_digest(presented.client_id, row.name):
+        raise InvalidServiceCredential().known(credential_name=row.name)
+    if row.revoked_at is not None:
+        raise InvalidServiceCredential().known(credential_name=row.name)
+    return ServiceClient(row.name, frozenset(row.scopes), _client_ip(request, state))
+
+
+async def _bearer_access_token(
+    request: Request[Any, Any, Any], state: State, db_session: AsyncSession, token: str, *, access_tokens: bool
+) -> ServiceClient:
+    """A service's access token (its credential still live: revoking it ends its tokens at once), or refusal."""
+    if is_opaque_refresh_token(token):  # a user's refresh token, sent where a service's belongs
+        raise ServiceCredentialRequired()
+    service = decode_service_token(state.keyring, state.settings, token)
+    if service is not None:
+        if not access_tokens:
+            raise InvalidServiceCredential("Present the service credential itself, not an access token.")
+        live_scopes = await db_session.scalar(
+            select(ServiceCredential.scopes).where(
+                ServiceCredential.name == service.client_id, ServiceCredential.revoked_at.is_(None)
+            )
+        )
+        if live_scopes is None:
+            raise InvalidServiceCredential().known(credential_name=service.client_id)
+        scopes = service.scopes & frozenset(live_scopes)
+        return ServiceClient(service.client_id, scopes, _client_ip(request, state))
+    for kind in ("access", "refresh"):
+        try:
+            claims = state.token_issuer.decode(token, kind)
+        except InvalidToken:
+            continue
+        raise ServiceCredentialRequired().known(user_id=claims.user_id)
+    raise InvalidServiceCredential()
+
+
+def _client_ip(request: Request[Any, Any, Any], state: State) -> str | None:
+    peer = request.scope.get("client")
+    address = state.client_resolver.resolve(peer[0] if peer else None, request.scope["headers"])
+    return str(address) if address is not None else None
+
+
 def require_scope(scope: str) -> Callable[..., Awaitable[ServiceClient]]:
     """A dependency giving the calling service if its credential holds ``scope``.
 
-    401 without a credential or with a malformed, unknown or revoked one; 403 for a user's token
-    (signed in, but not a service) and for a credential without the scope.
+    401 and 403 as :func:`authenticate_client`; 403 too for a credential without the scope.
     """
     assert scope in SCOPES, f"unknown scope {scope}"
 
     async def service_client(
         request: Request[Any, Any, Any], state: State, db_session: NamedDependency[AsyncSession]
     ) -> ServiceClient:
-        token = bearer_token(request)
-        if token is None:
-            raise InvalidServiceCredential()
-        if not token.startswith(TOKEN_PREFIX):
-            if is_opaque_refresh_token(token):  # a user's refresh token, sent where a service's belongs
-                raise ServiceCredentialRequired()
-            for kind in ("access", "refresh"):
-                try:
-                    claims = state.token_issuer.decode(token, kind)
-                except InvalidToken:
-                    continue
-                raise ServiceCredentialRequired().known(user_id=claims.user_id)
-            raise InvalidServiceCredential()
-        row = await ServiceCredentialService(session=db_session).find(token)
-        if row is None:
-            raise InvalidServiceCredential()
-        if row.revoked_at is not None:
-            raise InvalidServiceCredential().known(credential_name=row.name)
-        if scope not in row.scopes:
-            raise InsufficientScope(f"This credential does not have the scope {scope}.").known(credential_name=row.name)
-        peer = request.scope.get("client")
-        address = state.client_resolver.resolve(peer[0] if peer else None, request.scope["headers"])
-        return ServiceClient(row.name, frozenset(row.scopes), str(address) if address is not None else None)
+        client = await authenticate_client(request, state, db_session)
+        if scope not in client.scopes:
+            raise InsufficientScope(f"This credential does not have the scope {scope}.").known(
+                credential_name=client.name
+            )
+        return client
 
     return service_client
 

@@ -95,6 +95,7 @@ class SessionsController(Controller):
         access = issuer.issue_access(
             user_id=refreshed.user_id,
             role=refreshed.role,
+            user_type=refreshed.user_type,
             session_id=refreshed.session_id,
             auth_time=refreshed.auth_time,
         )

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import InvalidToken, NotAuthenticated
 from app.core.http import user_agent_of
+from app.core.logs import USER_ID_STATE_KEY
 from app.db.models import User
 from app.sessions.service import ClientUse, SessionService
 from app.sessions.tokens import TokenClaims, TokenIssuer
@@ -46,7 +47,9 @@ async def provide_access_claims(request: Request[Any, Any, Any], state: State) -
     if token is None:
         raise NotAuthenticated()
     issuer: TokenIssuer = state.token_issuer
-    return issuer.decode_access(token)
+    claims = issuer.decode_access(token)
+    request.scope["state"][USER_ID_STATE_KEY] = claims.user_id  # for the access log
+    return claims
 
 
 async def provide_current_user(

@@ -77,6 +77,7 @@ class Refreshed:
     session_id: uuid.UUID
     auth_time: datetime.datetime | None
     refresh_token: str | None
+    user_type: str | None = None  # with the role, the new token's scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +182,13 @@ class SessionService:
                 update(Session)
                 .where(Session.id == row.session_id, live(), User.id == Session.user_id, User.is_active.is_(True))
                 .values(**values)
-                .returning(Session.user_id, User.role, Session.auth_time)
+                .returning(Session.user_id, User.role, Session.auth_time, User.user_type)
                 .execution_options(synchronize_session=False)
             )
         ).one_or_none()
         if found is None:
             raise InvalidToken()
-        user_id, role, auth_time = found
+        user_id, role, auth_time, user_type = found
         new_token = None
         if rotate:
             await self.db.execute(
@@ -197,7 +198,7 @@ class SessionService:
                 .execution_options(synchronize_session=False)
             )
             new_token = await self._store_refresh_token(row.session_id, expires_at)
-        return Refreshed(user_id, role, row.session_id, auth_time, new_token)
+        return Refreshed(user_id, role, row.session_id, auth_time, new_token, user_type)
 
     # ---- every request --------------------------------------------------------------------------
 

@@ -3,7 +3,10 @@
 Access tokens are signed with the key set's active key (app/keys) and carry the header ``typ:
 at+jwt`` (RFC 9068), ``kid``, and the claims ``sub``, ``sid`` (the session), ``jti``, ``iat``,
 ``nbf``, ``exp``, ``iss``, ``aud``, ``role``, ``auth_time`` (when the session's password or PIN
-sign-in happened, kept across refreshes) and ``type: access`` (what the Flask-era peers check).
+sign-in happened, kept across refreshes), ``client_id`` (the platform's own apps), ``scope`` (from
+the account's authority: app/authority.py) and ``type: access`` (what the Flask-era peers check).
+Tokens carrying the issuer string of before the issuer became a URL verify while
+JWT_ACCEPT_LEGACY_ISSUER is on.
 
 Refresh tokens are random secrets (256 bits, ``rt_`` + base64url), stored only as SHA-256: no key
 that the JWKS publishes verifies one, so no peer can mistake one for an access token. Refresh JWTs
@@ -25,6 +28,7 @@ from typing import Any, Literal
 
 import jwt
 
+from app.authority import authority_of, scopes_of
 from app.core.errors import InvalidToken
 from app.core.settings import Settings
 from app.keys.keyring import KeyRing
@@ -36,6 +40,12 @@ REQUIRED_CLAIMS = ["sub", "type", "jti", "iat", "exp", "iss", "aud", "sid"]
 REFRESH_TOKEN_PREFIX = "rt_"  # noqa: S105 - a marker, not a secret
 REFRESH_TOKEN_BYTES = 32
 MAX_TOKEN_CHARS = 8192
+FIRST_PARTY_CLIENT_ID = "ladys-essence-app"  # the `client_id` of tokens from sign-in (web, app, USSD)
+
+
+def user_scope(role: str, user_type: str | None) -> str:
+    """The ``scope`` claim of an account's access tokens; ``user_type`` None: the role alone decides."""
+    return " ".join(scopes_of(authority_of(role, user_type or "")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +85,24 @@ class TokenIssuer:
         self._keys = keys
         self._legacy_secret = settings.jwt_secret if settings.jwt_accept_legacy_hs256 else None
         self._issuer = settings.jwt_issuer
+        self._accepted_issuers = settings.accepted_issuers
         self._audience = settings.jwt_audience
         self.access_lifetime = datetime.timedelta(minutes=settings.access_token_minutes)
         self.refresh_lifetime = datetime.timedelta(days=settings.refresh_token_days)
 
     def issue_access(
-        self, *, user_id: int, role: str, session_id: uuid.UUID, auth_time: datetime.datetime | None
+        self,
+        *,
+        user_id: int,
+        role: str,
+        session_id: uuid.UUID,
+        auth_time: datetime.datetime | None,
+        user_type: str | None = None,
     ) -> IssuedToken:
-        """``auth_time``: the session's sign-in (a refresh passes the session's); None leaves the claim out."""
+        """``auth_time``: the session's sign-in (a refresh passes the session's); None leaves the claim out.
+
+        ``user_type`` with ``role`` gives the ``scope`` (the Flask-era panel account is support).
+        """
         now = datetime.datetime.now(datetime.UTC)
         claims = TokenClaims(
             user_id=user_id,
@@ -105,6 +125,8 @@ class TokenIssuer:
             "exp": claims.expires_at,
             "iss": self._issuer,
             "aud": self._audience,
+            "client_id": FIRST_PARTY_CLIENT_ID,
+            "scope": user_scope(role, user_type),
         }
         if auth_time is not None:
             payload["auth_time"] = int(auth_time.timestamp())
@@ -138,7 +160,7 @@ class TokenIssuer:
                 key,
                 algorithms=[algorithm],
                 audience=self._audience,
-                issuer=self._issuer,
+                issuer=self._accepted_issuers,
                 leeway=5,
                 options={"require": REQUIRED_CLAIMS, "verify_exp": not allow_expired},
             )

@@ -22,7 +22,11 @@ from app.core.settings import ConfigError, Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SECRET_SETTINGS = ("JWT_SECRET", "PIN_PEPPER", "SIGNING_KEYS_SECRET", "METRICS_TOKEN")
-SERVERS = {"DATABASE_URL": "postgresql://db.invalid/app", "REDIS_URL": "redis://redis.invalid:6379/0"}
+SERVERS = {
+    "DATABASE_URL": "postgresql://db.invalid/app",
+    "REDIS_URL": "redis://redis.invalid:6379/0",
+    "PUBLIC_URL": "https://auth.example.org",
+}
 
 
 def production(**env: str) -> Settings:

@@ -19,6 +19,7 @@ PRODUCTION = {
     "PIN_PEPPER": secrets.token_hex(32),
     "SIGNING_KEYS_SECRET": secrets.token_hex(32),
     "CORS_ALLOW_ORIGINS": "https://app.example.org",
+    "PUBLIC_URL": "https://auth.example.org",
 }
 
 

@@ -141,7 +141,8 @@ async def token(client: Any) -> str:
 
 def test_every_body_route_is_covered(settings: Settings) -> None:
     """New POST/PUT routes join these tests (the security team's audit API; the service-only
-    introspection and USSD routes, which refuse a user's token first; the admin panel's routes and
+    introspection, token (tests/platform/test_standards.py) and USSD routes, which refuse a user's
+    token first; the admin panel's routes and
     logout-all, which need a staff or a signed-in token before the body is judged: these are tested
     with their own, tests/admin/test_admin_inputs.py for the admin panel's)."""
     paths = create_app(settings).openapi_schema.to_schema()["paths"]
@@ -151,7 +152,7 @@ def test_every_body_route_is_covered(settings: Settings) -> None:
         for method in operations
         if method in ("post", "put", "patch")
         and not path.startswith(("/api/audit", "/api/ussd/", "/api/admin/"))
-        and path not in ("/api/auth/introspect", "/api/auth/logout-all")
+        and path not in ("/api/auth/introspect", "/api/auth/logout-all", "/oauth/token")
     }
     assert documented == set(BODY_ROUTES)
 

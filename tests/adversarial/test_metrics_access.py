@@ -51,6 +51,7 @@ def test_production_refuses_a_guessable_metrics_token() -> None:
         "PIN_PEPPER": secrets.token_hex(32),
         "SIGNING_KEYS_SECRET": secrets.token_hex(32),
         "CORS_ALLOW_ORIGINS": "https://app.example.org",
+        "PUBLIC_URL": "https://auth.example.org",
     }
     with pytest.raises(ConfigError, match="METRICS_TOKEN"):
         Settings.from_env({**env, "METRICS_TOKEN": "metrics" * 6})

@@ -76,6 +76,7 @@ PRODUCTION_SECRETS = {
     "SIGNING_KEYS_SECRET": secrets.token_hex(32),
     "DATABASE_URL": "postgresql://db.invalid/app",
     "REDIS_URL": "redis://redis.invalid:6379/0",
+    "PUBLIC_URL": "https://auth.example.org",
 }
 
 

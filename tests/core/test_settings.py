@@ -5,7 +5,11 @@ import pytest
 from app.core.settings import ConfigError, Settings, asyncpg_url
 
 STRONG = secrets.token_hex(32)  # what `openssl rand -hex 32` prints; a literal here would be a published secret
-SERVERS = {"DATABASE_URL": "postgresql://db.invalid/app", "REDIS_URL": "redis://redis.invalid:6379/0"}
+SERVERS = {
+    "DATABASE_URL": "postgresql://db.invalid/app",
+    "REDIS_URL": "redis://redis.invalid:6379/0",
+    "PUBLIC_URL": "https://auth.example.org",
+}
 
 
 def test_production_requires_secrets(tmp_path):
@@ -102,3 +106,39 @@ def test_nothing_is_read_at_import_time(monkeypatch):
 
     monkeypatch.setenv("APP_ENV", "production")  # would fail validation if anything read it on import
     importlib.reload(app.asgi)
+
+
+PRODUCTION = {
+    "APP_ENV": "production",
+    "JWT_SECRET": STRONG,
+    "PIN_PEPPER": STRONG[::-1],
+    "SIGNING_KEYS_SECRET": STRONG * 2,
+    "CORS_ALLOW_ORIGINS": "https://a.rw",
+    **SERVERS,
+}
+
+
+def test_the_issuer_is_the_public_url(tmp_path):
+    local = Settings.from_env({"DATA_DIR": str(tmp_path), "PORT": "8123"})
+    assert local.public_url == local.jwt_issuer == "http://127.0.0.1:8123"
+    deployed = Settings.from_env({**PRODUCTION, "PUBLIC_URL": "https://auth.example.org/"})
+    assert deployed.public_url == deployed.jwt_issuer == "https://auth.example.org"
+    assert deployed.accepted_issuers == ["https://auth.example.org", "ladys-essence-auth"]
+    closed = Settings.from_env({**PRODUCTION, "JWT_ACCEPT_LEGACY_ISSUER": "false"})
+    assert closed.accepted_issuers == ["https://auth.example.org"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "complaint"),
+    [
+        ({"PUBLIC_URL": ""}, "PUBLIC_URL must be set"),
+        ({"PUBLIC_URL": "http://auth.example.org"}, "PUBLIC_URL must be an https URL"),
+        ({"JWT_ISSUER": "ladys-essence-auth"}, "JWT_ISSUER must be an https URL"),
+        ({"JWKS_MAX_AGE_SECONDS": "5"}, "JWKS_MAX_AGE_SECONDS must be at least 30"),
+        ({"JWKS_MAX_AGE_SECONDS": "29"}, "JWKS_MAX_AGE_SECONDS must be at least 30"),
+    ],
+)
+def test_production_refuses_an_issuer_or_key_schedule_peers_cannot_use(changes, complaint):
+    with pytest.raises(ConfigError, match=complaint):
+        Settings.from_env({**PRODUCTION, **changes})
+    assert Settings.from_env({**PRODUCTION, "JWKS_MAX_AGE_SECONDS": "30"}).jwks_max_age_seconds == 30

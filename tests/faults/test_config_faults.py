@@ -15,7 +15,11 @@ from app.core.redis import RedisNotPersistent, require_persistence
 from app.core.settings import ConfigError, Settings
 
 pytestmark = pytest.mark.slow
-SERVERS = {"DATABASE_URL": "postgresql://db.example.org/auth", "REDIS_URL": "redis://redis.example.org:6379/0"}
+SERVERS = {
+    "DATABASE_URL": "postgresql://db.example.org/auth",
+    "REDIS_URL": "redis://redis.example.org:6379/0",
+    "PUBLIC_URL": "https://auth.example.org",
+}
 
 
 def settings_outside_pytest(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -49,7 +49,7 @@ def sign_in(base: str) -> dict[str, Any]:
     return tokens
 
 
-def platform_app(auth_url: str) -> Any:
+def platform_app(auth_url: str, issuer: str) -> Any:
     """The Flask platform's JWT set-up, as docs/cutover.md gives it (keep the two identical)."""
     from flask import Flask, jsonify
     from flask_jwt_extended import JWTManager, get_jwt_identity, jwt_required
@@ -60,7 +60,7 @@ def platform_app(auth_url: str) -> Any:
         JWT_ALGORITHM="ES256",
         JWT_DECODE_ALGORITHMS=["ES256", "EdDSA"],
         JWT_DECODE_AUDIENCE="ladys-essence",
-        JWT_DECODE_ISSUER="ladys-essence-auth",
+        JWT_DECODE_ISSUER=issuer,  # our issuer: its PUBLIC_URL
         JWT_IDENTITY_CLAIM="sub",
         JWT_TOKEN_LOCATION=["headers"],
     )
@@ -107,7 +107,7 @@ def our_active_key(settings: Settings) -> Any:
 def test_flask_jwt_extended_accepts_our_access_tokens_and_nothing_else(served: tuple[str, Settings]) -> None:
     base, settings = served
     tokens = sign_in(base)
-    platform = platform_app(base).test_client()
+    platform = platform_app(base, settings.jwt_issuer).test_client()
 
     accepted = platform.get("/api/cycle-logs", headers={"Authorization": f"Bearer {tokens['access_token']}"})
     assert accepted.status_code == 200, accepted.get_data(as_text=True)
@@ -155,6 +155,8 @@ def test_pyjwkclient_verifies_against_the_live_jwks(served: tuple[str, Settings]
         issuer=settings.jwt_issuer,
     )
     assert claims["sub"] == str(tokens["user_id"]) and claims["type"] == "access"
+    with pytest.raises(jwt.PyJWTError):  # refresh tokens are opaque: no key of the JWKS verifies one
+        client.get_signing_key_from_jwt(tokens["refresh_token"])
     with pytest.raises(jwt.PyJWKClientError):
         client.get_signing_key("no-such-kid")
 

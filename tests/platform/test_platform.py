@@ -65,11 +65,13 @@ async def test_introspection_sees_a_logout_at_once(client: Any, settings: Settin
         answer = await introspect(client, credential, access, as_json=as_json)
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        assert body["active"] is True and body["sub"] == str(user["user_id"]) and body["token_type"] == "access"
+        assert body["active"] is True and body["sub"] == str(user["user_id"]) and body["type"] == "access"
+        assert body["token_type"] == "Bearer"  # RFC 7662 / RFC 6749 section 7.1
         assert body["iss"] == settings.jwt_issuer and body["aud"] == settings.jwt_audience
         assert body["exp"] > body["iat"] and body["role"] == "user" and body["sid"]
     refreshed = (await introspect(client, credential, refresh)).json()
-    assert refreshed["active"] is True and refreshed["token_type"] == "refresh" and refreshed["sid"] == body["sid"]
+    assert refreshed["active"] is True and refreshed["type"] == "refresh" and refreshed["sid"] == body["sid"]
+    assert refreshed["token_type"] == "refresh_token"
 
     assert (await client.post("/api/auth/logout", headers=bearer(access))).status_code == 200
     for token in (access, refresh, "not-a-token", access + "x"):
