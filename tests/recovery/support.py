@@ -46,8 +46,8 @@ def code_in(message: str) -> str:
 async def insert_accounts(db: Any, phones: list[str], verified: bool = False) -> None:
     """Accounts straight into the table, for runs of hundreds (registration has its own budgets)."""
     await db.executemany(
-        "INSERT INTO users (name, phone_number, password_hash, user_type, is_phone_verified)"
-        " VALUES ('Aline Uwase', $1, '!', 'adolescent', $2)",
+        "INSERT INTO users (name, phone_number, password_hash, user_type, is_phone_verified, created_at, updated_at)"
+        " VALUES ('Aline Uwase', $1, '!', 'adolescent', $2, now(), now())",
         [(phone, verified) for phone in phones],
     )
 
