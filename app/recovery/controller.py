@@ -50,6 +50,7 @@ from app.core.errors import (
 )
 from app.core.http import BODY_ERRORS, user_agent_of
 from app.core.phones import PhoneNumberError, normalise_phone
+from app.db.models import User
 from app.login.attempt import LoginAttempt
 from app.platform.credentials import ServiceClient
 from app.ratelimit.limiter import SmsBudget
@@ -222,7 +223,62 @@ class CompletionAttempt(LoginAttempt):
         self.client_decision = decision
 
 
-ERRORS = error_responses(*BODY_ERRORS, 401, 403, 429, 503)
+async def send_code(
+    phone: str, audit: SmsAudit, auth_service: AuthService, state: State, *, user: User | None
+) -> User | None:
+    """Budgets, then a code by SMS to the number's account (``user``, or the one the number has)."""
+    settings = state.settings
+    errors = FieldErrors()
+    if _country_of(phone) not in settings.sms_allowed_countries:
+        await audit.record("country_refused")
+        errors.add("phone_number", f"Codes by SMS go only to numbers of: {', '.join(settings.sms_allowed_countries)}.")
+        errors.raise_if_any()
+    sender = state.sms_sender
+    if sender is None:
+        await audit.record("code_not_sent")
+        raise SmsUnavailable()
+    budgets: tuple[tuple[SmsBudget, str], ...] = (
+        ("sms_client", audit.client_key),
+        ("sms_prefix", _prefix(phone)),
+        ("sms_resend", phone),
+        ("sms_number_hour", phone),
+        ("sms_number_day", phone),
+        ("sms_global", "all"),
+    )
+    for budget, identity in budgets:
+        try:
+            decision = await state.limiter.hit_sms(budget, identity)
+        except LimiterUnavailable:
+            await audit.record("limiter_unavailable")
+            raise
+        if decision.allowed:
+            continue
+        if budget == "sms_global":
+            await audit.record("sms_budget_spent")
+            raise SmsUnavailable(headers={"Retry-After": str(decision.retry_after)})
+        await audit.record("rate_limited")
+        raise SmsRateLimited(
+            f"{SmsRateLimited.message} {try_again_in(decision.retry_after)}",
+            headers={"Retry-After": str(decision.retry_after)},
+            extra={"retry_after": decision.retry_after},
+        )
+    if user is None:
+        user = await _service(auth_service, state).account_for(phone)
+    await auth_service.commit()  # the connection goes back before the provider is called
+    if user is None:
+        await audit.record("code_not_sent")
+    else:
+        codes: CodeStore = state.recovery_codes
+        code, digest = await codes.issue(phone, "sms")
+        try:
+            await sender.send(phone, sms_text(code, settings.recovery_code_minutes))
+        except SmsNotSent as failure:
+            await codes.withdraw(phone, digest)  # a code the person never got must not stay usable
+            logger.warning("recovery SMS not sent: %s", failure)
+            await audit.record("provider_failed", user_id=user.id)
+            raise SmsNotDelivered() from None
+        await audit.record("code_sent", success=True, user_id=user.id)
+    return user
 
 
 class RecoveryController(Controller):
@@ -275,56 +331,7 @@ class RecoveryController(Controller):
         phone = _phone(errors, data.phone_number, settings.default_phone_region)
         audit.phone_number = phone or (data.phone_number or "")[:20]
         errors.raise_if_any()
-        if _country_of(phone) not in settings.sms_allowed_countries:
-            await audit.record("country_refused")
-            errors.add(
-                "phone_number", f"Codes by SMS go only to numbers of: {', '.join(settings.sms_allowed_countries)}."
-            )
-            errors.raise_if_any()
-        sender = state.sms_sender
-        if sender is None:
-            await audit.record("code_not_sent")
-            raise SmsUnavailable()
-        budgets: tuple[tuple[SmsBudget, str], ...] = (
-            ("sms_client", audit.client_key),
-            ("sms_prefix", _prefix(phone)),
-            ("sms_resend", phone),
-            ("sms_number_hour", phone),
-            ("sms_number_day", phone),
-            ("sms_global", "all"),
-        )
-        for budget, identity in budgets:
-            try:
-                decision = await state.limiter.hit_sms(budget, identity)
-            except LimiterUnavailable:
-                await audit.record("limiter_unavailable")
-                raise
-            if decision.allowed:
-                continue
-            if budget == "sms_global":
-                await audit.record("sms_budget_spent")
-                raise SmsUnavailable(headers={"Retry-After": str(decision.retry_after)})
-            await audit.record("rate_limited")
-            raise SmsRateLimited(
-                f"{SmsRateLimited.message} {try_again_in(decision.retry_after)}",
-                headers={"Retry-After": str(decision.retry_after)},
-                extra={"retry_after": decision.retry_after},
-            )
-        user = await _service(auth_service, state).account_for(phone)
-        await auth_service.commit()  # the connection goes back before the provider is called
-        if user is None:
-            await audit.record("code_not_sent")
-        else:
-            codes: CodeStore = state.recovery_codes
-            code, digest = await codes.issue(phone, "sms")
-            try:
-                await sender.send(phone, sms_text(code, settings.recovery_code_minutes))
-            except SmsNotSent as failure:
-                await codes.withdraw(phone, digest)  # a code the person never got must not stay usable
-                logger.warning("recovery SMS not sent: %s", failure)
-                await audit.record("provider_failed", user_id=user.id)
-                raise SmsNotDelivered() from None
-            await audit.record("code_sent", success=True, user_id=user.id)
+        await send_code(phone, audit, auth_service, state, user=None)
         return RecoveryStarted(
             message="If this number has an account, a code is on its way by SMS. Type it in the app.",
             expires_in=settings.recovery_code_minutes * 60,
@@ -407,6 +414,111 @@ class RecoveryController(Controller):
                     logger.error("a recovery completion could not be audited: Redis and Postgres refused it")
         body = AuthResponse.of(sign_in, "Your account is recovered.", auth_method="pin" if data.new_pin else "password")
         return Response(body, headers=attempt.headers(success=True))
+
+
+class PhoneVerifyRequest(msgspec.Struct, kw_only=True):
+    code: str | None = None
+
+
+class PhoneVerified(msgspec.Struct, kw_only=True):
+    message: str
+    is_phone_verified: bool
+
+
+class NoPhoneNumber(AppError):
+    code = "no_phone_number"
+    message = "Add a phone number to your account first."
+
+
+class PhoneVerifyController(Controller):
+    """Signed in: prove the account's number by a code (SMS, or the USSD menu's code for the app)."""
+
+    path = "/api/auth/phone/verify"
+    tags = ["auth"]
+
+    @post(
+        "/start",
+        status_code=202,
+        summary="Send a code by SMS to the signed-in account's number",
+        responses=error_responses(400, 401, 429, 503),
+    )
+    async def start(
+        self,
+        request: Request[Any, Any, Any],
+        current_user: NamedDependency[User],
+        auth_service: NamedDependency[AuthService],
+        state: State,
+    ) -> Response[RecoveryStarted]:
+        phone = current_user.phone_number
+        if phone is None:
+            raise NoPhoneNumber()
+        address = state.client_resolver.address_of(request.scope)
+        audit = SmsAudit(
+            state,
+            state.client_resolver.client_key(address),
+            str(address) if address is not None else None,
+            user_agent_of(request.headers.get("user-agent")),
+            _request_id(request),
+            phone_number=phone,
+        )
+        try:
+            await send_code(phone, audit, auth_service, state, user=current_user)
+        finally:
+            if not audit.recorded:
+                await audit.record("invalid_request", user_id=current_user.id)
+        minutes = state.settings.recovery_code_minutes
+        return Response(RecoveryStarted(message="A code is on its way by SMS. Type it here.", expires_in=minutes * 60))
+
+    @post(
+        "/confirm",
+        status_code=200,
+        summary="Confirm the signed-in account's number with a code",
+        responses=error_responses(*BODY_ERRORS, 401, 429, 503),
+    )
+    async def confirm(
+        self,
+        data: JSONBody[PhoneVerifyRequest],
+        request: Request[Any, Any, Any],
+        current_user: NamedDependency[User],
+        auth_service: NamedDependency[AuthService],
+        state: State,
+    ) -> PhoneVerified:
+        phone = current_user.phone_number
+        if phone is None:
+            raise NoPhoneNumber()
+        address = state.client_resolver.address_of(request.scope)
+        attempt = CompletionAttempt(
+            limiter=state.limiter,
+            publisher=state.audit_publisher,
+            client_key=state.client_resolver.client_key(address),
+            ip_address=str(address) if address is not None else None,
+            user_agent=user_agent_of(request.headers.get("user-agent")),
+            request_id=_request_id(request),
+            fail_open=state.settings.rate_limit_fail_open,
+            method="password",
+            phone_number=phone,
+        )
+        try:
+            code = clean_code(data.code or "")
+            if not (code.isdigit() and len(code) == CODE_DIGITS):
+                errors = FieldErrors()
+                errors.add("code", f"Enter the {CODE_DIGITS}-digit code.")
+                errors.raise_if_any()
+            await attempt.reserve_client()
+            await attempt.reserve_account()
+            checked = await state.recovery_codes.check(phone, code)
+            attempt.channel = checked.channel or "http"
+            if checked.result != "ok":
+                reason = "code_dead" if checked.result == "dead" else "code_invalid"
+                await attempt.finish(success=False, reason=reason, user_id=current_user.id)
+                raise WrongCode(headers=attempt.headers())
+            await auth_service.users.set_columns(current_user, {"is_phone_verified": True})
+            await auth_service.commit()
+            await attempt.finish(success=True, reason="phone_verified", user_id=current_user.id)
+        finally:
+            if not attempt.recorded:
+                await asyncio.shield(attempt.record_unfinished(user_id=current_user.id))
+        return PhoneVerified(message="Your phone number is verified.", is_phone_verified=True)
 
 
 def _gateway_attempt(request: Request[Any, Any, Any], state: State, gateway: ServiceClient) -> UssdAttempt:
@@ -541,4 +653,4 @@ class UssdRecoveryController(Controller):
         return UssdMessage(message=f"Your new PIN is set, {first_name}. Sign in with it in the app or here."[:160])
 
 
-RECOVERY_HANDLERS = [RecoveryController, UssdRecoveryController]
+RECOVERY_HANDLERS = [RecoveryController, PhoneVerifyController, UssdRecoveryController]

@@ -312,3 +312,35 @@ async def test_numbers_outside_the_allowed_countries_get_no_sms(client: Any, sms
     response = await start(client, "+254712345678")  # Kenya
     assert response.status_code == 400 and response.json()["errors"][0]["field"] == "phone_number"
     assert sms.messages == []
+
+
+# ---- verifying the number while signed in -----------------------------------------------------
+
+
+async def test_a_signed_in_account_verifies_its_number_by_sms_or_a_ussd_code(
+    client: Any, db: Any, settings: Any, sms: SmsStandIn
+) -> None:
+    phone = new_phone()
+    account = await registered(client, phone_number=phone)
+    headers = {"Authorization": f"Bearer {account['access_token']}"}
+    assert (await client.post("/api/auth/phone/verify/start")).status_code == 401  # signed in only
+    assert (await client.post("/api/auth/phone/verify/start", headers=headers)).status_code == 202
+    code = sms.to(e164(phone))[0].code
+    wrong = "000000" if code != "000000" else "111111"
+    refused = await client.post("/api/auth/phone/verify/confirm", json={"code": wrong}, headers=headers)
+    assert refused.status_code == 401
+    assert not await db.fetchval("SELECT is_phone_verified FROM users WHERE id = $1", account["user_id"])
+    confirmed = await client.post("/api/auth/phone/verify/confirm", json={"code": code}, headers=headers)
+    assert confirmed.status_code == 200 and confirmed.json()["is_phone_verified"] is True
+    assert await db.fetchval("SELECT is_phone_verified FROM users WHERE id = $1", account["user_id"])
+    assert (await refresh(client, account["refresh_token"])).status_code == 200  # no session ended
+
+    other = new_phone()
+    second = await registered(client, phone_number=other)
+    by_ussd = code_in((await ussd_code(client, await gateway_headers(settings), other)).json()["message"])
+    confirmed = await client.post(
+        "/api/auth/phone/verify/confirm",
+        json={"code": by_ussd},
+        headers={"Authorization": f"Bearer {second['access_token']}"},
+    )
+    assert confirmed.status_code == 200

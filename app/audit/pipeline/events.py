@@ -54,6 +54,7 @@ REASONS = (
     "code_dead",  # the fifth wrong try: the code is withdrawn
     "recovered",
     "recovered_unverified",  # the number's owner took back an account whose number was never verified
+    "phone_verified",  # a signed-in account proved its number with a code
     "knowledge_failed",  # a wrong year of birth / first name on a USSD PIN reset
 )
 CHANNELS = ("http", "ussd", "sms")
