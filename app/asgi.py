@@ -50,6 +50,7 @@ from app.ratelimit.limiter import LoginLimiter
 from app.recovery.codes import CodeStore
 from app.recovery.controller import RECOVERY_HANDLERS
 from app.recovery.sms import sms_sender
+from app.recovery.status import sms_check
 from app.sessions.controller import SessionsController
 from app.sessions.tokens import TokenIssuer
 from app.ussd.controller import USSD_HANDLERS
@@ -139,6 +140,7 @@ def create_app(settings: Settings) -> Litestar:
                 "database": database_check(app.state, settings.health_sign_in_threshold_ms),
                 "redis": redis.ping,
                 "audit": audit_lag_check(backlog.check, settings.health_audit_lag_seconds),
+                "sms": sms_check(redis, app.state.limiter, settings),
             }
         )
         freeze_startup_heap()

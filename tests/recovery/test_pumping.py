@@ -85,6 +85,8 @@ async def test_the_global_daily_budget_cuts_sms_off_and_points_to_ussd(
 ) -> None:
     phones = [f"+25078{5000 + n:04d}{n:03d}" for n in range(20)]  # twenty prefixes
     await insert_accounts(db, phones)
+    before = (await client.get("/health")).json()["checks"]["sms"]
+    assert before["sending"] is True and before["daily_budget_left"] == settings.sms_daily_budget
     answers = await in_waves([start(client, phone, forwarded_for=next_address()) for phone in phones])
     assert len(sms.messages) == settings.sms_daily_budget
     cut = [answer for answer in answers if answer.status_code == 503]
@@ -92,5 +94,10 @@ async def test_the_global_daily_budget_cuts_sms_off_and_points_to_ussd(
     assert cut[0].json()["code"] == "sms_unavailable" and "USSD" in cut[0].json()["message"]
     unknown = await start(client, e164(new_phone()), forwarded_for=next_address())
     assert unknown.status_code == 503  # the cut-off does not tell who has an account
+    await asyncio.sleep(1.1)  # past the health checks' one-second cache
+    health = await client.get("/health")
+    assert health.status_code == 200  # not an outage: the host stays in its load balancer
+    assert health.json()["checks"]["sms"]["sending"] is False
+    assert health.json()["checks"]["sms"]["daily_budget_left"] == 0
     rows = await audit_rows(db, "sms", len(phones) + 1)
     assert sum(row["reason"] == "sms_budget_spent" for row in rows) == len(cut) + 1
