@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
 from app.core.redis_keys import KeySpace
+from tests.audit.history.support import staff_headers
 from tests.helpers import GOOD_PIN, STRONG_PASSWORD, e164, new_phone, registered
 from tests.recovery.stand_in import SmsStandIn
 from tests.recovery.support import (
@@ -344,3 +346,23 @@ async def test_a_signed_in_account_verifies_its_number_by_sms_or_a_ussd_code(
         headers={"Authorization": f"Bearer {second['access_token']}"},
     )
     assert confirmed.status_code == 200
+
+
+# ---- what the security team sees ----------------------------------------------------------------
+
+
+async def test_the_audit_summary_shows_codes_sent_and_the_recovered_per_sent_ratio(
+    client: Any, db: Any, sms: SmsStandIn
+) -> None:
+    recovered, abandoned = new_phone(), new_phone()
+    for phone in (recovered, abandoned):
+        await registered(client, phone_number=phone)
+        assert (await start(client, phone)).status_code == 202
+    assert (await complete(client, recovered, sms.to(e164(recovered))[0].code)).status_code == 200
+    await audit_rows(db, "sms", 3)
+    headers = await staff_headers(client, db, "security")
+    since = (datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    summary = (await client.get(f"/api/audit/summary?since={since}", headers=headers)).json()
+    by_channel = {item["channel"]: item for item in summary["recovery"]}
+    assert by_channel["sms"] == {"channel": "sms", "codes_sent": 2, "recovered": 1, "recovered_per_sent": 0.5}
+    assert by_channel["ussd"]["codes_sent"] == 0 and by_channel["ussd"]["recovered_per_sent"] is None

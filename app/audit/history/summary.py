@@ -125,6 +125,15 @@ class ChannelCounts(msgspec.Struct, kw_only=True):
     refusals: int
 
 
+class RecoveryCounts(msgspec.Struct, kw_only=True):
+    """Self-service recovery codes of one channel (app/recovery): the pumping signal is a low ratio."""
+
+    channel: str  # sms or ussd
+    codes_sent: int
+    recovered: int  # completions (and USSD PIN resets) that used this channel
+    recovered_per_sent: float | None  # None when no code was sent
+
+
 class PinLocked(msgspec.Struct, kw_only=True):
     phone_number: str
     refused_attempts: int
@@ -143,6 +152,7 @@ class Summary(msgspec.Struct, kw_only=True):
     top_phone_numbers: list[PhoneCounts]
     pin_locked: list[PinLocked]
     pin_locked_truncated: bool
+    recovery: list[RecoveryCounts] = msgspec.field(default_factory=list)  # with the top lists (top > 0)
 
 
 # ---- SQL -----------------------------------------------------------------------------------------
@@ -264,6 +274,35 @@ LIMIT {params.add(PIN_LOCKED_MAX + 1)}"""  # noqa: S608 (names are constants, va
     return sql, params.values
 
 
+RECOVERY_CHANNELS = ("sms", "ussd")
+
+
+def recovery_sql(request: SummaryRequest) -> tuple[str, list[Any]]:
+    """Codes sent and recoveries by channel, one pass over the range's rows (like the top lists)."""
+    params = SqlParams()
+    conditions = [
+        *filter_conditions(request.filters, params),
+        "reason IN ('code_sent', 'recovered', 'recovered_unverified')",
+    ]
+    channels = params.add(list(RECOVERY_CHANNELS))
+    sql = f"""
+SELECT known.channel,
+       count(attempt.reason) FILTER (WHERE attempt.reason = 'code_sent') AS codes_sent,
+       count(attempt.reason) FILTER (WHERE attempt.reason <> 'code_sent') AS recovered
+FROM unnest({channels}::text[]) AS known (channel)
+LEFT JOIN (SELECT channel, reason FROM login_attempts {where(conditions)}) AS attempt
+    ON attempt.channel = known.channel
+GROUP BY known.channel
+ORDER BY known.channel"""  # noqa: S608 (names are constants, values parameters)
+    return sql, params.values
+
+
+def _recovery_counts(row: Any) -> RecoveryCounts:
+    sent, recovered = int(row["codes_sent"]), int(row["recovered"])
+    ratio = round(recovered / sent, 4) if sent else None
+    return RecoveryCounts(channel=row["channel"], codes_sent=sent, recovered=recovered, recovered_per_sent=ratio)
+
+
 # Hash tables for ~200,000 phone numbers and ~50,000 clients; without the room they spill to disk.
 SUMMARY_WORK_MEM = "64MB"
 
@@ -288,7 +327,9 @@ async def summarise(conn: Any, request: SummaryRequest, *, ipv6_prefix: int = IP
         channels = [ChannelCounts(**dict(row)) for row in await _fetch(conn, by_channel)]
         top_ips: list[ClientCounts] = []
         top_phones: list[PhoneCounts] = []
+        recovery: list[RecoveryCounts] = []
         if request.top:
+            recovery = [_recovery_counts(row) for row in await _fetch(conn, recovery_sql(request))]
             top_ips = [ClientCounts(**dict(row)) for row in await _fetch(conn, top_ips_sql(request, ipv6_prefix))]
             top_phones = [PhoneCounts(**dict(row)) for row in await _fetch(conn, phones_sql(request))]
         locked = [PinLocked(**dict(row)) for row in await _fetch(conn, pin_locked_sql(request))]
@@ -308,5 +349,6 @@ async def summarise(conn: Any, request: SummaryRequest, *, ipv6_prefix: int = IP
         top_ips=top_ips,
         top_phone_numbers=top_phones,
         pin_locked=locked[:PIN_LOCKED_MAX],
+        recovery=recovery,
         pin_locked_truncated=len(locked) > PIN_LOCKED_MAX,
     )
