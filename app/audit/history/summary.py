@@ -21,7 +21,7 @@ import msgspec
 from app.audit.history.attempts import REFUSAL_REASONS
 from app.audit.history.filters import AttemptFilters, read_filters
 from app.audit.history.params import FIRST_TIME, Params
-from app.audit.history.rollups import rollup_buckets_sql, rollup_channels_sql
+from app.audit.history.rollups import recovery_reasons_sql, rollup_buckets_sql, rollup_channels_sql
 from app.audit.history.sql import SqlParams, filter_conditions, where
 from app.audit.pipeline.events import CHANNELS
 
@@ -152,7 +152,7 @@ class Summary(msgspec.Struct, kw_only=True):
     top_phone_numbers: list[PhoneCounts]
     pin_locked: list[PinLocked]
     pin_locked_truncated: bool
-    recovery: list[RecoveryCounts] = msgspec.field(default_factory=list)  # with the top lists (top > 0)
+    recovery: list[RecoveryCounts] = msgspec.field(default_factory=list)  # every recovery channel listed
 
 
 # ---- SQL -----------------------------------------------------------------------------------------
@@ -278,20 +278,18 @@ RECOVERY_CHANNELS = ("sms", "ussd")
 
 
 def recovery_sql(request: SummaryRequest) -> tuple[str, list[Any]]:
-    """Codes sent and recoveries by channel, one pass over the range's rows (like the top lists)."""
+    """Codes sent and recoveries by channel; from the hourly rollups when they can answer."""
     params = SqlParams()
-    conditions = [
-        *filter_conditions(request.filters, params),
-        "reason IN ('code_sent', 'recovered', 'recovered_unverified')",
-    ]
+    counted = recovery_reasons_sql(request, params)
     channels = params.add(list(RECOVERY_CHANNELS))
     sql = f"""
 SELECT known.channel,
-       count(attempt.reason) FILTER (WHERE attempt.reason = 'code_sent') AS codes_sent,
-       count(attempt.reason) FILTER (WHERE attempt.reason <> 'code_sent') AS recovered
+       coalesce(sum(counted.attempts) FILTER (WHERE counted.reason = 'code_sent'), 0)::int8 AS codes_sent,
+       coalesce(sum(counted.attempts) FILTER (WHERE counted.reason <> 'code_sent'), 0)::int8 AS recovered
 FROM unnest({channels}::text[]) AS known (channel)
-LEFT JOIN (SELECT channel, reason FROM login_attempts {where(conditions)}) AS attempt
-    ON attempt.channel = known.channel
+LEFT JOIN (
+        {counted}
+    ) AS counted ON counted.channel = known.channel
 GROUP BY known.channel
 ORDER BY known.channel"""  # noqa: S608 (names are constants, values parameters)
     return sql, params.values
@@ -327,9 +325,8 @@ async def summarise(conn: Any, request: SummaryRequest, *, ipv6_prefix: int = IP
         channels = [ChannelCounts(**dict(row)) for row in await _fetch(conn, by_channel)]
         top_ips: list[ClientCounts] = []
         top_phones: list[PhoneCounts] = []
-        recovery: list[RecoveryCounts] = []
+        recovery = [_recovery_counts(row) for row in await _fetch(conn, recovery_sql(request))]
         if request.top:
-            recovery = [_recovery_counts(row) for row in await _fetch(conn, recovery_sql(request))]
             top_ips = [ClientCounts(**dict(row)) for row in await _fetch(conn, top_ips_sql(request, ipv6_prefix))]
             top_phones = [PhoneCounts(**dict(row)) for row in await _fetch(conn, phones_sql(request))]
         locked = [PinLocked(**dict(row)) for row in await _fetch(conn, pin_locked_sql(request))]
