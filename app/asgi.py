@@ -49,6 +49,10 @@ from app.platform.controller import FORM_BODY_PATHS, PLATFORM_HANDLERS
 from app.platform.credentials import FORM_MEDIA_TYPE
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
+from app.recovery.codes import CodeStore
+from app.recovery.controller import RECOVERY_HANDLERS
+from app.recovery.sms import sms_sender
+from app.recovery.status import sms_check
 from app.sessions.controller import SessionsController
 from app.sessions.tokens import TokenIssuer
 from app.ussd.controller import USSD_HANDLERS
@@ -110,6 +114,10 @@ def create_app(settings: Settings) -> Litestar:
         )
         app.state.limiter = LoginLimiter(redis, settings)
         app.state.audit_publisher = AuditPublisher(redis, keys, engine, metrics, max_backlog=settings.audit_max_backlog)
+        app.state.recovery_codes = CodeStore(
+            redis, keys, app.state.hasher, settings.recovery_code_minutes * 60, settings.recovery_code_max_tries
+        )
+        app.state.sms_sender = sms_sender(settings)
         app.state.export_slots = ExportSlots(settings.audit_export_concurrency, settings.audit_exports_per_user)
         app.state.audit_pool = AuditPool(
             engine.url.render_as_string(hide_password=False),
@@ -134,6 +142,7 @@ def create_app(settings: Settings) -> Litestar:
                 "database": database_check(app.state, settings.health_sign_in_threshold_ms),
                 "redis": redis.ping,
                 "audit": audit_lag_check(backlog.check, settings.health_audit_lag_seconds),
+                "sms": sms_check(redis, app.state.limiter, settings),
             }
         )
         freeze_startup_heap()
@@ -146,6 +155,8 @@ def create_app(settings: Settings) -> Litestar:
             await app.state.audit_writer.stop()  # drains what it read before the pool closes
         if app.state.account_relay is not None:
             await app.state.account_relay.stop()
+        if app.state.sms_sender is not None:
+            await app.state.sms_sender.close()
         await app.state.redis.aclose()
         await app.state.audit_pool.dispose()
         app.state.hasher.close()
@@ -164,6 +175,7 @@ def create_app(settings: Settings) -> Litestar:
             MetricsController,
             *PLATFORM_HANDLERS,
             *USSD_HANDLERS,
+            *RECOVERY_HANDLERS,
         ],
         dependencies={**AUTH_DEPENDENCIES, **ROLE_DEPENDENCIES},  # ROLE_DEPENDENCIES: the audit API's auditor/admin
         plugins=[SQLAlchemyPlugin(config=db_config)],

@@ -111,6 +111,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # window, and per number in a day's (docs/ussd.md: sizing).
     ussd_registrations_per_minute: int = 120
     ussd_registrations_per_number_per_day: int = 3
+    # Self-service recovery (app/recovery, docs/recovery.md): one-time codes and the SMS that carries them.
+    recovery_code_minutes: int = 10
+    recovery_code_max_tries: int = 5
+    # Unset: "log" outside production; in production, no SMS at all (recovery goes by USSD). Production refuses "log".
+    sms_provider: Literal["africastalking", "log", "off"] | None = None
+    africastalking_username: str | None = None
+    africastalking_api_key: str | None = None
+    africastalking_api_url: str = "https://api.africastalking.com"
+    sms_sender_id: str | None = None
+    sms_allowed_countries: list[str] = msgspec.field(default_factory=lambda: ["RW"])
+    sms_daily_budget: int = 2000  # every SMS sent, all numbers, in a day's sliding window
+    sms_per_number_per_hour: int = 3
+    sms_per_number_per_day: int = 5
+    sms_per_client_per_hour: int = 10
+    sms_per_prefix_per_hour: int = 30  # numbers sharing all but their last three digits
+    sms_resend_seconds: int = 60
+    sms_answer_ms: int = 1500  # recovery/start answers no sooner, account or not (no enumeration by timing)
 
     # Audit pipeline (app/audit).
     audit_batch_size: int = 500
@@ -197,6 +214,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             for name in ("jwt_secret", "pin_pepper", "signing_keys_secret", "metrics_token"):
                 if getattr(self, name) is not None:
                     _check_secret(name, getattr(self, name), "APP_ENV=test outside the test suite: ")
+        if self.recovery_code_minutes < 1 or self.recovery_code_max_tries < 1 or self.sms_daily_budget < 1:
+            raise ConfigError("RECOVERY_CODE_MINUTES, RECOVERY_CODE_MAX_TRIES and SMS_DAILY_BUDGET must be at least 1")
+        if self.app_env == "production" and self.sms_provider == "log":
+            raise ConfigError("SMS_PROVIDER=log writes codes to the log: production needs SMS_PROVIDER=africastalking")
+        if self.sms_provider == "africastalking" and not (self.africastalking_username and self.africastalking_api_key):
+            raise ConfigError("SMS_PROVIDER=africastalking needs AFRICASTALKING_USERNAME and AFRICASTALKING_API_KEY")
         if self.app_env == "production":
             # Embedded servers are for the local run: production names its servers or does not start.
             missing = [name.upper() for name in ("database_url", "redis_url") if not getattr(self, name)]
@@ -258,6 +281,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.jwt_accept_legacy_issuer and self.jwt_issuer != LEGACY_ISSUER:
             return [self.jwt_issuer, LEGACY_ISSUER]
         return [self.jwt_issuer]
+
+    @property
+    def sms_channel(self) -> str:
+        """The SMS provider in use: ``africastalking``, ``log``, or ``off`` (recovery by USSD only)."""
+        if self.sms_provider is not None:
+            return self.sms_provider
+        return "off" if self.app_env == "production" else "log"
 
     @property
     def token_lifetime_seconds(self) -> int:

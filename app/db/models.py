@@ -159,7 +159,7 @@ class LoginAttempt(DefaultBase):
             postgresql_include=["phone_number"],
             postgresql_where=text("reason = 'pin_locked'"),
         ),
-        CheckConstraint("channel IN ('http', 'ussd')", name="channel"),
+        CheckConstraint("channel IN ('http', 'ussd', 'sms')", name="channel"),
         {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
@@ -190,7 +190,7 @@ class LoginAttemptHourly(DefaultBase):
     """
 
     __tablename__ = "login_attempts_hourly"
-    __table_args__ = (CheckConstraint("channel IN ('http', 'ussd')", name="channel"),)
+    __table_args__ = (CheckConstraint("channel IN ('http', 'ussd', 'sms')", name="channel"),)
 
     hour: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), primary_key=True)
     success: Mapped[bool] = mapped_column(Boolean, primary_key=True)

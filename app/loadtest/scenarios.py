@@ -272,7 +272,39 @@ class Ussd(Scenario):
         return self._call("/api/ussd/verify-pin", body, "attack", "ussd attack")
 
 
+class SmsPumping(Scenario):
+    """Recovery codes by SMS, the way toll fraud asks for them (app/recovery).
+
+    One number asked for again and again from fresh addresses, one address sweeping a range of
+    numbers, and many addresses sweeping the same range (one prefix of 1,000). Some numbers have
+    accounts (a code sent to them is a message paid for); the verdict counts the ``code_sent`` rows
+    against the SMS budgets.
+    """
+
+    name = "sms-pumping"
+
+    def __init__(self, generator: Generator, **options: Any) -> None:
+        super().__init__(generator, **options)
+        start = self.base - self.base % 1000  # one prefix: the last three digits sweep it
+        self.range = [phone(start + i) for i in range(1000)]
+        self.owners = [(self.range[i * 50], f"Real-{secrets.token_urlsafe(12)}") for i in range(20)]
+        self.sweeper = generator.fresh_address()
+
+    def setup(self) -> list[Planned]:
+        return [self._register(number, password) for number, password in self.owners]
+
+    def next(self) -> Planned:
+        roll = random.random()  # noqa: S311
+        if roll < 0.3:
+            number, address = self.owners[0][0], self.generator.fresh_address()
+        elif roll < 0.6:
+            number, address = random.choice(self.range), self.sweeper  # noqa: S311
+        else:
+            number, address = random.choice(self.range), self.generator.fresh_address()  # noqa: S311
+        return Planned("/api/auth/recovery/start", {"phone_number": number}, "attack", "sms pumping", address)
+
+
 SCENARIOS: dict[str, type[Scenario]] = {
-    scenario.name: scenario for scenario in (BruteForce, Spray, Stuffing, Mixed, Ussd)
+    scenario.name: scenario for scenario in (BruteForce, Spray, Stuffing, Mixed, Ussd, SmsPumping)
 }
 """Every scenario, by name: the CLI, the locustfile and the verdict read this one table."""

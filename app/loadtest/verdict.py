@@ -27,6 +27,13 @@ EXIT_PASS, EXIT_FAIL, EXIT_INCOMPLETE = 0, 1, 2
 # session_locked, ...) and "busy" (never verified) do not.
 VERIFIED_FAILURES = ("invalid_credentials", "unknown_account", "pin_not_enabled", "account_inactive")
 SETUP_REASONS = ("registered", "phone_number_taken")
+SMS_BUDGETS = (
+    "sms_per_number_per_hour",
+    "sms_per_number_per_day",
+    "sms_per_client_per_hour",
+    "sms_per_prefix_per_hour",
+    "sms_daily_budget",
+)
 
 
 @dataclass
@@ -39,6 +46,11 @@ class Budgets:
     account_max_failures: int = 20
     account_window: float = 3600.0
     ussd_session_max_failures: int = 3
+    sms_per_number_per_hour: int = 3
+    sms_per_number_per_day: int = 5
+    sms_per_client_per_hour: int = 10
+    sms_per_prefix_per_hour: int = 30
+    sms_daily_budget: int = 2000
 
     @classmethod
     def from_env(cls, environ: Any = None, **overrides: Any) -> Budgets:
@@ -53,6 +65,7 @@ class Budgets:
             "account_max_failures": "account_max_failures",
             "account_window": "account_window_seconds",
             "ussd_session_max_failures": "ussd_session_max_failures",
+            **{name: name for name in SMS_BUDGETS},
         }
         values: dict[str, Any] = {}
         for ours, setting in names.items():
@@ -215,6 +228,8 @@ def judge(run_id: str, trail: Trail, budgets: Budgets) -> Verdict:
             f"worst number {worst}"
         )
 
+    ok &= _sms_budgets_held(rows, budgets, lines)
+
     legit = [row for row in attempts if row.user_agent.endswith("/legit")]
     if legit:
         refused = [row for row in legit if not row.success]
@@ -223,6 +238,32 @@ def judge(run_id: str, trail: Trail, budgets: Budgets) -> Verdict:
         for row in refused[:10]:
             lines.append(f"  refused real user {row.phone} (client {row.client or row.session}): {row.reason}")
     return Verdict(lines, ok)
+
+
+def _sms_budgets_held(rows: list[Row], budgets: Budgets, lines: list[str]) -> bool:
+    """The SMS sent (``code_sent`` rows of channel ``sms``) within every budget of ``recovery/start``."""
+    requests = [row for row in rows if row.channel == "sms"]
+    if not requests:
+        return True
+    sent = [row for row in requests if row.reason == "code_sent"]
+    checks = (
+        ("per number", lambda row: row.phone, 3600.0, budgets.sms_per_number_per_hour),
+        ("per number a day", lambda row: row.phone, 86400.0, budgets.sms_per_number_per_day),
+        ("per client", lambda row: row.client, 3600.0, budgets.sms_per_client_per_hour),
+        ("per prefix", lambda row: row.phone[:-3], 3600.0, budgets.sms_per_prefix_per_hour),
+        ("in all", lambda row: "", 86400.0, budgets.sms_daily_budget),
+    )
+    ok = True
+    worst_lines = []
+    for label, key, window, limit in checks:
+        groups: dict[str, list[float]] = defaultdict(list)
+        for row in sent:
+            groups[key(row)].append(row.created_at)
+        worst = max((_max_in_window(times, window) for times in groups.values()), default=0)
+        ok &= worst <= limit
+        worst_lines.append(f"{label} {worst}/{limit}")
+    lines.append(f"SMS: {len(sent)} sent for {len(requests)} requests; worst {', '.join(worst_lines)}")
+    return ok
 
 
 async def read_trail(

@@ -69,12 +69,27 @@ Budget = Literal[
     "ussd_session",
     "ussd_register",
     "ussd_register_number",
+    "sms_client",
+    "sms_prefix",
+    "sms_resend",
+    "sms_number_hour",
+    "sms_number_day",
+    "sms_global",
+    "recovery_knowledge",
 ]
+# Self-service recovery's SMS (app/recovery): every request that passes the one before counts (a hit).
+SmsBudget = Literal["sms_client", "sms_prefix", "sms_resend", "sms_number_hour", "sms_number_day", "sms_global"]
 UssdRegistrationBudget = Literal["ussd_register", "ussd_register_number"]
 # Budgets keyed by a caller (an address, a gateway credential, a USSD session), not a phone number.
-CLIENT_BUDGETS = frozenset({"login", "register", "identifier", "ussd_gateway", "ussd_session", "ussd_register"})
+CLIENT_BUDGETS = frozenset(
+    {"login", "register", "identifier", "ussd_gateway", "ussd_session", "ussd_register", "sms_client", "sms_prefix"}
+    | {"sms_global"}
+)
 # Budgets whose every attempt counts at once (a hit, nothing to settle).
-HIT_BUDGETS = frozenset({"register", "identifier", "ussd_register", "ussd_register_number"})
+HIT_BUDGETS = frozenset(
+    {"register", "identifier", "ussd_register", "ussd_register_number"}
+    | {"sms_client", "sms_prefix", "sms_resend", "sms_number_hour", "sms_number_day", "sms_global"}
+)
 Outcome = Literal["success", "failure", "release"]
 _OUTCOME_CODES: dict[str, str] = {"success": "s", "failure": "f", "release": "r"}
 
@@ -191,6 +206,14 @@ class LoginLimiter:
             "ussd_register_number": _Policy(
                 settings.ussd_registrations_per_number_per_day, 24 * 3_600_000, "rate_limited"
             ),
+            "sms_client": _Policy(settings.sms_per_client_per_hour, 3_600_000, "rate_limited"),
+            "sms_prefix": _Policy(settings.sms_per_prefix_per_hour, 3_600_000, "rate_limited"),
+            "sms_resend": _Policy(1, settings.sms_resend_seconds * 1000, "rate_limited"),
+            "sms_number_hour": _Policy(settings.sms_per_number_per_hour, 3_600_000, "rate_limited"),
+            "sms_number_day": _Policy(settings.sms_per_number_per_day, 24 * 3_600_000, "rate_limited"),
+            "sms_global": _Policy(settings.sms_daily_budget, 24 * 3_600_000, "sms_budget_spent"),
+            # Wrong answers to the USSD PIN reset's knowledge check, per number (app/recovery).
+            "recovery_knowledge": _Policy(3, 24 * 3_600_000, "rate_limited"),
         }
         for budget, policy in self._policies.items():
             if policy.limit < 1 or policy.window_ms < 1000:
@@ -242,6 +265,11 @@ class LoginLimiter:
     async def hit_ussd_registration(self, budget: UssdRegistrationBudget, identity: str) -> Decision:
         """Count a USSD registration against the gateway credential's (``identity``: its name) or the
         number's (E.164) budget, or refuse it; nothing to settle."""
+        return await self._hit(budget, identity)
+
+    async def hit_sms(self, budget: SmsBudget, identity: str) -> Decision:
+        """Count an SMS request against one of its budgets (``identity``: a client key, a number prefix,
+        a number, or ``"all"``), or refuse it; nothing to settle."""
         return await self._hit(budget, identity)
 
     async def _hit(self, budget: Budget, identity: str) -> Decision:

@@ -73,6 +73,8 @@ def test_each_scenario_ends_when_told_with_a_pass(trusting_server, scenario, tmp
     assert "verdict: PASS" in report
     assert "request " in report and "p99 ms" in report  # the summary table
     assert "missing 0, written twice 0" in report
+    if scenario == "sms-pumping":
+        assert "SMS: " in report and " sent for " in report, report  # the SMS budgets were judged
     plots = list(tmp_path.glob("loadtest-*.png"))
     assert plots and plots[0].read_bytes().startswith(b"\x89PNG")
 

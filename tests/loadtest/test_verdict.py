@@ -117,3 +117,38 @@ def test_the_forwarding_probe_tells_a_trusting_server_from_one_that_is_not():
     assert not forwarding_trusted([(401, '"login";r=4;t=900'), (401, '"login";r=3;t=900')])
     # Untrusted and this machine's budget already spent: both refused with r=0 (the old probe said "yes").
     assert not forwarding_trusted([(429, '"login";r=0;t=60'), (429, '"login";r=0;t=60')])
+
+
+def sms(n, *, phone="+250789000001", client="198.18.0.1", reason="code_sent", at=None):
+    return row(
+        n,
+        at=at,
+        success=reason == "code_sent",
+        reason=reason,
+        method="",
+        client=client,
+        phone=phone,
+        agent="ladys-essence-loadtest/sms-pumping/attack",
+        channel="sms",
+    )
+
+
+def test_sms_sent_past_a_numbers_hourly_budget_fails_and_refusals_do_not_count():
+    clients = [f"198.18.1.{i}" for i in range(1, 20)]
+    within = [sms(n, client=clients[n]) for n in range(1, 4)] + [
+        sms(n, client=clients[n], reason="rate_limited") for n in range(4, 10)
+    ]
+    passed = verdict(within)
+    assert passed.word == "PASS" and "SMS: 3 sent for 9 requests" in passed.render()
+    assert verdict([sms(n, client=clients[n]) for n in range(1, 5)]).word == "FAIL"  # a fourth in the hour
+    spaced = [sms(n, client=clients[n], at=n * 3700) for n in range(1, 5)]  # one an hour: the day allows 5
+    assert verdict(spaced).word == "PASS"
+
+
+def test_sms_sent_past_a_prefix_or_a_clients_budget_fails():
+    sweep = [sms(n, phone=f"+250789000{n:03d}", client=f"198.18.2.{n}") for n in range(1, 32)]
+    assert verdict(sweep[:30]).word == "PASS"
+    assert verdict(sweep).word == "FAIL"  # 31 numbers of one prefix in an hour
+    one_client = [sms(n, phone=f"+25078900{n:02d}000") for n in range(1, 12)]
+    assert verdict(one_client[:10]).word == "PASS"
+    assert verdict(one_client).word == "FAIL"  # 11 messages for one address

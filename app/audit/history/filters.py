@@ -76,7 +76,7 @@ def read_filters(params: Params, region: str) -> AttemptFilters:
     phone = params.text("phone_number", strip=False)
     reasons = params.choices("reason", REASONS)
     auth_method = params.choice("auth_method", AUTH_METHODS, "Choose password or pin.")
-    channel = params.choice("channel", CHANNELS, "Choose http or ussd.")
+    channel = params.choice("channel", CHANNELS, "Choose http, ussd or sms.")
     user_id = params.whole_number("user_id", message="Enter a user id (a positive whole number).")
     since, until = params.timestamp("since"), params.timestamp("until")
     if since is not None and until is not None and until <= since:

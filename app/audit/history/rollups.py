@@ -112,3 +112,31 @@ LEFT JOIN (
 GROUP BY known.channel
 ORDER BY known.channel"""  # noqa: S608 (names are constants, values parameters)
     return sql, params.values
+
+
+RECOVERY_REASONS = ("code_sent", "recovered", "recovered_unverified")
+
+
+def recovery_reasons_sql(request: SummaryRequest, params: SqlParams) -> str:
+    """The request's recovery rows as (channel, reason, attempts): from the rollups for its whole
+    hours when they can answer, else (and for the ragged ends) from the rows."""
+    reasons = params.add(list(RECOVERY_REASONS))
+    filters = request.filters
+    first, end = _whole_hours(request.since, request.until)
+    if not answerable(request) or first >= end:
+        return f"""SELECT channel, reason, 1 AS attempts FROM login_attempts
+        {where([*filter_conditions(filters, params), f"reason = ANY({reasons}::text[])"])}"""  # noqa: S608
+    kept = AttemptFilters(success=filters.success, reasons=filters.reasons, channel=filters.channel)
+    conditions = [
+        *filter_conditions(kept, params),
+        f"hour >= {params.add(first)}",
+        f"hour < {params.add(end)}",
+        f"reason = ANY({reasons}::text[])",
+    ]
+    parts = [f"SELECT channel, reason, attempts FROM login_attempts_hourly {where(conditions)}"]  # noqa: S608
+    for edge_since, edge_until in ((request.since, first), (end, request.until)):
+        if edge_since < edge_until:
+            edge = dataclasses.replace(filters, since=edge_since, until=edge_until)
+            edge_conditions = [*filter_conditions(edge, params), f"reason = ANY({reasons}::text[])"]
+            parts.append(f"SELECT channel, reason, 1 AS attempts FROM login_attempts {where(edge_conditions)}")  # noqa: S608
+    return "\n        UNION ALL\n        ".join(parts)

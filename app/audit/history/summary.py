@@ -20,7 +20,7 @@ import msgspec
 from app.audit.history.attempts import REFUSAL_REASONS
 from app.audit.history.filters import DEFAULT_TOP, Bucket, SummaryRequest, read_filters
 from app.audit.history.params import FIRST_TIME, Params
-from app.audit.history.rollups import rollup_buckets_sql, rollup_channels_sql
+from app.audit.history.rollups import recovery_reasons_sql, rollup_buckets_sql, rollup_channels_sql
 from app.audit.history.sql import SqlParams, filter_conditions, where
 from app.audit.pipeline.events import CHANNELS
 
@@ -102,6 +102,15 @@ class ChannelCounts(msgspec.Struct, kw_only=True):
     refusals: int
 
 
+class RecoveryCounts(msgspec.Struct, kw_only=True):
+    """Self-service recovery codes of one channel (app/recovery): the pumping signal is a low ratio."""
+
+    channel: str  # sms or ussd
+    codes_sent: int
+    recovered: int  # completions (and USSD PIN resets) that used this channel
+    recovered_per_sent: float | None  # None when no code was sent
+
+
 class PinLocked(msgspec.Struct, kw_only=True):
     phone_number: str
     refused_attempts: int
@@ -120,6 +129,7 @@ class Summary(msgspec.Struct, kw_only=True):
     top_phone_numbers: list[PhoneCounts]
     pin_locked: list[PinLocked]
     pin_locked_truncated: bool
+    recovery: list[RecoveryCounts] = msgspec.field(default_factory=list)  # every recovery channel listed
 
 
 # ---- SQL -----------------------------------------------------------------------------------------
@@ -241,6 +251,33 @@ LIMIT {params.add(PIN_LOCKED_MAX + 1)}"""  # noqa: S608 (names are constants, va
     return sql, params.values
 
 
+RECOVERY_CHANNELS = ("sms", "ussd")
+
+
+def recovery_sql(request: SummaryRequest) -> tuple[str, list[Any]]:
+    """Codes sent and recoveries by channel; from the hourly rollups when they can answer."""
+    params = SqlParams()
+    counted = recovery_reasons_sql(request, params)
+    channels = params.add(list(RECOVERY_CHANNELS))
+    sql = f"""
+SELECT known.channel,
+       coalesce(sum(counted.attempts) FILTER (WHERE counted.reason = 'code_sent'), 0)::int8 AS codes_sent,
+       coalesce(sum(counted.attempts) FILTER (WHERE counted.reason <> 'code_sent'), 0)::int8 AS recovered
+FROM unnest({channels}::text[]) AS known (channel)
+LEFT JOIN (
+        {counted}
+    ) AS counted ON counted.channel = known.channel
+GROUP BY known.channel
+ORDER BY known.channel"""  # noqa: S608 (names are constants, values parameters)
+    return sql, params.values
+
+
+def _recovery_counts(row: Any) -> RecoveryCounts:
+    sent, recovered = int(row["codes_sent"]), int(row["recovered"])
+    ratio = round(recovered / sent, 4) if sent else None
+    return RecoveryCounts(channel=row["channel"], codes_sent=sent, recovered=recovered, recovered_per_sent=ratio)
+
+
 # Hash tables for ~200,000 phone numbers and ~50,000 clients; without the room they spill to disk.
 SUMMARY_WORK_MEM = "64MB"
 
@@ -265,6 +302,7 @@ async def summarise(conn: Any, request: SummaryRequest, *, ipv6_prefix: int = IP
         channels = [ChannelCounts(**dict(row)) for row in await _fetch(conn, by_channel)]
         top_ips: list[ClientCounts] = []
         top_phones: list[PhoneCounts] = []
+        recovery = [_recovery_counts(row) for row in await _fetch(conn, recovery_sql(request))]
         if request.top:
             top_ips = [ClientCounts(**dict(row)) for row in await _fetch(conn, top_ips_sql(request, ipv6_prefix))]
             top_phones = [PhoneCounts(**dict(row)) for row in await _fetch(conn, phones_sql(request))]
@@ -285,5 +323,6 @@ async def summarise(conn: Any, request: SummaryRequest, *, ipv6_prefix: int = IP
         top_ips=top_ips,
         top_phone_numbers=top_phones,
         pin_locked=locked[:PIN_LOCKED_MAX],
+        recovery=recovery,
         pin_locked_truncated=len(locked) > PIN_LOCKED_MAX,
     )

@@ -45,8 +45,20 @@ REASONS = (
     "phone_number_taken",
     "pin_changed",
     "bad_credential",  # a USSD call refused for its service credential: missing, unknown, revoked, wrong scope
+    # Self-service recovery (app/recovery): a code sent (or not, and why), a code checked, a PIN reset.
+    "code_sent",
+    "code_not_sent",  # no account for the number: nothing sent, the answer is the same
+    "country_refused",  # a number outside SMS_ALLOWED_COUNTRIES
+    "sms_budget_spent",  # the global daily SMS budget: no SMS until it frees
+    "provider_failed",  # the SMS provider was down or refused: the code was withdrawn
+    "code_invalid",  # a wrong, expired, used or withdrawn code
+    "code_dead",  # the fifth wrong try: the code is withdrawn
+    "recovered",
+    "recovered_unverified",  # the number's owner took back an account whose number was never verified
+    "phone_verified",  # a signed-in account proved its number with a code
+    "knowledge_failed",  # a wrong year of birth / first name on a USSD PIN reset
 )
-CHANNELS = ("http", "ussd")
+CHANNELS = ("http", "ussd", "sms")
 
 # A UUID in its canonical text form. Kept as text from minting to the COPY (asyncpg encodes it):
 # building ``uuid.UUID`` objects was most of the writer's decoding (docs/audit.md has the figure).
