@@ -48,6 +48,7 @@ from app.platform.controller import FORM_BODY_PATHS, FORM_MEDIA_TYPE, PLATFORM_H
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
 from app.sessions.controller import SessionsController
+from app.sessions.direct import SessionChecks
 from app.sessions.tokens import TokenIssuer
 from app.ussd.controller import USSD_HANDLERS
 
@@ -103,6 +104,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.redis = redis
         app.state.hasher = Hasher(settings)
         app.state.token_issuer = TokenIssuer(settings, app.state.keyring)
+        app.state.session_checks = await SessionChecks.open(settings)
         app.state.client_resolver = ClientResolver(
             settings.trusted_proxies, settings.rate_limit_ipv6_prefix, forwarded_headers=settings.forwarded_header
         )
@@ -145,6 +147,7 @@ def create_app(settings: Settings) -> Litestar:
         if app.state.account_relay is not None:
             await app.state.account_relay.stop()
         await app.state.redis.aclose()
+        await app.state.session_checks.close()
         await app.state.audit_pool.dispose()
         app.state.hasher.close()
 

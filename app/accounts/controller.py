@@ -82,12 +82,10 @@ class AuthController(Controller):
         summary="The signed-in user's profile (also the settings page's account settings)",
         responses=error_responses(401),
     )
-    async def get_profile(
-        self, request: Request[Any, Any, Any], current_user: NamedDependency[User]
-    ) -> ProfileResponse:
+    async def get_profile(self, request: Request[Any, Any, Any], signed_in: NamedDependency[User]) -> ProfileResponse:
         settings_page = request.url.path.startswith("/api/settings/")
         return ProfileResponse.of_user(
-            current_user, "Account settings retrieved" if settings_page else "Profile retrieved"
+            signed_in, "Account settings retrieved" if settings_page else "Profile retrieved"
         )
 
     @put(

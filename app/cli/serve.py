@@ -58,6 +58,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
             log_level=settings.log_level.lower(),
             proxy_headers=False,
             server_header=False,
+            access_log=settings.access_log,
             # The edge (app/core/edge.py): whole-request read deadline and connection caps.
             http=protocol_path(),
             limit_concurrency=settings.max_connections,

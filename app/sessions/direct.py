@@ -1,0 +1,182 @@
+"""The questions asked of a session on nearly every request, straight on asyncpg.
+
+Who is signed in (every signed-in request) and the refresh (every app start, every 401 of the
+field client) are asked as one prepared statement each on a small asyncpg pool of
+their own: no ORM session, no pool pre-ping, no transaction, no reset query on release. Postgres
+stays the only source of truth, so an ending, a deactivation or a role change is seen by the very
+next request of every process (``tests/sessions/test_two_processes.py``). The definition of live
+is the one of :func:`app.sessions.service.live`, written out in SQL here.
+
+Anything the fast statement does not find (an unknown or replaced token, an ended session, a
+refresh JWT from before opaque tokens) goes the ORM way (:class:`SessionService`), which knows
+every reason and every reaction (reuse detection ends the session).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from app.core.settings import Settings
+from app.db.models import User
+from app.sessions.tokens import new_refresh_token, token_digest
+
+# A session's last use is written again only when it is this old, or the address or agent changed:
+# a refresh burst of the field client writes it once.
+LAST_USE_RESOLUTION = datetime.timedelta(seconds=60)
+
+USER_COLUMNS = tuple(attribute.key for attribute in User.__mapper__.column_attrs)
+
+SIGNED_IN_USER = f"""
+SELECT {", ".join("u." + name for name in USER_COLUMNS)}
+FROM users u JOIN sessions s ON s.user_id = u.id
+WHERE s.id = $1 AND u.id = $2 AND u.is_active AND s.ended_at IS NULL AND s.expires_at > now()
+"""  # noqa: S608 - column names from the model, not input
+
+# The token's session, if live, its account active, the token unexpired and not replaced longer ago
+# than the grace; the session's last use written in the same statement when it is stale.
+REFRESH_WITHOUT_ROTATION = """
+WITH found AS (
+    SELECT s.id AS session_id, s.user_id, u.role, s.auth_time,
+           (s.last_used_at < now() - $4::interval
+            OR s.last_ip IS DISTINCT FROM $2::text::inet
+            OR ($3::text IS NOT NULL AND s.last_user_agent IS DISTINCT FROM $3::text)) AS stale
+    FROM refresh_tokens t
+    JOIN sessions s ON s.id = t.session_id
+    JOIN users u ON u.id = s.user_id
+    WHERE t.token_hash = $1 AND t.expires_at > now()
+      AND (t.rotated_at IS NULL OR t.rotated_at > now() - $5::interval)
+      AND s.ended_at IS NULL AND s.expires_at > now() AND u.is_active
+), touched AS (
+    UPDATE sessions
+    SET last_used_at = now(), last_ip = $2::text::inet, last_user_agent = coalesce($3::text, sessions.last_user_agent)
+    FROM found
+    WHERE sessions.id = found.session_id AND found.stale AND sessions.ended_at IS NULL
+)
+SELECT session_id, user_id, role, auth_time FROM found
+"""
+
+# The same with rotation, as SessionService.refresh does it in three statements: the conditional
+# UPDATE of the session row (the liveness check, and its lock until the new token is stored),
+# the token marked replaced, the new token stored; one statement, so one transaction.
+REFRESH_WITH_ROTATION = """
+WITH token AS (
+    SELECT id, session_id FROM refresh_tokens
+    WHERE token_hash = $1 AND expires_at > now() AND (rotated_at IS NULL OR rotated_at > now() - $4::interval)
+), continued AS (
+    UPDATE sessions
+    SET last_used_at = now(), last_ip = $2::text::inet, last_user_agent = coalesce($3::text, sessions.last_user_agent),
+        expires_at = greatest(sessions.expires_at, $5::timestamptz)
+    FROM token, users u
+    WHERE sessions.id = token.session_id AND sessions.ended_at IS NULL AND sessions.expires_at > now()
+      AND u.id = sessions.user_id AND u.is_active
+    RETURNING sessions.id AS session_id, sessions.user_id, u.role, sessions.auth_time, token.id AS token_id
+), replaced AS (
+    UPDATE refresh_tokens SET rotated_at = now(), updated_at = now()
+    FROM continued
+    WHERE refresh_tokens.id = continued.token_id AND refresh_tokens.rotated_at IS NULL
+), stored AS (
+    INSERT INTO refresh_tokens (jti, session_id, token_hash, expires_at, created_at, updated_at)
+    SELECT $6::uuid, session_id, $7, $5::timestamptz, now(), now() FROM continued
+)
+SELECT session_id, user_id, role, auth_time FROM continued
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class FoundSession:
+    user_id: int
+    role: str
+    session_id: uuid.UUID
+    auth_time: datetime.datetime | None
+    refresh_token: str | None = None  # the new one, after a rotation
+
+
+class QuietConnection(asyncpg.Connection):  # type: ignore[misc]
+    """Nothing to reset on release: these statements hold no transaction, lock, cursor or setting."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await connection.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+class SessionChecks:
+    """The per-request session statements on their own asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.reuse_grace = datetime.timedelta(seconds=settings.refresh_reuse_grace_seconds)
+        self.refresh_lifetime = datetime.timedelta(days=settings.refresh_token_days)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> SessionChecks:
+        assert settings.database_url, "database_url is resolved before the app is built"
+        pool = await asyncpg.create_pool(
+            asyncpg_dsn(settings.database_url),
+            min_size=1,
+            max_size=max(2, settings.database_pool_size),
+            connection_class=QuietConnection,
+            init=_init_connection,
+        )
+        assert pool is not None
+        return cls(pool, settings)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def signed_in_user(self, user_id: int, session_id: uuid.UUID) -> User | None:
+        """The account of a live session, if active, as a detached ``User`` (read it, never change it)."""
+        row = await self.pool.fetchrow(SIGNED_IN_USER, session_id, user_id)
+        if row is None:
+            return None
+        values: dict[str, Any] = dict(row.items())
+        return User(**values)
+
+    async def refresh_without_rotation(
+        self, token: str, ip_address: str | None, user_agent: str | None
+    ) -> FoundSession | None:
+        """The live session of an opaque refresh token, its last use recorded; None: ask the ORM way."""
+        row = await self.pool.fetchrow(
+            REFRESH_WITHOUT_ROTATION,
+            token_digest(token),
+            ip_address,
+            user_agent,
+            LAST_USE_RESOLUTION,
+            self.reuse_grace,
+        )
+        if row is None:
+            return None
+        return FoundSession(row["user_id"], row["role"], row["session_id"], row["auth_time"])
+
+    async def refresh_with_rotation(
+        self, token: str, ip_address: str | None, user_agent: str | None
+    ) -> FoundSession | None:
+        """Continue the live session of an opaque refresh token with a new token; None: ask the ORM way."""
+        new_token = new_refresh_token()
+        expires_at = datetime.datetime.now(datetime.UTC) + self.refresh_lifetime
+        row = await self.pool.fetchrow(
+            REFRESH_WITH_ROTATION,
+            token_digest(token),
+            ip_address,
+            user_agent,
+            self.reuse_grace,
+            expires_at,
+            uuid.uuid4(),
+            token_digest(new_token),
+        )
+        if row is None:
+            return None
+        return FoundSession(row["user_id"], row["role"], row["session_id"], row["auth_time"], new_token)
