@@ -17,13 +17,15 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
 from app.core.settings import Settings
 from app.db.models import User
+from app.ratelimit.coalescer import Coalescer
 from app.sessions.tokens import new_refresh_token, token_digest
 
 # A session's last use is written again only when it is this old, or the address or agent changed:
@@ -32,33 +34,35 @@ LAST_USE_RESOLUTION = datetime.timedelta(seconds=60)
 
 USER_COLUMNS = tuple(attribute.key for attribute in User.__mapper__.column_attrs)
 
-SIGNED_IN_USER = f"""
-SELECT {", ".join("u." + name for name in USER_COLUMNS)}
-FROM users u JOIN sessions s ON s.user_id = u.id
-WHERE s.id = $1 AND u.id = $2 AND u.is_active AND s.ended_at IS NULL AND s.expires_at > now()
+# For every (session, user) asked during one turn of the event loop (``asked``: its place in the batch).
+SIGNED_IN_USERS = f"""
+SELECT asked.place, {", ".join("u." + name for name in USER_COLUMNS)}
+FROM unnest($1::uuid[], $2::bigint[]) WITH ORDINALITY AS asked(session_id, user_id, place)
+JOIN sessions s ON s.id = asked.session_id
+JOIN users u ON u.id = asked.user_id AND u.id = s.user_id
+WHERE u.is_active AND s.ended_at IS NULL AND s.expires_at > now()
 """  # noqa: S608 - column names from the model, not input
 
-# The token's session, if live, its account active, the token unexpired and not replaced longer ago
-# than the grace; the session's last use written in the same statement when it is stale.
-REFRESH_WITHOUT_ROTATION = """
-WITH found AS (
-    SELECT s.id AS session_id, s.user_id, u.role, s.auth_time,
-           (s.last_used_at < now() - $4::interval
-            OR s.last_ip IS DISTINCT FROM $2::text::inet
-            OR ($3::text IS NOT NULL AND s.last_user_agent IS DISTINCT FROM $3::text)) AS stale
-    FROM refresh_tokens t
-    JOIN sessions s ON s.id = t.session_id
-    JOIN users u ON u.id = s.user_id
-    WHERE t.token_hash = $1 AND t.expires_at > now()
-      AND (t.rotated_at IS NULL OR t.rotated_at > now() - $5::interval)
-      AND s.ended_at IS NULL AND s.expires_at > now() AND u.is_active
-), touched AS (
-    UPDATE sessions
-    SET last_used_at = now(), last_ip = $2::text::inet, last_user_agent = coalesce($3::text, sessions.last_user_agent)
-    FROM found
-    WHERE sessions.id = found.session_id AND found.stale AND sessions.ended_at IS NULL
-)
-SELECT session_id, user_id, role, auth_time FROM found
+# For every opaque refresh token presented during one turn of the event loop: its session, if live,
+# its account active, the token unexpired and not replaced longer ago than the grace; and whether
+# the session's last use is stale (then written by itself, see ``refresh_without_rotation``).
+REFRESHES_WITHOUT_ROTATION = """
+SELECT asked.place, s.id AS session_id, s.user_id, u.role, s.auth_time,
+       (s.last_used_at < now() - $4::interval
+        OR s.last_ip IS DISTINCT FROM asked.ip::inet
+        OR (asked.agent IS NOT NULL AND s.last_user_agent IS DISTINCT FROM asked.agent)) AS stale
+FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS asked(token_hash, ip, agent, place)
+JOIN refresh_tokens t ON t.token_hash = asked.token_hash
+JOIN sessions s ON s.id = t.session_id
+JOIN users u ON u.id = s.user_id
+WHERE t.expires_at > now() AND (t.rotated_at IS NULL OR t.rotated_at > now() - $5::interval)
+  AND s.ended_at IS NULL AND s.expires_at > now() AND u.is_active
+"""
+
+RECORD_LAST_USE = """
+UPDATE sessions
+SET last_used_at = now(), last_ip = $2::text::inet, last_user_agent = coalesce($3::text, last_user_agent)
+WHERE id = $1 AND ended_at IS NULL
 """
 
 # The same with rotation, as SessionService.refresh does it in three statements: the conditional
@@ -88,6 +92,20 @@ SELECT session_id, user_id, role, auth_time FROM continued
 """
 
 
+class UserSnapshot:
+    """A ``users`` row with ``User``'s attribute names and nothing of the ORM: building a mapped
+    instance took a tenth of a signed-in GET. Not attached to any session; nothing writes it back."""
+
+    __slots__ = USER_COLUMNS
+
+    def __init__(self, row: Mapping[str, Any]) -> None:
+        for name in USER_COLUMNS:
+            object.__setattr__(self, name, row[name])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a snapshot of the account is read only ({name})")
+
+
 @dataclass(frozen=True, slots=True)
 class FoundSession:
     user_id: int
@@ -109,6 +127,11 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         await connection.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+def session_checks_pool_size(settings: Settings) -> int:
+    """Half the ORM pool: batched reads need few connections; rotations (a commit each) take the rest."""
+    return max(2, settings.database_pool_size // 2)
+
+
 def asyncpg_dsn(database_url: str) -> str:
     return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
@@ -120,6 +143,8 @@ class SessionChecks:
         self.pool = pool
         self.reuse_grace = datetime.timedelta(seconds=settings.refresh_reuse_grace_seconds)
         self.refresh_lifetime = datetime.timedelta(days=settings.refresh_token_days)
+        self._signed_in: Coalescer[tuple[uuid.UUID, int]] = Coalescer(self._signed_in_batch, max_batch=256)
+        self._refreshes: Coalescer[tuple[str, str | None, str | None]] = Coalescer(self._refresh_batch, max_batch=256)
 
     @classmethod
     async def open(cls, settings: Settings) -> SessionChecks:
@@ -127,7 +152,7 @@ class SessionChecks:
         pool = await asyncpg.create_pool(
             asyncpg_dsn(settings.database_url),
             min_size=1,
-            max_size=max(2, settings.database_pool_size),
+            max_size=session_checks_pool_size(settings),
             connection_class=QuietConnection,
             init=_init_connection,
         )
@@ -138,28 +163,52 @@ class SessionChecks:
         await self.pool.close()
 
     async def signed_in_user(self, user_id: int, session_id: uuid.UUID) -> User | None:
-        """The account of a live session, if active, as a detached ``User`` (read it, never change it)."""
-        row = await self.pool.fetchrow(SIGNED_IN_USER, session_id, user_id)
+        """The account of a live session, if active, as a snapshot with ``User``'s attributes (read only).
+
+        The questions asked during one turn of the event loop go to Postgres as one statement: each
+        is still answered from the database after it was asked, so nothing is ever stale.
+        """
+        row: asyncpg.Record | None = await self._signed_in.submit((session_id, user_id))
         if row is None:
             return None
-        values: dict[str, Any] = dict(row.items())
-        return User(**values)
+        return cast(User, UserSnapshot(row))
+
+    async def _signed_in_batch(self, asked: Sequence[tuple[uuid.UUID, int]]) -> list[asyncpg.Record | None]:
+        rows = await self.pool.fetch(SIGNED_IN_USERS, [q[0] for q in asked], [q[1] for q in asked])
+        found: list[asyncpg.Record | None] = [None] * len(asked)
+        for row in rows:
+            found[row["place"] - 1] = row
+        return found
 
     async def refresh_without_rotation(
         self, token: str, ip_address: str | None, user_agent: str | None
     ) -> FoundSession | None:
-        """The live session of an opaque refresh token, its last use recorded; None: ask the ORM way."""
-        row = await self.pool.fetchrow(
-            REFRESH_WITHOUT_ROTATION,
-            token_digest(token),
-            ip_address,
-            user_agent,
+        """The live session of an opaque refresh token, its last use recorded; None: ask the ORM way.
+
+        Read with the other refreshes of this turn of the event loop in one statement; the last use
+        is written (one row, by itself) only when it is stale. No lock is needed: no token is
+        stored, and an ending that commits after the read is seen by the next request's check.
+        """
+        row: asyncpg.Record | None = await self._refreshes.submit((token_digest(token), ip_address, user_agent))
+        if row is None:
+            return None
+        if row["stale"]:
+            await self.pool.execute(RECORD_LAST_USE, row["session_id"], ip_address, user_agent)
+        return FoundSession(row["user_id"], row["role"], row["session_id"], row["auth_time"])
+
+    async def _refresh_batch(self, asked: Sequence[tuple[str, str | None, str | None]]) -> list[asyncpg.Record | None]:
+        rows = await self.pool.fetch(
+            REFRESHES_WITHOUT_ROTATION,
+            [q[0] for q in asked],
+            [q[1] for q in asked],
+            [q[2] for q in asked],
             LAST_USE_RESOLUTION,
             self.reuse_grace,
         )
-        if row is None:
-            return None
-        return FoundSession(row["user_id"], row["role"], row["session_id"], row["auth_time"])
+        found: list[asyncpg.Record | None] = [None] * len(asked)
+        for row in rows:
+            found[row["place"] - 1] = row
+        return found
 
     async def refresh_with_rotation(
         self, token: str, ip_address: str | None, user_agent: str | None
