@@ -34,29 +34,40 @@ LAST_USE_RESOLUTION = datetime.timedelta(seconds=60)
 
 USER_COLUMNS = tuple(attribute.key for attribute in User.__mapper__.column_attrs)
 
-# For every (session, user) asked during one turn of the event loop (``asked``: its place in the batch).
+# For every (session, user) asked during one turn of the event loop (``asked``: its place in the
+# batch). Each is looked up by its own primary keys (LATERAL ... LIMIT 1 keeps the planner from
+# turning the batch into a hash join over whole tables).
 SIGNED_IN_USERS = f"""
-SELECT asked.place, {", ".join("u." + name for name in USER_COLUMNS)}
+SELECT asked.place, found.*
 FROM unnest($1::uuid[], $2::bigint[]) WITH ORDINALITY AS asked(session_id, user_id, place)
-JOIN sessions s ON s.id = asked.session_id
-JOIN users u ON u.id = asked.user_id AND u.id = s.user_id
-WHERE u.is_active AND s.ended_at IS NULL AND s.expires_at > now()
+CROSS JOIN LATERAL (
+    SELECT {", ".join("u." + name for name in USER_COLUMNS)}
+    FROM sessions s JOIN users u ON u.id = s.user_id
+    WHERE s.id = asked.session_id AND u.id = asked.user_id
+      AND u.is_active AND s.ended_at IS NULL AND s.expires_at > now()
+    LIMIT 1
+) AS found
 """  # noqa: S608 - column names from the model, not input
 
 # For every opaque refresh token presented during one turn of the event loop: its session, if live,
 # its account active, the token unexpired and not replaced longer ago than the grace; and whether
 # the session's last use is stale (then written by itself, see ``refresh_without_rotation``).
 REFRESHES_WITHOUT_ROTATION = """
-SELECT asked.place, s.id AS session_id, s.user_id, u.role, s.auth_time,
-       (s.last_used_at < now() - $4::interval
-        OR s.last_ip IS DISTINCT FROM asked.ip::inet
-        OR (asked.agent IS NOT NULL AND s.last_user_agent IS DISTINCT FROM asked.agent)) AS stale
+SELECT asked.place, found.*
 FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS asked(token_hash, ip, agent, place)
-JOIN refresh_tokens t ON t.token_hash = asked.token_hash
-JOIN sessions s ON s.id = t.session_id
-JOIN users u ON u.id = s.user_id
-WHERE t.expires_at > now() AND (t.rotated_at IS NULL OR t.rotated_at > now() - $5::interval)
-  AND s.ended_at IS NULL AND s.expires_at > now() AND u.is_active
+CROSS JOIN LATERAL (
+    SELECT s.id AS session_id, s.user_id, u.role, s.auth_time,
+           (s.last_used_at < now() - $4::interval
+            OR s.last_ip IS DISTINCT FROM asked.ip::inet
+            OR (asked.agent IS NOT NULL AND s.last_user_agent IS DISTINCT FROM asked.agent)) AS stale
+    FROM refresh_tokens t
+    JOIN sessions s ON s.id = t.session_id
+    JOIN users u ON u.id = s.user_id
+    WHERE t.token_hash = asked.token_hash AND t.expires_at > now()
+      AND (t.rotated_at IS NULL OR t.rotated_at > now() - $5::interval)
+      AND s.ended_at IS NULL AND s.expires_at > now() AND u.is_active
+    LIMIT 1
+) AS found
 """
 
 RECORD_LAST_USE = """
