@@ -54,6 +54,7 @@ from app.recovery.controller import RECOVERY_HANDLERS
 from app.recovery.sms import sms_sender
 from app.recovery.status import sms_check
 from app.sessions.controller import SessionsController
+from app.sessions.direct import SessionChecks
 from app.sessions.tokens import TokenIssuer
 from app.ussd.controller import USSD_HANDLERS
 
@@ -109,6 +110,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.redis = redis
         app.state.hasher = Hasher(settings)
         app.state.token_issuer = TokenIssuer(settings, app.state.keyring)
+        app.state.session_checks = await SessionChecks.open(settings)
         app.state.client_resolver = ClientResolver(
             settings.trusted_proxies, settings.rate_limit_ipv6_prefix, forwarded_headers=settings.forwarded_header
         )
@@ -158,6 +160,7 @@ def create_app(settings: Settings) -> Litestar:
         if app.state.sms_sender is not None:
             await app.state.sms_sender.close()
         await app.state.redis.aclose()
+        await app.state.session_checks.close()
         await app.state.audit_pool.dispose()
         app.state.hasher.close()
 
@@ -212,7 +215,8 @@ def served(app: Litestar) -> ASGIApp:
 
     The access log outside both: it sees every request, the gate's sign-ins too.
     """
-    return AccessLog(CorsMiddleware(LoginGate(app, litestar=app), app.state.cors_policy))
+    gated = CorsMiddleware(LoginGate(app, litestar=app), app.state.cors_policy)
+    return AccessLog(gated) if app.state.settings.access_log else gated
 
 
 def create_app_from_env() -> ASGIApp:

@@ -92,6 +92,15 @@ BENCHMARKS = (
         quick_args=("--rounds", "1", "--seconds", "2"),
     ),
     Benchmark(
+        "request-paths",
+        "bench.bench_request_paths",
+        "The hot paths side by side: GET /health, refused login, signed-in GET, both refresh forms; "
+        "Litestar's and slowapi's limiters",
+        "profile and refresh header >= 0.5x /health, body >= 0.25x; 429 >= 1.5x /health, "
+        ">= 2x Litestar's limiter, >= 3x slowapi",
+        quick_args=("--rounds", "1", "--seconds", "2"),
+    ),
+    Benchmark(
         "audit-queries",
         "bench.bench_audit_queries",
         "Security team queries on 10 million rows; summaries; export throughput",

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post, put
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.params import JSONBody
+from litestar.params import Dependency, JSONBody
 
 from app.accounts.forms import clean_profile_update, clean_registration
 from app.accounts.identifiers import IdentifierChanges
@@ -83,11 +83,13 @@ class AuthController(Controller):
         responses=error_responses(401),
     )
     async def get_profile(
-        self, request: Request[Any, Any, Any], current_user: NamedDependency[User]
+        self,
+        request: Request[Any, Any, Any],
+        signed_in: Annotated[User, Dependency(skip_validation=True)],  # a snapshot with User's attributes
     ) -> ProfileResponse:
         settings_page = request.url.path.startswith("/api/settings/")
         return ProfileResponse.of_user(
-            current_user, "Account settings retrieved" if settings_page else "Profile retrieved"
+            signed_in, "Account settings retrieved" if settings_page else "Profile retrieved"
         )
 
     @put(

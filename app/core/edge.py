@@ -18,7 +18,7 @@ import asyncio
 import functools
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -46,6 +46,65 @@ def edge_limits() -> EdgeLimits:
 _per_client: dict[str, int] = {}  # open connections per client address, in this process
 
 
+class CoalescingTransport:
+    """The connection's transport, with the writes of one turn of the event loop sent as one.
+
+    uvicorn writes a response's head and its body separately, two ``send`` system calls for nearly
+    every response; on this kind of host those took a third of a refused sign-in (docs/benchmarks.md).
+    Writes are gathered and handed on once the task that made them yields; anything that ends the
+    connection hands on what was gathered first.
+    """
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self.flush)
+        self._pending.append(data)
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._transport.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._transport.resume_reading()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class RequestDeadline:
     """Mixed into uvicorn's protocols, before them; uses only what both have (``transport``,
     ``client``, ``connections``, ``cycle`` and its ``more_body``)."""
@@ -57,7 +116,7 @@ class RequestDeadline:
     limits: EdgeLimits | None = None  # None: from the environment (edge_limits)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[misc]
+        super().connection_made(CoalescingTransport(cast(asyncio.Transport, transport)))  # type: ignore[misc]
         limits = self.limits or edge_limits()
         self._deadline: asyncio.TimerHandle | None = None
         self._cycle_at_arm: Any = None

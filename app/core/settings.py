@@ -134,6 +134,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_flush_ms: int = 200
     audit_claim_idle_ms: int = 30_000
     audit_writer_enabled: bool = True
+    access_log: bool = True  # one line per request (app.core.logs.AccessLog); off, a refused sign-in is cheaper
     audit_retention_days: int = 365
     audit_partitions_ahead: int = 3  # months of login_attempts partitions kept created ahead of now
     audit_export_concurrency: int = 2  # exports streaming at once per process (each holds a DB connection)

@@ -21,6 +21,7 @@ from app.core.http import BODY_ERRORS, OptionalBodyOperation, optional_json_body
 from app.core.settings import Settings
 from app.db.models import User
 from app.sessions.deps import bearer_token, client_use
+from app.sessions.direct import SessionChecks
 from app.sessions.schemas import (
     EndedResponse,
     MessageResponse,
@@ -29,7 +30,7 @@ from app.sessions.schemas import (
     SessionsResponse,
     SessionView,
 )
-from app.sessions.service import SessionService
+from app.sessions.service import ClientUse, Refreshed, SessionService
 from app.sessions.tokens import TokenClaims, TokenIssuer, is_opaque_refresh_token
 
 RefreshForm = Literal["header", "body"]
@@ -61,6 +62,23 @@ async def session_to_end(token: str, sessions: SessionService, issuer: TokenIssu
     return found[1].id
 
 
+async def refresh_session(token: str, use: ClientUse, state: State, *, rotate: bool) -> Refreshed:
+    """A refresh is one prepared statement (app/sessions/direct.py); anything it does not find goes
+    through :meth:`SessionService.refresh`, which knows every reason (and ends a reused token's session)."""
+    if is_opaque_refresh_token(token):
+        checks: SessionChecks = state.session_checks
+        refresh = checks.refresh_with_rotation if rotate else checks.refresh_without_rotation
+        found = await refresh(token, use.ip_address, use.user_agent)
+        if found is not None:
+            return Refreshed(
+                found.user_id, found.role, found.session_id, found.auth_time, found.refresh_token, found.user_type
+            )
+    async with state.db_config.get_session() as db:
+        refreshed = await SessionService(db, state.token_issuer, state.settings).refresh(token, use, rotate=rotate)
+        await db.commit()
+    return refreshed
+
+
 class SessionsController(Controller):
     path = "/api/auth"
     tags = ["auth"]
@@ -75,7 +93,6 @@ class SessionsController(Controller):
     async def refresh(
         self,
         request: Request[Any, Any, Any],
-        session_service: NamedDependency[SessionService],
         state: State,
         data: Annotated[RefreshRequest | None, Body(description="Optional: the body form")] = None,
     ) -> RefreshResponse:
@@ -88,8 +105,8 @@ class SessionsController(Controller):
             token, form = bearer_token(request), "header"
         if not token:
             raise NotAuthenticated("Send the refresh token as a Bearer token or as refresh_token.")
-        refreshed = await session_service.refresh(
-            token, client_use(request, state), rotate=rotates(state.settings, form)
+        refreshed = await refresh_session(
+            token, client_use(request, state), state, rotate=rotates(state.settings, form)
         )
         issuer: TokenIssuer = state.token_issuer
         access = issuer.issue_access(

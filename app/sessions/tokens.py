@@ -48,6 +48,10 @@ def user_scope(role: str, user_type: str | None) -> str:
     return " ".join(scopes_of(authority_of(role, user_type or "")))
 
 
+LEEWAY_SECONDS = 5
+VERIFIED_CACHE_SIZE = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
     user_id: int
@@ -89,6 +93,10 @@ class TokenIssuer:
         self._audience = settings.jwt_audience
         self.access_lifetime = datetime.timedelta(minutes=settings.access_token_minutes)
         self.refresh_lifetime = datetime.timedelta(days=settings.refresh_token_days)
+        # Access tokens already verified, by the whole token (signature included): a client sends
+        # the same one on every request until it expires. An entry is used only while its key is
+        # still in the key ring and the token unexpired; revocation is the session's check, not this.
+        self._verified: dict[str, tuple[TokenClaims, str | None]] = {}
 
     def issue_access(
         self,
@@ -161,7 +169,7 @@ class TokenIssuer:
                 algorithms=[algorithm],
                 audience=self._audience,
                 issuer=self._accepted_issuers,
-                leeway=5,
+                leeway=LEEWAY_SECONDS,
                 options={"require": REQUIRED_CLAIMS, "verify_exp": not allow_expired},
             )
             claims = TokenClaims(
@@ -187,7 +195,21 @@ class TokenIssuer:
         return claims
 
     def decode_access(self, token: str, *, allow_expired: bool = False) -> TokenClaims:
-        return self.decode(token, "access", allow_expired=allow_expired)
+        cached = self._verified.get(token)
+        if cached is not None:
+            claims, kid = cached
+            still_trusted = self._legacy_secret is not None if kid is None else self._keys.verifier(kid) is not None
+            leeway = datetime.timedelta(seconds=LEEWAY_SECONDS)
+            if still_trusted and (allow_expired or claims.expires_at + leeway > datetime.datetime.now(datetime.UTC)):
+                return claims
+            del self._verified[token]
+        claims = self.decode(token, "access", allow_expired=allow_expired)
+        if claims.expires_at > datetime.datetime.now(datetime.UTC):
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]  # the oldest entry
+            kid = jwt.get_unverified_header(token).get("kid")
+            self._verified[token] = (claims, kid if isinstance(kid, str) else None)
+        return claims
 
     def decode_legacy_refresh(self, token: str, *, allow_expired: bool = False) -> TokenClaims:
         """A refresh JWT issued before refresh tokens became opaque; read until it expires."""

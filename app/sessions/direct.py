@@ -1,0 +1,246 @@
+"""The questions asked of a session on nearly every request, straight on asyncpg.
+
+Who is signed in (every signed-in request) and the refresh (every app start, every 401 of the
+field client) are asked as one prepared statement each on a small asyncpg pool of
+their own: no ORM session, no pool pre-ping, no transaction, no reset query on release. Postgres
+stays the only source of truth, so an ending, a deactivation or a role change is seen by the very
+next request of every process (``tests/sessions/test_two_processes.py``). The definition of live
+is the one of :func:`app.sessions.service.live`, written out in SQL here.
+
+Anything the fast statement does not find (an unknown or replaced token, an ended session, a
+refresh JWT from before opaque tokens) goes the ORM way (:class:`SessionService`), which knows
+every reason and every reaction (reuse detection ends the session).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import asyncpg
+
+from app.core.settings import Settings
+from app.db.models import User
+from app.ratelimit.coalescer import Coalescer
+from app.sessions.tokens import new_refresh_token, token_digest
+
+# A session's last use is written again only when it is this old, or the address or agent changed:
+# a refresh burst of the field client writes it once.
+LAST_USE_RESOLUTION = datetime.timedelta(seconds=60)
+
+USER_COLUMNS = tuple(attribute.key for attribute in User.__mapper__.column_attrs)
+
+# For every (session, user) asked during one turn of the event loop (``asked``: its place in the
+# batch). Each is looked up by its own primary keys (LATERAL ... LIMIT 1 keeps the planner from
+# turning the batch into a hash join over whole tables).
+SIGNED_IN_USERS = f"""
+SELECT asked.place, found.*
+FROM unnest($1::uuid[], $2::bigint[]) WITH ORDINALITY AS asked(session_id, user_id, place)
+CROSS JOIN LATERAL (
+    SELECT {", ".join("u." + name for name in USER_COLUMNS)}
+    FROM sessions s JOIN users u ON u.id = s.user_id
+    WHERE s.id = asked.session_id AND u.id = asked.user_id
+      AND u.is_active AND s.ended_at IS NULL AND s.expires_at > now()
+    LIMIT 1
+) AS found
+"""  # noqa: S608 - column names from the model, not input
+
+# For every opaque refresh token presented during one turn of the event loop: its session, if live,
+# its account active, the token unexpired and not replaced longer ago than the grace; and whether
+# the session's last use is stale (then written by itself, see ``refresh_without_rotation``).
+REFRESHES_WITHOUT_ROTATION = """
+SELECT asked.place, found.*
+FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS asked(token_hash, ip, agent, place)
+CROSS JOIN LATERAL (
+    SELECT s.id AS session_id, s.user_id, u.role, u.user_type, s.auth_time,
+           (s.last_used_at < now() - $4::interval
+            OR s.last_ip IS DISTINCT FROM asked.ip::inet
+            OR (asked.agent IS NOT NULL AND s.last_user_agent IS DISTINCT FROM asked.agent)) AS stale
+    FROM refresh_tokens t
+    JOIN sessions s ON s.id = t.session_id
+    JOIN users u ON u.id = s.user_id
+    WHERE t.token_hash = asked.token_hash AND t.expires_at > now()
+      AND (t.rotated_at IS NULL OR t.rotated_at > now() - $5::interval)
+      AND s.ended_at IS NULL AND s.expires_at > now() AND u.is_active
+    LIMIT 1
+) AS found
+"""
+
+RECORD_LAST_USE = """
+UPDATE sessions
+SET last_used_at = now(), last_ip = $2::text::inet, last_user_agent = coalesce($3::text, last_user_agent)
+WHERE id = $1 AND ended_at IS NULL
+"""
+
+# The same with rotation, as SessionService.refresh does it in three statements: the conditional
+# UPDATE of the session row (the liveness check, and its lock until the new token is stored),
+# the token marked replaced, the new token stored; one statement, so one transaction.
+REFRESH_WITH_ROTATION = """
+WITH token AS (
+    SELECT id, session_id FROM refresh_tokens
+    WHERE token_hash = $1 AND expires_at > now() AND (rotated_at IS NULL OR rotated_at > now() - $4::interval)
+), continued AS (
+    UPDATE sessions
+    SET last_used_at = now(), last_ip = $2::text::inet, last_user_agent = coalesce($3::text, sessions.last_user_agent),
+        expires_at = greatest(sessions.expires_at, $5::timestamptz)
+    FROM token, users u
+    WHERE sessions.id = token.session_id AND sessions.ended_at IS NULL AND sessions.expires_at > now()
+      AND u.id = sessions.user_id AND u.is_active
+    RETURNING sessions.id AS session_id, sessions.user_id, u.role, u.user_type, sessions.auth_time,
+              token.id AS token_id
+), replaced AS (
+    UPDATE refresh_tokens SET rotated_at = now(), updated_at = now()
+    FROM continued
+    WHERE refresh_tokens.id = continued.token_id AND refresh_tokens.rotated_at IS NULL
+), stored AS (
+    INSERT INTO refresh_tokens (jti, session_id, token_hash, expires_at, created_at, updated_at)
+    SELECT $6::uuid, session_id, $7, $5::timestamptz, now(), now() FROM continued
+)
+SELECT session_id, user_id, role, user_type, auth_time FROM continued
+"""
+
+
+class UserSnapshot:
+    """A ``users`` row with ``User``'s attribute names and nothing of the ORM: building a mapped
+    instance took a tenth of a signed-in GET. Not attached to any session; nothing writes it back."""
+
+    __slots__ = USER_COLUMNS
+
+    def __init__(self, row: Mapping[str, Any]) -> None:
+        for name in USER_COLUMNS:
+            object.__setattr__(self, name, row[name])
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"a snapshot of the account is read only ({name})")
+
+
+@dataclass(frozen=True, slots=True)
+class FoundSession:
+    user_id: int
+    role: str
+    session_id: uuid.UUID
+    auth_time: datetime.datetime | None
+    refresh_token: str | None = None  # the new one, after a rotation
+    user_type: str | None = None  # with the role, the new token's scope
+
+
+class QuietConnection(asyncpg.Connection):  # type: ignore[misc]
+    """Nothing to reset on release: these statements hold no transaction, lock, cursor or setting."""
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await connection.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def session_checks_pool_size(settings: Settings) -> int:
+    """Half the ORM pool: batched reads need few connections; rotations (a commit each) take the rest."""
+    return max(2, settings.database_pool_size // 2)
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    return database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+class SessionChecks:
+    """The per-request session statements on their own asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
+        self.pool = pool
+        self.reuse_grace = datetime.timedelta(seconds=settings.refresh_reuse_grace_seconds)
+        self.refresh_lifetime = datetime.timedelta(days=settings.refresh_token_days)
+        self._signed_in: Coalescer[tuple[uuid.UUID, int]] = Coalescer(self._signed_in_batch, max_batch=256)
+        self._refreshes: Coalescer[tuple[str, str | None, str | None]] = Coalescer(self._refresh_batch, max_batch=256)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> SessionChecks:
+        assert settings.database_url, "database_url is resolved before the app is built"
+        pool = await asyncpg.create_pool(
+            asyncpg_dsn(settings.database_url),
+            min_size=1,
+            max_size=session_checks_pool_size(settings),
+            connection_class=QuietConnection,
+            init=_init_connection,
+        )
+        assert pool is not None
+        return cls(pool, settings)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    async def signed_in_user(self, user_id: int, session_id: uuid.UUID) -> User | None:
+        """The account of a live session, if active, as a snapshot with ``User``'s attributes (read only).
+
+        The questions asked during one turn of the event loop go to Postgres as one statement: each
+        is still answered from the database after it was asked, so nothing is ever stale.
+        """
+        row: asyncpg.Record | None = await self._signed_in.submit((session_id, user_id))
+        if row is None:
+            return None
+        return cast(User, UserSnapshot(row))
+
+    async def _signed_in_batch(self, asked: Sequence[tuple[uuid.UUID, int]]) -> list[asyncpg.Record | None]:
+        rows = await self.pool.fetch(SIGNED_IN_USERS, [q[0] for q in asked], [q[1] for q in asked])
+        found: list[asyncpg.Record | None] = [None] * len(asked)
+        for row in rows:
+            found[row["place"] - 1] = row
+        return found
+
+    async def refresh_without_rotation(
+        self, token: str, ip_address: str | None, user_agent: str | None
+    ) -> FoundSession | None:
+        """The live session of an opaque refresh token, its last use recorded; None: ask the ORM way.
+
+        Read with the other refreshes of this turn of the event loop in one statement; the last use
+        is written (one row, by itself) only when it is stale. No lock is needed: no token is
+        stored, and an ending that commits after the read is seen by the next request's check.
+        """
+        row: asyncpg.Record | None = await self._refreshes.submit((token_digest(token), ip_address, user_agent))
+        if row is None:
+            return None
+        if row["stale"]:
+            await self.pool.execute(RECORD_LAST_USE, row["session_id"], ip_address, user_agent)
+        return FoundSession(row["user_id"], row["role"], row["session_id"], row["auth_time"], None, row["user_type"])
+
+    async def _refresh_batch(self, asked: Sequence[tuple[str, str | None, str | None]]) -> list[asyncpg.Record | None]:
+        rows = await self.pool.fetch(
+            REFRESHES_WITHOUT_ROTATION,
+            [q[0] for q in asked],
+            [q[1] for q in asked],
+            [q[2] for q in asked],
+            LAST_USE_RESOLUTION,
+            self.reuse_grace,
+        )
+        found: list[asyncpg.Record | None] = [None] * len(asked)
+        for row in rows:
+            found[row["place"] - 1] = row
+        return found
+
+    async def refresh_with_rotation(
+        self, token: str, ip_address: str | None, user_agent: str | None
+    ) -> FoundSession | None:
+        """Continue the live session of an opaque refresh token with a new token; None: ask the ORM way."""
+        new_token = new_refresh_token()
+        expires_at = datetime.datetime.now(datetime.UTC) + self.refresh_lifetime
+        row = await self.pool.fetchrow(
+            REFRESH_WITH_ROTATION,
+            token_digest(token),
+            ip_address,
+            user_agent,
+            self.reuse_grace,
+            expires_at,
+            uuid.uuid4(),
+            token_digest(new_token),
+        )
+        if row is None:
+            return None
+        return FoundSession(
+            row["user_id"], row["role"], row["session_id"], row["auth_time"], new_token, row["user_type"]
+        )

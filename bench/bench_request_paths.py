@@ -1,0 +1,153 @@
+"""Requests/s of the hot paths against GET /health on the same server, in one run.
+
+One ``ladys-essence serve`` (one uvicorn worker) on Postgres and Redis, driven by wrk on loopback,
+in interleaved rounds: ``GET /health``; a refused sign-in (the client's failure budget spent, so
+the login gate answers 429); the signed-in ``GET /api/auth/profile``; ``POST /api/auth/refresh``
+in the header form (no rotation) and in the body form (rotation: within the reuse grace, so every
+request succeeds; another account's session, see ``run``). Also the 429 of Litestar's own
+``RateLimitMiddleware`` and, when installed (``pip install slowapi fastapi``), slowapi's on FastAPI,
+each under its own uvicorn worker.
+Each figure is the median of the rounds; ratios are to ``/health``.
+
+    python -m bench.bench_request_paths [--rounds 3] [--seconds 5] [--database-url ...] [--redis-url ...]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from bench.common import LoadResult, api_process, bench_parser, median, server_env, servers, uvicorn_process, wrk
+
+PASSWORD = "Umuganda-Kigali-42"
+WRONG = json.dumps({"phone_number": "0788123456", "password": "Wrong-Password-77"})
+CONNECTIONS = 64
+THREADS = 2
+TARGETS = {  # path: (minimum ratio to /health, what it is)
+    "refused": 1.5,
+    "profile": 0.5,
+    "refresh_header": 0.5,
+    "refresh_body": 0.25,
+}
+LABELS = {
+    "health": "GET /health",
+    "refused": "refused login (429)",
+    "profile": "GET /api/auth/profile (signed in)",
+    "refresh_header": "POST /api/auth/refresh, header form",
+    "refresh_body": "POST /api/auth/refresh, body form (rotation)",
+    "litestar_limiter": "Litestar RateLimitMiddleware 429",
+    "slowapi": "slowapi (FastAPI) 429",
+}
+
+
+def _sign_up(base: str, phone: str) -> dict[str, str]:
+    body = {"name": "Bench User", "phone_number": phone, "password": PASSWORD, "user_type": "parent"}
+    response = httpx.post(base + "/api/auth/register", json=body, timeout=30)
+    assert response.status_code == 201, response.text
+    data: dict[str, str] = response.json()
+    return data
+
+
+def _spend_budget(base: str, attempts: int) -> None:
+    """Fail until refused: every later sign-in from this client is that server's 429."""
+    for _ in range(attempts):
+        httpx.post(f"{base}/api/auth/login", content=WRONG, headers={"content-type": "application/json"}, timeout=30)
+    refused = httpx.post(
+        f"{base}/api/auth/login", content=WRONG, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert refused.status_code == 429, f"{base}: {refused.status_code} {refused.text}"
+
+
+def _check(name: str, result: LoadResult, refused: bool) -> None:
+    if refused:
+        assert result.non_2xx == result.requests, f"{name}: every request must be refused: {result}"
+    else:
+        assert result.non_2xx == 0, f"{name}: every request must succeed: {result}"
+
+
+def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | None) -> dict[str, float]:
+    rates: dict[str, list[float]] = {name: [] for name in LABELS}
+    with contextlib.ExitStack() as stack:
+        settings = stack.enter_context(servers(database_url, redis_url))
+        # The reuse grace covers the whole run: parallel body-form refreshes of one token all succeed.
+        base = stack.enter_context(api_process(settings, workers=1, REFRESH_REUSE_GRACE_SECONDS="3600"))
+        account = _sign_up(base, "0788555001")
+        # Rotation writes its session's row thousands of times a second: a session of its own, so the
+        # other paths never read a row with a long chain of dead versions (nor does the field).
+        rotating = _sign_up(base, "0788555002")
+        _spend_budget(base, 6)  # this client's budget spent: every later sign-in is the 429 path
+        env = server_env(settings)
+        litestar_base = stack.enter_context(uvicorn_process("bench.litestar_builtin_app:create_app", env))
+        _spend_budget(litestar_base, 6)
+        slowapi_base = None
+        if importlib.util.find_spec("slowapi") and importlib.util.find_spec("fastapi"):
+            slowapi_base = stack.enter_context(uvicorn_process("bench.slowapi_app:create_app", env))
+            _spend_budget(slowapi_base, 6)
+        else:
+            print("slowapi or fastapi not installed: `pip install slowapi fastapi` for that comparison")
+        access = {"Authorization": f"Bearer {account['access_token']}"}
+        refresh = {"Authorization": f"Bearer {account['refresh_token']}"}
+        rotate = json.dumps({"refresh_token": rotating["refresh_token"]})
+        runs: dict[str, Callable[[], LoadResult]] = {
+            "health": lambda: wrk(f"{base}/health", **load),
+            "refused": lambda: wrk(f"{base}/api/auth/login", body=WRONG, **load),
+            "profile": lambda: wrk(f"{base}/api/auth/profile", headers=access, **load),
+            "refresh_header": lambda: wrk(f"{base}/api/auth/refresh", body="", headers=refresh, **load),
+            "refresh_body": lambda: wrk(f"{base}/api/auth/refresh", body=rotate, **load),
+            "litestar_limiter": lambda: wrk(f"{litestar_base}/api/auth/login", body=WRONG, **load),
+        }
+        if slowapi_base is not None:
+            runs["slowapi"] = lambda: wrk(f"{slowapi_base}/api/auth/login", body=WRONG, **load)
+        load: dict[str, Any] = {"seconds": seconds, "connections": CONNECTIONS, "threads": THREADS}
+        for round_number in range(rounds):
+            # Alternate the order, but rotation last: its thousands of commits leave Postgres work
+            # (WAL, autovacuum) that slowed whichever path came next.
+            others = [name for name in runs if name != "refresh_body"]
+            names = [*(others if round_number % 2 == 0 else reversed(others)), "refresh_body"]
+            line = []
+            for name in names:
+                result = runs[name]()
+                _check(name, result, refused=name in ("refused", "litestar_limiter", "slowapi"))
+                rates[name].append(result.requests_per_second)
+                line.append(f"{name} {result.requests_per_second:.0f}")
+            print(f"  round {round_number + 1}: " + ", ".join(line), flush=True)
+    return {name: median(values) for name, values in rates.items() if values}
+
+
+def report(result: dict[str, float]) -> str:
+    health = result["health"]
+    lines = ["| path | req/s | ÷ `GET /health` | target |", "|---|---|---|---|"]
+    for name, label in LABELS.items():
+        if name not in result:
+            continue
+        target = f"≥ {TARGETS[name]}x" if name in TARGETS else ""
+        lines.append(f"| {label} | {result[name]:,.0f} | {result[name] / health:.2f} | {target} |")
+    refused = result["refused"]
+    lines.append("")
+    lines.append(
+        f"refused login vs Litestar RateLimitMiddleware: {refused / result['litestar_limiter']:.2f}x (target ≥ 2)"
+    )
+    if "slowapi" in result:
+        lines.append(f"refused login vs slowapi: {refused / result['slowapi']:.2f}x (target ≥ 3)")
+    return "\n".join(lines)
+
+
+def main() -> dict[str, float]:
+    parser = bench_parser(__doc__, rounds=True)
+    parser.set_defaults(rounds=3)
+    args = parser.parse_args()
+    result = run(args.rounds, args.seconds, args.database_url, args.redis_url)
+    print(
+        f"\nmedians of {args.rounds} rounds of {args.seconds:g} s, wrk -t{THREADS} -c{CONNECTIONS}, one uvicorn worker:"
+    )
+    print(report(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
