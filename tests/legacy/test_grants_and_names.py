@@ -8,6 +8,7 @@ refuses were stored as they were, and an unknown user type arrived that the pane
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import asyncpg
@@ -85,9 +86,17 @@ async def test_staff_role_grants_without_the_flask_credentials_and_a_rerun_impor
     assert grant["origin"] == "cli" and json.loads(grant["filters"])["user_id"] == fd.ADMIN
 
     # The way in: a one-time code from the CLI (recorded), then the panel.
-    recovered = await arun_cli(settings, "users", "recover", "--phone", ADMIN_PHONE)
+    recovered = await arun_cli(
+        settings,
+        "users",
+        "recover",
+        "--phone",
+        ADMIN_PHONE,
+        REDIS_URL=settings.redis_url or "",
+        REDIS_KEY_PREFIX=settings.redis_key_prefix,
+    )
     assert recovered.exit_code == 0, recovered.output
-    code = recovered.stdout.split(": ", 1)[1].splitlines()[0].strip()
+    (code,) = re.findall(r"one-time code for [^:]+: (\S+)", recovered.stdout)
     signed_in = await sign_in(client, ADMIN_PHONE, code)
     assert signed_in.status_code == 200, signed_in.text
     panel = await client.get("/api/admin/users", headers=bearer(signed_in.json()["access_token"]))
