@@ -47,7 +47,7 @@ from app.core.errors import (
     error_responses,
     try_again_in,
 )
-from app.core.http import BODY_ERRORS, user_agent_of
+from app.core.http import BODY_ERRORS, read_whole_body, user_agent_of
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.credentials.passwords import password_problem, pin_problem
 from app.db.models import User
@@ -440,7 +440,8 @@ class PhoneVerifyController(Controller):
         "/start",
         status_code=202,
         summary="Send a code by SMS to the signed-in account's number",
-        responses=error_responses(400, 401, 429, 503),
+        responses=error_responses(400, 401, 413, 429, 503),
+        guards=[read_whole_body],  # it takes no body; an oversized one is still the usual 413
     )
     async def start(
         self,
