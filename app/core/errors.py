@@ -220,8 +220,14 @@ def is_database_unavailable(exc: BaseException) -> bool:
             return True  # a Unix socket that is gone (FileNotFoundError), a connect that timed out
         if isinstance(current, asyncpg.InterfaceError) and "connection is closed" in str(current):
             return True
+        code = getattr(current, "sqlstate", None)
+        if isinstance(code, str) and code.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
+            return True  # a server shutting down or starting up (57P01-57P03), a connection failure (08...)
         current = current.__cause__ or current.__context__
     return False
+
+
+UNAVAILABLE_SQLSTATE_PREFIXES = ("57P01", "57P02", "57P03", "08")
 
 
 def _raised_by_the_driver(exc: BaseException) -> bool:

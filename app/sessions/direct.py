@@ -164,7 +164,7 @@ class SessionChecks:
         assert settings.database_url, "database_url is resolved before the app is built"
         pool = await asyncpg.create_pool(
             asyncpg_dsn(settings.database_url),
-            min_size=1,
+            min_size=0,  # no floor to restore: asyncpg would retry it, with a traceback, all through an outage
             max_size=session_checks_pool_size(settings),
             connection_class=QuietConnection,
             init=_init_connection,

@@ -54,6 +54,7 @@ from app.audit.pipeline.streams import (
     read_backlog_by_stream,
     unwritten_events,
 )
+from app.core.errors import is_database_unavailable
 from app.core.redis import RedisClient, is_cluster
 from app.core.redis_keys import KeySpace, stream_share
 from app.core.settings import Settings
@@ -291,9 +292,12 @@ class AuditWriter:
                 self._groups_ready = False  # then re-read what we hold in case an ACK was lost
                 await streams.after_redis_error(self.redis)
                 await self._pause(delay)
-            except Exception:
+            except Exception as exc:
                 # A bug must not silently end the pipeline while events pile up in Redis.
-                logger.exception("audit writer %s: unexpected error; retrying", self.consumer)
+                if is_database_unavailable(exc):  # e.g. Postgres starting up again: no bug, no traceback
+                    logger.warning("audit writer: Postgres unavailable (%s: %s); retrying", type(exc).__name__, exc)
+                else:
+                    logger.exception("audit writer %s: unexpected error; retrying", self.consumer)
                 await self._pause(backoff.next())
 
     async def ensure_groups(self) -> None:
