@@ -27,24 +27,23 @@ from app.db import migrations
 from tests.conftest import _first_signing_key, from_loopback
 from tests.helpers import bearer
 
-NOW = datetime.datetime.now(datetime.UTC)
-
 
 def minted(settings: Settings, kind: str, user_id: int, sid: uuid.UUID, jti: uuid.UUID, exp: datetime.datetime) -> str:
     """A token as the service issued it before this change (the Flask-era HS256 form; it still verifies)."""
     assert settings.jwt_secret
+    now = datetime.datetime.now(datetime.UTC)
     payload = {
         "sub": str(user_id),
         "type": kind,
         "jti": str(jti),
         "sid": str(sid),
         "role": "user",
-        "iat": NOW - datetime.timedelta(hours=1),
-        "nbf": NOW - datetime.timedelta(hours=1),
+        "iat": now - datetime.timedelta(hours=1),
+        "nbf": now - datetime.timedelta(hours=1),
         "exp": exp,
         "iss": settings.jwt_issuer,
         "aud": settings.jwt_audience,
-        "auth_time": int((NOW - datetime.timedelta(hours=1)).timestamp()),
+        "auth_time": int((now - datetime.timedelta(hours=1)).timestamp()),
     }
     return jwt.encode(payload, settings.jwt_secret, algorithm="HS256")
 
@@ -59,6 +58,9 @@ FAMILIES: dict[str, list[tuple[int, int, bool, str | None]]] = {
 
 
 async def fill(conn: asyncpg.Connection, settings: Settings) -> dict[str, dict[str, Any]]:
+    # Times are taken now, not at import: the suite may reach this test many minutes after collecting it,
+    # and a 10-minute access token minted at import would have expired by then.
+    now = datetime.datetime.now(datetime.UTC)
     user_id = await conn.fetchval(
         "INSERT INTO users (name, phone_number, password_hash, user_type, created_at, updated_at) "
         "VALUES ('Aline Uwase', '+250788000001', 'x', 'adolescent', now(), now()) RETURNING id"
@@ -69,8 +71,8 @@ async def fill(conn: asyncpg.Connection, settings: Settings) -> dict[str, dict[s
         tokens = []
         for minutes_ago, expires_in_days, rotated, revoked in rows:
             jti = uuid.uuid4()
-            created = NOW - datetime.timedelta(minutes=minutes_ago)
-            expires = NOW + datetime.timedelta(days=expires_in_days)
+            created = now - datetime.timedelta(minutes=minutes_ago)
+            expires = now + datetime.timedelta(days=expires_in_days)
             token = minted(settings, "refresh", user_id, sid, jti, expires)
             await conn.execute(
                 "INSERT INTO refresh_tokens (jti, family_id, user_id, token_hash, expires_at, rotated_at, revoked_at,"
@@ -82,13 +84,13 @@ async def fill(conn: asyncpg.Connection, settings: Settings) -> dict[str, dict[s
                 hashlib.sha256(token.encode()).hexdigest(),
                 expires,
                 created + datetime.timedelta(minutes=1) if rotated else None,
-                NOW - datetime.timedelta(minutes=45) if revoked else None,
+                now - datetime.timedelta(minutes=45) if revoked else None,
                 revoked,
                 f"{name}-device",
                 created,
             )
             tokens.append(token)
-        access = minted(settings, "access", user_id, sid, uuid.uuid4(), NOW + datetime.timedelta(minutes=10))
+        access = minted(settings, "access", user_id, sid, uuid.uuid4(), now + datetime.timedelta(minutes=10))
         families[name] = {"sid": str(sid), "newest_refresh": tokens[-1], "access": access}
     return families
 
@@ -135,7 +137,9 @@ def test_families_become_sessions_and_the_signed_in_stay_signed_in(base_settings
         assert by_name["live"]["ended_at"] is None and by_name["live"]["last_user_agent"] == "live-device"
         assert by_name["logged_out"]["end_reason"] == "logout"
         assert by_name["race_survivor"]["end_reason"] == "logout_all"  # ended when logout-all ran
-        assert by_name["expired"]["ended_at"] is None and by_name["expired"]["expires_at"] < NOW
+        assert by_name["expired"]["ended_at"] is None and by_name["expired"]["expires_at"] < datetime.datetime.now(
+            datetime.UTC
+        )
 
         answers = asyncio.run(check_app(scratch, families))
         assert answers["live"] == (200, 200)
