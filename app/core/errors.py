@@ -239,6 +239,19 @@ def _raised_by_the_driver(exc: BaseException) -> bool:
     return False
 
 
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of the error's root cause, never raising: advanced-alchemy's wrappers cannot
+    always be turned into text (``str()`` joins arguments that may be ``None``)."""
+    root = exc
+    while (inner := getattr(root, "orig", None) or root.__cause__) is not None and inner is not root:
+        root = inner
+    try:
+        text = str(root)
+    except Exception:  # a message that cannot be built must not lose the log line
+        text = "(no message)"
+    return f"{type(root).__name__}: {text}"
+
+
 class OutageLog:
     """One log line per outage, not one per request: the first failure is logged with its cause,
     the rest are counted, and the count is reported when failures stop for ``quiet_seconds``."""
@@ -255,7 +268,7 @@ class OutageLog:
             if self._count > 1:
                 logger.warning("%s: the previous outage answered %d requests with 503", self.name, self._count)
             self._count = 0
-            logger.error("%s unavailable (%s: %s); answering 503 until it is back", self.name, type(exc).__name__, exc)
+            logger.error("%s unavailable (%s); answering 503 until it is back", self.name, describe(exc))
         self._count += 1
         self._last = now
 

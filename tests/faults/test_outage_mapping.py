@@ -43,3 +43,23 @@ def test_an_outage_is_logged_once(caplog):
         for _ in range(100):
             log.failed(ConnectionRefusedError("refused"))
     assert len([r for r in caplog.records if "unavailable" in r.getMessage()]) == 1
+
+
+def test_an_outage_wrapped_by_advanced_alchemy_is_logged_by_its_cause(caplog):
+    """advanced-alchemy's errors join their arguments into text, and a ``None`` among them made the
+    outage's one log line a logging error (seen when Postgres refused connections: "too many clients")."""
+    from advanced_alchemy.exceptions import IntegrityError
+
+    try:
+        try:
+            raise asyncpg.TooManyConnectionsError("sorry, too many clients already")
+        except asyncpg.TooManyConnectionsError as cause:
+            raise IntegrityError(detail=None) from cause  # type: ignore[arg-type]
+    except IntegrityError as wrapped:
+        with pytest.raises(TypeError):
+            str(wrapped)  # what broke the log line
+        log = OutageLog("database", quiet_seconds=60)
+        with caplog.at_level("ERROR", logger="app.core.errors"):
+            log.failed(wrapped)
+    (line,) = [r.getMessage() for r in caplog.records if "unavailable" in r.getMessage()]
+    assert "TooManyConnectionsError: sorry, too many clients already" in line
