@@ -108,9 +108,9 @@ def run_peer(base: str, audience: str, given: dict[str, str]) -> dict[str, Any]:
         check=False,
     )
     shown = f"node peer.mjs exited {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+    print(shown)  # pytest shows it with any failure below, the caller's included
     assert done.returncode == 0, shown
     seen: dict[str, Any] = json.loads(done.stdout)
-    print(shown)  # shown by pytest when an assertion below fails
     return seen
 
 
