@@ -3,7 +3,7 @@
 tests/peers/node/peer.mjs runs express-oauth2-jwt-bearer (``auth({issuerBaseURL, audience})`` and
 ``requiredScopes``), jose on the discovered JWKS, and openid-client (discovery from the issuer,
 introspection with ``client_secret_basic``, client credentials) and prints what each answered; this
-side judges it. The packages are the ones tests/peers/node/package-lock.json pins, installed by
+side judges it, once for a server signing with ES256 and once with EdDSA. The packages are the ones tests/peers/node/package-lock.json pins, installed by
 ``npm ci`` (skipped when node_modules was installed from this very lock).
 
 The issuer is ``http://127.0.0.1:{port}``, as in development: express-oauth2-jwt-bearer refuses an
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import msgspec
 import pytest
 from click.testing import CliRunner
@@ -32,6 +33,7 @@ from click.testing import CliRunner
 from app.__main__ import main
 from app.core.embedded import free_port
 from app.core.settings import Settings
+from app.db import migrations
 from tests.helpers import STRONG_PASSWORD, new_phone
 from tests.platform.support import cli_env, run_cli
 from tests.servers import api_server
@@ -61,18 +63,28 @@ def npm_ci() -> None:
     INSTALLED_FROM.write_text(lock)
 
 
-@pytest.fixture(scope="module")
-def issuer(base_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Settings]]:
-    """A real server whose issuer (PUBLIC_URL) is its own address, as a peer reaches it."""
+@pytest.fixture(scope="module", params=["ES256", "EdDSA"])
+def issuer(
+    request: pytest.FixtureRequest, base_settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Settings, str]]:
+    """A real server whose issuer (PUBLIC_URL) is its own address, signing with the parameter's algorithm.
+
+    Each on a database of its own whose first key is of that algorithm: the peer pins none (issue 24:
+    a peer pinned to ES256 broke after a rotation to EdDSA).
+    """
     npm_ci()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    settings = msgspec.structs.replace(
-        base_settings, redis_key_prefix=f"le-test:{uuid.uuid4().hex[:12]}:", public_url=url, jwt_issuer=url
-    )
-    with api_server(settings, tmp_path_factory.mktemp("node-peer"), port=port, PUBLIC_URL=url) as base:
-        assert base == url
-        yield url, settings
+    with migrations.scratch_database(base_settings) as scratch:
+        migrations.upgrade(scratch)
+        first_key = run_cli(scratch, "keys", "rotate", "--alg", request.param)
+        assert first_key.exit_code == 0, first_key.output
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        settings = msgspec.structs.replace(
+            scratch, redis_key_prefix=f"le-test:{uuid.uuid4().hex[:12]}:", public_url=url, jwt_issuer=url
+        )
+        with api_server(settings, tmp_path_factory.mktemp("node-peer"), port=port, PUBLIC_URL=url) as base:
+            assert base == url
+            yield url, settings, request.param
 
 
 def signed_up(base: str) -> dict[str, Any]:
@@ -114,8 +126,8 @@ def run_peer(base: str, audience: str, given: dict[str, str]) -> dict[str, Any]:
     return seen
 
 
-def test_node_peer_with_the_issuer_and_audience_only(issuer: tuple[str, Settings]) -> None:
-    base, settings = issuer
+def test_node_peer_with_the_issuer_and_audience_only(issuer: tuple[str, Settings, str]) -> None:
+    base, settings, algorithm = issuer
     user = signed_up(base)
     staffer = support_staffer(base, settings)
     name = f"node-peer-{uuid.uuid4().hex[:8]}"
@@ -128,6 +140,8 @@ def test_node_peer_with_the_issuer_and_audience_only(issuer: tuple[str, Settings
         "client_id": name,
         "client_secret": created.stdout.strip(),
     }
+    signing = jwt.get_unverified_header(user["access_token"])
+    assert signing["alg"] == algorithm, signing  # the peer is told nothing of it
     seen = run_peer(base, settings.jwt_audience, given)
     sub = str(user["user_id"])
 
