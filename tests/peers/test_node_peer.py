@@ -3,8 +3,9 @@
 tests/peers/node/peer.mjs runs express-oauth2-jwt-bearer (``auth({issuerBaseURL, audience})`` and
 ``requiredScopes``), jose on the discovered JWKS, and openid-client (discovery from the issuer,
 introspection with ``client_secret_basic``, client credentials) and prints what each answered; this
-side judges it, once for a server signing with ES256 and once with EdDSA. The packages are the ones tests/peers/node/package-lock.json pins, installed by
-``npm ci`` (skipped when node_modules was installed from this very lock).
+side judges it, once for a server signing with ES256 and once with EdDSA. The packages are the
+ones tests/peers/node/package-lock.json pins, installed by ``npm ci`` (skipped when node_modules was
+installed from this very lock).
 
 The issuer is ``http://127.0.0.1:{port}``, as in development: express-oauth2-jwt-bearer refuses an
 http issuer only when ``NODE_ENV=production`` and openid-client only without
