@@ -42,10 +42,20 @@ def serve_env(settings: Settings, tmp_path: Path, *, redis_url: str | None = Non
 
 @contextlib.contextmanager
 def api_server(
-    settings: Settings, tmp_path: Path, *, redis_url: str | None = None, workers: int = 1, **env: str
+    settings: Settings,
+    tmp_path: Path,
+    *,
+    redis_url: str | None = None,
+    workers: int = 1,
+    port: int | None = None,
+    **env: str,
 ) -> Iterator[str]:
-    """Serve on a free port with the test database; yields the base URL, stops it afterwards."""
-    port = free_port()
+    """Serve on ``port`` (a free one if None) with the test database; yields the base URL, stops it afterwards.
+
+    A test whose peers start from the issuer alone picks the port first and passes
+    ``PUBLIC_URL=http://127.0.0.1:{port}``: then the issuer is where the server is.
+    """
+    port = port or free_port()
     environment = serve_env(settings, tmp_path, redis_url=redis_url, **env)
     log_path = tmp_path / f"server-{port}.log"
     with log_path.open("w") as log:
