@@ -29,7 +29,7 @@ async def test_an_event_arrives_signed_and_verifies_with_the_reference_library(
     [event] = receiver.accepted
     assert event["id"] == event_id and event["user_id"] == user and event["seq"] == 1
     assert event["type"] == "account.updated" and event["data"] == {"fields": {"personal_cycle_length": 20}}
-    body, headers = receiver.requests[0]
+    _, headers = receiver.requests[0]
     assert headers["webhook-id"] == event_id  # the same on every retry and replay: what receivers dedupe on
     assert headers["webhook-signature"].startswith("v1,")
     assert headers["content-type"] == "application/json"
