@@ -95,7 +95,7 @@ class WebhookService(SQLAlchemyAsyncRepositoryService[WebhookEndpoint]):
         return endpoint, secret
 
     async def endpoints(self) -> Sequence[WebhookEndpoint]:
-        return await self.list(order_by=[(WebhookEndpoint.id, False)])
+        return await self.get_many(order_by=[(WebhookEndpoint.id, False)])
 
     async def remove(self, endpoint_id: int) -> bool:
         """Delete the endpoint and its deliveries (pending ones are never sent)."""
