@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from app.core.settings import Settings
+from app.core.settings import ConfigError, Settings
 from app.webhooks.deliverer import WebhookDeliverer, backoff_seconds
 from tests.helpers import new_phone
 from tests.webhooks.support import Receiver, add_endpoint, deliveries, emit, eventually, new_user
@@ -127,3 +127,17 @@ async def failing(settings: Settings, endpoint: int, attempts: int) -> list[dict
             return rows
         await asyncio.sleep(0.02)
     raise AssertionError(f"the pending deliveries never failed {attempts} times")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"webhooks_retry_base_seconds": 10.0, "webhooks_retry_max_seconds": 5.0},
+        {"webhooks_max_attempts": 0},
+        {"webhooks_timeout_seconds": 0.0},
+        {"webhooks_poll_ms": 0},
+    ],
+)
+def test_unusable_webhook_settings_are_refused_at_start(settings: Settings, bad: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="WEBHOOKS_"):
+        msgspec.structs.replace(settings, **bad).validated()
