@@ -41,7 +41,7 @@ from standardwebhooks.webhooks import Webhook
 
 from app.core.settings import Settings, asyncpg_url
 from app.events.relay import encode_event
-from app.webhooks.sealing import unseal
+from app.webhooks.sealing import SecretUnreadable, unseal
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ class WebhookDeliverer:
         self.poll_seconds = settings.webhooks_poll_ms / 1000
         self.retention = datetime.timedelta(days=settings.account_events_retention_days)
         self._rounds: dict[int, asyncio.Task[int | None]] = {}
+        self._unreadable: set[int] = set()  # endpoints whose secret does not open with SIGNING_KEYS_SECRET
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -249,7 +250,7 @@ class WebhookDeliverer:
                     pass
                 for endpoint_id in await self.due_endpoints():
                     running = self._rounds.get(endpoint_id)
-                    if running is None or running.done():
+                    if endpoint_id not in self._unreadable and (running is None or running.done()):
                         self._rounds[endpoint_id] = asyncio.get_running_loop().create_task(
                             self._logged_round(endpoint_id), name=f"webhook-endpoint-{endpoint_id}"
                         )
@@ -269,6 +270,9 @@ class WebhookDeliverer:
     async def _logged_round(self, endpoint_id: int) -> int | None:
         try:
             return await self.deliver_round(endpoint_id)
+        except SecretUnreadable as exc:
+            self._unreadable.add(endpoint_id)  # said once: nothing changes until the operator acts
+            logger.error("%s: nothing is sent to it; add its URL again for a new secret", exc)  # names no secret
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             logger.warning(
                 "webhook endpoint %d: round stopped (%s); next poll retries", endpoint_id, type(exc).__name__
