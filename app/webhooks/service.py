@@ -163,12 +163,11 @@ RETURNING 1
 """  # noqa: S608 - constant fragments
 )
 _REPLAY_DEAD = text(
-    f"""
+    """
 UPDATE webhook_deliveries d
 SET status = 'pending', attempts = 0, next_attempt_at = now(), last_error = NULL, finished_at = NULL
-FROM account_events e, webhook_endpoints w
+FROM account_events e
 WHERE d.endpoint_id = :endpoint_id AND d.status = 'dead' AND e.id = d.event_id AND e.created_at >= :since
-  AND w.id = d.endpoint_id AND {_WANTED}
 RETURNING 1
-"""  # noqa: S608 - constant fragments
+"""
 )

@@ -118,16 +118,21 @@ async def test_dead_letters_do_not_block_a_users_later_events_and_replay_sends_t
         await until(lambda: _sent(deliverer, receiver, 1))
         assert receiver.seqs(user) == [2]
 
+        dead_only = await webhooks_cli(tuned, "replay", "--endpoint", str(endpoint), "--since", first, "--dead-only")
+        assert dead_only.exit_code == 0 and "queued 1 deliveries" in dead_only.output
+        await until(lambda: _sent(deliverer, receiver, 2))
+        assert [event["seq"] for event in receiver.accepted] == [2, 1]
+
         replayed = await webhooks_cli(tuned, "replay", "--endpoint", str(endpoint), "--since", first)
         assert replayed.exit_code == 0 and "queued 2 deliveries" in replayed.output
-        await until(lambda: _sent(deliverer, receiver, 3))
-        assert [event["seq"] for event in receiver.accepted] == [2, 1, 2]  # the replay in seq order
+        await until(lambda: _sent(deliverer, receiver, 4))
+        assert [event["seq"] for event in receiver.accepted] == [2, 1, 1, 2]  # the replay in seq order
         assert [row["status"] for row in await deliveries(tuned, endpoint)] == ["delivered", "delivered"]
 
-        only_dead = await webhooks_cli(
+        none_dead = await webhooks_cli(
             tuned, "replay", "--endpoint", str(endpoint), "--since", "2000-01-01", "--dead-only"
         )
-        assert only_dead.exit_code == 0 and "queued 0 deliveries" in only_dead.output
+        assert none_dead.exit_code == 0 and "queued 0 deliveries" in none_dead.output
     finally:
         await deliverer.close()
 
