@@ -32,7 +32,10 @@ class Receiver:
         self.requests: list[tuple[bytes, dict[str, str]]] = []  # every request as received
         self.refused: list[str] = []
         self.in_flight = 0
+        self.most_at_once = 0  # the most requests it held at one time
+        self.delay = 0.0  # seconds each answer takes
         self._released = threading.Event()
+        self._open = 0
         self._lock = threading.Lock()
         receiver = self
 
@@ -43,6 +46,19 @@ class Receiver:
                 with receiver._lock:
                     answer = receiver.answers.pop(0) if receiver.answers else receiver.default
                     receiver.requests.append((body, headers))
+                    receiver._open += 1
+                    receiver.most_at_once = max(receiver.most_at_once, receiver._open)
+                try:
+                    time.sleep(receiver.delay)
+                    status = self._status(body, headers, answer)
+                finally:
+                    with receiver._lock:
+                        receiver._open -= 1  # before the answer leaves: the sender's next request may follow at once
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def _status(self, body: bytes, headers: dict[str, str], answer: int | str) -> int:
                 if answer == "hang":
                     with receiver._lock:
                         receiver.in_flight += 1
@@ -61,9 +77,7 @@ class Receiver:
                     else:
                         with receiver._lock:
                             receiver.accepted.append(event)
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
+                return status
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -151,3 +151,29 @@ async def settled(settings: Settings, endpoint: int) -> list[dict[str, Any]]:
             return rows
         await asyncio.sleep(0.02)
     raise AssertionError("deliveries still pending")
+
+
+@pytest.mark.slow
+async def test_deliverers_in_several_processes_take_turns_per_endpoint_and_keep_each_users_order(
+    hook_settings: Settings, receiver: Receiver
+) -> None:
+    """Three deliverers with connections of their own, as three API processes would run them."""
+    assert hook_settings.database_url
+    receiver.delay = 0.01
+    receiver.answers = [500, 200, 503, 200, 500]  # some failures, so retries interleave with new events
+    users = [await new_user(hook_settings, new_phone()) for _ in range(3)]
+    endpoint = await add_endpoint(hook_settings, receiver)
+    deliverers = [WebhookDeliverer(hook_settings.database_url, hook_settings) for _ in range(3)]
+    for deliverer in deliverers:
+        deliverer.start()
+    try:
+        for _ in range(4):
+            for user in users:
+                await emit(hook_settings, user)
+        rows = await settled(hook_settings, endpoint)
+    finally:
+        for deliverer in deliverers:
+            await deliverer.stop()
+    assert {row["status"] for row in rows} == {"delivered"}
+    assert all(receiver.seqs(user) == [1, 2, 3, 4] for user in users)
+    assert receiver.most_at_once == 1  # one deliverer at a time sent to the endpoint
