@@ -17,6 +17,7 @@ from app.cli.serve import serve
 from app.cli.services import services
 from app.cli.sessions import sessions
 from app.cli.users import users
+from app.cli.webhooks import webhooks
 from app.core.logs import configure_logging
 
 
@@ -28,6 +29,7 @@ def main() -> None:
 for _command in (serve, db, audit, users, accounts, keys, services, legacy, loadtest):
     main.add_command(_command)
 main.add_command(sessions)
+main.add_command(webhooks)
 
 
 if __name__ == "__main__":

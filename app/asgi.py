@@ -57,6 +57,7 @@ from app.sessions.controller import SessionsController
 from app.sessions.direct import SessionChecks
 from app.sessions.tokens import TokenIssuer
 from app.ussd.controller import USSD_HANDLERS
+from app.webhooks.deliverer import WebhookDeliverer
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -135,6 +136,11 @@ def create_app(settings: Settings) -> Litestar:
         if settings.account_events_relay_enabled:
             app.state.account_relay = AccountEventRelay(redis, engine, keys, settings)
             app.state.account_relay.start()
+        app.state.webhooks = None
+        if settings.webhooks_enabled:
+            # Its own connections and tasks: a slow endpoint never holds what a request needs.
+            app.state.webhooks = WebhookDeliverer(engine.url.render_as_string(hide_password=False), settings)
+            app.state.webhooks.start()
         # The backlog probe also refreshes the /metrics gauges, with or without a writer in this process.
         backlog = BacklogProbe(redis, keys, metrics, settings.audit_max_backlog)
         app.state.keys_refresher = KeyRingRefresher(app.state.keyring, engine, settings)
@@ -157,6 +163,8 @@ def create_app(settings: Settings) -> Litestar:
             await app.state.audit_writer.stop()  # drains what it read before the pool closes
         if app.state.account_relay is not None:
             await app.state.account_relay.stop()
+        if app.state.webhooks is not None:
+            await app.state.webhooks.stop()
         if app.state.sms_sender is not None:
             await app.state.sms_sender.close()
         await app.state.redis.aclose()

@@ -36,6 +36,8 @@ TABLES = (
     "users",
     "account_events",
     "admin_actions",
+    "webhook_endpoints",
+    "webhook_deliveries",
 )
 
 
@@ -81,6 +83,9 @@ def base_settings(server_urls: dict[str, str], tmp_path_factory: pytest.TempPath
         audit_flush_ms=20,
         # The suite's Redis keeps nothing between runs; tests that build production apps start on it.
         redis_persistence_check="off",
+        # A webhook deliverer per app would add connections and a poll to every test that starts one;
+        # tests/webhooks turns it on where it is what is tested.
+        webhooks_enabled=False,
     )
     with migrations.scratch_database(settings, name=f"le_test_{uuid.uuid4().hex[:10]}") as run_settings:
         migrations.upgrade(run_settings)

@@ -155,6 +155,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     account_events_relay_enabled: bool = True
     account_events_poll_ms: int = 500
     account_events_retention_days: int = 30
+    # Webhooks (app/webhooks; docs/account-events.md "Webhooks"): a deliverer in each API process unless off.
+    webhooks_enabled: bool = True
+    webhooks_poll_ms: int = 1000
+    webhooks_timeout_seconds: float = 10.0  # per request: connect, send and read the answer
+    webhooks_max_attempts: int = 18  # then the delivery is dead-lettered (`webhooks dead-letters`, `replay`)
+    webhooks_retry_base_seconds: float = 5.0  # the wait after the first failure; doubles with each failure
+    webhooks_retry_max_seconds: float = 3600.0  # and never exceeds this
     # /health answers 503 (with the reason) when reading users takes longer than this, or the oldest
     # unwritten audit event is older than that.
     health_sign_in_threshold_ms: int = 1000
@@ -197,6 +204,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ConfigError("AUDIT_MAX_BACKLOG must be at least 1")
         if self.account_events_retention_days < 1 or self.account_events_poll_ms < 1:
             raise ConfigError("ACCOUNT_EVENTS_RETENTION_DAYS and ACCOUNT_EVENTS_POLL_MS must be at least 1")
+        if (
+            self.webhooks_poll_ms < 1
+            or self.webhooks_max_attempts < 1
+            or not 0 < self.webhooks_timeout_seconds <= 300
+            or not 0 < self.webhooks_retry_base_seconds <= self.webhooks_retry_max_seconds
+        ):
+            raise ConfigError(
+                "WEBHOOKS_POLL_MS and WEBHOOKS_MAX_ATTEMPTS must be at least 1, WEBHOOKS_TIMEOUT_SECONDS 0-300, "
+                "and 0 < WEBHOOKS_RETRY_BASE_SECONDS <= WEBHOOKS_RETRY_MAX_SECONDS"
+            )
         if not 1 <= self.audit_partitions_ahead <= 120:
             raise ConfigError("AUDIT_PARTITIONS_AHEAD must be 1-120 months")
         if self.refresh_reuse_grace_seconds < 0 or self.access_token_minutes < 1 or self.refresh_token_days < 1:

@@ -1,5 +1,6 @@
 """Tables: users (every Flask-era column plus ``role``), sessions, refresh_tokens, login_attempts (partitioned),
-login_attempts_hourly, audit_queries, signing_keys, service_credentials, account_events, admin_actions."""
+login_attempts_hourly, audit_queries, signing_keys, service_credentials, account_events, admin_actions,
+webhook_endpoints, webhook_deliveries."""
 
 from __future__ import annotations
 
@@ -267,6 +268,8 @@ class AccountEvent(DefaultBase):
         Index("ix_account_events_unpublished", "created_at", "id", postgresql_where=text("published_at IS NULL")),
         # Pruning published rows past the retention.
         Index("ix_account_events_published_at", "published_at", postgresql_where=text("published_at IS NOT NULL")),
+        # The webhook fan-out's queue (app/webhooks/deliverer.py), as the relay's above.
+        Index("ix_account_events_unfanned", "created_at", "id", postgresql_where=text("fanned_out_at IS NULL")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)  # UUIDv7
@@ -278,6 +281,8 @@ class AccountEvent(DefaultBase):
         DateTimeUTC(timezone=True), server_default=text("clock_timestamp()")
     )
     published_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    # When the webhook fan-out made this event's deliveries (one per subscribed endpoint).
+    fanned_out_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
 
 
 class AdminAction(IdentityBase):
@@ -302,3 +307,58 @@ class AdminAction(IdentityBase):
     target_user_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
     details: Mapped[dict[str, Any]] = mapped_column(JSONB)
     client_ip: Mapped[str | None] = mapped_column(INET, default=None)
+
+
+WEBHOOK_DELIVERY_STATUSES = ("pending", "delivered", "dead")
+
+
+class WebhookEndpoint(IdentityBase):
+    """A URL that receives account events as Standard Webhooks (app/webhooks), registered by the CLI.
+
+    ``secret`` is the ``whsec_`` signing secret, AES-GCM encrypted under SIGNING_KEYS_SECRET: it must
+    be usable to sign, so it cannot be hashed. ``event_types`` lists event types, or ``*`` for all.
+    """
+
+    __tablename__ = "webhook_endpoints"
+
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types: Mapped[list[str]] = mapped_column(ARRAY(String(48)))
+    secret: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime.datetime] = mapped_column(
+        DateTimeUTC(timezone=True), server_default=text("clock_timestamp()")
+    )
+
+
+class WebhookDelivery(IdentityBase):
+    """One event to one endpoint: pending until the endpoint answers 2xx (delivered) or the attempts run out (dead).
+
+    No foreign key to ``account_events``: the body is read from the event when it is sent (an erased
+    account's events go out scrubbed), and a delivery outlives an event pruned under it.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        Index("uq_webhook_deliveries_endpoint_event", "endpoint_id", "event_id", unique=True),
+        # Each user's oldest pending delivery to an endpoint is the only one that may be sent.
+        Index(
+            "ix_webhook_deliveries_pending",
+            "endpoint_id",
+            "user_id",
+            "seq",
+            postgresql_where=text("status = 'pending'"),
+        ),
+        Index("ix_webhook_deliveries_finished_at", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
+        CheckConstraint("status IN ('pending', 'delivered', 'dead')", name="status"),
+    )
+
+    endpoint_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(12), default="pending", server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), server_default=func.now())
+    last_attempt_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
+    last_error: Mapped[str | None] = mapped_column(String(255), default=None)
+    created_at: Mapped[datetime.datetime] = mapped_column(DateTimeUTC(timezone=True), server_default=func.now())
+    finished_at: Mapped[datetime.datetime | None] = mapped_column(DateTimeUTC(timezone=True), default=None)
