@@ -73,6 +73,10 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
             "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": True},
             "pgserver": {"level": "WARNING"},
             "alembic.runtime.plugins": {"level": "WARNING"},
+            # httpx logs every request's URL at INFO: a webhook endpoint's or the SMS provider's URL
+            # may carry a token in its path, and the deliverer logs what matters itself.
+            "httpx": {"level": "WARNING"},
+            "httpcore": {"level": "WARNING"},
         },
     }
 
