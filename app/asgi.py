@@ -41,6 +41,7 @@ from app.core.settings import Settings
 from app.credentials.passwords import Hasher
 from app.db.config import sqlalchemy_config
 from app.events.backlog import outbox_check
+from app.events.controller import EventSchemasController
 from app.events.relay import AccountEventRelay
 from app.health import HealthChecks, HealthController, MetricsController, audit_lag_check, database_check
 from app.keys.keyring import KeyRingRefresher, load_keyring
@@ -175,6 +176,7 @@ def create_app(settings: Settings) -> Litestar:
             *PLATFORM_HANDLERS,
             *USSD_HANDLERS,
             *RECOVERY_HANDLERS,
+            EventSchemasController,
         ],
         dependencies={**AUTH_DEPENDENCIES, **ROLE_DEPENDENCIES},  # ROLE_DEPENDENCIES: the audit API's auditor/admin
         plugins=[SQLAlchemyPlugin(config=db_config)],

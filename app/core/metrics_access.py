@@ -2,8 +2,9 @@
 
 A token on the API's own port, rather than a separate listener (``METRICS_PORT``): with several
 uvicorn workers a second listener per worker would fight over one port, while a guarded route works
-for any number of workers (each answers for the whole instance: app/core/prometheus.py). Without ``METRICS_TOKEN``, production refuses ``/metrics``; development and
-tests keep it open on their loopback address.
+for any number of workers (each answers for the whole instance: app/core/prometheus.py). Without
+``METRICS_TOKEN``, production refuses ``/metrics``; development and tests keep it open on their
+loopback address.
 """
 
 from __future__ import annotations
