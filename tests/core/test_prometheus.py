@@ -110,13 +110,13 @@ def exposed_names(base: str) -> set[str]:
 
 def test_every_scrape_sees_the_whole_instance_and_no_counter_goes_back(instance: tuple[str, Path]) -> None:
     base, metrics_dir = instance
-    sent = 0
+    sent, victim = 0, 0
     previous: dict[Any, float] = {}
     start_times: set[float] = set()
-    for round_ in range(30):
-        if round_ == 15:
+    for round_ in range(20):
+        if round_ == 10:
             # A worker dies without a word (OOM killer): uvicorn starts another; what it counted stays.
-            victim = max(worker_files(metrics_dir))
+            victim = max(worker_files(metrics_dir).items(), key=lambda item: probe_count_in(item[1]))[0]
             os.kill(victim, signal.SIGKILL)
         drive(base, 10)
         sent += 10
@@ -125,7 +125,8 @@ def test_every_scrape_sees_the_whole_instance_and_no_counter_goes_back(instance:
             for key, number in samples.items():
                 if is_cumulative(key[0]) and key in previous:
                     assert number >= previous[key], f"{key} went back from {previous[key]} to {number}"
-            assert set(previous) - set(samples) == set(), "a series disappeared"
+            gone = {key for key in set(previous) - set(samples) if is_cumulative(key[0])}
+            assert not gone, f"counted series disappeared: {gone}"  # a dead worker's live gauges may go
             previous = samples
             starts = [number for (name, _), number in samples.items() if name == "process_start_time_seconds"]
             assert len(starts) == 1, starts
@@ -142,7 +143,9 @@ def test_every_scrape_sees_the_whole_instance_and_no_counter_goes_back(instance:
 
     served_by = {pid: probe_count_in(path) for pid, path in worker_files(metrics_dir).items()}
     assert sum(served_by.values()) == sent
-    assert len([pid for pid, count in served_by.items() if count]) >= 3, served_by  # two workers and the new one
+    # Both workers answered probes, and a third one replaced the killed worker, whose counts stayed.
+    assert len(served_by) >= 3 and len([pid for pid, count in served_by.items() if count]) >= 2, served_by
+    assert served_by[victim] > 0, served_by
     assert not (metrics_dir / "counter_1.db").exists()
 
     samples = scrape(base)
