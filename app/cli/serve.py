@@ -41,7 +41,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     # One metrics directory for the instance, before any worker imports prometheus_client: /metrics
     # then merges every worker's counters, whichever worker answers the scrape.
-    with instance_metrics_dir(), servers_for(settings) as resolved:
+    with instance_metrics_dir(workers), servers_for(settings) as resolved:
         migrations.upgrade(resolved)
         # Workers are separate processes: hand them the resolved URLs and development secrets.
         os.environ.update(

@@ -31,18 +31,18 @@ _LIVE_FILE = re.compile(r"gauge_live\w+?_(\d+)\.db")
 
 
 @contextlib.contextmanager
-def instance_metrics_dir() -> Iterator[Path]:
+def instance_metrics_dir(workers: int) -> Iterator[Path]:
     """The instance's metrics directory, emptied now; set in the environment the workers inherit.
 
     ``PROMETHEUS_MULTIPROC_DIR`` if the deployment names one (one directory per instance: two
     instances sharing one would add up each other's counters), else a temporary directory removed
-    when the instance stops. Called before anything imports prometheus_client (it picks its storage
-    at import).
+    when the instance stops. prometheus_client picks its storage when it is imported: worker processes
+    import it afresh, but one worker runs in this process, which must not have imported it yet.
     """
-    if "prometheus_client" in sys.modules:
+    if workers == 1 and "prometheus_client" in sys.modules:
         raise RuntimeError(
-            "prometheus_client was imported before serve set PROMETHEUS_MULTIPROC_DIR: import metric "
-            "modules lazily in the CLI, or the workers' metrics are not merged"
+            "prometheus_client was imported before serve set PROMETHEUS_MULTIPROC_DIR: the CLI must import "
+            "modules that define metrics lazily, or /metrics misses this process's"
         )
     configured = os.environ.get(MULTIPROC_ENV)
     if configured:
