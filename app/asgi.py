@@ -12,7 +12,6 @@ from litestar.datastructures import State
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from litestar.types import ASGIApp
 
 from app.accounts.controller import AuthController
@@ -34,14 +33,17 @@ from app.core.edge import exit_with_parent
 from app.core.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
 from app.core.gc import freeze_startup_heap
 from app.core.logs import AccessLog, formatter_config
-from app.core.metrics_access import require_metrics_token
+from app.core.prometheus import mark_worker_exited
 from app.core.redis import create_redis, require_persistence
 from app.core.redis_keys import KeySpace
+from app.core.request_metrics import request_metrics
 from app.core.settings import Settings
 from app.credentials.passwords import Hasher
 from app.db.config import sqlalchemy_config
+from app.events.backlog import outbox_check
+from app.events.controller import EventSchemasController
 from app.events.relay import AccountEventRelay
-from app.health import HealthChecks, HealthController, audit_lag_check, database_check
+from app.health import HealthChecks, HealthController, MetricsController, audit_lag_check, database_check
 from app.keys.keyring import KeyRingRefresher, load_keyring
 from app.login.controller import LoginController
 from app.login.gate import LoginGate
@@ -60,13 +62,6 @@ from app.ussd.controller import USSD_HANDLERS
 from app.webhooks.deliverer import WebhookDeliverer
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-class MetricsController(PrometheusController):
-    """``GET /metrics``: Prometheus text, not part of the JSON API's schema; needs METRICS_TOKEN."""
-
-    include_in_schema = False
-    guards = [require_metrics_token]
 
 
 async def require_json_body(request: Request[Any, Any, Any]) -> None:
@@ -151,6 +146,7 @@ def create_app(settings: Settings) -> Litestar:
                 "redis": redis.ping,
                 "audit": audit_lag_check(backlog.check, settings.health_audit_lag_seconds),
                 "sms": sms_check(redis, app.state.limiter, settings),
+                "outbox": outbox_check(engine),
             }
         )
         freeze_startup_heap()
@@ -171,6 +167,7 @@ def create_app(settings: Settings) -> Litestar:
         await app.state.session_checks.close()
         await app.state.audit_pool.dispose()
         app.state.hasher.close()
+        mark_worker_exited()
 
     return Litestar(
         route_handlers=[
@@ -187,6 +184,7 @@ def create_app(settings: Settings) -> Litestar:
             *PLATFORM_HANDLERS,
             *USSD_HANDLERS,
             *RECOVERY_HANDLERS,
+            EventSchemasController,
         ],
         dependencies={**AUTH_DEPENDENCIES, **ROLE_DEPENDENCIES},  # ROLE_DEPENDENCIES: the audit API's auditor/admin
         plugins=[SQLAlchemyPlugin(config=db_config)],
@@ -194,7 +192,7 @@ def create_app(settings: Settings) -> Litestar:
         on_shutdown=[stop],
         before_request=require_json_body,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[PrometheusConfig(app_name="ladys_essence_auth", group_path=True).middleware],
+        middleware=[request_metrics()],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="Lady's Essence Auth",

@@ -1,4 +1,4 @@
-"""``GET /health``: the Flask-era shape plus a check of each dependency.
+"""``GET /health``: the Flask-era shape plus a check of each dependency; ``GET /metrics`` for Prometheus.
 
 Checks run at most once per ``CACHE_SECONDS`` and concurrent callers share one run, so a load
 balancer polling hard (or a login storm with its health probes) cannot turn health checks into a
@@ -17,8 +17,13 @@ import msgspec
 from litestar import Controller, Response, get
 from litestar.datastructures import State
 from litestar.openapi.datastructures import ResponseSpec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+
+from app.core.metrics_access import require_metrics_token
+from app.core.prometheus import NAMESPACE, scrape_registry
 
 CHECK_TIMEOUT_SECONDS = 2.0
 CACHE_SECONDS = 1.0
@@ -146,3 +151,42 @@ class HealthController(Controller):
             reasons=reasons,
         )
         return Response(body, status_code=200 if healthy else 503)
+
+
+class _OutboxBacklog:
+    """The outbox backlog as the health check last measured it (at most ``CACHE_SECONDS`` ago)."""
+
+    def __init__(self, check: dict[str, Any] | None) -> None:
+        self.check = check or {}
+
+    def collect(self) -> Any:
+        if self.check.get("status") != "ok":
+            return  # Postgres unreachable: no number rather than a wrong one (``/health`` says why)
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_account_events_unpublished",
+            "Account events committed and not yet on the accounts stream (the outbox backlog).",
+            value=self.check["unpublished"],
+        )
+        yield GaugeMetricFamily(
+            f"{NAMESPACE}_account_events_oldest_unpublished_seconds",
+            "Age of the oldest account event not yet on the accounts stream, in seconds (0 when none).",
+            value=self.check["oldest_seconds"],
+        )
+
+
+class MetricsController(Controller):
+    """``GET /metrics``: Prometheus text for the whole instance, every worker merged; needs METRICS_TOKEN.
+
+    Gauges measured at scrape time (the backlogs, the SMS budget) come from the health checks, run at
+    most once per ``CACHE_SECONDS`` whatever the number of scrapers.
+    """
+
+    path = "/metrics"
+    include_in_schema = False
+    guards = [require_metrics_token]
+
+    @get("/", cache_control=None)
+    async def metrics(self, state: State) -> Response[bytes]:
+        checks = await state.health_checks.current()
+        registry = scrape_registry(_OutboxBacklog(checks.get("outbox")))
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -218,7 +218,7 @@ def refused_counts(base: str) -> dict[str, float]:
     """The gate's refusals by reason, from the worker's /metrics (open outside production)."""
     counts: dict[str, float] = {}
     for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
-        if line.startswith("ladys_essence_login_refused_total{"):
+        if line.startswith("ladys_essence_auth_login_refused_total{"):
             labels, value = line.rsplit(" ", 1)
             counts[labels.split('reason="', 1)[1].split('"', 1)[0]] = float(value)
     return counts

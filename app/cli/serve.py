@@ -26,6 +26,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     from app.core.edge import protocol_path
     from app.core.embedded import servers_for
     from app.core.logs import logging_config
+    from app.core.prometheus import instance_metrics_dir
     from app.db import migrations
 
     settings = load_settings()
@@ -38,7 +39,9 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     # supervisor handles the signal itself and returns normally).
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
-    with servers_for(settings) as resolved:
+    # One metrics directory for the instance, before any worker imports prometheus_client: /metrics
+    # then merges every worker's counters, whichever worker answers the scrape.
+    with instance_metrics_dir(workers), servers_for(settings) as resolved:
         migrations.upgrade(resolved)
         # Workers are separate processes: hand them the resolved URLs and development secrets.
         os.environ.update(

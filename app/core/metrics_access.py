@@ -1,10 +1,10 @@
 """Who may read ``GET /metrics``: Prometheus with ``Authorization: Bearer $METRICS_TOKEN``.
 
-A token on the API's own port, rather than a separate listener (``METRICS_PORT``): metrics live in
-each worker process's default registry, and with several uvicorn workers a second listener per
-worker would fight over one port, while a guarded route works for any number of workers exactly as
-the open route did. Without ``METRICS_TOKEN``, production refuses ``/metrics``; development and
-tests keep it open on their loopback address.
+A token on the API's own port, rather than a separate listener (``METRICS_PORT``): with several
+uvicorn workers a second listener per worker would fight over one port, while a guarded route works
+for any number of workers (each answers for the whole instance: app/core/prometheus.py). Without
+``METRICS_TOKEN``, production refuses ``/metrics``; development and tests keep it open on their
+loopback address.
 """
 
 from __future__ import annotations

@@ -15,16 +15,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.errors import ServiceUnavailable
+from app.core.prometheus import NAMESPACE
 from app.core.settings import Settings
 from app.db.models import SigningKey
 from app.keys.material import KeyMaterialError, PrivateKey, unseal, verifying_key
 from app.keys.schedule import PUBLISHED, KeyState, Placement, schedule
 
 logger = logging.getLogger("app.keys")
+
+REFRESH_FAILURES = Counter(
+    "signing_keys_refresh_failures",
+    "Re-reads of the signing key set that failed (the previous set stays in use), by reason: "
+    "unreadable (a row that cannot be opened) or unavailable (Postgres did not answer).",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+for _reason in ("unreadable", "unavailable"):
+    REFRESH_FAILURES.labels(_reason)  # exposed as 0 from the start, so a first failure is an increase
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +163,8 @@ class KeyRingRefresher:
             try:
                 self._ring.replace(await read_keys(self._engine, self._settings))
             except KeyMaterialError as exc:
+                REFRESH_FAILURES.labels("unreadable").inc()
                 logger.error("signing keys not refreshed, keeping the previous set: %s", exc)
             except Exception as exc:  # Postgres away: the keys in hand keep working
+                REFRESH_FAILURES.labels("unavailable").inc()
                 logger.warning("signing keys not refreshed, keeping the previous set: %s", type(exc).__name__)

@@ -24,6 +24,7 @@ from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
 from app.core.errors import AppError, LimiterUnavailable, PayloadTooLarge, RateLimited, encode_error, try_again_in
 from app.core.http import user_agent_of
 from app.core.phones import PhoneNumberError, normalise_phone
+from app.core.prometheus import NAMESPACE
 from app.core.settings import Settings
 from app.login.attempt import LoginAttempt
 from app.ratelimit.client_ip import ClientResolver
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 ATTEMPT_STATE_KEY = "login_attempt"
 # Refusals answered here never reach Litestar's request metrics: count them ourselves.
 LOGIN_REFUSED = Counter(
-    "login_refused", "Login attempts refused before any handler ran, by reason.", ["reason"], namespace="ladys_essence"
+    "login_refused", "Login attempts refused before any handler ran, by reason.", ["reason"], namespace=NAMESPACE
 )
 
 

@@ -2,7 +2,7 @@
 
 The global daily budget spent is not an outage: the app keeps serving and recovery goes by USSD,
 so the check stays ``ok`` (a failing check would take the host out of its load balancer) and says
-``sending: false`` with the budget left; the gauge ``ladys_essence_sms_daily_budget_left`` shows
+``sending: false`` with the budget left; the gauge ``ladys_essence_auth_sms_daily_budget_left`` shows
 the same to monitoring.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from prometheus_client import Gauge
 
+from app.core.prometheus import NAMESPACE
 from app.core.redis import RedisClient
 from app.core.settings import Settings
 from app.ratelimit.limiter import LoginLimiter
@@ -23,8 +24,8 @@ DAY_MS = 24 * 3_600_000
 SMS_BUDGET_LEFT = Gauge(
     "sms_daily_budget_left",
     "SMS requests left in the global daily budget (SMS_DAILY_BUDGET); 0: no SMS is sent, recovery goes by USSD.",
-    namespace="ladys_essence",
-    multiprocess_mode="min",
+    namespace=NAMESPACE,
+    multiprocess_mode="mostrecent",
 )
 
 

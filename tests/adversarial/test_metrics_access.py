@@ -39,7 +39,7 @@ async def test_metrics_need_the_token(client: Any) -> None:
     allowed = await client.get("/metrics", headers=bearer(TOKEN))
     assert allowed.status_code == 200
     assert allowed.headers["content-type"].startswith("text/plain")
-    assert "ladys_essence_audit_events_published_total" in allowed.text
+    assert "ladys_essence_auth_audit_events_published_total" in allowed.text
 
 
 def test_production_refuses_a_guessable_metrics_token() -> None:

@@ -183,7 +183,7 @@ async def test_metrics_is_prometheus_text_outside_the_json_schema(client: Any) -
     response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
-    assert "ladys_essence_audit_events_published_total" in response.text
+    assert "ladys_essence_auth_audit_events_published_total" in response.text
 
 
 # ---- the answers random data seldom reaches -----------------------------------------------------

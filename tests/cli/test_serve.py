@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.embedded import free_port
 from tests.helpers import STRONG_PASSWORD
@@ -38,6 +39,15 @@ def start(data_dir, port):
     raise AssertionError("serve did not become healthy in time")
 
 
+def scrape(base):
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
 def stop(process, signum=signal.SIGINT):
     process.send_signal(signum)
     try:
@@ -61,6 +71,13 @@ def test_serve_from_nothing_then_again_finds_the_same_users(tmp_path):
             timeout=10,
         )
         assert register.status_code == 201, register.text
+        # One worker is served from the instance's metrics directory too: what it counted, one start time.
+        labels = (("method", "POST"), ("path", "/api/auth/register"), ("status_code", "201"))
+        deadline = time.monotonic() + 5  # counted just after the answer went out
+        while (metrics := scrape(base)).get(("ladys_essence_auth_requests_total", labels)) != 1:
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.1)
+        assert [name for name, _ in metrics if name == "process_start_time_seconds"] == ["process_start_time_seconds"]
     finally:
         output = stop(process)
     assert "/schema" in output  # tells the person where the API docs are

@@ -14,10 +14,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 # Where they were before the writer's Redis plumbing got its own module; tests and benches use them.
 from app.audit.pipeline.streams import GROUP, Backlog, read_backlog, unwritten_events
+from app.core.prometheus import NAMESPACE
 
 __all__ = ["GROUP", "NAMESPACE", "AuditMetrics", "Backlog", "read_backlog", "shared_metrics", "unwritten_events"]
-
-NAMESPACE = "ladys_essence"
 
 
 class AuditMetrics:
@@ -28,7 +27,10 @@ class AuditMetrics:
             return Counter(f"audit_{name}", doc, namespace=NAMESPACE, registry=self.registry)
 
         def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(f"audit_{name}", doc, namespace=NAMESPACE, registry=self.registry)
+            # Every process measures the same Redis: with several workers the latest measurement is the value.
+            return Gauge(
+                f"audit_{name}", doc, namespace=NAMESPACE, registry=self.registry, multiprocess_mode="mostrecent"
+            )
 
         self.events_published = counter("events_published", "Login events appended to the Redis audit streams.")
         self.events_written = counter("events_written", "Rows the audit writer inserted into login_attempts.")

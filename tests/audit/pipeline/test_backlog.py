@@ -89,8 +89,8 @@ async def test_refusals_past_the_bound_go_to_postgres_once_each(client, settings
     assert audit["backlog_full"] is True
     assert audit["max_backlog"] == 4 and audit["stream_length"] == 2
     metrics = (await client.get("/metrics")).text
-    assert "ladys_essence_audit_backlog_full 1.0" in metrics
-    assert "ladys_essence_audit_events_backlog_direct_total" in metrics
+    assert "ladys_essence_auth_audit_backlog_full 1.0" in metrics
+    assert "ladys_essence_auth_audit_events_backlog_direct_total" in metrics
 
     # The writer comes back: what the streams held joins the rest, and each attempt is one row.
     engine = create_async_engine(asyncpg_url(settings.database_url or ""), pool_size=2)
