@@ -104,3 +104,36 @@ async def test_basic_credentials_with_encoded_colon_and_plus(client: Any, settin
     for bad in (basic(name, secret + ":x"), basic(name, secret[:-1] + "+"), basic(name + ":" + secret, "")):
         answer = await client.post("/oauth/token", headers={**bad, **FORM}, content=b"grant_type=client_credentials")
         assert answer.status_code == 401, answer.text
+
+
+async def test_a_service_token_opens_no_user_staff_or_wider_door(client: Any, settings: Settings) -> None:
+    """A services' token (aud = the issuer, ``type: service``) where users' and staff's tokens go, a scope the
+    credential lacks asked for, and a token of one scope used on another's route."""
+    name = unique("narrow")
+    secret = await new_credential(settings, name, "introspect")
+    token = await access_token(client, name, secret)
+    user = await registered(client)
+    for method, path in [
+        ("GET", "/api/auth/profile"),
+        ("GET", "/api/auth/sessions"),
+        ("POST", "/api/auth/logout"),
+        ("GET", "/api/admin/users/"),
+        ("GET", f"/api/admin/users/{user['user_id']}"),
+        ("GET", "/api/audit/login-attempts"),
+        ("GET", "/api/audit/queries"),
+        ("GET", "/api/audit/admin-actions/"),
+        ("GET", f"/api/internal/users/{user['user_id']}"),  # users:read, which this credential lacks
+    ]:
+        answer = await client.request(method, path, headers=bearer(token))
+        assert answer.status_code in (401, 403), f"{method} {path}: {answer.status_code} {answer.text}"
+
+    wider = await client.post(
+        "/oauth/token",
+        headers={**basic(name, secret), **FORM},
+        content=b"grant_type=client_credentials&scope=introspect+users%3Aread",
+    )
+    assert wider.status_code == 400 and wider.json()["error"] == "invalid_scope", wider.text
+    renewed = await client.post(  # an access token cannot mint another (nor outlive its credential that way)
+        "/oauth/token", headers={**bearer(token), **FORM}, content=b"grant_type=client_credentials"
+    )
+    assert renewed.status_code == 401, renewed.text
