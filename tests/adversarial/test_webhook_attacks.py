@@ -52,7 +52,7 @@ async def test_an_account_erased_during_a_round_is_not_sent_afterwards(
     client: Any, db: Any, patient: Settings, receiver: Receiver
 ) -> None:
     admin, _ = await panel_admin(client, db)
-    await add_endpoint(patient, receiver)
+    endpoint = await add_endpoint(patient, receiver)
     people = {}
     for name in ("Ineza Mukamana", "Gatete Uwera"):
         phone = new_phone()
@@ -70,6 +70,19 @@ async def test_an_account_erased_during_a_round_is_not_sent_afterwards(
     finally:
         receiver.release()
         await deliverer.close()
+
+    # The operator replays everything since before these accounts existed: the erased one goes out scrubbed.
+    replayed = await arun_cli(patient, "webhooks", "replay", "--endpoint", str(endpoint), "--since", "2000-01-01")
+    assert replayed.exit_code == 0, replayed.output
+    sent_before = len(receiver.requests)
+    assert patient.database_url
+    again = WebhookDeliverer(patient.database_url, patient)
+    try:
+        while await again.run_once():
+            pass
+    finally:
+        await again.close()
+    assert any(json.loads(body)["user_id"] == erased for body, _ in receiver.requests[sent_before:])
 
     name, phone = people[erased]
     for body, _ in receiver.requests:
