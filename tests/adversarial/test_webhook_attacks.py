@@ -111,3 +111,37 @@ async def test_a_removed_endpoint_gets_nothing_more_from_the_round_in_flight(
         receiver.release()
         await deliverer.close()
     assert len(receiver.requests) == 1, f"{len(receiver.requests) - 1} deliveries sent after the endpoint's removal"
+
+
+async def test_a_replay_during_a_round_keeps_each_users_order(patient: Settings, receiver: Receiver) -> None:
+    """The operator replays a user's events while a round is under way: the round's batch, read before
+    the replay, held that user's newest event, which must now wait for the replayed earlier ones."""
+    assert patient.database_url
+    endpoint = await add_endpoint(patient, receiver)
+    user = await new_user(patient, new_phone())
+    first_event, *_ = await emit(patient, user, 4)
+    deliverer = WebhookDeliverer(patient.database_url, patient)
+    try:
+        while await deliverer.run_once():
+            pass
+        await emit(patient, await new_user(patient, new_phone()))  # the other user's delivery: due first
+        await deliverer.fan_out()
+        await emit(patient, user)  # seq 5
+        await deliverer.fan_out()
+    finally:
+        await deliverer.close()
+    assert [json.loads(body)["seq"] for body, _ in receiver.requests] == [1, 2, 3, 4]
+
+    deliverer, running = await round_with_first_request_hanging(patient, receiver)
+    try:
+        replayed = await arun_cli(patient, "webhooks", "replay", "--endpoint", str(endpoint), "--since", first_event)
+        assert replayed.exit_code == 0, replayed.output
+        receiver.release()
+        await running
+        while await deliverer.run_once():
+            pass
+    finally:
+        receiver.release()
+        await deliverer.close()
+    after_replay = [json.loads(body)["seq"] for body, _ in receiver.requests[4:] if json.loads(body)["user_id"] == user]
+    assert after_replay == [1, 2, 3, 4, 5], f"the user's events after the replay arrived as {after_replay}"
