@@ -216,7 +216,8 @@ class TokenController(Controller):
         scopes = sorted(client.scopes) if not requested else str(requested).split()
         if not set(scopes) <= client.scopes:
             raise OAuthError("invalid_scope", f"This credential holds only: {' '.join(sorted(client.scopes))}.")
-        issued = issue_service_token(state.keyring, state.settings, client.name, scopes)
+        assert client.credential_id is not None, "authenticated by its les_ secret (access_tokens=False)"
+        issued = issue_service_token(state.keyring, state.settings, client.name, client.credential_id, scopes)
         return Response(
             TokenResponse(issued.token, "Bearer", state.settings.client_credentials_token_seconds, issued.scope),
             headers={"Cache-Control": "no-store"},

@@ -37,7 +37,7 @@ from app.audit.history.query_log import Action, Actor, record_query
 from app.core.errors import AppError, Conflict, InvalidToken, PermissionDenied
 from app.db.models import ServiceCredential
 from app.platform.scopes import SCOPES
-from app.platform.service_tokens import decode_service_token
+from app.platform.service_tokens import ServiceToken, decode_service_token
 from app.sessions.deps import bearer_token
 from app.sessions.tokens import is_opaque_refresh_token
 
@@ -133,6 +133,7 @@ class ServiceClient:
     name: str
     scopes: frozenset[str]
     client_ip: str | None = None
+    credential_id: int | None = None  # when it came with the les_ secret: the credential's row
 
     def actor(self) -> Actor:
         return Actor(name=f"service:{self.name}", origin="service", client_ip=self.client_ip)
@@ -211,11 +212,12 @@ async def authenticate_client(
     row = await ServiceCredentialService(session=db_session).find(token)
     if row is None:
         raise InvalidServiceCredential()
-    if presented.client_id is not None and not hmac.compare_digest(presented.client_id, row.name):
+    # As bytes: compare_digest refuses str with non-ASCII characters, and a client id may have any.
+    if presented.client_id is not None and not hmac.compare_digest(presented.client_id.encode(), row.name.encode()):
         raise InvalidServiceCredential().known(credential_name=row.name)
     if row.revoked_at is not None:
         raise InvalidServiceCredential().known(credential_name=row.name)
-    return ServiceClient(row.name, frozenset(row.scopes), _client_ip(request, state))
+    return ServiceClient(row.name, frozenset(row.scopes), _client_ip(request, state), row.id)
 
 
 async def _bearer_access_token(
@@ -228,11 +230,7 @@ async def _bearer_access_token(
     if service is not None:
         if not access_tokens:
             raise InvalidServiceCredential("Present the service credential itself, not an access token.")
-        live_scopes = await db_session.scalar(
-            select(ServiceCredential.scopes).where(
-                ServiceCredential.name == service.client_id, ServiceCredential.revoked_at.is_(None)
-            )
-        )
+        live_scopes = await scopes_of_issuer(db_session, service)
         if live_scopes is None:
             raise InvalidServiceCredential().known(credential_name=service.client_id)
         scopes = service.scopes & frozenset(live_scopes)
@@ -244,6 +242,21 @@ async def _bearer_access_token(
             continue
         raise ServiceCredentialRequired().known(user_id=claims.user_id)
     raise InvalidServiceCredential()
+
+
+async def scopes_of_issuer(db_session: AsyncSession, service: ServiceToken) -> list[str] | None:
+    """The scopes of the credential that issued ``service``, while it is live; None once it is revoked.
+
+    By the credential's id, not its name: a revoked name can be issued a new credential (the rotation
+    after a leak), and the old credential's tokens must stay dead.
+    """
+    return await db_session.scalar(
+        select(ServiceCredential.scopes).where(
+            ServiceCredential.id == service.credential_id,
+            ServiceCredential.name == service.client_id,
+            ServiceCredential.revoked_at.is_(None),
+        )
+    )
 
 
 def _client_ip(request: Request[Any, Any, Any], state: State) -> str | None:

@@ -18,8 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.errors import InvalidToken
 from app.core.settings import Settings
-from app.db.models import ServiceCredential, User
+from app.db.models import User
 from app.keys.keyring import KeyRing
+from app.platform.credentials import scopes_of_issuer
 from app.platform.service_tokens import ServiceToken, decode_service_token
 from app.sessions.service import SessionService
 from app.sessions.tokens import FIRST_PARTY_CLIENT_ID, MAX_TOKEN_CHARS, TokenClaims, TokenIssuer, user_scope
@@ -119,11 +120,7 @@ async def _as_service_token(
     service = decode_service_token(keys, settings, token)
     if service is None:
         return None
-    live = await db_session.scalar(
-        select(ServiceCredential.id).where(
-            ServiceCredential.name == service.client_id, ServiceCredential.revoked_at.is_(None)
-        )
-    )
+    live = await scopes_of_issuer(db_session, service)
     return INACTIVE if live is None else _active_service(service, settings)
 
 

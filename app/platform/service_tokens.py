@@ -19,12 +19,15 @@ from app.keys.keyring import KeyRing
 from app.sessions.tokens import ACCESS_TOKEN_TYP, MAX_TOKEN_CHARS
 
 SERVICE_TOKEN_TYPE = "service"  # noqa: S105 - the `type` claim, not a secret
-REQUIRED_CLAIMS = ["sub", "client_id", "scope", "type", "jti", "iat", "exp", "iss", "aud"]
+# ``credential_id``: the credential's row, so a token of a revoked credential stays dead when its name
+# is given a new one.
+REQUIRED_CLAIMS = ["sub", "client_id", "credential_id", "scope", "type", "jti", "iat", "exp", "iss", "aud"]
 
 
 @dataclass(frozen=True, slots=True)
 class ServiceToken:
     client_id: str
+    credential_id: int
     scopes: frozenset[str]
     expires_at: int
     issued_at: int
@@ -36,7 +39,9 @@ class ServiceToken:
         return " ".join(sorted(self.scopes))
 
 
-def issue_service_token(keys: KeyRing, settings: Settings, client_id: str, scopes: list[str]) -> ServiceToken:
+def issue_service_token(
+    keys: KeyRing, settings: Settings, client_id: str, credential_id: int, scopes: list[str]
+) -> ServiceToken:
     now = datetime.datetime.now(datetime.UTC)
     lifetime = settings.client_credentials_token_seconds
     jti = str(uuid.uuid4())
@@ -45,6 +50,7 @@ def issue_service_token(keys: KeyRing, settings: Settings, client_id: str, scope
         "sub": client_id,
         "aud": settings.jwt_issuer,
         "client_id": client_id,
+        "credential_id": credential_id,
         "scope": " ".join(sorted(scopes)),
         "type": SERVICE_TOKEN_TYPE,
         "jti": jti,
@@ -56,7 +62,7 @@ def issue_service_token(keys: KeyRing, settings: Settings, client_id: str, scope
     assert key.private_key is not None, "the signer is a key with its private half"
     token = jwt.encode(payload, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP})
     issued_at = int(now.timestamp())
-    return ServiceToken(client_id, frozenset(scopes), issued_at + lifetime, issued_at, jti, token)
+    return ServiceToken(client_id, credential_id, frozenset(scopes), issued_at + lifetime, issued_at, jti, token)
 
 
 def decode_service_token(keys: KeyRing, settings: Settings, token: str) -> ServiceToken | None:
@@ -83,8 +89,11 @@ def decode_service_token(keys: KeyRing, settings: Settings, token: str) -> Servi
         return None
     if not isinstance(payload["client_id"], str) or payload["client_id"] != payload["sub"]:
         return None
+    if type(payload["credential_id"]) is not int:
+        return None
     return ServiceToken(
         payload["client_id"],
+        payload["credential_id"],
         frozenset(payload["scope"].split()),
         int(payload["exp"]),
         int(payload["iat"]),

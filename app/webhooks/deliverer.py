@@ -149,7 +149,14 @@ class WebhookDeliverer:
             await conn.commit()
             if not due:
                 break
-            for delivery in due:
+            for listed in due:
+                # Read again just before sending: the batch may be many request timeouts old by now, and
+                # meanwhile the endpoint may have been removed, the account erased (its payload
+                # scrubbed) or an earlier event of the user replayed.
+                delivery = (await conn.execute(_SENDABLE, {"id": listed.delivery_id})).first()
+                await conn.commit()
+                if delivery is None:
+                    continue
                 outcome = await self._send(endpoint.url, secret, delivery)
                 attempts += 1
                 await self._record(conn, delivery, outcome)
@@ -306,18 +313,30 @@ WITH head AS (
 UPDATE account_events SET fanned_out_at = now() WHERE id IN (SELECT id FROM batch) RETURNING 1
 """  # noqa: S608 - constant fragments
 )
-# Each user's lowest pending delivery to the endpoint, if its time has come; with its event.
+# Each user's lowest pending delivery to the endpoint, if its time has come.
 _DUE = text(
     """
-SELECT d.id AS delivery_id, d.attempts, d.event_id AS id, d.user_id, d.seq, e.type, e.payload, e.created_at
+SELECT d.id AS delivery_id
 FROM (
-    SELECT DISTINCT ON (user_id) id, event_id, user_id, seq, attempts, next_attempt_at
+    SELECT DISTINCT ON (user_id) id, next_attempt_at
     FROM webhook_deliveries WHERE endpoint_id = :endpoint_id AND status = 'pending'
     ORDER BY user_id, seq
-) d LEFT JOIN account_events e ON e.id = d.event_id
+) d
 WHERE d.next_attempt_at <= now()
 ORDER BY d.next_attempt_at, d.id
 LIMIT :limit
+"""
+)
+# One listed delivery as it is now, with its event; nothing if it is gone, finished, or no longer its
+# user's lowest pending delivery to the endpoint.
+_SENDABLE = text(
+    """
+SELECT d.id AS delivery_id, d.attempts, d.event_id AS id, d.user_id, d.seq, e.type, e.payload, e.created_at
+FROM webhook_deliveries d LEFT JOIN account_events e ON e.id = d.event_id
+WHERE d.id = :id AND d.status = 'pending' AND NOT EXISTS (
+    SELECT 1 FROM webhook_deliveries o
+    WHERE o.endpoint_id = d.endpoint_id AND o.user_id = d.user_id AND o.status = 'pending' AND o.seq < d.seq
+)
 """
 )
 _DUE_ENDPOINTS = text(
