@@ -159,6 +159,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhooks_enabled: bool = True
     webhooks_poll_ms: int = 1000
     webhooks_timeout_seconds: float = 10.0  # per request: connect, send and read the answer
+    webhooks_concurrency: int = 8  # endpoints sent to at once per process (one database connection each)
     webhooks_max_attempts: int = 18  # then the delivery is dead-lettered (`webhooks dead-letters`, `replay`)
     webhooks_retry_base_seconds: float = 5.0  # the wait after the first failure; doubles with each failure
     webhooks_retry_max_seconds: float = 3600.0  # and never exceeds this
@@ -207,11 +208,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if (
             self.webhooks_poll_ms < 1
             or self.webhooks_max_attempts < 1
+            or not 1 <= self.webhooks_concurrency <= 100
             or not 0 < self.webhooks_timeout_seconds <= 300
             or not 0 < self.webhooks_retry_base_seconds <= self.webhooks_retry_max_seconds
         ):
             raise ConfigError(
-                "WEBHOOKS_POLL_MS and WEBHOOKS_MAX_ATTEMPTS must be at least 1, WEBHOOKS_TIMEOUT_SECONDS 0-300, "
+                "WEBHOOKS_POLL_MS and WEBHOOKS_MAX_ATTEMPTS must be at least 1, WEBHOOKS_CONCURRENCY 1-100, "
+                "WEBHOOKS_TIMEOUT_SECONDS 0-300, "
                 "and 0 < WEBHOOKS_RETRY_BASE_SECONDS <= WEBHOOKS_RETRY_MAX_SECONDS"
             )
         if not 1 <= self.audit_partitions_ahead <= 120:

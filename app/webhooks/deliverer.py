@@ -83,11 +83,17 @@ class WebhookDeliverer:
     def __init__(self, database_url: str, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None):
         self.settings = settings
         # Its own connections: a round holds one while it waits on an endpoint, and must never take
-        # one a sign-in needs. Two kept for the polls; one more per endpoint in a round.
+        # one a sign-in needs. Two kept for the polls; one more per endpoint in a round, and at most
+        # WEBHOOKS_CONCURRENCY rounds at once, so hanging endpoints cannot use up Postgres's connections.
+        self.concurrency = settings.webhooks_concurrency
         self.engine: AsyncEngine = create_async_engine(
-            asyncpg_url(database_url), pool_size=2, max_overflow=-1, pool_pre_ping=True
+            asyncpg_url(database_url), pool_size=2, max_overflow=self.concurrency, pool_pre_ping=True
         )
-        self.client = httpx.AsyncClient(follow_redirects=False, transport=transport, headers={"user-agent": USER_AGENT})
+        # trust_env=False: the host's HTTP(S)_PROXY and ~/.netrc must not route or add credentials
+        # to requests whose destination an operator chose for one receiver.
+        self.client = httpx.AsyncClient(
+            follow_redirects=False, transport=transport, headers={"user-agent": USER_AGENT}, trust_env=False
+        )
         self.timeout = settings.webhooks_timeout_seconds
         self.poll_seconds = settings.webhooks_poll_ms / 1000
         self.retention = datetime.timedelta(days=settings.account_events_retention_days)
@@ -255,9 +261,11 @@ class WebhookDeliverer:
                     await self.prune()
                 while await self.fan_out() == FANOUT_BATCH:
                     pass
+                self._rounds = {endpoint: task for endpoint, task in self._rounds.items() if not task.done()}
                 for endpoint_id in await self.due_endpoints():
-                    running = self._rounds.get(endpoint_id)
-                    if endpoint_id not in self._unreadable and (running is None or running.done()):
+                    if len(self._rounds) >= self.concurrency:
+                        break  # the rest wait for a round to end (the next poll)
+                    if endpoint_id not in self._unreadable and endpoint_id not in self._rounds:
                         self._rounds[endpoint_id] = asyncio.get_running_loop().create_task(
                             self._logged_round(endpoint_id), name=f"webhook-endpoint-{endpoint_id}"
                         )

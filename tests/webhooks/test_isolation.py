@@ -3,6 +3,7 @@ refuses: a tampered body, a captured delivery with its timestamp moved, one repl
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import time
 
@@ -100,3 +101,31 @@ async def test_the_reference_check_refuses_a_tampered_moved_or_stale_delivery(
     # Signed with any other endpoint's secret: refused.
     with pytest.raises(WebhookVerificationError, match="No matching signature"):
         Webhook(new_secret()).verify(body, headers)
+
+
+async def test_hanging_endpoints_hold_at_most_the_concurrency_of_rounds_and_connections(
+    hook_settings: Settings,
+) -> None:
+    """Each round holds a database connection while its endpoint hangs: without a cap, as many hanging
+    endpoints as the operator added would take as many Postgres connections (which sign-ins need)."""
+    tuned = msgspec.structs.replace(hook_settings, webhooks_concurrency=2, webhooks_timeout_seconds=60.0)
+    assert tuned.database_url
+    hanging = [Receiver() for _ in range(4)]
+    for receiver in hanging:
+        receiver.default = "hang"
+        await add_endpoint(tuned, receiver)
+    await emit(tuned, await new_user(tuned, new_phone()))
+    deliverer = WebhookDeliverer(tuned.database_url, tuned)
+    deliverer.start()
+    try:
+        await eventually(lambda: sum(r.in_flight for r in hanging) == 2, 10, "two endpoints to hold a request")
+        for _ in range(25):  # a few dozen polls (20 ms each), any of which could start another round
+            await asyncio.sleep(0.04)
+            assert sum(r.in_flight for r in hanging) == 2
+        assert deliverer.engine.pool.checkedout() <= 2 + 2  # two rounds' connections (and the polls')
+    finally:
+        for receiver in hanging:
+            receiver.release()
+        await deliverer.stop()
+        for receiver in hanging:
+            receiver.close()
