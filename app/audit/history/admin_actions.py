@@ -40,6 +40,7 @@ from app.audit.history.filters import iso, read_limit
 from app.audit.history.params import Params
 from app.audit.history.query_log import Actor, record_query
 from app.core.errors import error_responses
+from app.core.openapi import SIGNED_IN
 from app.db.models import User
 
 # Every action app/admin records: the one list, here because the security team reads them and this
@@ -261,6 +262,7 @@ async def provide_admin_action_filters(
 class AdminActionsController(Controller):
     path = "/api/audit/admin-actions"
     tags = ["audit"]
+    security = SIGNED_IN
     dependencies = {"admin_action_filters": Provide(provide_admin_action_filters)}
 
     @get("/", summary="Support staff's actions on accounts, newest first", responses=AUDIT_ERRORS)
@@ -294,6 +296,7 @@ class AdminActionsController(Controller):
         response_description="text/csv (formula cells neutralised) or application/x-ndjson, newest first",
         responses=AUDIT_ERRORS,
         operation_class=ExportOperation,
+        operation_id="exportAdminActions",
     )
     async def export(
         self,

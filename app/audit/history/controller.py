@@ -45,6 +45,7 @@ from app.audit.history.query_log import (
 )
 from app.audit.history.summary import Summary, parse_summary_request, summarise
 from app.core.errors import error_responses
+from app.core.openapi import SIGNED_IN
 from app.db.models import User
 
 # Bad filters, no token, another role, a query that ran out of time.
@@ -125,10 +126,16 @@ async def provide_attempt_filters(
 class AuditController(Controller):
     path = "/api/audit"
     tags = ["audit"]
+    security = SIGNED_IN
     # ``auditor`` and ``admin`` come from the application (see the module docstring).
     dependencies = {"attempt_filters": Provide(provide_attempt_filters)}
 
-    @get("/login-attempts", summary="Login attempts, newest first, one page at a time", responses=AUDIT_ERRORS)
+    @get(
+        "/login-attempts",
+        summary="Login attempts, newest first, one page at a time",
+        responses=AUDIT_ERRORS,
+        operation_id="listLoginAttempts",
+    )
     async def list_attempts(
         self,
         auditor: NamedDependency[User],
@@ -162,6 +169,7 @@ class AuditController(Controller):
         response_description="text/csv (formula cells neutralised) or application/x-ndjson, newest first",
         responses=EXPORT_ERRORS,
         operation_class=ExportOperation,
+        operation_id="exportLoginAttempts",
     )
     async def export_attempts(
         self,
@@ -219,6 +227,7 @@ class AuditController(Controller):
         "/summary",
         summary="Outcomes per time bucket, top failing clients and numbers, PIN locks",
         responses=AUDIT_ERRORS,
+        operation_id="summariseLoginAttempts",
     )
     async def summary(
         self,
@@ -247,7 +256,12 @@ class AuditController(Controller):
             await record_query(conn, actor, "summary", summary_request.describe(), result.totals.attempts)
         return result
 
-    @get("/queries", summary="Who read the login history, newest first (admins only)", responses=AUDIT_ERRORS)
+    @get(
+        "/queries",
+        summary="Who read the login history, newest first (admins only)",
+        responses=AUDIT_ERRORS,
+        operation_id="listAuditQueries",
+    )
     async def audit_queries(
         self,
         admin: NamedDependency[User],
