@@ -212,7 +212,7 @@ class TokenController(Controller):
         "/",
         status_code=200,
         summary="An access token for a service (RFC 6749 client credentials; client_secret_basic or _post)",
-        responses=error_responses(400, 401, 415),
+        responses=error_responses(400, 401, 413, 415),
         operation_class=TokenOperation,
         security=CLIENT_CREDENTIAL,
         operation_id="requestServiceToken",
@@ -245,7 +245,7 @@ class IntrospectionController(Controller):
         "/introspect",
         status_code=200,
         summary="Is a token active? (RFC 7662; a service credential with `introspect`)",
-        responses=error_responses(400, 401, 403, 415),
+        responses=error_responses(400, 401, 403, 413, 415),
         operation_class=IntrospectOperation,
         operation_id="introspectToken",
     )

@@ -447,7 +447,7 @@ class PhoneVerifyController(Controller):
         "/start",
         status_code=202,
         summary="Send a code by SMS to the signed-in account's number",
-        responses=error_responses(400, 401, 413, 429, 503),
+        responses=error_responses(400, 401, 413, 415, 429, 503),
         guards=[read_whole_body],  # it takes no body; an oversized one is still the usual 413
         operation_id="startPhoneVerification",
     )
