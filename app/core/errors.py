@@ -417,12 +417,16 @@ class FieldErrorBody(msgspec.Struct):
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
-    """Every error response: ``errors`` on validation errors, ``retry_after`` on some 429s."""
+    """Every error response: ``errors`` on validation errors, ``retry_after`` on some 429s; ``error`` on the
+    admin panel's refusals (the Flask-era name of ``message``) and, with ``error_description``, on the
+    OAuth endpoints' (RFC 6749 section 5.2)."""
 
     message: str
     code: str
     errors: list[FieldErrorBody] | msgspec.UnsetType = msgspec.UNSET
     retry_after: int | msgspec.UnsetType = msgspec.UNSET
+    error: str | msgspec.UnsetType = msgspec.UNSET
+    error_description: str | msgspec.UnsetType = msgspec.UNSET
 
 
 ERROR_DESCRIPTIONS = {

@@ -26,8 +26,10 @@ from litestar.handlers.http_handlers import HTTPRouteHandler
 from litestar.openapi.spec import (
     OAuthFlow,
     OAuthFlows,
+    OpenAPIMediaType,
     OpenAPIType,
     Operation,
+    RequestBody,
     Schema,
     SecurityRequirement,
     SecurityScheme,
@@ -173,3 +175,24 @@ class PathOnlyOperation(Operation):
     def __post_init__(self) -> None:
         if self.responses is not None:
             self.responses.pop("400", None)
+
+
+# ---- bodies a handler reads itself ----------------------------------------------------------------
+
+
+def json_object(required: list[str], **properties: Schema) -> RequestBody:
+    """A JSON object body, for a route that reads and checks its body itself (no ``data`` parameter)."""
+    assert set(required) <= properties.keys()
+    schema = Schema(type=OpenAPIType.OBJECT, properties=dict(properties), required=required)
+    return RequestBody(required=True, content={"application/json": OpenAPIMediaType(schema=schema)})
+
+
+def with_body(request_body: RequestBody) -> type[Operation]:
+    """The operation class of such a route: its body, in the document."""
+
+    @dataclass
+    class BodyOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = request_body
+
+    return BodyOperation

@@ -48,7 +48,7 @@ from app.core.errors import (
     try_again_in,
 )
 from app.core.http import BODY_ERRORS, read_whole_body, user_agent_of
-from app.core.openapi import SIGNED_IN, LooseBody, service
+from app.core.openapi import SIGNED_IN, LooseBody, service, with_body
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.credentials.passwords import password_problem, pin_problem
 from app.db.models import User
@@ -61,7 +61,7 @@ from app.recovery.sms import SmsNotSent
 from app.sessions.deps import client_use
 from app.ussd.attempt import UssdAttempt, recorded
 from app.ussd.gateway import require_gateway
-from app.ussd.schemas import SESSION_ID_PATTERN, decode_object, peek_identity
+from app.ussd.schemas import CALLER_BODY, PIN_RESET_BODY, SESSION_ID_PATTERN, decode_object, peek_identity
 
 logger = logging.getLogger(__name__)
 
@@ -572,6 +572,7 @@ class UssdRecoveryController(Controller):
         summary="A one-time code for the app, for the number that is dialling",
         responses=error_responses(400, 401, 403, 404, 413, 415, 503, s404="No account uses this number"),
         operation_id="ussdRecoveryCode",
+        operation_class=with_body(CALLER_BODY),
     )
     async def recovery_code(
         self,
@@ -613,6 +614,7 @@ class UssdRecoveryController(Controller):
             s404="No account uses this number",
         ),
         operation_id="ussdResetPin",
+        operation_class=with_body(PIN_RESET_BODY),
     )
     async def reset_pin(
         self,
