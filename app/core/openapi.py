@@ -126,7 +126,11 @@ class LooseBody(msgspec.Struct, kw_only=True):
 
 
 class RequiredFieldsPlugin(OpenAPISchemaPlugin):
-    """The schema of a :class:`LooseBody`: the stock struct schema, with its contract's required fields."""
+    """The schema of a :class:`LooseBody`: the stock struct schema, with its contract's required fields.
+
+    The stock schema comes from Litestar's own msgspec plugin, which Litestar does not export publicly
+    (the lock pins it; tests/core/test_openapi.py fails if required fields go missing).
+    """
 
     def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
         return not field_definition.is_union and field_definition.is_subclass_of(LooseBody)
