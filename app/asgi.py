@@ -197,7 +197,7 @@ def create_app(settings: Settings) -> Litestar:
             path="/schema",
             render_plugins=[ScalarRenderPlugin()],
             operation_id_creator=operation_id,
-            components=Components(security_schemes=security_schemes(TOKEN_PATH, SCOPES)),  # type: ignore[arg-type]
+            components=Components(security_schemes=security_schemes(TOKEN_PATH, SCOPES)),
         ),
         logging_config=LoggingConfig(
             root={"level": settings.log_level, "handlers": ["queue_listener"]},

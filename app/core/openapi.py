@@ -29,6 +29,7 @@ from litestar.openapi.spec import (
     OpenAPIMediaType,
     OpenAPIType,
     Operation,
+    Reference,
     RequestBody,
     Schema,
     SecurityRequirement,
@@ -59,7 +60,7 @@ def service(scope: str) -> list[SecurityRequirement]:
     return [{SERVICE_CREDENTIAL: []}, {CLIENT_SECRET_BASIC: []}, {SERVICE_ACCESS_TOKEN: [scope]}]
 
 
-def security_schemes(token_url: str, scopes: Mapping[str, str]) -> dict[str, SecurityScheme]:
+def security_schemes(token_url: str, scopes: Mapping[str, str]) -> dict[str, SecurityScheme | Reference]:
     """The components' ``securitySchemes``; ``scopes`` are the service credentials' (app/platform/scopes.py)."""
     return {
         USER_TOKEN: SecurityScheme(
