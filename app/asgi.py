@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.logging import LoggingConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.spec import Components
 from litestar.types import ASGIApp
 
 from app.accounts.controller import AuthController
@@ -33,6 +34,7 @@ from app.core.edge import exit_with_parent
 from app.core.errors import EXCEPTION_HANDLERS, UnsupportedMediaType
 from app.core.gc import freeze_startup_heap
 from app.core.logs import AccessLog, formatter_config
+from app.core.openapi import RequiredFieldsPlugin, operation_id, security_schemes
 from app.core.prometheus import mark_worker_exited
 from app.core.redis import create_redis, require_persistence
 from app.core.redis_keys import KeySpace
@@ -47,8 +49,9 @@ from app.health import HealthChecks, HealthController, MetricsController, audit_
 from app.keys.keyring import KeyRingRefresher, load_keyring
 from app.login.controller import LoginController
 from app.login.gate import LoginGate
-from app.platform.controller import FORM_BODY_PATHS, PLATFORM_HANDLERS
+from app.platform.controller import FORM_BODY_PATHS, PLATFORM_HANDLERS, TOKEN_PATH
 from app.platform.credentials import FORM_MEDIA_TYPE
+from app.platform.scopes import SCOPES
 from app.ratelimit.client_ip import ClientResolver
 from app.ratelimit.limiter import LoginLimiter
 from app.recovery.codes import CodeStore
@@ -187,7 +190,7 @@ def create_app(settings: Settings) -> Litestar:
             EventSchemasController,
         ],
         dependencies={**AUTH_DEPENDENCIES, **ROLE_DEPENDENCIES},  # ROLE_DEPENDENCIES: the audit API's auditor/admin
-        plugins=[SQLAlchemyPlugin(config=db_config)],
+        plugins=[SQLAlchemyPlugin(config=db_config), RequiredFieldsPlugin()],
         on_startup=[start],
         on_shutdown=[stop],
         before_request=require_json_body,
@@ -199,6 +202,8 @@ def create_app(settings: Settings) -> Litestar:
             version="1.0.0",
             path="/schema",
             render_plugins=[ScalarRenderPlugin()],
+            operation_id_creator=operation_id,
+            components=Components(security_schemes=security_schemes(TOKEN_PATH, SCOPES)),
         ),
         logging_config=LoggingConfig(
             root={"level": settings.log_level, "handlers": ["queue_listener"]},

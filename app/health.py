@@ -134,6 +134,7 @@ class HealthController(Controller):
         summary="Liveness and dependency checks",
         cache_control=None,
         responses={503: ResponseSpec(HealthBody, description="A dependency is down", generate_examples=False)},
+        operation_id="getHealth",
     )
     async def health(self, state: State) -> Response[HealthBody]:
         checks = await state.health_checks.current()

@@ -4,7 +4,8 @@ The wire structs stay deliberately loose (``str | None``) so that a request with
 hears about every one of them at once from :mod:`app.accounts.forms`. The constraints therefore go
 in ``msgspec.Meta(extra_json_schema={"extra": ...})``, which Litestar copies into the document and
 msgspec never enforces: generated clients and fuzzers see the contract, and the field-error
-collector still does the judging. Values come from the rules' own constants.
+collector still does the judging. Values come from the rules' own constants. Which fields are
+required is each struct's ``required_fields`` (app/core/openapi.py writes it into the document).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def documented(description: str, **schema: Any) -> msgspec.Meta:
 NAME_DOC = (
     f"The person's name, at most {NAME_MAX_LENGTH} characters once runs of whitespace are collapsed; "
     "control, format and private-use characters are refused (zero-width joiners and direction marks "
-    "excepted). Required, unless first_name (and last_name) are given."
+    "excepted). Older clients may send first_name (and last_name) instead."
 )
 PHONE_DOC = (
     "A phone number, with + and country code or in the national form of DEFAULT_PHONE_REGION "

@@ -16,6 +16,7 @@ from app.accounts.schemas import AuthResponse, ProfileResponse, ProfileUpdateReq
 from app.accounts.service import AuthService
 from app.core.errors import LimiterUnavailable, RateLimited, error_responses, try_again_in
 from app.core.http import BODY_ERRORS
+from app.core.openapi import SIGNED_IN, per_path
 from app.db.models import User
 from app.ratelimit.limiter import Decision, LoginLimiter, rate_limit_headers
 from app.sessions.deps import client_use
@@ -81,6 +82,8 @@ class AuthController(Controller):
         ["/auth/profile", "/settings/account"],
         summary="The signed-in user's profile (also the settings page's account settings)",
         responses=error_responses(401),
+        security=SIGNED_IN,
+        operation_id=per_path({"/api/auth/profile": "getProfile", "/api/settings/account": "getAccountSettings"}),
     )
     async def get_profile(
         self,
@@ -106,6 +109,8 @@ class AuthController(Controller):
             s429="A wrong current_password spent the number's password budget (account_locked), or too many "
             "email / phone number changes (PROFILE_IDENTIFIER_CHANGES per hour)",
         ),
+        security=SIGNED_IN,
+        operation_id=per_path({"/api/auth/profile": "updateProfile", "/api/settings/account": "updateAccountSettings"}),
     )
     async def update_profile(
         self,

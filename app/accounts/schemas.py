@@ -13,6 +13,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from app.accounts import contract
+from app.core.openapi import LooseBody
 from app.db.models import User
 from app.sessions.schemas import MessageResponse as MessageResponse  # these routes give the same plain answer
 from app.sessions.service import SignIn
@@ -20,8 +21,9 @@ from app.sessions.service import SignIn
 # ---- requests ---------------------------------------------------------------------------------
 
 
-class RegisterRequest(msgspec.Struct, kw_only=True):
+class RegisterRequest(LooseBody, kw_only=True):
     # Loose types with the real constraints documented (app/accounts/contract.py), not enforced here.
+    required_fields = frozenset({"name", "phone_number", "password"})
     name: contract.Name = None
     first_name: contract.NamePart = None
     last_name: contract.NamePart = None
@@ -33,7 +35,8 @@ class RegisterRequest(msgspec.Struct, kw_only=True):
     date_of_birth: contract.DateOfBirth = None
 
 
-class LoginRequest(msgspec.Struct, kw_only=True):
+class LoginRequest(LooseBody, kw_only=True):
+    required_fields = frozenset({"phone_number"})  # and exactly one of password and pin
     phone_number: contract.Phone = None
     password: contract.Password = None
     pin: contract.Pin = None

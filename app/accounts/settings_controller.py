@@ -26,6 +26,7 @@ from app.accounts.schemas import UserView
 from app.accounts.service import UserService
 from app.core.errors import error_responses
 from app.core.http import BODY_ERRORS
+from app.core.openapi import SIGNED_IN
 from app.db.models import User
 
 
@@ -78,11 +79,13 @@ async def _save(users: UserService, user: User, columns: dict[str, Any]) -> None
 class SettingsController(Controller):
     path = "/api/settings"
     tags = ["settings"]
+    security = SIGNED_IN
 
     @get(
         "/bundle",
         summary="Everything the settings page shows: account, privacy, assistant status",
         responses=error_responses(401),
+        operation_id="getSettingsBundle",
     )
     async def bundle(self, current_user: NamedDependency[User], state: State) -> SettingsBundle:
         return SettingsBundle(
@@ -127,7 +130,12 @@ class SettingsController(Controller):
             message="Parent access updated", user=UserView.of(current_user), privacy=PrivacyView.of(current_user)
         )
 
-    @get("/umwari/status", summary="Whether the assistant's server key is configured", responses=error_responses(401))
+    @get(
+        "/umwari/status",
+        summary="Whether the assistant's server key is configured",
+        responses=error_responses(401),
+        operation_id="getUmwariStatus",
+    )
     async def umwari_status(self, current_user: NamedDependency[User], state: State) -> UmwariStatusResponse:
         status = UmwariStatus(server_key_configured=state.settings.umwari_server_key_configured)
         return UmwariStatusResponse(

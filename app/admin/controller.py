@@ -16,6 +16,7 @@ import msgspec
 from litestar import Controller, Request, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.openapi.spec import OpenAPIType
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -40,11 +41,17 @@ from app.audit.history.params import Params
 from app.audit.history.query_log import actor_of
 from app.core.errors import FieldError, FieldErrors, ValidationFailed, error_responses
 from app.core.http import read_whole_body
+from app.core.openapi import SIGNED_IN, PathOnlyOperation, query_type
 from app.db.models import USER_TYPES, User
 
-ADMIN_ERRORS = error_responses(400, 401, 403, 413, 415)
-ONE_ACCOUNT_ERRORS = error_responses(400, 401, 403, 404, 413, 415)
-CHANGE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415)
+# Only bodies and query parameters can be a 400; a GET is never 413 or 415 (no body is read), nor is a
+# DELETE 415 (bodies are read only to refuse an oversized one: app/core/http.py read_whole_body).
+LIST_ERRORS = error_responses(400, 401, 403)
+ONE_ACCOUNT_ERRORS = error_responses(401, 403, 404)
+CREATE_ERRORS = error_responses(400, 401, 403, 409, 413, 415)
+BODY_CHANGE_ERRORS = error_responses(400, 401, 403, 404, 409, 413, 415)
+CHANGE_ERRORS = error_responses(401, 403, 404, 409, 413, 415)
+DELETE_ERRORS = error_responses(401, 403, 404, 409, 413)
 USER_TYPE_MESSAGE = f"Choose one of: {', '.join(USER_TYPES)}."
 
 
@@ -52,20 +59,36 @@ async def provide_admin_service(db_session: NamedDependency[AsyncSession], state
     return AdminService(db_session, state.hasher, state.limiter, state.redis, state.settings)
 
 
-def _query(description: str) -> Any:
-    return QueryParameter(description=description, required=False)
+def _query(description: str, schema: dict[str, Any] | None = None) -> Any:
+    return QueryParameter(description=description, required=False, schema_extra=schema)
 
 
-Page = Annotated[str | None, _query("Page number from 1 (default 1).")]
-PerPage = Annotated[str | None, _query(f"Accounts per page, 1 to {MAX_PER_PAGE} (default 20; more is capped).")]
-UserType = Annotated[str | None, _query(USER_TYPE_MESSAGE)]
-Search = Annotated[str | None, _query("Part of the name or email, or the phone number in any form (or its digits).")]
-IsActive = Annotated[str | None, _query("true or false.")]
+# Read as text so that parse_user_query names every bad one at once; documented as what they must be.
+MAX_PAGE = 1_000_000
+Page = Annotated[
+    str | None, _query("Page number from 1 (default 1).", query_type(OpenAPIType.INTEGER, minimum=1, maximum=MAX_PAGE))
+]
+PerPage = Annotated[
+    str | None,
+    _query(
+        f"Accounts per page, 1 to {MAX_PER_PAGE} (default 20; more is capped).",
+        query_type(OpenAPIType.INTEGER, minimum=1),
+    ),
+]
+UserType = Annotated[str | None, _query(USER_TYPE_MESSAGE, query_type(OpenAPIType.STRING, enum=list(USER_TYPES)))]
+Search = Annotated[
+    str | None,
+    _query(
+        "Part of the name or email, or the phone number in any form (or its digits).",
+        query_type(OpenAPIType.STRING, max_length=100),
+    ),
+]
+IsActive = Annotated[str | None, _query("true or false.", query_type(OpenAPIType.BOOLEAN))]
 
 
 def parse_user_query(values: dict[str, str | None]) -> UserQuery:
     params = Params(values)
-    page = params.whole_number("page", maximum=1_000_000) or 1
+    page = params.whole_number("page", maximum=MAX_PAGE) or 1
     per_page = params.whole_number("per_page") or 20
     user_type = params.choice("user_type", USER_TYPES, USER_TYPE_MESSAGE)
     is_active = params.boolean("is_active")
@@ -97,10 +120,11 @@ def clean_new_user(data: CreateUserRequest, region: str) -> tuple[NewAccount, st
 class AdminController(Controller):
     path = "/api/admin/users"
     tags = ["admin"]
+    security = SIGNED_IN
     guards = [read_whole_body]
     dependencies = {"panel_admin": PANEL_DEPENDENCY, "admin_service": Provide(provide_admin_service)}
 
-    @get("/", summary="Accounts, newest first, searched and paginated", responses=ADMIN_ERRORS)
+    @get("/", summary="Accounts, newest first, searched and paginated", responses=LIST_ERRORS)
     async def list_users(
         self,
         panel_admin: NamedDependency[User],
@@ -130,7 +154,7 @@ class AdminController(Controller):
         "/create",
         status_code=201,
         summary="Create an account (a support account, user type admin, by an admin only)",
-        responses=CHANGE_ERRORS,
+        responses=CREATE_ERRORS,
     )
     async def create_user(
         self,
@@ -152,7 +176,12 @@ class AdminController(Controller):
         )
         return UserResponse(message="User created successfully", user=AdminUserView.of(user))
 
-    @get("/{user_id:int}", summary="One account with its sessions and last sign-ins", responses=ONE_ACCOUNT_ERRORS)
+    @get(
+        "/{user_id:int}",
+        summary="One account with its sessions and last sign-ins",
+        responses=ONE_ACCOUNT_ERRORS,
+        operation_class=PathOnlyOperation,
+    )
     async def get_user(
         self, user_id: FromPath[int], panel_admin: NamedDependency[User], admin_service: NamedDependency[AdminService]
     ) -> UserDetailResponse:
@@ -167,7 +196,11 @@ class AdminController(Controller):
         return UserDetailResponse(message="User retrieved", data=detail)
 
     @patch(
-        "/{user_id:int}/toggle-status", summary="Activate, or deactivate (ends every session)", responses=CHANGE_ERRORS
+        "/{user_id:int}/toggle-status",
+        summary="Activate, or deactivate (ends every session)",
+        responses=CHANGE_ERRORS,
+        operation_id="toggleUserStatus",
+        operation_class=PathOnlyOperation,
     )
     async def toggle_status(
         self,
@@ -184,7 +217,8 @@ class AdminController(Controller):
     @patch(
         "/{user_id:int}/change-role",
         summary="Change the Flask-era user type (never to admin: users create-admin --promote)",
-        responses=CHANGE_ERRORS,
+        responses=BODY_CHANGE_ERRORS,
+        operation_id="changeUserType",
     )
     async def change_role(
         self,
@@ -201,7 +235,13 @@ class AdminController(Controller):
         user = await admin_service.change_user_type(actor_of(panel_admin, request, state), user_id, user_type)
         return UserResponse(message=f"User role changed to {user_type}", user=AdminUserView.of(user))
 
-    @delete("/{user_id:int}", status_code=200, summary="Deactivate and erase personal data", responses=CHANGE_ERRORS)
+    @delete(
+        "/{user_id:int}",
+        status_code=200,
+        summary="Deactivate and erase personal data",
+        responses=DELETE_ERRORS,
+        operation_class=PathOnlyOperation,
+    )
     async def delete_user(
         self,
         user_id: FromPath[int],
@@ -217,6 +257,7 @@ class AdminController(Controller):
         "/{user_id:int}/reset-password",
         summary="Retired: answers 409 and says how to issue a recovery code instead",
         responses=CHANGE_ERRORS,
+        operation_class=PathOnlyOperation,
     )
     async def reset_password(
         self,
@@ -234,6 +275,8 @@ class AdminController(Controller):
         status_code=200,
         summary="Issue a one-time temporary password (shown once; not for staff); ends every session, lifts the locks",
         responses=CHANGE_ERRORS,
+        operation_id="issueRecoveryCode",
+        operation_class=PathOnlyOperation,
     )
     async def issue_recovery(
         self,
@@ -258,6 +301,8 @@ class AdminController(Controller):
         status_code=200,
         summary="Lift the PIN lock and the number's password budget",
         responses=CHANGE_ERRORS,
+        operation_id="unlockUser",
+        operation_class=PathOnlyOperation,
     )
     async def unlock(
         self,
@@ -274,7 +319,9 @@ class AdminController(Controller):
         "/{user_id:int}/sessions/{session_id:uuid}",
         status_code=200,
         summary="End one of the account's sessions",
-        responses=CHANGE_ERRORS,
+        responses=DELETE_ERRORS,
+        operation_id="endUserSession",
+        operation_class=PathOnlyOperation,
     )
     async def end_session(
         self,

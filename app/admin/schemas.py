@@ -8,11 +8,13 @@ import uuid
 import msgspec
 
 from app.authority import authority_of_user
+from app.core.openapi import LooseBody
 from app.db.models import LoginAttempt, User
 from app.sessions.schemas import SessionView
 
 
-class CreateUserRequest(msgspec.Struct, kw_only=True):
+class CreateUserRequest(LooseBody, kw_only=True):
+    required_fields = frozenset({"name", "phone_number", "password", "user_type"})
     name: str | None = None
     phone_number: str | None = None
     password: str | None = None
@@ -21,7 +23,8 @@ class CreateUserRequest(msgspec.Struct, kw_only=True):
     is_active: bool = True
 
 
-class ChangeRoleRequest(msgspec.Struct, kw_only=True):
+class ChangeRoleRequest(LooseBody, kw_only=True):
+    required_fields = frozenset({"user_type"})
     user_type: str | None = None
 
 

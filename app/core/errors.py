@@ -8,6 +8,7 @@ stack trace reaches the client.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from collections.abc import Mapping
@@ -322,11 +323,24 @@ def validation_handler(_: Request[Any, Any, Any], exc: ValidationException) -> R
     errors = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
-            field = str(item.get("key") or item.get("source") or "body")
-            errors.append(FieldError(field.removeprefix("$."), _human(str(item.get("message", "")))))
+            message = str(item.get("message", ""))
+            errors.append(FieldError(_field_named(item, message), _human(message)))
     if not errors:
         return _json({"message": "The request body is not valid JSON.", "code": "malformed_json"}, 400)
     return _json(ValidationFailed(errors).body(), 400)
+
+
+# msgspec names a missing field in its message; Litestar's key is then the whole body ("data").
+MISSING_FIELD = re.compile(r"Object missing required field `([^`]+)`(?: - at `\$\.?([^`]*)`)?")
+
+
+def _field_named(item: dict[str, Any], message: str) -> str:
+    key = str(item.get("key") or item.get("source") or "body")
+    missing = MISSING_FIELD.match(message)
+    if missing and key in ("data", "body"):
+        name, parent = missing.groups()
+        return f"{parent}.{name}" if parent else name
+    return key.removeprefix("$.")
 
 
 def _human(message: str) -> str:
@@ -430,12 +444,16 @@ class FieldErrorBody(msgspec.Struct):
 
 
 class ErrorBody(msgspec.Struct, kw_only=True):
-    """Every error response: ``errors`` on validation errors, ``retry_after`` on some 429s."""
+    """Every error response: ``errors`` on validation errors, ``retry_after`` on some 429s; ``error`` on the
+    admin panel's refusals (the Flask-era name of ``message``) and, with ``error_description``, on the
+    OAuth endpoints' (RFC 6749 section 5.2)."""
 
     message: str
     code: str
     errors: list[FieldErrorBody] | msgspec.UnsetType = msgspec.UNSET
     retry_after: int | msgspec.UnsetType = msgspec.UNSET
+    error: str | msgspec.UnsetType = msgspec.UNSET
+    error_description: str | msgspec.UnsetType = msgspec.UNSET
 
 
 ERROR_DESCRIPTIONS = {

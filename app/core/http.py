@@ -9,7 +9,7 @@ import msgspec
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
-from litestar.openapi.spec import Operation, RequestBody
+from litestar.openapi.spec import Operation, RequestBody, Schema
 
 from app.core.errors import AppError, UnsupportedMediaType
 
@@ -34,11 +34,22 @@ BodyT = TypeVar("BodyT")
 
 @dataclass
 class OptionalBodyOperation(Operation):
-    """A route that also takes no body at all (the Flask-era header form of refresh and logout)."""
+    """A route that also takes no body at all (the Flask-era header form of refresh and logout).
+
+    The body is documented as optional rather than as ``T | null``: JSON ``null`` is accepted too, but
+    generated clients send an absent optional body as nothing only when its schema is not nullable.
+    """
 
     def __post_init__(self) -> None:
         if isinstance(self.request_body, RequestBody):
             self.request_body.required = False
+            for media_type in self.request_body.content.values():
+                schema = media_type.schema
+                if isinstance(schema, Schema) and schema.one_of:
+                    arms = [arm for arm in schema.one_of if not (isinstance(arm, Schema) and arm.type == "null")]
+                    if len(arms) == 1:
+                        self.request_body.description = self.request_body.description or schema.description
+                        media_type.schema = arms[0]
 
 
 async def optional_json_body(request: Request[Any, Any, Any], decoder: msgspec.json.Decoder[BodyT]) -> BodyT | None:

@@ -31,6 +31,7 @@ from app.core.errors import (
     ValidationFailed,
     error_responses,
 )
+from app.core.openapi import CLIENT_CREDENTIAL, PathOnlyOperation, per_path, service
 from app.core.settings import Settings
 from app.db.models import User
 from app.platform.credentials import (
@@ -100,6 +101,12 @@ class DiscoveryController(Controller):
     @get(
         ["/oauth-authorization-server", "/openid-configuration"],
         summary="Authorization server metadata (RFC 8414): issuer, jwks_uri, token and introspection endpoints",
+        operation_id=per_path(
+            {
+                "/.well-known/oauth-authorization-server": "getAuthorizationServerMetadata",
+                "/.well-known/openid-configuration": "getOpenidConfiguration",
+            }
+        ),
     )
     async def metadata(self, state: State) -> Response[dict[str, Any]]:
         return Response(
@@ -108,7 +115,7 @@ class DiscoveryController(Controller):
             media_type="application/json",
         )
 
-    @get("/jwks.json", summary="Public keys that verify this service's tokens (RFC 7517)")
+    @get("/jwks.json", summary="Public keys that verify this service's tokens (RFC 7517)", operation_id="getJwks")
     async def jwks(self, state: State) -> Response[JsonWebKeySet]:
         max_age = state.settings.jwks_max_age_seconds
         return Response(
@@ -136,9 +143,12 @@ async def _body_fields(request: Request[Any, Any, Any], what: str) -> dict[str, 
 
 def _form_schema(properties: dict[str, Schema], required: list[str]) -> RequestBody:
     schema = Schema(type=OpenAPIType.OBJECT, properties=properties, required=required)  # type: ignore[arg-type]
+    # One media type: the RFCs' form. A JSON object with the same fields is accepted too, but a second
+    # media type makes openapi-python-client generate a module that does not import (its Unset).
     return RequestBody(
         required=True,
-        content={FORM_MEDIA_TYPE: OpenAPIMediaType(schema=schema), "application/json": OpenAPIMediaType(schema=schema)},
+        description="A form, as RFC 6749 and RFC 7662 say; a JSON object with the same fields is accepted too.",
+        content={FORM_MEDIA_TYPE: OpenAPIMediaType(schema=schema)},
     )
 
 
@@ -202,8 +212,10 @@ class TokenController(Controller):
         "/",
         status_code=200,
         summary="An access token for a service (RFC 6749 client credentials; client_secret_basic or _post)",
-        responses=error_responses(400, 401, 415),
+        responses=error_responses(400, 401, 413, 415),
         operation_class=TokenOperation,
+        security=CLIENT_CREDENTIAL,
+        operation_id="requestServiceToken",
     )
     async def token(
         self, request: Request[Any, Any, Any], db_session: NamedDependency[AsyncSession], state: State
@@ -228,13 +240,15 @@ class IntrospectionController(Controller):
     path = "/api/auth"
     tags = ["platform"]
     dependencies = {"introspector": Provide(require_scope("introspect"))}
+    security = service("introspect")
 
     @post(
         "/introspect",
         status_code=200,
         summary="Is a token active? (RFC 7662; a service credential with `introspect`)",
-        responses=error_responses(400, 401, 403, 415),
+        responses=error_responses(400, 401, 403, 413, 415),
         operation_class=IntrospectOperation,
+        operation_id="introspectToken",
     )
     async def introspect(
         self,
@@ -264,6 +278,7 @@ class InternalUsersController(Controller):
     path = "/api/internal/users"
     tags = ["platform"]
     dependencies = {"user_reader": Provide(require_scope("users:read"))}
+    security = service("users:read")
 
     @get(
         "/{user_id:int}",
@@ -272,6 +287,8 @@ class InternalUsersController(Controller):
             **error_responses(401, 403),
             404: ResponseSpec(ErrorBody, description="No account with this id", generate_examples=False),
         },
+        operation_id="getInternalUser",
+        operation_class=PathOnlyOperation,
     )
     async def read_user(
         self,

@@ -48,6 +48,7 @@ from app.core.errors import (
     try_again_in,
 )
 from app.core.http import BODY_ERRORS, read_whole_body, user_agent_of
+from app.core.openapi import SIGNED_IN, LooseBody, service, with_body
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.credentials.passwords import password_problem, pin_problem
 from app.db.models import User
@@ -60,18 +61,20 @@ from app.recovery.sms import SmsNotSent
 from app.sessions.deps import client_use
 from app.ussd.attempt import UssdAttempt, recorded
 from app.ussd.gateway import require_gateway
-from app.ussd.schemas import SESSION_ID_PATTERN, decode_object, peek_identity
+from app.ussd.schemas import CALLER_BODY, PIN_RESET_BODY, SESSION_ID_PATTERN, decode_object, peek_identity
 
 logger = logging.getLogger(__name__)
 
 USSD_FALLBACK = "Dial the Lady's Essence USSD code and choose Forgot PIN, or call support."
 
 
-class RecoveryStartRequest(msgspec.Struct, kw_only=True):
+class RecoveryStartRequest(LooseBody, kw_only=True):
+    required_fields = frozenset({"phone_number"})
     phone_number: str | None = None
 
 
-class RecoveryCompleteRequest(msgspec.Struct, kw_only=True):
+class RecoveryCompleteRequest(LooseBody, kw_only=True):
+    required_fields = frozenset({"phone_number", "code"})  # and new_password, new_pin or both
     phone_number: str | None = None
     code: str | None = None
     new_password: str | None = None
@@ -296,6 +299,7 @@ class RecoveryController(Controller):
             s429="The client's, the number's or the prefix's budget, or the resend cool-down; see Retry-After",
             s503="SMS is off, the daily SMS budget is spent, or the provider failed: recover by USSD instead",
         ),
+        operation_id="startRecovery",
     )
     async def start(
         self,
@@ -349,6 +353,7 @@ class RecoveryController(Controller):
             s401="Wrong, expired, used or withdrawn code (one answer)",
             s429="The client's or the number's failure budget is spent; see Retry-After",
         ),
+        operation_id="completeRecovery",
     )
     async def complete(
         self,
@@ -416,7 +421,8 @@ class RecoveryController(Controller):
         return Response(body, headers=attempt.headers(success=True))
 
 
-class PhoneVerifyRequest(msgspec.Struct, kw_only=True):
+class PhoneVerifyRequest(LooseBody, kw_only=True):
+    required_fields = frozenset({"code"})
     code: str | None = None
 
 
@@ -435,13 +441,15 @@ class PhoneVerifyController(Controller):
 
     path = "/api/auth/phone/verify"
     tags = ["auth"]
+    security = SIGNED_IN
 
     @post(
         "/start",
         status_code=202,
         summary="Send a code by SMS to the signed-in account's number",
-        responses=error_responses(400, 401, 413, 429, 503),
+        responses=error_responses(400, 401, 413, 415, 429, 503),
         guards=[read_whole_body],  # it takes no body; an oversized one is still the usual 413
+        operation_id="startPhoneVerification",
     )
     async def start(
         self,
@@ -475,6 +483,7 @@ class PhoneVerifyController(Controller):
         status_code=200,
         summary="Confirm the signed-in account's number with a code",
         responses=error_responses(*BODY_ERRORS, 401, 429, 503),
+        operation_id="confirmPhoneVerification",
     )
     async def confirm(
         self,
@@ -555,12 +564,15 @@ class UssdRecoveryController(Controller):
     path = "/api/ussd"
     tags = ["ussd"]
     dependencies = {"gateway": Provide(require_gateway())}
+    security = service("ussd")
 
     @post(
         "/recovery-code",
         status_code=200,
         summary="A one-time code for the app, for the number that is dialling",
         responses=error_responses(400, 401, 403, 404, 413, 415, 503, s404="No account uses this number"),
+        operation_id="ussdRecoveryCode",
+        operation_class=with_body(CALLER_BODY),
     )
     async def recovery_code(
         self,
@@ -601,6 +613,8 @@ class UssdRecoveryController(Controller):
             s403="Too many wrong answers for this number today",
             s404="No account uses this number",
         ),
+        operation_id="ussdResetPin",
+        operation_class=with_body(PIN_RESET_BODY),
     )
     async def reset_pin(
         self,

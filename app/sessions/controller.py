@@ -18,6 +18,7 @@ from litestar.params import Body, FromPath
 
 from app.core.errors import AppError, InvalidToken, NotAuthenticated, error_responses
 from app.core.http import BODY_ERRORS, OptionalBodyOperation, optional_json_body, read_whole_body
+from app.core.openapi import LOGOUT, REFRESH, SIGNED_IN, PathOnlyOperation
 from app.core.settings import Settings
 from app.db.models import User
 from app.sessions.deps import bearer_token, client_use
@@ -89,6 +90,8 @@ class SessionsController(Controller):
         summary="New access token from a refresh token (Bearer header, or JSON body which rotates it)",
         responses=error_responses(*BODY_ERRORS, 401),
         operation_class=OptionalBodyOperation,
+        security=REFRESH,
+        operation_id="refreshTokens",
     )
     async def refresh(
         self,
@@ -131,6 +134,7 @@ class SessionsController(Controller):
         summary="End this session: its refresh tokens and access tokens",
         responses=error_responses(*BODY_ERRORS, 401),
         operation_class=OptionalBodyOperation,
+        security=LOGOUT,
     )
     async def logout(
         self,
@@ -146,7 +150,12 @@ class SessionsController(Controller):
         await session_service.end_one(await session_to_end(token, session_service, state.token_issuer), "logout")
         return MessageResponse(message="Logged out successfully")
 
-    @get("/sessions", summary="My live sessions (devices), most recently used first", responses=error_responses(401))
+    @get(
+        "/sessions",
+        summary="My live sessions (devices), most recently used first",
+        responses=error_responses(401),
+        security=SIGNED_IN,
+    )
     async def list_sessions(
         self,
         access_claims: NamedDependency[TokenClaims],
@@ -161,7 +170,10 @@ class SessionsController(Controller):
         "/sessions/{session_id:uuid}",
         status_code=200,
         summary="End one of my sessions",
-        responses=error_responses(401, 404, 413, 415),
+        responses=error_responses(401, 404),
+        security=SIGNED_IN,
+        operation_id="endSession",
+        operation_class=PathOnlyOperation,
     )
     async def end_one(
         self,
@@ -179,6 +191,7 @@ class SessionsController(Controller):
         summary="End all my sessions but this one",
         responses=error_responses(401, 413, 415),
         guards=[read_whole_body],
+        security=SIGNED_IN,
     )
     async def logout_all(
         self,

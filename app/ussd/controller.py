@@ -20,11 +20,15 @@ from app.accounts.schemas import split_name
 from app.accounts.service import AuthService, LoginFailed
 from app.core.errors import InvalidCredentials, error_responses
 from app.core.http import user_agent_of
+from app.core.openapi import service, with_body
 from app.credentials.verification import VerificationBusy
 from app.platform.credentials import ServiceClient
 from app.ussd.attempt import UssdAttempt, recorded
 from app.ussd.gateway import require_gateway
 from app.ussd.schemas import (
+    ACCOUNT_BODY,
+    PIN_CHANGE_BODY,
+    PIN_CHECK_BODY,
     PinChanged,
     Registered,
     VerifiedPin,
@@ -84,8 +88,16 @@ class UssdController(Controller):
     path = "/api/ussd"
     tags = ["ussd"]
     dependencies = {"gateway": Provide(require_gateway())}
+    security = service("ussd")
 
-    @post("/verify-pin", status_code=200, summary="Check a caller's PIN (the USSD gateway)", responses=ERRORS)
+    @post(
+        "/verify-pin",
+        status_code=200,
+        summary="Check a caller's PIN (the USSD gateway)",
+        responses=ERRORS,
+        operation_id="ussdVerifyPin",
+        operation_class=with_body(PIN_CHECK_BODY),
+    )
     async def verify_pin(
         self,
         request: Request[Any, Any, Any],
@@ -122,6 +134,8 @@ class UssdController(Controller):
         status_code=201,
         summary="Create a PIN-only account for a caller",
         responses={**ERRORS, **error_responses(409)},
+        operation_id="ussdRegister",
+        operation_class=with_body(ACCOUNT_BODY),
     )
     async def register(
         self,
@@ -155,6 +169,8 @@ class UssdController(Controller):
         status_code=200,
         summary="Change a caller's PIN; ends the account's other sessions",
         responses=ERRORS,
+        operation_id="ussdChangePin",
+        operation_class=with_body(PIN_CHANGE_BODY),
     )
     async def change_pin(
         self,

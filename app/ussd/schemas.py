@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from litestar.openapi.spec import OpenAPIType, Schema
 
 from app.accounts.forms import SELF_REGISTERED_USER_TYPES
 from app.accounts.names import NAME_MAX_LENGTH, name_problem, normalise_name
 from app.core.errors import AppError, FieldErrors
+from app.core.openapi import json_object
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.credentials.passwords import pin_problem
 
@@ -185,3 +187,51 @@ class Registered(msgspec.Struct, kw_only=True):
 class PinChanged(msgspec.Struct, kw_only=True):
     message: str
     user_id: int
+
+
+# ---- the bodies, for the OpenAPI document (the handlers read them with the functions above) ------
+
+_PHONE = Schema(type=OpenAPIType.STRING, description="The caller's number, as the mobile network gives it.")
+_SESSION = Schema(
+    type=OpenAPIType.STRING,
+    pattern="^" + SESSION_ID_PATTERN.pattern.removesuffix(r"\Z") + "$",
+    description="The USSD session id.",
+)
+
+
+def _pin(description: str) -> Schema:
+    return Schema(
+        one_of=[Schema(type=OpenAPIType.STRING, pattern="^[0-9]{4}$"), Schema(type=OpenAPIType.INTEGER)],
+        description=description,
+    )
+
+
+PIN_CHECK_BODY = json_object(
+    ["phone_number", "pin", "session_id"],
+    phone_number=_PHONE,
+    pin=_pin("The PIN the caller typed."),
+    session_id=_SESSION,
+)
+ACCOUNT_BODY = json_object(
+    ["phone_number", "name", "user_type", "pin", "session_id"],
+    phone_number=_PHONE,
+    name=Schema(type=OpenAPIType.STRING, max_length=NAME_MAX_LENGTH),
+    user_type=Schema(type=OpenAPIType.STRING, enum=sorted(SELF_REGISTERED_USER_TYPES)),
+    pin=_pin("The new account's PIN (the registration's PIN rules)."),
+    session_id=_SESSION,
+)
+PIN_CHANGE_BODY = json_object(
+    ["phone_number", "current_pin", "new_pin", "session_id"],
+    phone_number=_PHONE,
+    current_pin=_pin("The PIN the caller has now."),
+    new_pin=_pin("The new PIN (the registration's PIN rules; not the current one)."),
+    session_id=_SESSION,
+)
+CALLER_BODY = json_object(["phone_number", "session_id"], phone_number=_PHONE, session_id=_SESSION)
+PIN_RESET_BODY = json_object(
+    ["phone_number", "session_id", "new_pin", "answer"],
+    phone_number=_PHONE,
+    session_id=_SESSION,
+    new_pin=_pin("The new PIN (the registration's PIN rules)."),
+    answer=Schema(type=OpenAPIType.STRING, description="The knowledge check: year of birth, else first name."),
+)

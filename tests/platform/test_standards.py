@@ -202,9 +202,12 @@ async def test_the_token_endpoint_refuses_what_it_does_not_grant(app: Litestar, 
 async def test_the_openapi_document_has_the_form_bodies(client: Any) -> None:
     paths = (await client.get("/schema/openapi.json")).json()["paths"]
     for path, required in (("/api/auth/introspect", "token"), ("/oauth/token", "grant_type")):
-        body = paths[path]["post"]["requestBody"]["content"]
-        for media_type in ("application/x-www-form-urlencoded", "application/json"):
-            assert required in body[media_type]["schema"]["required"]
+        body = paths[path]["post"]["requestBody"]
+        # The RFCs' form only: a second media type breaks openapi-python-client (tests/core/test_openapi_client.py);
+        # the JSON form the handlers also take is named in the description.
+        assert list(body["content"]) == ["application/x-www-form-urlencoded"]
+        assert required in body["content"]["application/x-www-form-urlencoded"]["schema"]["required"]
+        assert "JSON" in body["description"]
 
 
 async def test_bad_bodies_at_the_token_endpoint_get_clear_errors(app: Litestar, client: Any) -> None:

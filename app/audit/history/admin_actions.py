@@ -25,7 +25,7 @@ from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.audit.history.connections import AuditPool, read_transaction
-from app.audit.history.controller import ExportOperation
+from app.audit.history.controller import ACCOUNT_ID, ExportOperation, Format, Limit
 from app.audit.history.cursor import Cursor, read_cursor
 from app.audit.history.export import (
     EXPORT_FORMATS,
@@ -40,6 +40,7 @@ from app.audit.history.filters import iso, read_limit
 from app.audit.history.params import Params
 from app.audit.history.query_log import Actor, record_query
 from app.core.errors import error_responses
+from app.core.openapi import SIGNED_IN
 from app.db.models import User
 
 # Every action app/admin records: the one list, here because the security team reads them and this
@@ -221,18 +222,16 @@ async def export_admin_actions(
             yield _csv_line(texts).encode()
 
 
-def _query(description: str) -> Any:
-    return QueryParameter(description=description, required=False)
+def _query(description: str, schema: dict[str, Any] | None = None) -> Any:
+    return QueryParameter(description=description, required=False, schema_extra=schema)
 
 
-ActorId = Annotated[str | None, _query("Only actions of this staff account.")]
-TargetId = Annotated[str | None, _query("Only actions on this account.")]
+ActorId = Annotated[str | None, _query("Only actions of this staff account.", ACCOUNT_ID)]
+TargetId = Annotated[str | None, _query("Only actions on this account.", ACCOUNT_ID)]
 ActionText = Annotated[str | None, _query(f"One action, or several separated by commas: {', '.join(ACTIONS)}.")]
 Since = Annotated[str | None, _query("ISO-8601 date or time, inclusive; UTC when it has no offset.")]
 Until = Annotated[str | None, _query("ISO-8601 date or time, exclusive; UTC when it has no offset.")]
 CursorText = Annotated[str | None, _query("next_cursor of the previous page.")]
-Limit = Annotated[str | None, _query("Rows per page, 1 to 1,000 (default 100).")]
-Format = Annotated[str | None, _query("csv (default) or ndjson.")]
 
 
 def _actor(user: User, request: Request[Any, Any, Any], state: State) -> Actor:
@@ -261,6 +260,7 @@ async def provide_admin_action_filters(
 class AdminActionsController(Controller):
     path = "/api/audit/admin-actions"
     tags = ["audit"]
+    security = SIGNED_IN
     dependencies = {"admin_action_filters": Provide(provide_admin_action_filters)}
 
     @get("/", summary="Support staff's actions on accounts, newest first", responses=AUDIT_ERRORS)
@@ -294,6 +294,7 @@ class AdminActionsController(Controller):
         response_description="text/csv (formula cells neutralised) or application/x-ndjson, newest first",
         responses=AUDIT_ERRORS,
         operation_class=ExportOperation,
+        operation_id="exportAdminActions",
     )
     async def export(
         self,

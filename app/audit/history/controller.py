@@ -33,7 +33,8 @@ from app.audit.history.export import (
     export_chunks,
     parse_export_request,
 )
-from app.audit.history.filters import parse_page_request
+from app.audit.history.filters import MAX_LIMIT, parse_page_request
+from app.audit.history.params import INT64_MAX
 from app.audit.history.query_log import (
     Action,
     AuditQueryPage,
@@ -43,8 +44,9 @@ from app.audit.history.query_log import (
     record_query,
     set_row_count,
 )
-from app.audit.history.summary import Summary, parse_summary_request, summarise
+from app.audit.history.summary import MAX_TOP, Summary, parse_summary_request, summarise
 from app.core.errors import error_responses
+from app.core.openapi import SIGNED_IN, query_type
 from app.db.models import User
 
 # Bad filters, no token, another role, a query that ran out of time.
@@ -56,31 +58,43 @@ EXPORT_DESCRIPTIONS: dict[ExportFormat, str] = {
 }
 
 
-def _query(description: str) -> Any:
-    return QueryParameter(description=description, required=False)
+def _query(description: str, schema: dict[str, Any] | None = None) -> Any:
+    return QueryParameter(description=description, required=False, schema_extra=schema)
 
 
-# Query parameters, all text: the history's parsers check them and names the field of every problem.
+# Query parameters, all text: the history's parsers check them and name the field of every problem. The
+# document states the type each must have (query_type), as the parsers check it.
 Phone = Annotated[str | None, _query("Any form of the number; normalised as at sign-in.")]
 Ip = Annotated[str | None, _query("An address, or a network such as 41.186.0.0/16 or 2c0f:eb68::/32.")]
-Success = Annotated[str | None, _query("true or false.")]
+Success = Annotated[str | None, _query("true or false.", query_type(OpenAPIType.BOOLEAN))]
 Reason = Annotated[str | None, _query("One reason, or several separated by commas.")]
-Method = Annotated[str | None, _query("password or pin.")]
+Method = Annotated[str | None, _query("password or pin.", query_type(OpenAPIType.STRING, enum=["password", "pin"]))]
 Channel = Annotated[str | None, _query("http (the login endpoint) or ussd (the USSD gateway).")]
-UserId = Annotated[str | None, _query("The account's id.")]
+ACCOUNT_ID = query_type(OpenAPIType.INTEGER, minimum=1, maximum=INT64_MAX)
+UserId = Annotated[str | None, _query("The account's id.", ACCOUNT_ID)]
 Since = Annotated[str | None, _query("ISO-8601 date or time, inclusive; UTC when it has no offset.")]
 Until = Annotated[str | None, _query("ISO-8601 date or time, exclusive; UTC when it has no offset.")]
 CursorText = Annotated[str | None, _query("next_cursor of the previous page.")]
-Limit = Annotated[str | None, _query("Rows per page, 1 to 1,000 (default 100).")]
-Format = Annotated[str | None, _query("csv (default) or ndjson.")]
+Limit = Annotated[
+    str | None,
+    _query("Rows per page, 1 to 1,000 (default 100).", query_type(OpenAPIType.INTEGER, minimum=1, maximum=MAX_LIMIT)),
+]
+Format = Annotated[
+    str | None, _query("csv (default) or ndjson.", query_type(OpenAPIType.STRING, enum=list(EXPORT_DESCRIPTIONS)))
+]
 SummarySince = Annotated[str | None, _query("ISO-8601, inclusive (default: 24 hours before until).")]
 SummaryUntil = Annotated[str | None, _query("ISO-8601, exclusive (default: now).")]
-BucketText = Annotated[str | None, _query("minute, hour (default) or day.")]
+BucketText = Annotated[
+    str | None, _query("minute, hour (default) or day.", query_type(OpenAPIType.STRING, enum=["minute", "hour", "day"]))
+]
 Top = Annotated[
     str | None,
-    _query("Length of the top lists, 0 to 100 (default 10); 0 leaves them out, the only part that reads every row."),
+    _query(
+        "Length of the top lists, 0 to 100 (default 10); 0 leaves them out, the only part that reads every row.",
+        query_type(OpenAPIType.INTEGER, minimum=0, maximum=MAX_TOP),
+    ),
 ]
-AccountId = Annotated[str | None, _query("Only this account's queries.")]
+AccountId = Annotated[str | None, _query("Only this account's queries.", ACCOUNT_ID)]
 
 
 @dataclass
@@ -125,10 +139,16 @@ async def provide_attempt_filters(
 class AuditController(Controller):
     path = "/api/audit"
     tags = ["audit"]
+    security = SIGNED_IN
     # ``auditor`` and ``admin`` come from the application (see the module docstring).
     dependencies = {"attempt_filters": Provide(provide_attempt_filters)}
 
-    @get("/login-attempts", summary="Login attempts, newest first, one page at a time", responses=AUDIT_ERRORS)
+    @get(
+        "/login-attempts",
+        summary="Login attempts, newest first, one page at a time",
+        responses=AUDIT_ERRORS,
+        operation_id="listLoginAttempts",
+    )
     async def list_attempts(
         self,
         auditor: NamedDependency[User],
@@ -162,6 +182,7 @@ class AuditController(Controller):
         response_description="text/csv (formula cells neutralised) or application/x-ndjson, newest first",
         responses=EXPORT_ERRORS,
         operation_class=ExportOperation,
+        operation_id="exportLoginAttempts",
     )
     async def export_attempts(
         self,
@@ -219,6 +240,7 @@ class AuditController(Controller):
         "/summary",
         summary="Outcomes per time bucket, top failing clients and numbers, PIN locks",
         responses=AUDIT_ERRORS,
+        operation_id="summariseLoginAttempts",
     )
     async def summary(
         self,
@@ -247,7 +269,12 @@ class AuditController(Controller):
             await record_query(conn, actor, "summary", summary_request.describe(), result.totals.attempts)
         return result
 
-    @get("/queries", summary="Who read the login history, newest first (admins only)", responses=AUDIT_ERRORS)
+    @get(
+        "/queries",
+        summary="Who read the login history, newest first (admins only)",
+        responses=AUDIT_ERRORS,
+        operation_id="listAuditQueries",
+    )
     async def audit_queries(
         self,
         admin: NamedDependency[User],
