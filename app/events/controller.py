@@ -7,6 +7,7 @@ from typing import Any
 from litestar import Controller, get
 
 from app.core.errors import AppError, error_responses
+from app.core.openapi import PathOnlyOperation
 from app.events.schemas import event_schemas
 
 SCHEMA_MEDIA_TYPE = "application/schema+json"
@@ -22,7 +23,7 @@ class EventSchemasController(Controller):
     path = "/api/events/schemas"
     tags = ["account events"]
 
-    @get("/", summary="The account event types that have a schema")
+    @get("/", summary="The account event types that have a schema", operation_id="listEventTypes")
     async def types(self) -> dict[str, Any]:
         return {"message": "Account event types", "types": sorted(event_schemas())}
 
@@ -31,6 +32,8 @@ class EventSchemasController(Controller):
         summary="The JSON Schema of one account event type",
         media_type=SCHEMA_MEDIA_TYPE,
         responses=error_responses(404),
+        operation_id="getEventSchema",
+        operation_class=PathOnlyOperation,  # a text segment cannot fail validation: no 400
     )
     async def schema(self, event_type: str) -> dict[str, Any]:
         schemas = event_schemas()
