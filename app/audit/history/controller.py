@@ -47,8 +47,8 @@ from app.audit.history.summary import Summary, parse_summary_request, summarise
 from app.core.errors import error_responses
 from app.db.models import User
 
-# Bad filters, no token, another role, a query that ran out of time.
-AUDIT_ERRORS = error_responses(400, 401, 403, 503)
+# Bad filters, no token, another role, the account's read budget spent, a query that ran out of time.
+AUDIT_ERRORS = error_responses(400, 401, 403, 429, 503)
 EXPORT_ERRORS = error_responses(400, 401, 403, 429, 503)
 EXPORT_DESCRIPTIONS: dict[ExportFormat, str] = {
     "csv": "A header line, then one attempt per line; formula cells start with a single quote.",
@@ -178,19 +178,25 @@ class AuditController(Controller):
             _filter_params(**attempt_filters, since=since, until=until, format=format),
             state.settings.default_phone_region,
         )
+        # Taken before anything is sent: past the cap (the account's own included) the answer is the
+        # 429, never a transfer cut after its first bytes.
         slots: ExportSlots = state.export_slots
-        slots.check(auditor.id)
-        actor = actor_of(auditor, request, state)
-        audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.record(db_session) as conn:
-            record_id = await record_query(conn, actor, "export", export_request.describe())
+        slot = slots.reserve(auditor.id)
+        try:
+            actor = actor_of(auditor, request, state)
+            audit_pool: AuditPool = state.audit_pool
+            async with audit_pool.record(db_session) as conn:
+                record_id = await record_query(conn, actor, "export", export_request.describe())
+        except BaseException:
+            slot.release()
+            raise
 
         async def record_row_count(conn: Any, rows: int) -> None:
             await set_row_count(conn, record_id, rows)
 
         settings = state.settings
         body = export_chunks(
-            slots.connection(lambda: pooled_connection(audit_pool.engine), auditor.id),
+            slot.connection(lambda: pooled_connection(audit_pool.engine)),
             export_request.filters,
             export_request.format,
             finish=record_row_count,
@@ -201,6 +207,7 @@ class AuditController(Controller):
             # A coroutine function of our own: Litestar takes ``body.aclose`` (a builtin method) for
             # a sync function, calls it and drops the awaitable, so nothing would close the body.
             await body.aclose()
+            slot.release_unclaimed()  # a body that never started never took its connection
 
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         return Stream(
