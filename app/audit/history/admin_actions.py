@@ -283,7 +283,7 @@ class AdminActionsController(Controller):
             }
         )
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.read(db_session) as conn:
+        async with audit_pool.read(db_session, account=auditor.id) as conn:
             page = await fetch_admin_actions(conn, page_request)
             described = {**page_request.filters.describe(), "limit": page_request.limit}
             await record_query(conn, _actor(auditor, request, state), "admin_actions", described, len(page.items))

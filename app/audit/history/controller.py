@@ -151,7 +151,7 @@ class AuditController(Controller):
         page_request = parse_page_request(params, state.settings.default_phone_region)
         actor = actor_of(auditor, request, state)
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.read(db_session) as conn:
+        async with audit_pool.read(db_session, account=auditor.id) as conn:
             page = await fetch_page(conn, page_request)
             await record_query(conn, actor, "list", page_request.describe(), len(page.items))
         return page
@@ -249,7 +249,7 @@ class AuditController(Controller):
         summary_request = parse_summary_request(params, state.settings.default_phone_region)
         actor = actor_of(auditor, request, state)
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.read(db_session, snapshot=True) as conn:
+        async with audit_pool.read(db_session, snapshot=True, account=auditor.id) as conn:
             result = await summarise(conn, summary_request, ipv6_prefix=state.settings.rate_limit_ipv6_prefix)
             await record_query(conn, actor, "summary", summary_request.describe(), result.totals.attempts)
         return result
@@ -268,7 +268,7 @@ class AuditController(Controller):
         log_request = parse_query_log_request({"user_id": user_id, "cursor": cursor, "limit": limit})
         action: Action = "queries"
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.read(db_session) as conn:
+        async with audit_pool.read(db_session, account=admin.id) as conn:
             page = await fetch_query_log(conn, log_request)
             described: dict[str, Any] = {"limit": log_request.limit}
             if log_request.user_id is not None:
