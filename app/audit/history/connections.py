@@ -8,6 +8,7 @@ bind parameters.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -98,8 +99,8 @@ class AuditPool:
     a flood of summaries or exports can slow the history down but never take a connection a sign-in
     needs. The pool has exactly one connection per place: nothing waits inside SQLAlchemy's pool.
     Each connection uses one core at most (AUDIT_SESSION_SETTINGS), and an account's reads are
-    charged to its ``budget`` (budget.py): past it a read waits for room, within the same
-    ``wait_seconds``, then gets 429 ``audit_budget_spent`` with Retry-After.
+    charged to its ``budget`` (budget.py): past it a read waits for room, up to 1.5 ``wait_seconds``,
+    then gets 429 ``audit_budget_spent`` with Retry-After.
     """
 
     def __init__(
@@ -122,8 +123,9 @@ class AuditPool:
         if wait := self.budget.wait(account):
             # Held, not refused at once: a script that ignores Retry-After gets one answer per
             # AUDIT_READ_WAIT_SECONDS per request, not a tight loop of refusals that costs the process
-            # more than the reads did.
-            await asyncio.sleep(min(wait, self.wait_seconds))
+            # more than the reads did. Spread over half as long again: a flood's held reads would
+            # otherwise all wake at one instant, a burst of work in the event loop sign-in shares.
+            await asyncio.sleep(min(wait, self.wait_seconds) * random.uniform(1.0, 1.5))  # noqa: S311 (not a secret)
             self.budget.check(account)  # no room yet after all that: 429 with Retry-After
         try:
             await asyncio.wait_for(self._reads.acquire(), self.wait_seconds)
