@@ -6,9 +6,9 @@ on a small host that core is one sign-in's argon2 needed (docs/benchmarks.md, au
 every API read is charged the seconds it held its audit connection, and an account that has used
 ``AUDIT_READ_SECONDS_PER_MINUTE`` of them within about a minute has its next read held until the
 budget has room (AuditPool), or answered 429 ``audit_budget_spent`` with Retry-After when that is
-further away than ``AUDIT_READ_WAIT_SECONDS`` (held that long, give or take, first). The budget refills continuously (a token bucket of
-that many seconds, charged after each read, when its cost is known), so a person using the
-dashboard never meets it; a script polling as fast as it can does.
+further away than ``AUDIT_READ_WAIT_SECONDS`` (held that long, give or take, first). The budget
+refills continuously (a token bucket of that many seconds, charged after each read, when its cost is
+known), so a person using the dashboard never meets it; a script polling as fast as it can does.
 
 Kept per process, like the concurrency it complements: with ``--workers N`` an account may use N
 budgets, still a fixed share of each worker's audit connection.
