@@ -21,6 +21,7 @@ from app.accounts.guards import ROLE_DEPENDENCIES
 from app.accounts.settings_controller import SettingsController
 from app.admin.controller import AdminController
 from app.audit.history.admin_actions import AdminActionsController
+from app.audit.history.budget import ReadBudget
 from app.audit.history.connections import AuditPool
 from app.audit.history.controller import AuditController
 from app.audit.history.dashboard import DASHBOARD_HANDLERS
@@ -125,6 +126,7 @@ def create_app(settings: Settings) -> Litestar:
             reads=settings.audit_read_concurrency,
             exports=settings.audit_export_concurrency,
             wait_seconds=settings.audit_read_wait_seconds,
+            budget=ReadBudget(settings.audit_read_seconds_per_minute),
         )
         app.state.audit_writer = None
         if settings.audit_writer_enabled:

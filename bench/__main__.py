@@ -114,7 +114,7 @@ BENCHMARKS = (
         "bench.bench_audit_flood",
         "Sign-in p99 during a flood of security-team reads vs idle",
         "flood p99 <= 2x idle; no 500",
-        quick_args=("--sign-ins", "20"),
+        quick_args=("--sign-ins", "20", "--rounds", "1", "--warmup", "2"),
     ),
     Benchmark(
         "legacy-import",

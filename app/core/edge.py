@@ -5,8 +5,9 @@ nothing, or a header line every few seconds, or a body one byte at a time, is ke
 few thousand of them take every file descriptor (slowloris). Here every request must have arrived
 whole (headers and body) within ``REQUEST_READ_TIMEOUT_SECONDS`` of its first byte (of the
 connection, for the first one), or the connection is answered 408 and closed; a process keeps at
-most ``MAX_CONNECTIONS`` connections, and ``CONNECTIONS_PER_CLIENT`` of one address when set (only
-where the process sees the client's own address: behind a proxy every client shares the proxy's).
+most ``MAX_CONNECTIONS`` connections (a request at the cap, or past that many in flight, is answered
+503 ``server_busy`` in JSON with Retry-After), and ``CONNECTIONS_PER_CLIENT`` of one address when set
+(only where the process sees the client's own address: behind a proxy every client shares the proxy's).
 
 ``serve`` names these classes as uvicorn's ``http`` implementation; their limits come from the
 settings it passes to its workers in the environment (docs/operations.md).
@@ -25,6 +26,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
 TIMED_OUT_BODY = b'{"message":"The request took too long to arrive.","code":"request_timeout"}'
+OVER_CAPACITY_BODY = b'{"message":"The server is at its connection limit. Try again in a moment.","code":"server_busy"}'
+OVER_CAPACITY_RETRY_AFTER = b"2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +110,32 @@ class CoalescingTransport:
 
 class RequestDeadline:
     """Mixed into uvicorn's protocols, before them; uses only what both have (``transport``,
-    ``client``, ``connections``, ``cycle`` and its ``more_body``)."""
+    ``client``, ``connections``, ``tasks``, ``cycle`` and its ``more_body``, ``app`` and
+    ``limit_concurrency``)."""
 
     transport: asyncio.Transport
     client: tuple[str, int] | None
     connections: set[Any]
     cycle: Any
     limits: EdgeLimits | None = None  # None: from the environment (edge_limits)
+    tasks: set[asyncio.Task[None]]
+    limit_concurrency: int | None
+    app: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn answers a request past ``limit_concurrency`` itself, in plain text: the same check
+        # is made here instead, answered in JSON like every other error of the service.
+        self._concurrency_limit, self.limit_concurrency = self.limit_concurrency, None
+        self._app, self.app = self.app, self._serve_within_capacity
+
+    async def _serve_within_capacity(self, scope: Any, receive: Any, send: Any) -> None:
+        limit = self._concurrency_limit
+        # uvicorn's own test, made before this request's task existed (it is counted in ``tasks`` now).
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) > limit):
+            await over_capacity(send)
+            return
+        await self._app(scope, receive, send)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(CoalescingTransport(cast(asyncio.Transport, transport)))  # type: ignore[misc]
@@ -170,6 +192,18 @@ class RequestDeadline:
         if self.cycle is self._cycle_at_arm:  # its headers never completed: nothing was answered yet
             self.transport.write(TIMED_OUT + b"content-length: %d\r\n\r\n" % len(TIMED_OUT_BODY) + TIMED_OUT_BODY)
         self.transport.close()
+
+
+async def over_capacity(send: Any) -> None:
+    """503 ``server_busy`` with Retry-After, and the connection closed (uvicorn's own is plain text)."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(OVER_CAPACITY_BODY)).encode()),
+        (b"retry-after", OVER_CAPACITY_RETRY_AFTER),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": OVER_CAPACITY_BODY, "more_body": False})
 
 
 class GuardedH11Protocol(RequestDeadline, H11Protocol):

@@ -145,6 +145,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # (reads + exports connections, apart from sign-in's); a read waiting longer gets 503 audit_reads_busy.
     audit_read_concurrency: int = 1
     audit_read_wait_seconds: float = 5
+    # Seconds of history reads one account may use per minute (per process), refilled continuously;
+    # past it 429 audit_budget_spent with Retry-After (app/audit/history/budget.py). 0: no budget.
+    audit_read_seconds_per_minute: float = 10
     audit_max_backlog: int = 1_000_000  # unwritten events Redis may hold; past it events go to Postgres directly
     # Browser origins (app/core/cors.py has the syntax); unset: the development origins, required in production.
     cors_allow_origins: list[str] | None = None

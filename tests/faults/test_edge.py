@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 
@@ -96,6 +97,32 @@ def test_connections_past_the_cap_are_refused_and_those_within_it_still_answer(s
     finally:
         for sock in held:
             sock.close()
+
+
+def test_a_request_at_the_connection_cap_hears_a_json_503_with_retry_after(server):
+    """uvicorn's own answer at its concurrency limit is plain text; the service's is its JSON error."""
+    port = server
+    held = [opened(port, b"") for _ in range(59)]  # with the next one, MAX_CONNECTIONS=60 are open
+    try:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+        finally:
+            sock.close()
+    finally:
+        for held_sock in held:
+            held_sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503"), answer
+    headers = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])
+    assert headers[b"content-type"] == b"application/json"
+    assert int(headers[b"retry-after"]) > 0
+    payload = json.loads(body)
+    assert set(payload) == {"message", "code"} and payload["message"]
+    assert payload["code"] == "server_busy"
 
 
 def test_a_whole_request_on_a_slow_link_is_served(server):

@@ -12,12 +12,13 @@ import asyncio
 import csv
 import datetime
 import io
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from litestar import Controller, Request, get
+from litestar.background_tasks import BackgroundTask
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
@@ -33,7 +34,7 @@ from app.audit.history.export import (
     ExportCut,
     ExportFormat,
     ExportLimits,
-    ExportSlots,
+    ExportSlot,
     neutralise_formula,
 )
 from app.audit.history.filters import iso, read_limit
@@ -58,7 +59,7 @@ AdminActionName = Literal[
 ]
 ACTIONS: tuple[str, ...] = get_args(AdminActionName)
 COLUMNS = ("id", "created_at", "actor_user_id", "actor", "origin", "action", "target_user_id", "details", "client_ip")
-AUDIT_ERRORS = error_responses(400, 401, 403, 503)
+AUDIT_ERRORS = error_responses(400, 401, 403, 429, 503)
 
 
 class AdminActionView(msgspec.Struct, kw_only=True):
@@ -190,18 +191,18 @@ async def export_admin_actions(
     engine: AsyncEngine,
     filters: AdminActionFilters,
     fmt: ExportFormat,
-    slots: ExportSlots | None = None,
+    slot: ExportSlot | None = None,
     limits: ExportLimits | None = None,
-) -> AsyncIterator[bytes]:
-    """Every matching action, newest first, from a server-side cursor (constant memory); holding one of
-    ``slots`` (the login history's export slots) while it reads."""
+) -> AsyncGenerator[bytes, None]:
+    """Every matching action, newest first, from a server-side cursor (constant memory); holding
+    ``slot`` (one of the login history's export slots, reserved by the caller) while it reads."""
     args: list[Any] = []
     conditions = filters.conditions(args)
     condition = " WHERE " + " AND ".join(conditions) if conditions else ""
     if fmt == "csv":
         yield _csv_line(list(COLUMNS)).encode()
     transaction = (
-        (lambda: read_transaction(engine)) if slots is None else slots.connection(lambda: read_transaction(engine))
+        (lambda: read_transaction(engine)) if slot is None else slot.connection(lambda: read_transaction(engine))
     )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + limits.deadline_seconds if limits is not None else None
@@ -282,7 +283,7 @@ class AdminActionsController(Controller):
             }
         )
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.read(db_session) as conn:
+        async with audit_pool.read(db_session, account=auditor.id) as conn:
             page = await fetch_admin_actions(conn, page_request)
             described = {**page_request.filters.describe(), "limit": page_request.limit}
             await record_query(conn, _actor(auditor, request, state), "admin_actions", described, len(page.items))
@@ -311,19 +312,31 @@ class AdminActionsController(Controller):
                 "format": format,
             }
         )
+        slot = state.export_slots.reserve(auditor.id)  # before anything is sent: past the cap, the 429
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.record(db_session) as conn:
-            described = {**export_request.filters.describe(), "format": export_request.format}
-            await record_query(conn, _actor(auditor, request, state), "admin_actions_export", described)
+        try:
+            async with audit_pool.record(db_session) as conn:
+                described = {**export_request.filters.describe(), "format": export_request.format}
+                await record_query(conn, _actor(auditor, request, state), "admin_actions_export", described)
+        except BaseException:
+            slot.release()
+            raise
+        body = export_admin_actions(
+            audit_pool.engine,
+            export_request.filters,
+            export_request.format,
+            slot,
+            ExportLimits(state.settings.audit_export_deadline_seconds, state.settings.audit_export_idle_seconds),
+        )
+
+        async def close_body() -> None:
+            await body.aclose()  # a client that hung up: the cursor and its connection go now
+            slot.release_unclaimed()
+
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         return Stream(
-            export_admin_actions(
-                audit_pool.engine,
-                export_request.filters,
-                export_request.format,
-                state.export_slots,
-                ExportLimits(state.settings.audit_export_deadline_seconds, state.settings.audit_export_idle_seconds),
-            ),
+            body,
+            background=BackgroundTask(close_body),
             media_type=MEDIA_TYPES[export_request.format],
             headers={
                 "Content-Disposition": f'attachment; filename="admin-actions-{stamp}.{export_request.format}"',

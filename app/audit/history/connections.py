@@ -8,6 +8,8 @@ bind parameters.
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,10 +17,15 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 
+from app.audit.history.budget import AuditBudgetSpent, ReadBudget
 from app.core.errors import AppError
 
 # An API page or summary that runs longer than this is stopped (export and CLI have no limit).
 API_STATEMENT_TIMEOUT_MS = 15_000
+# Every connection of the security team's pool (AuditPool): a history read takes one core at most,
+# never parallel workers beside it, leaving the host's others to sign-in (docs/benchmarks.md). JIT is
+# off for the same reason: compiling costs these statements more than it saves them.
+AUDIT_SESSION_SETTINGS = {"max_parallel_workers_per_gather": "0", "jit": "off"}
 
 
 class AuditQueryTimeout(AppError):
@@ -91,34 +98,61 @@ class AuditPool:
     ``audit_reads_busy`` with Retry-After) and exports their own ``exports`` places (ExportSlots), so
     a flood of summaries or exports can slow the history down but never take a connection a sign-in
     needs. The pool has exactly one connection per place: nothing waits inside SQLAlchemy's pool.
+    Each connection uses one core at most (AUDIT_SESSION_SETTINGS), and an account's reads are
+    charged to its ``budget`` (budget.py): past it a read waits for room, up to 1.5 ``wait_seconds``,
+    then gets 429 ``audit_budget_spent`` with Retry-After.
     """
 
-    def __init__(self, url: str, *, reads: int, exports: int, wait_seconds: float) -> None:
+    def __init__(
+        self, url: str, *, reads: int, exports: int, wait_seconds: float, budget: ReadBudget | None = None
+    ) -> None:
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=max(1, reads) + max(1, exports), max_overflow=0, pool_pre_ping=True, pool_recycle=1800
+            url,
+            pool_size=max(1, reads) + max(1, exports),
+            max_overflow=0,
+            pool_pre_ping=True,
+            pool_recycle=1800,
+            connect_args={"server_settings": AUDIT_SESSION_SETTINGS},
         )
         self._reads = asyncio.Semaphore(max(1, reads))
         self.wait_seconds = wait_seconds
+        self.budget = budget or ReadBudget(0)
 
     @asynccontextmanager
-    async def _place(self) -> AsyncIterator[None]:
+    async def _place(self, account: int | None = None) -> AsyncIterator[None]:
+        if wait := self.budget.wait(account):
+            # Held, not refused at once: a script that ignores Retry-After gets one answer per
+            # AUDIT_READ_WAIT_SECONDS per request, not a tight loop of refusals that costs the process
+            # more than the reads did. Spread over half as long again: a flood's held reads would
+            # otherwise all wake at one instant, a burst of work in the event loop sign-in shares.
+            await asyncio.sleep(min(wait, self.wait_seconds) * random.uniform(1.0, 1.5))  # noqa: S311 (not a secret)
+            self.budget.check(account)  # no room yet after all that: 429 with Retry-After
         try:
             await asyncio.wait_for(self._reads.acquire(), self.wait_seconds)
         except TimeoutError as exc:
             raise AuditReadsBusy(headers={"Retry-After": str(max(1, round(self.wait_seconds)))}) from exc
         try:
+            self.budget.check(account)  # still past it, or its other reads went first: 429 with Retry-After
+        except AuditBudgetSpent:
+            self._reads.release()
+            raise
+        started = time.monotonic()
+        try:
             yield
         finally:
             self._reads.release()
+            self.budget.charge(account, time.monotonic() - started)
 
     @asynccontextmanager
-    async def read(self, session: AsyncSession | None = None, *, snapshot: bool = False) -> AsyncIterator[Any]:
-        """An API read (:func:`api_read`) on this pool. ``session``: the request's ORM session, which
-        loaded the signed-in user; its transaction ends first, so the request holds one connection at
-        a time, never one while it waits for another."""
+    async def read(
+        self, session: AsyncSession | None = None, *, snapshot: bool = False, account: int | None = None
+    ) -> AsyncIterator[Any]:
+        """An API read (:func:`api_read`) on this pool, charged to ``account``'s budget. ``session``:
+        the request's ORM session, which loaded the signed-in user; its transaction ends first, so the
+        request holds one connection at a time, never one while it waits for another."""
         if session is not None:
             await release_request_session(session)
-        async with self._place(), api_read(self.engine, snapshot=snapshot) as conn:
+        async with self._place(account), api_read(self.engine, snapshot=snapshot) as conn:
             yield conn
 
     @asynccontextmanager

@@ -49,8 +49,8 @@ from app.core.errors import error_responses
 from app.core.openapi import SIGNED_IN, query_type
 from app.db.models import User
 
-# Bad filters, no token, another role, a query that ran out of time.
-AUDIT_ERRORS = error_responses(400, 401, 403, 503)
+# Bad filters, no token, another role, the account's read budget spent, a query that ran out of time.
+AUDIT_ERRORS = error_responses(400, 401, 403, 429, 503)
 EXPORT_ERRORS = error_responses(400, 401, 403, 429, 503)
 EXPORT_DESCRIPTIONS: dict[ExportFormat, str] = {
     "csv": "A header line, then one attempt per line; formula cells start with a single quote.",
@@ -171,7 +171,7 @@ class AuditController(Controller):
         page_request = parse_page_request(params, state.settings.default_phone_region)
         actor = actor_of(auditor, request, state)
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.read(db_session) as conn:
+        async with audit_pool.read(db_session, account=auditor.id) as conn:
             page = await fetch_page(conn, page_request)
             await record_query(conn, actor, "list", page_request.describe(), len(page.items))
         return page
@@ -199,19 +199,25 @@ class AuditController(Controller):
             _filter_params(**attempt_filters, since=since, until=until, format=format),
             state.settings.default_phone_region,
         )
+        # Taken before anything is sent: past the cap (the account's own included) the answer is the
+        # 429, never a transfer cut after its first bytes.
         slots: ExportSlots = state.export_slots
-        slots.check(auditor.id)
-        actor = actor_of(auditor, request, state)
-        audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.record(db_session) as conn:
-            record_id = await record_query(conn, actor, "export", export_request.describe())
+        slot = slots.reserve(auditor.id)
+        try:
+            actor = actor_of(auditor, request, state)
+            audit_pool: AuditPool = state.audit_pool
+            async with audit_pool.record(db_session) as conn:
+                record_id = await record_query(conn, actor, "export", export_request.describe())
+        except BaseException:
+            slot.release()
+            raise
 
         async def record_row_count(conn: Any, rows: int) -> None:
             await set_row_count(conn, record_id, rows)
 
         settings = state.settings
         body = export_chunks(
-            slots.connection(lambda: pooled_connection(audit_pool.engine), auditor.id),
+            slot.connection(lambda: pooled_connection(audit_pool.engine)),
             export_request.filters,
             export_request.format,
             finish=record_row_count,
@@ -222,6 +228,7 @@ class AuditController(Controller):
             # A coroutine function of our own: Litestar takes ``body.aclose`` (a builtin method) for
             # a sync function, calls it and drops the awaitable, so nothing would close the body.
             await body.aclose()
+            slot.release_unclaimed()  # a body that never started never took its connection
 
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         return Stream(
@@ -264,7 +271,7 @@ class AuditController(Controller):
         summary_request = parse_summary_request(params, state.settings.default_phone_region)
         actor = actor_of(auditor, request, state)
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.read(db_session, snapshot=True) as conn:
+        async with audit_pool.read(db_session, snapshot=True, account=auditor.id) as conn:
             result = await summarise(conn, summary_request, ipv6_prefix=state.settings.rate_limit_ipv6_prefix)
             await record_query(conn, actor, "summary", summary_request.describe(), result.totals.attempts)
         return result
@@ -288,7 +295,7 @@ class AuditController(Controller):
         log_request = parse_query_log_request({"user_id": user_id, "cursor": cursor, "limit": limit})
         action: Action = "queries"
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.read(db_session) as conn:
+        async with audit_pool.read(db_session, account=admin.id) as conn:
             page = await fetch_query_log(conn, log_request)
             described: dict[str, Any] = {"limit": log_request.limit}
             if log_request.user_id is not None:

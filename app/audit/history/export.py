@@ -213,9 +213,11 @@ async def export_chunks(
         if reader_gone:
             raise ExportStopped
 
+    opened = connect()  # now, not in the task: a slot behind ``connect`` counts as claimed from here
+
     async def copy() -> None:
         try:
-            async with connect() as conn, conn.transaction():
+            async with opened as conn, conn.transaction():
                 # JIT compiles the row formatting for a second or more and never earns it back here.
                 await conn.execute("SET LOCAL jit = off")
                 if limits is not None:
@@ -271,49 +273,80 @@ class ExportsBusy(AppError):
 
 
 class ExportSlots:
-    """At most ``limit`` exports hold a database connection at once in this process, and at most
-    ``per_user`` of them one account's.
+    """At most ``limit`` exports hold a slot at once in this process, and at most ``per_user`` of them
+    one account's.
 
     An export holds a connection for as long as the file takes (minutes for millions of rows): without
     a cap, a few browser tabs of exports would take every connection the security team has, and one
-    account could keep the others out.
+    account could keep the others out. A slot is taken (:meth:`reserve`) before the response starts,
+    so an export past the cap is refused with its 429 rather than cut after its first bytes.
     """
 
     def __init__(self, limit: int, per_user: int = 1) -> None:
-        self._semaphore = asyncio.Semaphore(max(1, limit))
+        self.limit = max(1, limit)
         self.per_user = max(1, per_user)
-        self.in_use = 0  # exports holding a slot now
+        self.in_use = 0  # slots taken now: reserved, streaming, or finishing their COPY
         self._by_user: dict[int, int] = {}
 
-    def check(self, user_id: int | None = None) -> None:
-        """Refuse up front when every slot is taken, or the account's (the usual case of a busy server)."""
+    def reserve(self, user_id: int | None = None) -> ExportSlot:
+        """Take a slot, or refuse (429 ``exports_busy``). Checked and taken with no await between, so
+        two exports an account starts at the same instant cannot both pass."""
         own = self._by_user.get(user_id, 0) if user_id is not None else 0
-        if self._semaphore.locked() or own >= self.per_user:
+        if self.in_use >= self.limit or own >= self.per_user:
             raise ExportsBusy(headers={"Retry-After": "30"})
+        self.in_use += 1
+        if user_id is not None:
+            self._by_user[user_id] = own + 1
+        return ExportSlot(self, user_id)
 
     def connection(self, connect: Connect, user_id: int | None = None) -> Connect:
-        """``connect`` holding a slot exactly as long as the connection is held: taken before it is
-        opened (exact even when two requests pass :meth:`check` at once), given back after the COPY
-        has let it go, which may be a little after its reader has hung up."""
+        """``connect`` holding a slot reserved now (:meth:`ExportSlot.connection`)."""
+        return self.reserve(user_id).connection(connect)
 
+    def _give_back(self, user_id: int | None) -> None:
+        self.in_use -= 1
+        if user_id is not None:
+            self._by_user[user_id] -= 1
+            if not self._by_user[user_id]:
+                del self._by_user[user_id]
+
+
+class ExportSlot:
+    """One export's place, from :meth:`ExportSlots.reserve` until :meth:`release` (idempotent).
+
+    Its connection (:meth:`connection`) gives it back once the COPY has let the connection go, which
+    may be a little after the reader has hung up. An export whose body never asked for the connection
+    (the handler failed after reserving, the client left before the first chunk) gives it back with
+    :meth:`release_unclaimed`.
+    """
+
+    __slots__ = ("_released", "_slots", "_user_id", "claimed")
+
+    def __init__(self, slots: ExportSlots, user_id: int | None) -> None:
+        self._slots, self._user_id = slots, user_id
+        self._released = False
+        self.claimed = False
+
+    def connection(self, connect: Connect) -> Connect:
         @asynccontextmanager
-        async def slotted() -> AsyncIterator[Any]:
-            if user_id is not None:
-                if self._by_user.get(user_id, 0) >= self.per_user:
-                    raise ExportsBusy(headers={"Retry-After": "30"})
-                self._by_user[user_id] = self._by_user.get(user_id, 0) + 1
+        async def held() -> AsyncIterator[Any]:
             try:
-                async with self._semaphore:
-                    self.in_use += 1
-                    try:
-                        async with connect() as conn:
-                            yield conn
-                    finally:
-                        self.in_use -= 1
+                async with connect() as conn:
+                    yield conn
             finally:
-                if user_id is not None:
-                    self._by_user[user_id] -= 1
-                    if not self._by_user[user_id]:
-                        del self._by_user[user_id]
+                self.release()
 
-        return slotted
+        def claim() -> AbstractAsyncContextManager[Any]:
+            self.claimed = True  # from here on the context manager's exit gives the slot back
+            return held()
+
+        return claim
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._slots._give_back(self._user_id)
+
+    def release_unclaimed(self) -> None:
+        if not self.claimed:
+            self.release()

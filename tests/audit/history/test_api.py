@@ -448,6 +448,80 @@ async def test_a_client_hanging_up_mid_export_gives_its_slot_and_connection_back
         gc.enable()
 
 
+def asgi_get(path: str, query: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(name.lower().encode(), value.encode()) for name, value in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+
+@pytest.mark.parametrize("path", [EXPORT, ADMIN_ACTIONS_EXPORT])
+async def test_two_exports_started_at_once_by_one_account_one_streams_whole_the_other_is_refused_first(
+    app, client, db, path
+):
+    """The per-account cap (AUDIT_EXPORTS_PER_USER, 1) is taken before the response starts: the second
+    of two simultaneous exports hears 429 before any byte, rather than a 200 cut after its head."""
+    assert app.state.settings.audit_exports_per_user == 1 < app.state.settings.audit_export_concurrency
+    headers = await staff_headers(client, db, "security")
+    await insert_rows(db, [Row(created_at=BASE_TIME + n * MINUTE) for n in range(300)])
+    scope = asgi_get(path, b"format=ndjson", headers)
+
+    async def export_once() -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        requested = False
+        answered = asyncio.Event()
+
+        async def receive() -> dict[str, Any]:
+            nonlocal requested
+            if not requested:
+                requested = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            await answered.wait()  # the client stays to the end (then, as servers do, it is gone)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            messages.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered.set()
+
+        await app(dict(scope), receive, send)
+        return messages
+
+    async def both_at_once() -> list[list[dict[str, Any]]]:
+        answers = await asyncio.wait_for(asyncio.gather(export_once(), export_once()), 30)
+        await asyncio.sleep(0.1)
+        assert app.state.export_slots.in_use == 0  # both slots back
+        return answers
+
+    # In the app's own event loop (see the hang-up test below).
+    answers = await anyio.to_thread.run_sync(client.blocking_portal.call, both_at_once)
+    starts = [messages[0] for messages in answers]
+    assert all(start["type"] == "http.response.start" for start in starts)
+    assert sorted(start["status"] for start in starts) == [200, 429]
+    refused = next(messages for messages in answers if messages[0]["status"] == 429)
+    streamed = next(messages for messages in answers if messages[0]["status"] == 200)
+    assert [m["status"] for m in refused if m["type"] == "http.response.start"] == [429]
+    assert dict(refused[0]["headers"])[b"retry-after"] == b"30"
+    refusal = json.loads(b"".join(m.get("body", b"") for m in refused[1:]))
+    assert refusal["code"] == "exports_busy" and refusal["message"]
+    assert streamed[-1]["type"] == "http.response.body" and not streamed[-1].get("more_body", False)
+    lines = b"".join(m.get("body", b"") for m in streamed[1:]).splitlines()
+    expected = 300 if path == EXPORT else await db.fetchval("SELECT count(*) FROM admin_actions")
+    assert len(lines) == expected
+    assert all(json.loads(line) for line in lines)
+
+
 # ---- summary --------------------------------------------------------------------------------------
 
 
