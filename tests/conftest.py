@@ -121,9 +121,52 @@ def settings(base_settings: Settings, request: pytest.FixtureRequest) -> Iterato
     asyncio.run(_truncate(base_settings))
 
 
+# What ``TRUNCATE <TABLES> RESTART IDENTITY CASCADE`` empties: TABLES, every table whose foreign keys
+# reach them, and the sequences those own.
+_CASCADE = """
+WITH RECURSIVE cascade(rel) AS (
+    SELECT unnest($1::text[]::regclass[])
+    UNION
+    SELECT c.conrelid::regclass FROM pg_constraint c JOIN cascade ON c.confrelid = cascade.rel WHERE c.contype = 'f'
+)
+SELECT array_agg(rel::text) AS tables,
+       (SELECT array_agg(d.objid::regclass::text) FROM pg_depend d JOIN pg_class s ON s.oid = d.objid
+         WHERE s.relkind = 'S' AND d.refobjid IN (SELECT rel FROM cascade)) AS sequences
+FROM cascade
+"""
+FEW_ROWS = 5000  # a table holding more is truncated: deleting many rows costs more and leaves them dead
+_emptied: dict[str, tuple[list[str], list[str]]] = {}
+
+
 async def _truncate(settings: Settings) -> None:
+    """Empty TABLES as ``TRUNCATE ... RESTART IDENTITY CASCADE`` would, but with DELETE while they are small.
+
+    TRUNCATE makes new files for every table and index it empties: 140-320 ms a test on a loaded
+    machine, after hundreds of tests that wrote a few rows each. The DELETEs run with triggers and
+    foreign-key checks off (``session_replication_role = replica``), as TRUNCATE fires none either,
+    and the sequences restart where they started.
+    """
     conn = await asyncpg.connect(plain_dsn(settings))
     try:
+        dsn = plain_dsn(settings)
+        if dsn not in _emptied:
+            row = await conn.fetchrow(_CASCADE, list(TABLES))
+            _emptied[dsn] = (list(row["tables"]), list(row["sequences"] or []))
+        tables, sequences = _emptied[dsn]
+        many = " OR ".join(f"EXISTS (SELECT FROM {table} OFFSET {FEW_ROWS})" for table in tables)
+        if not await conn.fetchval(f"SELECT {many}"):
+            try:
+                async with conn.transaction():
+                    await conn.execute("SET LOCAL session_replication_role = replica")  # a superuser's right
+                    await conn.execute("; ".join(f"DELETE FROM {table}" for table in tables))  # noqa: S608 (catalogue names)
+                    await conn.execute(
+                        "SELECT setval(seqrelid, seqstart, false) FROM pg_sequence"
+                        " WHERE seqrelid = ANY($1::text[]::regclass[])",
+                        sequences,
+                    )
+                return
+            except asyncpg.InsufficientPrivilegeError:
+                pass
         await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
     finally:
         await conn.close()

@@ -24,8 +24,11 @@ from tests.conftest import PROJECT_ROOT, TEST_JWT_SECRET, TEST_PIN_PEPPER, plain
 from tests.legacy import flask_data as fd
 from tests.legacy.test_import import checksums
 
-USERS = 4000
-ATTEMPTS = 60_000
+# Enough that a kill lands mid-table (the import writes batches of 100: 20 of accounts, 200 of history,
+# and the kill comes as soon as the first batch shows) and that every collision and garbage pattern of
+# the seed below occurs many times; five full imports run, so more only costs time.
+USERS = 2000
+ATTEMPTS = 20_000
 SEED_USERS = """
 INSERT INTO users (id, name, phone_number, email, password_hash, user_type, created_at, last_activity, pin_hash,
                    enable_pin_auth, account_type, notification_preferences)
