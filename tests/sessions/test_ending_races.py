@@ -6,6 +6,9 @@ session. The old rows were revoked by one UPDATE while a rotation inserted a new
 the same family: the session lived on (9 trials in 10 through logout-all) and then vanished from the
 device list. Here every ending action is raced against such a thief many times; afterwards no token
 the thief ever received works, and the device list tells the truth.
+
+The requests really overlap: the app runs in the test's own event loop (``tests/asgi.py``), where
+Litestar's test client would answer one request at a time from a portal thread.
 """
 
 from __future__ import annotations
@@ -13,19 +16,29 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
+from litestar import Litestar
 
 from app.core.settings import Settings
 from tests.admin.support import account_of_kind
+from tests.asgi import in_loop_client
 from tests.helpers import GOOD_PIN, STRONG_PASSWORD, bearer, new_phone, registered
 
 TRIALS = 25  # per ending action; logout-all, the one the attack won 9 times in 10, gets twice as many
 PARALLEL = 4  # the thief's requests in flight at once, as in the reproduction
 _passwords = itertools.count()
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """The thief's rotations and the ending in flight at the same time (see the module's docstring)."""
+    async with in_loop_client(app) as concurrent:
+        yield concurrent
 
 
 @pytest.fixture
