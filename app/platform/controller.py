@@ -147,7 +147,10 @@ def _form_schema(properties: dict[str, Schema], required: list[str]) -> RequestB
     # media type makes openapi-python-client generate a module that does not import (its Unset).
     return RequestBody(
         required=True,
-        description="A form, as RFC 6749 and RFC 7662 say; a JSON object with the same fields is accepted too.",
+        description=(
+            "A form, as RFC 6749 and RFC 7662 say. A JSON object with the same fields is accepted too, except"
+            " the client's credentials: with JSON they go in the Authorization header (Basic or Bearer)."
+        ),
         content={FORM_MEDIA_TYPE: OpenAPIMediaType(schema=schema)},
     )
 
