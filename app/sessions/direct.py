@@ -88,31 +88,47 @@ SET last_used_at = now(), last_ip = $2::text::inet, last_user_agent = coalesce($
 WHERE id = $1 AND ended_at IS NULL
 """
 
-# The same with rotation, as SessionService.refresh does it in three statements: the conditional
-# UPDATE of the session row (the liveness check, and its lock until the new token is stored),
-# the token marked replaced, the new token stored; one statement, so one transaction.
-REFRESH_WITH_ROTATION = """
-WITH token AS (
-    SELECT id, session_id FROM refresh_tokens
-    WHERE token_hash = $1 AND expires_at > now() AND (rotated_at IS NULL OR rotated_at > now() - $4::interval)
+# The same with rotation, for every rotation asked while the previous batch was in flight, as one
+# statement and so one transaction and one durable commit (group commit): SessionService.refresh's
+# three statements for each (the conditional UPDATE of the session row, the liveness check, whose
+# lock is held until the new token is stored; the token marked replaced; the new token stored).
+# The session rows are locked first, in id order, as an ending locks them (SessionService.end):
+# two transactions that lock rows of one table in one order cannot deadlock on them, and a
+# rotation locks no users row. An ending that commits while the batch waits for a row is seen by
+# the UPDATE's recheck (READ COMMITTED): that session is not continued. One token presented
+# several times (the field client's parallel refreshes) continues its session once and gets a new
+# token for each; the last one asked names the session's last address and agent.
+REFRESHES_WITH_ROTATION = """
+WITH asked AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[])
+        WITH ORDINALITY AS a(token_hash, ip, agent, new_jti, new_hash, place)
+), token AS (
+    SELECT asked.*, t.id AS token_id, t.session_id
+    FROM asked JOIN refresh_tokens t ON t.token_hash = asked.token_hash
+    WHERE t.expires_at > now() AND (t.rotated_at IS NULL OR t.rotated_at > now() - $6::interval)
+), locked AS MATERIALIZED (
+    SELECT s.id FROM sessions s WHERE s.id IN (SELECT session_id FROM token) ORDER BY s.id FOR NO KEY UPDATE
+), latest AS (
+    SELECT DISTINCT ON (session_id) session_id, ip, agent FROM token ORDER BY session_id, place DESC
 ), continued AS (
     UPDATE sessions
-    SET last_used_at = now(), last_ip = $2::text::inet, last_user_agent = coalesce($3::text, sessions.last_user_agent),
-        expires_at = greatest(sessions.expires_at, $5::timestamptz)
-    FROM token, users u
-    WHERE sessions.id = token.session_id AND sessions.ended_at IS NULL AND sessions.expires_at > now()
+    SET last_used_at = now(), last_ip = latest.ip::inet,
+        last_user_agent = coalesce(latest.agent, sessions.last_user_agent),
+        expires_at = greatest(sessions.expires_at, $7::timestamptz)
+    FROM locked, latest, users u
+    WHERE sessions.id = locked.id AND latest.session_id = locked.id
+      AND sessions.ended_at IS NULL AND sessions.expires_at > now()
       AND u.id = sessions.user_id AND u.is_active
-    RETURNING sessions.id AS session_id, sessions.user_id, u.role, u.user_type, sessions.auth_time,
-              token.id AS token_id
+    RETURNING sessions.id AS session_id, sessions.user_id, u.role, u.user_type, sessions.auth_time
 ), replaced AS (
     UPDATE refresh_tokens SET rotated_at = now(), updated_at = now()
-    FROM continued
-    WHERE refresh_tokens.id = continued.token_id AND refresh_tokens.rotated_at IS NULL
+    WHERE id IN (SELECT token.token_id FROM token JOIN continued USING (session_id)) AND rotated_at IS NULL
 ), stored AS (
     INSERT INTO refresh_tokens (jti, session_id, token_hash, expires_at, created_at, updated_at)
-    SELECT $6::uuid, session_id, $7, $5::timestamptz, now(), now() FROM continued
+    SELECT token.new_jti, token.session_id, token.new_hash, $7::timestamptz, now(), now()
+    FROM token JOIN continued USING (session_id)
 )
-SELECT session_id, user_id, role, user_type, auth_time FROM continued
+SELECT token.place, continued.* FROM token JOIN continued USING (session_id)
 """
 
 
@@ -138,6 +154,14 @@ class FoundSession:
     auth_time: datetime.datetime | None
     refresh_token: str | None = None  # the new one, after a rotation
     user_type: str | None = None  # with the role, the new token's scope
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    token_hash: str
+    ip_address: str | None
+    user_agent: str | None
+    new_token_hash: str
 
 
 class QuietConnection(asyncpg.Connection):  # type: ignore[misc]
@@ -171,6 +195,8 @@ class SessionChecks:
         self._signed_in: Coalescer[tuple[uuid.UUID, int]] = Coalescer(self._signed_in_batch, max_batch=256)
         self._refreshes: Coalescer[tuple[str, str | None, str | None]] = Coalescer(self._refresh_batch, max_batch=256)
         self._accounts: Coalescer[str] = Coalescer(self._accounts_batch, max_batch=256)
+        # One batch of rotations at a time: those asked meanwhile commit together in the next one.
+        self._rotations: Coalescer[Rotation] = Coalescer(self._rotation_batch, max_batch=256, max_in_flight=1)
 
     @classmethod
     async def open(cls, settings: Settings) -> SessionChecks:
@@ -258,21 +284,34 @@ class SessionChecks:
     async def refresh_with_rotation(
         self, token: str, ip_address: str | None, user_agent: str | None
     ) -> FoundSession | None:
-        """Continue the live session of an opaque refresh token with a new token; None: ask the ORM way."""
+        """Continue the live session of an opaque refresh token with a new token; None: ask the ORM way.
+
+        Committed with the other rotations asked while the previous batch was in flight, in one
+        statement: the answer comes once the new token is stored durably, as before.
+        """
         new_token = new_refresh_token()
-        expires_at = datetime.datetime.now(datetime.UTC) + self.refresh_lifetime
-        row = await self.pool.fetchrow(
-            REFRESH_WITH_ROTATION,
-            token_digest(token),
-            ip_address,
-            user_agent,
-            self.reuse_grace,
-            expires_at,
-            uuid.uuid4(),
-            token_digest(new_token),
+        row: asyncpg.Record | None = await self._rotations.submit(
+            Rotation(token_digest(token), ip_address, user_agent, token_digest(new_token))
         )
         if row is None:
             return None
         return FoundSession(
             row["user_id"], row["role"], row["session_id"], row["auth_time"], new_token, row["user_type"]
         )
+
+    async def _rotation_batch(self, asked: Sequence[Rotation]) -> list[asyncpg.Record | None]:
+        expires_at = datetime.datetime.now(datetime.UTC) + self.refresh_lifetime
+        rows = await self.pool.fetch(
+            REFRESHES_WITH_ROTATION,
+            [q.token_hash for q in asked],
+            [q.ip_address for q in asked],
+            [q.user_agent for q in asked],
+            [uuid.uuid4() for _ in asked],
+            [q.new_token_hash for q in asked],
+            self.reuse_grace,
+            expires_at,
+        )
+        found: list[asyncpg.Record | None] = [None] * len(asked)
+        for row in rows:
+            found[row["place"] - 1] = row
+        return found
