@@ -14,7 +14,10 @@ from app.sessions.service import SessionService
 async def provide_auth_service(
     users_service: NamedDependency[UserService], session_service: NamedDependency[SessionService], state: State
 ) -> AuthService:
-    return AuthService(users_service, session_service, state.hasher, state.token_issuer, state.settings)
+    checks = state.session_checks
+    return AuthService(
+        users_service, session_service, state.hasher, state.token_issuer, state.settings, checks.account_by_phone
+    )
 
 
 AUTH_DEPENDENCIES = {

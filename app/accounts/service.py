@@ -6,6 +6,7 @@ No HTTP types here: the controller hands in checked values and gets results or d
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from advanced_alchemy.repository import SQLAlchemyAsyncRepository
@@ -68,8 +69,12 @@ class AuthService:
         hasher: Hasher,
         issuer: TokenIssuer,
         settings: Settings,
+        account_by_phone: Callable[[str], Awaitable[User | None]] | None = None,
     ) -> None:
+        """``account_by_phone``: the sign-in's lookup, when it can be asked without the ORM session
+        (app/sessions/direct.py: one round trip, no transaction); else the ORM's, connection handed back."""
         self.users = users
+        self._account_by_phone = account_by_phone
         self.sessions = sessions
         self.hasher = hasher
         self.issuer = issuer
@@ -126,9 +131,12 @@ class AuthService:
         ``deadline_ms``: when the attempt's budget reservations lapse; a verification that could not
         finish by then is refused with VerificationBusy, unverified.
         """
-        user = await self.users.get_by_phone(credentials.phone_number)
-        # Release the pooled connection before the slow hash, so a login storm cannot starve the pool.
-        await self._release_connection()
+        if self._account_by_phone is not None:
+            user = await self._account_by_phone(credentials.phone_number)
+        else:
+            user = await self.users.get_by_phone(credentials.phone_number)
+            # Release the pooled connection before the slow hash, so a login storm cannot starve the pool.
+            await self._release_connection()
         if credentials.method == "pin":
             pin_usable = user is not None and user.enable_pin_auth and user.pin_hash is not None
             stored = user.pin_hash if pin_usable and user else None

@@ -95,11 +95,15 @@ class AccessLog:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
+        scope.setdefault("state", {})
+        if not access_logger.isEnabledFor(logging.INFO):
+            # Nothing would be logged (LOG_LEVEL above INFO): no request id to make, no send to wrap.
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
         status = 500
         headers = dict(scope["headers"])
         request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:REQUEST_ID_MAX] or uuid.uuid4().hex
-        scope.setdefault("state", {})
 
         async def remember_status(message: Message) -> None:
             nonlocal status
@@ -110,21 +114,20 @@ class AccessLog:
         try:
             await self.app(scope, receive, remember_status)
         finally:
-            if access_logger.isEnabledFor(logging.INFO):
-                route = scope.get("path_template") or scope["path"]
-                latency_ms = round((time.perf_counter() - started) * 1000, 1)
-                access_logger.info(
-                    "%s %s %s %.1f ms",
-                    scope["method"],
-                    route,
-                    status,
-                    latency_ms,
-                    extra={
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "route": route,
-                        "status": status,
-                        "latency_ms": latency_ms,
-                        "user_id": scope["state"].get(USER_ID_STATE_KEY),
-                    },
-                )
+            route = scope.get("path_template") or scope["path"]
+            latency_ms = round((time.perf_counter() - started) * 1000, 1)
+            access_logger.info(
+                "%s %s %s %.1f ms",
+                scope["method"],
+                route,
+                status,
+                latency_ms,
+                extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "latency_ms": latency_ms,
+                    "user_id": scope["state"].get(USER_ID_STATE_KEY),
+                },
+            )

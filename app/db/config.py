@@ -20,7 +20,10 @@ def sqlalchemy_config(settings: Settings, *, pool: bool = True) -> SQLAlchemyAsy
     engine = EngineConfig(
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
-        pool_pre_ping=True,
+        # No ping per checkout (three round trips on asyncpg: BEGIN, a query, ROLLBACK). A connection
+        # that died with its server fails the one statement that meets it (503 database_unavailable,
+        # app/core/errors.py), and SQLAlchemy then drops every pooled connection older than that
+        # failure: the next checkouts connect anew (tests/faults/test_database_outage.py).
         pool_recycle=1800,
     )
     if not pool:

@@ -23,9 +23,17 @@ class Coalescer(Generic[Call]):
     its own error, or with the batch's error when Redis could not be reached.
     """
 
-    def __init__(self, run_batch: Callable[[Sequence[Call]], Awaitable[list[Any]]], max_batch: int = 512):
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[Call]], Awaitable[list[Any]]],
+        max_batch: int = 512,
+        max_in_flight: int | None = None,
+    ):
+        """``max_in_flight``: at most this many batches at once; calls made meanwhile wait and go
+        together as the next batch when one finishes (group commit: one transaction for all of them)."""
         self._run_batch = run_batch
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._pending: list[tuple[Call, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -43,11 +51,19 @@ class Coalescer(Generic[Call]):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        batch, self._pending = self._pending, []
+        if self._max_in_flight is not None and len(self._tasks) >= self._max_in_flight:
+            return  # the batch in flight sends what gathered meanwhile when it is done
+        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
         if batch:
             task = asyncio.ensure_future(self._run(batch))
             self._tasks.add(task)  # keep a reference until done
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._pending and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
     async def _run(self, batch: list[tuple[Call, asyncio.Future[Any]]]) -> None:
         try:

@@ -70,37 +70,65 @@ CROSS JOIN LATERAL (
 ) AS found
 """
 
+# The account a sign-in names, for every phone number presented during one turn of the event loop:
+# the one Postgres round trip before the hash (no transaction: one read; no pre-ping).
+ACCOUNTS_BY_PHONE = f"""
+SELECT asked.place, found.*
+FROM unnest($1::text[]) WITH ORDINALITY AS asked(phone_number, place)
+CROSS JOIN LATERAL (
+    SELECT {", ".join("u." + name for name in USER_COLUMNS)}
+    FROM users u WHERE u.phone_number = asked.phone_number
+    LIMIT 1
+) AS found
+"""  # noqa: S608 - column names from the model, not input
+
 RECORD_LAST_USE = """
 UPDATE sessions
 SET last_used_at = now(), last_ip = $2::text::inet, last_user_agent = coalesce($3::text, last_user_agent)
 WHERE id = $1 AND ended_at IS NULL
 """
 
-# The same with rotation, as SessionService.refresh does it in three statements: the conditional
-# UPDATE of the session row (the liveness check, and its lock until the new token is stored),
-# the token marked replaced, the new token stored; one statement, so one transaction.
-REFRESH_WITH_ROTATION = """
-WITH token AS (
-    SELECT id, session_id FROM refresh_tokens
-    WHERE token_hash = $1 AND expires_at > now() AND (rotated_at IS NULL OR rotated_at > now() - $4::interval)
+# The same with rotation, for every rotation asked while the previous batch was in flight, as one
+# statement and so one transaction and one durable commit (group commit): SessionService.refresh's
+# three statements for each (the conditional UPDATE of the session row, the liveness check, whose
+# lock is held until the new token is stored; the token marked replaced; the new token stored).
+# The session rows are locked first, in id order, as an ending locks them (SessionService.end):
+# two transactions that lock rows of one table in one order cannot deadlock on them, and a
+# rotation locks no users row. An ending that commits while the batch waits for a row is seen by
+# the UPDATE's recheck (READ COMMITTED): that session is not continued. One token presented
+# several times (the field client's parallel refreshes) continues its session once and gets a new
+# token for each; the last one asked names the session's last address and agent.
+REFRESHES_WITH_ROTATION = """
+WITH asked AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::uuid[], $5::text[])
+        WITH ORDINALITY AS a(token_hash, ip, agent, new_jti, new_hash, place)
+), token AS (
+    SELECT asked.*, t.id AS token_id, t.session_id
+    FROM asked JOIN refresh_tokens t ON t.token_hash = asked.token_hash
+    WHERE t.expires_at > now() AND (t.rotated_at IS NULL OR t.rotated_at > now() - $6::interval)
+), locked AS MATERIALIZED (
+    SELECT s.id FROM sessions s WHERE s.id IN (SELECT session_id FROM token) ORDER BY s.id FOR NO KEY UPDATE
+), latest AS (
+    SELECT DISTINCT ON (session_id) session_id, ip, agent FROM token ORDER BY session_id, place DESC
 ), continued AS (
     UPDATE sessions
-    SET last_used_at = now(), last_ip = $2::text::inet, last_user_agent = coalesce($3::text, sessions.last_user_agent),
-        expires_at = greatest(sessions.expires_at, $5::timestamptz)
-    FROM token, users u
-    WHERE sessions.id = token.session_id AND sessions.ended_at IS NULL AND sessions.expires_at > now()
+    SET last_used_at = now(), last_ip = latest.ip::inet,
+        last_user_agent = coalesce(latest.agent, sessions.last_user_agent),
+        expires_at = greatest(sessions.expires_at, $7::timestamptz)
+    FROM locked, latest, users u
+    WHERE sessions.id = locked.id AND latest.session_id = locked.id
+      AND sessions.ended_at IS NULL AND sessions.expires_at > now()
       AND u.id = sessions.user_id AND u.is_active
-    RETURNING sessions.id AS session_id, sessions.user_id, u.role, u.user_type, sessions.auth_time,
-              token.id AS token_id
+    RETURNING sessions.id AS session_id, sessions.user_id, u.role, u.user_type, sessions.auth_time
 ), replaced AS (
     UPDATE refresh_tokens SET rotated_at = now(), updated_at = now()
-    FROM continued
-    WHERE refresh_tokens.id = continued.token_id AND refresh_tokens.rotated_at IS NULL
+    WHERE id IN (SELECT token.token_id FROM token JOIN continued USING (session_id)) AND rotated_at IS NULL
 ), stored AS (
     INSERT INTO refresh_tokens (jti, session_id, token_hash, expires_at, created_at, updated_at)
-    SELECT $6::uuid, session_id, $7, $5::timestamptz, now(), now() FROM continued
+    SELECT token.new_jti, token.session_id, token.new_hash, $7::timestamptz, now(), now()
+    FROM token JOIN continued USING (session_id)
 )
-SELECT session_id, user_id, role, user_type, auth_time FROM continued
+SELECT token.place, continued.* FROM token JOIN continued USING (session_id)
 """
 
 
@@ -126,6 +154,14 @@ class FoundSession:
     auth_time: datetime.datetime | None
     refresh_token: str | None = None  # the new one, after a rotation
     user_type: str | None = None  # with the role, the new token's scope
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    token_hash: str
+    ip_address: str | None
+    user_agent: str | None
+    new_token_hash: str
 
 
 class QuietConnection(asyncpg.Connection):  # type: ignore[misc]
@@ -158,6 +194,9 @@ class SessionChecks:
         self.refresh_lifetime = datetime.timedelta(days=settings.refresh_token_days)
         self._signed_in: Coalescer[tuple[uuid.UUID, int]] = Coalescer(self._signed_in_batch, max_batch=256)
         self._refreshes: Coalescer[tuple[str, str | None, str | None]] = Coalescer(self._refresh_batch, max_batch=256)
+        self._accounts: Coalescer[str] = Coalescer(self._accounts_batch, max_batch=256)
+        # One batch of rotations at a time: those asked meanwhile commit together in the next one.
+        self._rotations: Coalescer[Rotation] = Coalescer(self._rotation_batch, max_batch=256, max_in_flight=1)
 
     @classmethod
     async def open(cls, settings: Settings) -> SessionChecks:
@@ -188,6 +227,25 @@ class SessionChecks:
 
     async def _signed_in_batch(self, asked: Sequence[tuple[uuid.UUID, int]]) -> list[asyncpg.Record | None]:
         rows = await self.pool.fetch(SIGNED_IN_USERS, [q[0] for q in asked], [q[1] for q in asked])
+        found: list[asyncpg.Record | None] = [None] * len(asked)
+        for row in rows:
+            found[row["place"] - 1] = row
+        return found
+
+    async def account_by_phone(self, phone_number: str) -> User | None:
+        """The account of a phone number (E.164), for a sign-in: a new, unattached ``User`` the
+        sign-in may change and hand to the ORM (its row is updated by id, never through this object).
+
+        One statement for the sign-ins of one turn of the event loop, and no transaction: a failed
+        sign-in costs Postgres this one round trip before its hash.
+        """
+        row: asyncpg.Record | None = await self._accounts.submit(phone_number)
+        if row is None:
+            return None
+        return User(**{name: row[name] for name in USER_COLUMNS})
+
+    async def _accounts_batch(self, asked: Sequence[str]) -> list[asyncpg.Record | None]:
+        rows = await self.pool.fetch(ACCOUNTS_BY_PHONE, list(asked))
         found: list[asyncpg.Record | None] = [None] * len(asked)
         for row in rows:
             found[row["place"] - 1] = row
@@ -226,21 +284,34 @@ class SessionChecks:
     async def refresh_with_rotation(
         self, token: str, ip_address: str | None, user_agent: str | None
     ) -> FoundSession | None:
-        """Continue the live session of an opaque refresh token with a new token; None: ask the ORM way."""
+        """Continue the live session of an opaque refresh token with a new token; None: ask the ORM way.
+
+        Committed with the other rotations asked while the previous batch was in flight, in one
+        statement: the answer comes once the new token is stored durably, as before.
+        """
         new_token = new_refresh_token()
-        expires_at = datetime.datetime.now(datetime.UTC) + self.refresh_lifetime
-        row = await self.pool.fetchrow(
-            REFRESH_WITH_ROTATION,
-            token_digest(token),
-            ip_address,
-            user_agent,
-            self.reuse_grace,
-            expires_at,
-            uuid.uuid4(),
-            token_digest(new_token),
+        row: asyncpg.Record | None = await self._rotations.submit(
+            Rotation(token_digest(token), ip_address, user_agent, token_digest(new_token))
         )
         if row is None:
             return None
         return FoundSession(
             row["user_id"], row["role"], row["session_id"], row["auth_time"], new_token, row["user_type"]
         )
+
+    async def _rotation_batch(self, asked: Sequence[Rotation]) -> list[asyncpg.Record | None]:
+        expires_at = datetime.datetime.now(datetime.UTC) + self.refresh_lifetime
+        rows = await self.pool.fetch(
+            REFRESHES_WITH_ROTATION,
+            [q.token_hash for q in asked],
+            [q.ip_address for q in asked],
+            [q.user_agent for q in asked],
+            [uuid.uuid4() for _ in asked],
+            [q.new_token_hash for q in asked],
+            self.reuse_grace,
+            expires_at,
+        )
+        found: list[asyncpg.Record | None] = [None] * len(asked)
+        for row in rows:
+            found[row["place"] - 1] = row
+        return found

@@ -246,10 +246,14 @@ class SessionService:
     async def end(self, which: ColumnElement[bool], reason: str) -> list[uuid.UUID]:
         """End every live session matching ``which``: the one operation every ending goes through.
 
-        One UPDATE: a session row locked by a refresh in progress is waited for, then ended with the
-        token that refresh stored. Returns the ids it ended.
+        A session row locked by a refresh in progress is waited for, then ended with the token that
+        refresh stored. The rows are locked first in id order, the order a batch of rotations locks
+        them in (app/sessions/direct.py), so an ending and a batch never deadlock. Returns the ids it ended.
         """
         assert reason in END_REASONS, reason
+        await self.db.execute(
+            select(Session.id).where(which, live()).order_by(Session.id).with_for_update(key_share=True)
+        )
         ended = await self.db.scalars(
             update(Session)
             .where(which, live())

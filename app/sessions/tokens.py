@@ -19,14 +19,19 @@ key, never the token's ``alg`` header, says which algorithm verifies a token.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
+import json
 import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import jwt
+import msgspec
+import uuid_utils
+from jwt.algorithms import get_default_algorithms
 
 from app.authority import authority_of, scopes_of
 from app.core.errors import InvalidToken
@@ -46,6 +51,13 @@ FIRST_PARTY_CLIENT_ID = "ladys-essence-app"  # the `client_id` of tokens from si
 def user_scope(role: str, user_type: str | None) -> str:
     """The ``scope`` claim of an account's access tokens; ``user_type`` None: the role alone decides."""
     return " ".join(scopes_of(authority_of(role, user_type or "")))
+
+
+_ALGORITHMS = get_default_algorithms()
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
 LEEWAY_SECONDS = 5
@@ -97,6 +109,7 @@ class TokenIssuer:
         # the same one on every request until it expires. An entry is used only while its key is
         # still in the key ring and the token unexpired; revocation is the session's check, not this.
         self._verified: dict[str, tuple[TokenClaims, str | None]] = {}
+        self._headers: dict[str, bytes] = {}  # the encoded JWS header of each signing key
 
     def issue_access(
         self,
@@ -115,22 +128,22 @@ class TokenIssuer:
         claims = TokenClaims(
             user_id=user_id,
             type="access",
-            jti=uuid.uuid4(),
+            jti=uuid.UUID(bytes=uuid_utils.uuid4().bytes),  # the os.urandom call of uuid.uuid4 cost more
             session_id=session_id,
             role=role,
             issued_at=now,
             expires_at=now + self.access_lifetime,
             auth_time=auth_time,
         )
-        payload = {
+        payload: dict[str, object] = {
             "sub": str(user_id),
             "type": "access",
             "jti": str(claims.jti),
             "sid": str(session_id),
             "role": role,
-            "iat": now,
-            "nbf": now,
-            "exp": claims.expires_at,
+            "iat": int(now.timestamp()),
+            "nbf": int(now.timestamp()),
+            "exp": int(claims.expires_at.timestamp()),
             "iss": self._issuer,
             "aud": self._audience,
             "client_id": FIRST_PARTY_CLIENT_ID,
@@ -140,10 +153,19 @@ class TokenIssuer:
             payload["auth_time"] = int(auth_time.timestamp())
         key = self._keys.signer()
         assert key.private_key is not None, "the signer is a key with its private half"
-        token = jwt.encode(
-            payload, key.private_key, algorithm=key.alg, headers={"kid": key.kid, "typ": ACCESS_TOKEN_TYP}
-        )
-        return IssuedToken(token, claims)
+        return IssuedToken(self._sign(payload, key.kid, key.alg, key.private_key), claims)
+
+    def _sign(self, payload: dict[str, object], kid: str, alg: str, private_key: Any) -> str:
+        """The compact JWS of ``payload``: PyJWT's algorithm signs; the two encoded parts around it are
+        put together here, the header once per key. ``jwt.encode`` did the same with a generic JSON
+        encoder and the header rebuilt each time, which took half again the time of the signature."""
+        header = self._headers.get(kid)
+        if header is None:
+            header = _b64(json.dumps({"alg": alg, "kid": kid, "typ": ACCESS_TOKEN_TYP}, separators=(",", ":")).encode())
+            self._headers[kid] = header
+        signing_input = header + b"." + _b64(msgspec.json.encode(payload))
+        signature = _ALGORITHMS[alg].sign(signing_input, private_key)
+        return (signing_input + b"." + _b64(signature)).decode("ascii")
 
     def _verification_key(self, token: str) -> tuple[Any, str]:
         """The key and the one algorithm for this token, chosen by its ``kid`` alone."""

@@ -94,3 +94,25 @@ async def test_a_cancelled_batch_still_resolves_every_caller():
     coalescer: Coalescer[int] = Coalescer(cancelled)
     results = await asyncio.gather(*(coalescer.submit(n) for n in range(3)), return_exceptions=True)
     assert all(isinstance(result, LimiterUnavailable) for result in results)
+
+
+async def test_with_one_batch_in_flight_the_calls_made_meanwhile_go_together_next():
+    release = asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def slow(calls: Sequence[int]) -> list[Any]:
+        batches.append(list(calls))
+        await release.wait()
+        return [call * 10 for call in calls]
+
+    coalescer: Coalescer[int] = Coalescer(slow, max_in_flight=1)
+    first = asyncio.ensure_future(coalescer.submit(1))
+    await asyncio.sleep(0.01)  # the first batch is in flight
+    later = [asyncio.ensure_future(coalescer.submit(n)) for n in (2, 3)]
+    await asyncio.sleep(0.01)
+    later.append(asyncio.ensure_future(coalescer.submit(4)))  # another turn of the loop: still waiting
+    await asyncio.sleep(0.01)
+    assert batches == [[1]]
+    release.set()
+    assert await asyncio.gather(first, *later) == [10, 20, 30, 40]
+    assert batches == [[1], [2, 3, 4]]
