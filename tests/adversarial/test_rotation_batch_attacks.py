@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import jwt
 import msgspec
 import pytest
 from litestar import Litestar
@@ -64,6 +65,46 @@ async def waiting_on_a_lock(db: asyncpg.Connection, at_least: int) -> None:
 
 async def refresh(client: httpx.AsyncClient, token: str) -> httpx.Response:
     return await client.post("/api/auth/refresh", json={"refresh_token": token})
+
+
+class HeldBatch:
+    """Rotations sent while the first batch (``holder``'s) waits on a row lock go as one batch when it is let go."""
+
+    def __init__(self, client: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection, holder: str) -> None:
+        self.client, self.settings, self.db, self.holder = client, settings, db, holder
+
+    async def __aenter__(self) -> HeldBatch:
+        self.held = await asyncpg.connect(plain_dsn(self.settings))
+        self.held_tx = self.held.transaction()
+        await self.held_tx.start()
+        await self.held.execute(
+            "SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", await session_of(self.db, self.holder)
+        )
+        self.first = asyncio.ensure_future(refresh(self.client, self.holder))
+        await waiting_on_a_lock(self.db, 1)
+        return self
+
+    async def release(self) -> None:
+        await asyncio.sleep(0.2)  # every request sent meanwhile waits behind the first batch
+        await self.held_tx.commit()
+        await self.held.close()
+        assert (await self.first).status_code == 200
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self.held.is_closed():
+            await self.held_tx.rollback()
+            await self.held.close()
+
+
+async def one_batch(
+    client: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection, tokens: list[str]
+) -> list[httpx.Response]:
+    """``tokens`` rotated in one batch (each a request of its own)."""
+    holder = await registered(client, phone_number=new_phone())
+    async with HeldBatch(client, settings, db, holder["refresh_token"]) as held:
+        answers = asyncio.gather(*(refresh(client, token) for token in tokens))
+        await held.release()
+        return list(await answers)
 
 
 async def test_a_deletion_never_makes_a_bystanders_rotation_fail(
@@ -152,3 +193,64 @@ async def test_a_deadlock_victim_without_the_orm_is_told_to_retry(settings: Sett
     answer = handler(Request(scope), deadlock)
     assert answer.status_code == 503
     assert answer.headers["Retry-After"] == "1"
+
+
+def claims_of(answer: httpx.Response) -> dict[str, Any]:
+    payload: dict[str, Any] = jwt.decode(answer.json()["access_token"], options={"verify_signature": False})
+    return payload
+
+
+async def test_every_client_of_a_batch_gets_its_own_sessions_tokens(
+    client: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection
+) -> None:
+    """No cross-talk: a batch holding several sessions, one token twice, and tokens that find nothing
+    (made up, of an ended session) hands each client tokens of the session it presented."""
+    accounts = [await registered(client, phone_number=new_phone()) for _ in range(4)]
+    ended = await registered(client, phone_number=new_phone())
+    assert (await client.post("/api/auth/logout", json={"refresh_token": ended["refresh_token"]})).status_code == 200
+    presented = [
+        accounts[0]["refresh_token"],
+        "rt_" + accounts[1]["refresh_token"][3:-1] + "x",  # a made-up token sharing another's prefix
+        accounts[1]["refresh_token"],
+        ended["refresh_token"],
+        accounts[2]["refresh_token"],
+        accounts[0]["refresh_token"],  # the same token twice (the field client's parallel refreshes)
+        accounts[3]["refresh_token"],
+    ]
+    answers = await one_batch(client, settings, db, presented)
+    assert [answer.status_code for answer in answers] == [200, 401, 200, 401, 200, 200, 200]
+    for token, answer in zip(presented, answers, strict=True):
+        if answer.status_code != 200:
+            continue
+        session_id = await session_of(db, token)
+        assert await session_of(db, answer.json()["refresh_token"]) == session_id
+        assert claims_of(answer)["sid"] == str(session_id)
+        owner = await db.fetchval("SELECT user_id FROM sessions WHERE id = $1", session_id)
+        assert claims_of(answer)["sub"] == str(owner)
+    assert answers[0].json()["refresh_token"] != answers[5].json()["refresh_token"]
+
+
+@pytest.mark.parametrize("settings", [{"refresh_reuse_grace_seconds": 0}], indirect=True)
+@pytest.mark.parametrize("reuse_first", [True, False])
+async def test_a_reused_token_in_the_same_batch_as_the_current_one_ends_the_session(
+    client: httpx.AsyncClient, settings: Settings, db: asyncpg.Connection, reuse_first: bool
+) -> None:
+    """The thief's replaced token and the owner's current one in one batch: the session ends, and
+    nothing either was handed works afterwards."""
+    account = await registered(client, phone_number=new_phone())
+    replaced = account["refresh_token"]
+    rotated = await refresh(client, replaced)
+    assert rotated.status_code == 200, rotated.text
+    current = rotated.json()["refresh_token"]
+    tokens = [replaced, current] if reuse_first else [current, replaced]
+    answers = dict(zip(tokens, await one_batch(client, settings, db, tokens), strict=True))
+    assert answers[replaced].status_code == 401
+    assert answers[replaced].json()["code"] == "refresh_token_reused"
+    assert answers[current].status_code in (200, 401)
+    reason = await db.fetchval("SELECT end_reason FROM sessions WHERE id = $1", await session_of(db, current))
+    assert reason == "reuse_detected"
+    if answers[current].status_code == 200:
+        handed = answers[current].json()
+        assert (await refresh(client, handed["refresh_token"])).status_code == 401
+        profile = await client.get("/api/auth/profile", headers={"Authorization": f"Bearer {handed['access_token']}"})
+        assert profile.status_code == 401
