@@ -254,3 +254,30 @@ async def test_a_reused_token_in_the_same_batch_as_the_current_one_ends_the_sess
         assert (await refresh(client, handed["refresh_token"])).status_code == 401
         profile = await client.get("/api/auth/profile", headers={"Authorization": f"Bearer {handed['access_token']}"})
         assert profile.status_code == 401
+
+
+async def test_a_batch_of_signed_in_checks_answers_each_client_about_itself(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    """Signed-in checks asked together, some of ended sessions, a deactivated and a deleted account's:
+    each live one gets its own profile, every other a 401, none a 500, in every order."""
+    live = [await registered(client, phone_number=new_phone()) for _ in range(4)]
+    ended, deactivated, deleted = [await registered(client, phone_number=new_phone()) for _ in range(3)]
+    assert (await client.post("/api/auth/logout", json={"refresh_token": ended["refresh_token"]})).status_code == 200
+    await db.execute("UPDATE users SET is_active = false WHERE id = $1", deactivated["user_id"])
+    await db.execute("DELETE FROM users WHERE id = $1", deleted["user_id"])
+    everyone = [*live, ended, deactivated, deleted]
+    for shift in range(len(everyone)):
+        order = everyone[shift:] + everyone[:shift]
+        answers = await asyncio.gather(
+            *(
+                client.get("/api/auth/profile", headers={"Authorization": f"Bearer {account['access_token']}"})
+                for account in order * 3
+            )
+        )
+        for account, answer in zip(order * 3, answers, strict=True):
+            if account in live:
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["user"]["id"] == account["user_id"]
+            else:
+                assert answer.status_code == 401, answer.text
