@@ -179,6 +179,7 @@ async def a_real_deadlock(settings: Settings) -> asyncpg.DeadlockDetectedError:
         await second.close()
 
 
+@pytest.mark.slow  # Postgres finds the deadlock after deadlock_timeout (1 s)
 async def test_a_deadlock_victim_without_the_orm_is_told_to_retry(settings: Settings) -> None:
     """Found: the ORM's deadlock victims answered 503 ``busy`` with Retry-After, but asyncpg's own
     error (the batched statements of app/sessions/direct.py) fell through to the 500 handler: every
