@@ -169,14 +169,20 @@ class AuthService:
         """Record the sign-in only if the account is still what was verified, and hold its row until commit.
 
         The hash was checked with no lock held (a slow step, the connection handed back). Meanwhile a
-        password change, a promotion, a deactivation or a deletion may have committed and ended every
-        session: a sign-in verified against the old state must not start a new one, nor write back a
-        rehash of the old secret. So the update is conditional on the hash verified, and its row lock
-        is held until the new session commits; an ending that comes later waits for it, and then ends
-        that session too (every ending locks the user's row first: app/sessions/service.py).
+        password or phone number change, a promotion, a deactivation or a deletion may have committed
+        and ended every session: a sign-in verified against the old state must not start a new one,
+        nor write back a rehash of the old secret. So the update is conditional on the hash and the
+        number verified, and its row lock is held until the new session commits; an ending that comes
+        later waits for it, and then ends that session too (every ending locks the user's row first:
+        app/sessions/service.py).
         """
         hash_column = User.pin_hash if method == "pin" else User.password_hash
-        unchanged = [hash_column == verified, User.is_active.is_(True), User.deleted_at.is_(None)]
+        unchanged = [
+            hash_column == verified,
+            User.phone_number == user.phone_number,  # the number signed in with: a credential too
+            User.is_active.is_(True),
+            User.deleted_at.is_(None),
+        ]
         if method == "pin":
             unchanged.append(User.enable_pin_auth.is_(True))
         still = await self.users.repository.session.scalar(

@@ -430,6 +430,9 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
     if is_database_unavailable(exc):
         database_outages.failed(exc)
         return app_error_handler(request, DatabaseUnavailable())
+    conflict = transient_conflict(request, exc)  # asyncpg's own errors, from the paths without the ORM
+    if conflict is not None:
+        return conflict
     logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     body = {"message": "Something went wrong on our side. Please try again.", "code": "internal_error"}
     return _json(body, HTTP_500_INTERNAL_SERVER_ERROR)

@@ -94,8 +94,11 @@ WHERE id = $1 AND ended_at IS NULL
 # lock is held until the new token is stored; the token marked replaced; the new token stored).
 # The session rows are locked first, in id order, as an ending locks them (SessionService.end):
 # two transactions that lock rows of one table in one order cannot deadlock on them, and a
-# rotation locks no users row. An ending that commits while the batch waits for a row is seen by
-# the UPDATE's recheck (READ COMMITTED): that session is not continued. One token presented
+# rotation locks no users row. Only live rows, the ones an ending locks: an ended session is not
+# continued anyway, and an account's deletion, which first ends the live ones, then deletes the
+# ended ones too (a batch holding one of those while waiting for a live one was a deadlock). An
+# ending that commits while the batch waits for a row is seen by the lock's and the UPDATE's
+# recheck (READ COMMITTED): that session is not continued. One token presented
 # several times (the field client's parallel refreshes) continues its session once and gets a new
 # token for each; the last one asked names the session's last address and agent.
 REFRESHES_WITH_ROTATION = """
@@ -107,7 +110,9 @@ WITH asked AS (
     FROM asked JOIN refresh_tokens t ON t.token_hash = asked.token_hash
     WHERE t.expires_at > now() AND (t.rotated_at IS NULL OR t.rotated_at > now() - $6::interval)
 ), locked AS MATERIALIZED (
-    SELECT s.id FROM sessions s WHERE s.id IN (SELECT session_id FROM token) ORDER BY s.id FOR NO KEY UPDATE
+    SELECT s.id FROM sessions s
+    WHERE s.id IN (SELECT session_id FROM token) AND s.ended_at IS NULL AND s.expires_at > now()
+    ORDER BY s.id FOR NO KEY UPDATE
 ), latest AS (
     SELECT DISTINCT ON (session_id) session_id, ip, agent FROM token ORDER BY session_id, place DESC
 ), continued AS (

@@ -70,6 +70,9 @@ ENDINGS = {
     "password change": "UPDATE users SET password_hash = 'changed-meanwhile' WHERE id = $1",
     "deactivation": "UPDATE users SET is_active = false WHERE id = $1",
     "deletion": "UPDATE users SET deleted_at = now(), password_hash = '!' WHERE id = $1",
+    # A credential too (it ends the other sessions): a sign-in with the number the account no longer has
+    # started a session after that ending (found by the attacker's pass over issue 25).
+    "phone number change": "UPDATE users SET phone_number = '+25078' || lpad(id::text, 7, '9') WHERE id = $1",
 }
 
 

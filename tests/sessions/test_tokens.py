@@ -180,3 +180,68 @@ def test_a_key_signs_only_once_active_and_verifies_while_published():
     assert issuer.decode(
         early.issue_access(auth_time=None, user_id=5, role="user", session_id=uuid.uuid4()).token, "access"
     )
+
+
+# ---- the verified-token cache (decode_access) ------------------------------------------------------
+
+
+def test_a_cached_token_is_refused_once_its_key_is_retired_or_gone(key):
+    ring = KeyRing([key], SETTINGS)
+    issuer = TokenIssuer(SETTINGS, ring)
+    token = issuer.issue_access(auth_time=None, user_id=7, role="user", session_id=uuid.uuid4()).token
+    assert issuer.decode_access(token).user_id == 7
+    assert issuer.decode_access(token).user_id == 7  # from the cache now
+    retired = dataclasses.replace(key, retired_at=datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=1))
+    for keys in ([retired], []):
+        ring.replace(keys)
+        with pytest.raises(InvalidToken):
+            issuer.decode_access(token)
+        ring.replace([key])
+        assert issuer.decode_access(token).user_id == 7
+
+
+def _std_alphabet(token):
+    """The signature in standard base64 with its padding: the same bytes, spelt otherwise."""
+    head, body, signature = token.split(".")
+    raw = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
+    return f"{head}.{body}.{base64.b64encode(raw).decode()}"
+
+
+def _flip_last(token):
+    return token[:-1] + ("A" if token[-1] != "A" else "B")
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        lambda t: t + "=", lambda t: t + "==", lambda t: t + " ", lambda t: t + "\n", lambda t: t + ".",
+        lambda t: t + "A", lambda t: " " + t, _std_alphabet, _flip_last, lambda t: t.replace(".", "=.", 1),
+        lambda t: t[:-1], str.swapcase,
+    ],
+    ids=["pad1", "pad2", "space", "newline", "dot", "char", "leading-space", "std-alphabet", "flipped", "inner-pad",
+         "cut", "swapcase"],
+)  # fmt: skip
+def test_no_variant_of_a_cached_token_rides_on_its_entry(key, variant):
+    """A token that differs from a cached one in any way is judged by a full verification, never the cache."""
+    cached = TokenIssuer(SETTINGS, KeyRing([key], SETTINGS))
+    token = cached.issue_access(auth_time=None, user_id=7, role="user", session_id=uuid.uuid4()).token
+    cached.decode_access(token)
+    changed = variant(token)
+    assert changed != token
+    fresh = TokenIssuer(SETTINGS, KeyRing([key], SETTINGS))  # nothing cached
+    outcomes = []
+    for issuer in (fresh, cached):
+        try:
+            outcomes.append(issuer.decode_access(changed).jti)
+        except InvalidToken:
+            outcomes.append(None)
+    assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize("role", ['a"b', "a\\b", "a\u2028b", "a\x00b", "a\U0001f600b", '","role":"admin', "\u00e9"])
+def test_a_hand_assembled_token_carries_any_string_exactly(issuer, key, role):
+    """The payload JSON is built by the service (msgspec); no value can break out of its string."""
+    token = issuer.issue_access(auth_time=None, user_id=7, role=role, session_id=uuid.uuid4()).token
+    payload = jwt.decode(token, key.verify_key, algorithms=["ES256"], audience="ladys-essence")
+    assert payload["role"] == role
+    assert issuer.decode_access(token).role == role
