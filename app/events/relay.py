@@ -26,21 +26,18 @@ account's entries from the stream (:func:`withdraw_entries`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
-import random
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
 from sqlalchemy import Row, and_, delete, func, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from app.core.background import PollingLoop
 from app.core.redis import RedisClient
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings
@@ -154,15 +151,19 @@ async def withdraw_entries(redis: RedisClient, stream: str, user_id: int, keep_t
         start = "(" + (last.decode() if isinstance(last, bytes) else str(last))
 
 
-class AccountEventRelay:
+class AccountEventRelay(PollingLoop):
+    """Publishes until stopped (:class:`PollingLoop`); outlives outages of Redis and Postgres."""
+
+    name = "account-event-relay"
+
     def __init__(self, redis: RedisClient, engine: AsyncEngine, keys: KeySpace, settings: Settings) -> None:
+        super().__init__()
         self.redis = redis
         self.engine = engine
         self.stream = keys.account_events
         self.poll_seconds = settings.account_events_poll_ms / 1000
         self.retention = datetime.timedelta(days=settings.account_events_retention_days)
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._next_prune = 0.0
 
     # ---- one batch ---------------------------------------------------------------------------------
 
@@ -217,49 +218,11 @@ class AccountEventRelay:
 
     # ---- the loop ----------------------------------------------------------------------------------
 
-    def start(self) -> asyncio.Task[None]:
-        """Run in the background of the current event loop (the API process's relay)."""
-        if self._task is None or self._task.done():
-            self._stopping.clear()
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="account-event-relay")
-        return self._task
-
-    def request_stop(self) -> None:
-        self._stopping.set()
-
-    async def stop(self) -> None:
-        """Stop after the batch in hand (its transaction commits or rolls back as a whole)."""
-        self.request_stop()
-        task, self._task = self._task, None
-        if task is not None:
-            await asyncio.wait([task])
-
-    async def run(self) -> None:
-        """Publish until :meth:`stop`; outlives outages of Redis and Postgres (capped backoff)."""
-        failures = 0
-        next_prune = 0.0
-        while not self._stopping.is_set():
-            try:
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-                    if pruned := await self.prune():
-                        logger.info("account events: pruned %d published events", pruned)
-                published = await self.publish_batch()
-            except (RedisError, SQLAlchemyError, OSError, TimeoutError) as exc:
-                failures += 1
-                delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
-                logger.warning("account event relay: %s (%s); retrying in %.1f s", type(exc).__name__, exc, delay)
-                await self._pause(delay)
-                continue
-            except Exception:
-                # A bug must not end the relay silently while events pile up.
-                logger.exception("account event relay: unexpected error; retrying")
-                await self._pause(5.0)
-                continue
-            failures = 0
-            if published is None or published < BATCH_SIZE:
-                await self._pause(self.poll_seconds)
-
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    async def step(self) -> bool:
+        """Prune when due, then publish one batch; idle unless the batch was full."""
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+            if pruned := await self.prune():
+                logger.info("account events: pruned %d published events", pruned)
+        published = await self.publish_batch()
+        return published is None or published < BATCH_SIZE

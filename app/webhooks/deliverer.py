@@ -25,7 +25,6 @@ A crash between a 2xx and recording it sends that event again: receivers dedupe 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import logging
 import random
@@ -39,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from standardwebhooks.webhooks import Webhook
 
+from app.core.background import PollingLoop
 from app.core.settings import Settings, asyncpg_url
 from app.events.relay import encode_event
 from app.webhooks.sealing import SecretUnreadable, unseal
@@ -79,8 +79,13 @@ class Outcome:
     unreachable: bool = False  # no HTTP answer at all: the endpoint is down or hanging; its round ends
 
 
-class WebhookDeliverer:
+class WebhookDeliverer(PollingLoop):
+    """Delivers until stopped (:class:`PollingLoop`); each endpoint's round is a task of its own."""
+
+    name = "webhook-deliverer"
+
     def __init__(self, database_url: str, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None):
+        super().__init__()
         self.settings = settings
         # Its own connections: a round holds one while it waits on an endpoint, and must never take
         # one a sign-in needs. Two kept for the polls; one more per endpoint in a round, and at most
@@ -99,8 +104,7 @@ class WebhookDeliverer:
         self.retention = datetime.timedelta(days=settings.account_events_retention_days)
         self._rounds: dict[int, asyncio.Task[int | None]] = {}
         self._unreadable: set[int] = set()  # endpoints whose secret does not open with SIGNING_KEYS_SECRET
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._next_prune = 0.0
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -227,21 +231,26 @@ class WebhookDeliverer:
 
     # ---- the loop ------------------------------------------------------------------------------------
 
-    def start(self) -> asyncio.Task[None]:
-        if self._task is None or self._task.done():
-            self._stopping.clear()
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="webhook-deliverer")
-        return self._task
-
-    def request_stop(self) -> None:
-        self._stopping.set()
+    async def step(self) -> bool:
+        """Prune when due, fan out, and start a round for each endpoint with work due and none running."""
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
+            await self.prune()
+        while await self.fan_out() == FANOUT_BATCH:
+            pass
+        self._rounds = {endpoint: task for endpoint, task in self._rounds.items() if not task.done()}
+        for endpoint_id in await self.due_endpoints():
+            if len(self._rounds) >= self.concurrency:
+                break  # the rest wait for a round to end (the next poll)
+            if endpoint_id not in self._unreadable and endpoint_id not in self._rounds:
+                self._rounds[endpoint_id] = asyncio.get_running_loop().create_task(
+                    self._logged_round(endpoint_id), name=f"webhook-endpoint-{endpoint_id}"
+                )
+        return True
 
     async def stop(self) -> None:
         """Stop polling, abandon the requests in flight (those deliveries stay pending), close."""
-        self.request_stop()
-        task, self._task = self._task, None
-        if task is not None:
-            await asyncio.wait([task])
+        await super().stop()
         rounds = [round_ for round_ in self._rounds.values() if not round_.done()]
         for round_ in rounds:
             round_.cancel()
@@ -249,38 +258,6 @@ class WebhookDeliverer:
             await asyncio.wait(rounds)
         self._rounds.clear()
         await self.close()
-
-    async def run(self) -> None:
-        """Poll until :meth:`stop`: fan out, and start a round for each endpoint with work due and none running."""
-        failures = 0
-        next_prune = 0.0
-        while not self._stopping.is_set():
-            try:
-                if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
-                    await self.prune()
-                while await self.fan_out() == FANOUT_BATCH:
-                    pass
-                self._rounds = {endpoint: task for endpoint, task in self._rounds.items() if not task.done()}
-                for endpoint_id in await self.due_endpoints():
-                    if len(self._rounds) >= self.concurrency:
-                        break  # the rest wait for a round to end (the next poll)
-                    if endpoint_id not in self._unreadable and endpoint_id not in self._rounds:
-                        self._rounds[endpoint_id] = asyncio.get_running_loop().create_task(
-                            self._logged_round(endpoint_id), name=f"webhook-endpoint-{endpoint_id}"
-                        )
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
-                failures += 1
-                delay = min(5.0, 0.2 * 2 ** min(failures, 5)) * random.uniform(0.8, 1.2)  # noqa: S311 - jitter
-                logger.warning("webhook deliverer: %s; retrying in %.1f s", type(exc).__name__, delay)
-                await self._pause(delay)
-                continue
-            except Exception:
-                logger.exception("webhook deliverer: unexpected error; retrying")
-                await self._pause(5.0)
-                continue
-            failures = 0
-            await self._pause(self.poll_seconds)
 
     async def _logged_round(self, endpoint_id: int) -> int | None:
         try:
@@ -295,10 +272,6 @@ class WebhookDeliverer:
         except Exception:
             logger.exception("webhook endpoint %d: unexpected error in a round", endpoint_id)
         return None
-
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
 
 
 _WANTED = "(e.type = ANY(w.event_types) OR '*' = ANY(w.event_types))"
