@@ -4,9 +4,10 @@ One ``ladys-essence serve`` (one uvicorn worker) on Postgres and Redis, driven b
 in interleaved rounds: ``GET /health``; a refused sign-in (the client's failure budget spent, so
 the login gate answers 429); the signed-in ``GET /api/auth/profile``; ``POST /api/auth/refresh``
 in the header form (no rotation) and in the body form (rotation: within the reuse grace, so every
-request succeeds; another account's session, see ``run``). Also the 429 of Litestar's own
-``RateLimitMiddleware`` and, when installed (``pip install slowapi fastapi``), slowapi's on FastAPI,
-each under its own uvicorn worker.
+request succeeds), over 64 sessions of another account (as the field rotates: many sessions, each
+now and then), and once more all on one session (contention on one row, which no client makes).
+Also the 429 of Litestar's own ``RateLimitMiddleware`` and slowapi's on FastAPI, each under its own
+uvicorn worker.
 Each figure is the median of the rounds; ratios are to ``/health``.
 
 Then the failed sign-in's Postgres round trips, counted on the wire (``bench/wire.py``) on a server
@@ -38,6 +39,7 @@ PASSWORD = "Umuganda-Kigali-42"
 WRONG = json.dumps({"phone_number": "0788123456", "password": "Wrong-Password-77"})
 CONNECTIONS = 64
 THREADS = 2
+SESSIONS = 64  # the rotation row's sessions, one per connection on average
 TARGETS = {  # path: (minimum ratio to /health, what it is)
     "refused": 1.5,
     "profile": 0.5,
@@ -49,7 +51,8 @@ LABELS = {
     "refused": "refused login (429)",
     "profile": "GET /api/auth/profile (signed in)",
     "refresh_header": "POST /api/auth/refresh, header form",
-    "refresh_body": "POST /api/auth/refresh, body form (rotation)",
+    "refresh_body": f"POST /api/auth/refresh, body form (rotation), {SESSIONS} sessions",
+    "refresh_body_one": "the same, one session rotated by all connections at once",
     "litestar_limiter": "Litestar RateLimitMiddleware 429",
     "slowapi": "slowapi (FastAPI) 429",
 }
@@ -61,6 +64,17 @@ def _sign_up(base: str, phone: str) -> dict[str, str]:
     assert response.status_code == 201, response.text
     data: dict[str, str] = response.json()
     return data
+
+
+def _sessions(base: str, phone: str, count: int) -> list[dict[str, str]]:
+    """``count`` sessions of one new account: its sign-up's and ``count - 1`` sign-ins'."""
+    sessions = [_sign_up(base, phone)]
+    login = {"phone_number": phone, "password": PASSWORD}
+    for _ in range(count - 1):
+        response = httpx.post(base + "/api/auth/login", json=login, timeout=30)
+        assert response.status_code == 200, response.text
+        sessions.append(response.json())
+    return sessions
 
 
 def _spend_budget(base: str, attempts: int) -> None:
@@ -90,6 +104,9 @@ def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | 
         # Rotation writes its session's row thousands of times a second: a session of its own, so the
         # other paths never read a row with a long chain of dead versions (nor does the field).
         rotating = _sign_up(base, "0788555002")
+        # The field's rotations: many sessions, each rotated now and then. One session rotated by all 64
+        # connections at once (the row above) measures contention on one row, which no client makes.
+        sessions = _sessions(base, "0788555004", SESSIONS)
         _spend_budget(base, 6)  # this client's budget spent: every later sign-in is the 429 path
         env = server_env(settings)
         litestar_base = stack.enter_context(uvicorn_process("bench.litestar_builtin_app:create_app", env))
@@ -103,12 +120,14 @@ def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | 
         access = {"Authorization": f"Bearer {account['access_token']}"}
         refresh = {"Authorization": f"Bearer {account['refresh_token']}"}
         rotate = json.dumps({"refresh_token": rotating["refresh_token"]})
+        rotate_many = [json.dumps({"refresh_token": session["refresh_token"]}) for session in sessions]
         runs: dict[str, Callable[[], LoadResult]] = {
             "health": lambda: wrk(f"{base}/health", **load),
             "refused": lambda: wrk(f"{base}/api/auth/login", body=WRONG, **load),
             "profile": lambda: wrk(f"{base}/api/auth/profile", headers=access, **load),
             "refresh_header": lambda: wrk(f"{base}/api/auth/refresh", body="", headers=refresh, **load),
-            "refresh_body": lambda: wrk(f"{base}/api/auth/refresh", body=rotate, **load),
+            "refresh_body": lambda: wrk(f"{base}/api/auth/refresh", bodies=rotate_many, **load),
+            "refresh_body_one": lambda: wrk(f"{base}/api/auth/refresh", body=rotate, **load),
             "litestar_limiter": lambda: wrk(f"{litestar_base}/api/auth/login", body=WRONG, **load),
         }
         if slowapi_base is not None:
@@ -117,8 +136,8 @@ def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | 
         for round_number in range(rounds):
             # Alternate the order, but rotation last: its thousands of commits leave Postgres work
             # (WAL, autovacuum) that slowed whichever path came next.
-            others = [name for name in runs if name != "refresh_body"]
-            names = [*(others if round_number % 2 == 0 else reversed(others)), "refresh_body"]
+            others = [name for name in runs if not name.startswith("refresh_body")]
+            names = [*(others if round_number % 2 == 0 else reversed(others)), "refresh_body", "refresh_body_one"]
             line = []
             for name in names:
                 result = runs[name]()
@@ -152,6 +171,7 @@ def failed_sign_in_round_trips(database_url: str | None, redis_url: str | None, 
             quiet = {
                 "AUDIT_WRITER_ENABLED": "false",  # the attempts' audit rows wait in Redis meanwhile
                 "ACCOUNT_EVENTS_RELAY_ENABLED": "false",
+                "WEBHOOKS_ENABLED": "false",  # its deliverer polls Postgres every second
                 "SIGNING_KEYS_REFRESH_SECONDS": "3600",
                 "TRUSTED_PROXIES": "127.0.0.1/32",  # every attempt from a client of its own
                 "ACCOUNT_MAX_FAILURES": "1000",  # and the number never locked: none refused

@@ -206,6 +206,19 @@ request = function()
 end
 """
 
+# POST the bodies in turn; each thread starts at a place of its own, so two threads rarely send the
+# same body at the same moment.
+WRK_BODY_LIST = """
+local next_body = 0
+setup = function(thread)
+  thread:set("offset", math.random(1, 1000))
+end
+request = function()
+  next_body = next_body + 1
+  return wrk.format(nil, nil, nil, bodies[(next_body + (offset or 0)) % #bodies + 1])
+end
+"""
+
 
 def wrk(
     url: str,
@@ -218,14 +231,16 @@ def wrk(
     many_clients: bool = False,
     many_numbers: bool = False,
     clients: Sequence[str] = (),
+    bodies: Sequence[str] = (),
 ) -> LoadResult:
     """Drive ``url`` with wrk for a bounded time (loopback only) and parse its summary.
 
     ``many_clients``: each request from a random address; ``clients``: from these addresses in turn
-    (``X-Forwarded-For``, for a server started with ``TRUSTED_PROXIES=127.0.0.1/32``).
+    (``X-Forwarded-For``, for a server started with ``TRUSTED_PROXIES=127.0.0.1/32``); ``bodies``:
+    POST these JSON bodies in turn (each of wrk's threads goes through the list from its own start).
     """
-    if many_clients and clients:
-        raise ValueError("many_clients or a list of clients, not both")
+    if sum(map(bool, (many_clients, clients, bodies))) > 1:
+        raise ValueError("many_clients, a list of clients or a list of bodies: one of them")
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian) to run the load benchmarks")
     header_lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
@@ -238,6 +253,9 @@ def wrk(
             script.write(f"many_numbers = {'true' if many_numbers else 'false'}\n" + WRK_MANY_CLIENTS)
         if clients:
             script.write("clients = {" + ", ".join(f'"{client}"' for client in clients) + "}\n" + WRK_CLIENT_LIST)
+        if bodies:
+            script.write(WRK_POST.format(body="", headers=header_lines))
+            script.write("bodies = {" + ", ".join(f"[[{one}]]" for one in bodies) + "}\n" + WRK_BODY_LIST)
     try:
         command = [
             "wrk",

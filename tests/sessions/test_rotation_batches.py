@@ -63,3 +63,18 @@ async def test_parallel_rotations_of_one_token_each_get_a_working_token_of_their
     assert len(new_tokens) == 6 and tokens["refresh_token"] not in new_tokens
     for token in new_tokens:
         assert (await client.post("/api/auth/refresh", json={"refresh_token": token})).status_code == 200
+
+
+async def test_the_session_check_pool_plans_each_batch_for_the_tables_as_they_are(settings: Settings) -> None:
+    """Postgres settles on a generic plan after five executions, costed on the tables as they were then:
+    made while ``refresh_tokens`` was small, the rotation's plan scanned the whole table per batch ever
+    after (``python -m bench.bench_request_paths``: rotations fell from 2,000/s to 600/s as 25,000
+    tokens accumulated). The pool's connections plan every batch instead."""
+    from app.sessions.direct import SessionChecks
+
+    checks = await SessionChecks.open(settings)
+    try:
+        async with checks.pool.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
+    finally:
+        await checks.close()
