@@ -28,7 +28,6 @@ from typing import Any
 
 import httpx
 import msgspec
-from sqlalchemy.engine import make_url
 
 from app.core.settings import Settings
 from bench import bench_login_storm
@@ -164,34 +163,32 @@ def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | 
 
 def failed_sign_in_round_trips(database_url: str | None, redis_url: str | None, attempts: int = 20) -> float:
     """Postgres round trips per failed sign-in (a wrong password for a known number), on the wire."""
-    with servers(database_url, redis_url) as settings:
-        url = make_url(settings.database_url or "")
-        with RoundTripRelay(url.host or "127.0.0.1", url.port or 5432) as relay:
-            relayed = url.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
-            quiet = {
-                "AUDIT_WRITER_ENABLED": "false",  # the attempts' audit rows wait in Redis meanwhile
-                "ACCOUNT_EVENTS_RELAY_ENABLED": "false",
-                "WEBHOOKS_ENABLED": "false",  # its deliverer polls Postgres every second
-                "SIGNING_KEYS_REFRESH_SECONDS": "3600",
-                "TRUSTED_PROXIES": "127.0.0.1/32",  # every attempt from a client of its own
-                "ACCOUNT_MAX_FAILURES": "1000",  # and the number never locked: none refused
-            }
-            with api_process(_with_database(settings, relayed), workers=1, **quiet) as base:
-                _sign_up(base, "0788555003")
-                with httpx.Client(base_url=base, timeout=30) as client:
+    with servers(database_url, redis_url) as settings, RoundTripRelay.to(settings.database_url or "") as relay:
+        relayed = relay.url(settings.database_url or "")
+        quiet = {
+            "AUDIT_WRITER_ENABLED": "false",  # the attempts' audit rows wait in Redis meanwhile
+            "ACCOUNT_EVENTS_RELAY_ENABLED": "false",
+            "WEBHOOKS_ENABLED": "false",  # its deliverer polls Postgres every second
+            "SIGNING_KEYS_REFRESH_SECONDS": "3600",
+            "TRUSTED_PROXIES": "127.0.0.1/32",  # every attempt from a client of its own
+            "ACCOUNT_MAX_FAILURES": "1000",  # and the number never locked: none refused
+        }
+        with api_process(_with_database(settings, relayed), workers=1, **quiet) as base:
+            _sign_up(base, "0788555003")
+            with httpx.Client(base_url=base, timeout=30) as client:
 
-                    def fail(n: int) -> None:
-                        headers = {"content-type": "application/json", "X-Forwarded-For": f"198.18.1.{n}"}
-                        wrong = WRONG.replace("0788123456", "0788555003")
-                        answer = client.post("/api/auth/login", content=wrong, headers=headers)
-                        assert answer.status_code == 401, answer.text
+                def fail(n: int) -> None:
+                    headers = {"content-type": "application/json", "X-Forwarded-For": f"198.18.1.{n}"}
+                    wrong = WRONG.replace("0788123456", "0788555003")
+                    answer = client.post("/api/auth/login", content=wrong, headers=headers)
+                    assert answer.status_code == 401, answer.text
 
-                    for n in range(3):  # each pooled connection prepares the statement once
-                        fail(200 + n)
-                    before = relay.round_trips
-                    for n in range(attempts):
-                        fail(n + 1)
-                    return (relay.round_trips - before) / attempts
+                for n in range(3):  # each pooled connection prepares the statement once
+                    fail(200 + n)
+                before = relay.round_trips
+                for n in range(attempts):
+                    fail(n + 1)
+                return (relay.round_trips - before) / attempts
 
 
 def _with_database(settings: Settings, database_url: str) -> Settings:

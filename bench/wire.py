@@ -11,13 +11,33 @@ import asyncio
 import socket
 import struct
 import threading
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy.engine import make_url
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 
 
 class RoundTripRelay:
-    """A relay to Postgres on its own thread and event loop, counting the round trips of every connection."""
+    """A relay to Postgres on its own thread and event loop, counting the round trips of every connection.
+
+    ``host`` is an address, or (as libpq's ``host``) the directory of a Unix socket, the embedded
+    server's only way in.
+    """
+
+    @classmethod
+    def to(cls, database_url: str) -> RoundTripRelay:
+        """A relay to the server of ``database_url`` (TCP, or its Unix socket: ``?host=/dir``)."""
+        url = make_url(database_url)
+        socket_dir = url.query.get("host")
+        host = socket_dir if isinstance(socket_dir, str) else url.host
+        return cls(host or "127.0.0.1", url.port or 5432)
+
+    def url(self, database_url: str) -> str:
+        """``database_url`` through this relay."""
+        url = make_url(database_url).difference_update_query(["host"])
+        return url.set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
@@ -42,7 +62,12 @@ class RoundTripRelay:
         self.loop.run_forever()
 
     async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        server_reader, server_writer = await asyncio.open_connection(*self.target)
+        host, port = self.target
+        if host.startswith("/"):
+            path = str(Path(host) / f".s.PGSQL.{port}")
+            server_reader, server_writer = await asyncio.open_unix_connection(path)
+        else:
+            server_reader, server_writer = await asyncio.open_connection(host, port)
         await asyncio.gather(
             self._client_to_server(client_reader, server_writer),
             self._pipe(server_reader, client_writer),

@@ -13,7 +13,6 @@ from typing import Any
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
-from sqlalchemy.engine import make_url
 
 from app.asgi import create_app, served
 from app.core.settings import Settings
@@ -24,16 +23,14 @@ from tests.helpers import STRONG_PASSWORD, new_phone, registered
 
 @pytest.fixture
 def relay(settings: Settings) -> Iterator[RoundTripRelay]:
-    url = make_url(settings.database_url or "")
-    with RoundTripRelay(url.host or "127.0.0.1", url.port or 5432) as running:
+    with RoundTripRelay.to(settings.database_url or "") as running:
         yield running
 
 
 async def test_a_failed_sign_in_makes_one_round_trip_before_its_hash(settings, relay):
-    url = make_url(settings.database_url or "").set(host="127.0.0.1", port=relay.port)
     quiet = msgspec.structs.replace(
         settings,
-        database_url=url.render_as_string(hide_password=False),
+        database_url=relay.url(settings.database_url or ""),
         audit_writer_enabled=False,  # nothing else of the app's talks to Postgres meanwhile
         account_events_relay_enabled=False,
         signing_keys_refresh_seconds=3600,
