@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
+import uuid_utils
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
@@ -71,3 +72,8 @@ async def read_whole_body(connection: ASGIConnection[Any, Any, Any, Any], _: Bas
     """A guard: routes that take no body still read it, so an oversized one is the usual 413, not ignored."""
     if isinstance(connection, Request) and connection.method in ("POST", "PUT", "PATCH", "DELETE"):
         await connection.body()
+
+
+def request_id_of(request: Request[Any, Any, Any]) -> str:
+    """The caller's ``X-Request-ID`` (at most 64 characters), or a new one: the audit row's request id."""
+    return (request.headers.get("x-request-id") or "")[:64] or str(uuid_utils.uuid4())

@@ -27,7 +27,6 @@ from typing import Any, Literal
 
 import msgspec
 import phonenumbers
-import uuid_utils
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -47,7 +46,7 @@ from app.core.errors import (
     error_responses,
     try_again_in,
 )
-from app.core.http import BODY_ERRORS, read_whole_body, user_agent_of
+from app.core.http import BODY_ERRORS, read_whole_body, request_id_of, user_agent_of
 from app.core.openapi import SIGNED_IN, LooseBody, service, with_body
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.credentials.passwords import password_problem, pin_problem
@@ -59,9 +58,9 @@ from app.recovery.codes import CODE_DIGITS, CodeStore, clean_code
 from app.recovery.service import RecoveryService, answers_knowledge_check
 from app.recovery.sms import SmsNotSent
 from app.sessions.deps import client_use
-from app.ussd.attempt import UssdAttempt, recorded
-from app.ussd.gateway import require_gateway
-from app.ussd.schemas import CALLER_BODY, PIN_RESET_BODY, SESSION_ID_PATTERN, decode_object, peek_identity
+from app.ussd.attempt import recorded
+from app.ussd.gateway import gateway_attempt, gateway_body, require_gateway
+from app.ussd.schemas import CALLER_BODY, PIN_RESET_BODY, SESSION_ID_PATTERN
 
 logger = logging.getLogger(__name__)
 
@@ -124,10 +123,6 @@ class ResetLocked(AppError):
     status_code = 403
     code = "reset_locked"
     message = "Too many wrong answers for this number today. Please call support."
-
-
-def _request_id(request: Request[Any, Any, Any]) -> str:
-    return (request.headers.get("x-request-id") or "")[:64] or str(uuid_utils.uuid4())
 
 
 def _phone(errors: FieldErrors, raw: str | None, region: str, field: str = "phone_number") -> str:
@@ -316,7 +311,7 @@ class RecoveryController(Controller):
             state.client_resolver.client_key(address),
             str(address) if address is not None else None,
             user_agent_of(request.headers.get("user-agent")),
-            _request_id(request),
+            request_id_of(request),
         )
         try:
             reply = await self._start(data, audit, auth_service, state)
@@ -370,7 +365,7 @@ class RecoveryController(Controller):
             client_key=state.client_resolver.client_key(address),
             ip_address=str(address) if address is not None else None,
             user_agent=user_agent_of(request.headers.get("user-agent")),
-            request_id=_request_id(request),
+            request_id=request_id_of(request),
             fail_open=settings.rate_limit_fail_open,
             method="password",
         )
@@ -467,7 +462,7 @@ class PhoneVerifyController(Controller):
             state.client_resolver.client_key(address),
             str(address) if address is not None else None,
             user_agent_of(request.headers.get("user-agent")),
-            _request_id(request),
+            request_id_of(request),
             phone_number=phone,
         )
         try:
@@ -503,7 +498,7 @@ class PhoneVerifyController(Controller):
             client_key=state.client_resolver.client_key(address),
             ip_address=str(address) if address is not None else None,
             user_agent=user_agent_of(request.headers.get("user-agent")),
-            request_id=_request_id(request),
+            request_id=request_id_of(request),
             fail_open=state.settings.rate_limit_fail_open,
             method="password",
             phone_number=phone,
@@ -529,20 +524,6 @@ class PhoneVerifyController(Controller):
             if not attempt.recorded:
                 await asyncio.shield(attempt.record_unfinished(user_id=current_user.id))
         return PhoneVerified(message="Your phone number is verified.", is_phone_verified=True)
-
-
-def _gateway_attempt(request: Request[Any, Any, Any], state: State, gateway: ServiceClient) -> UssdAttempt:
-    return UssdAttempt(
-        limiter=state.limiter,
-        publisher=state.audit_publisher,
-        client_key=gateway.name,
-        ip_address=gateway.client_ip,
-        user_agent=user_agent_of(request.headers.get("user-agent")),
-        request_id=_request_id(request),
-        fail_open=state.settings.rate_limit_fail_open,
-        method="pin",
-        service_name=gateway.name,
-    )
 
 
 def _text(body: dict[str, Any], name: str) -> str | None:
@@ -582,9 +563,8 @@ class UssdRecoveryController(Controller):
         state: State,
     ) -> UssdMessage:
         region = state.settings.default_phone_region
-        async with recorded(_gateway_attempt(request, state, gateway)) as attempt:
-            body = decode_object(await request.body())
-            attempt.phone_number, attempt.session_id = peek_identity(body, region)
+        async with recorded(gateway_attempt(request, state, gateway)) as attempt:
+            body = await gateway_body(request, attempt, region)
             errors = FieldErrors()
             phone = _caller(errors, body, region)
             errors.raise_if_any()
@@ -625,9 +605,8 @@ class UssdRecoveryController(Controller):
     ) -> UssdMessage:
         region = state.settings.default_phone_region
         limiter = state.limiter
-        async with recorded(_gateway_attempt(request, state, gateway)) as attempt:
-            body = decode_object(await request.body())
-            attempt.phone_number, attempt.session_id = peek_identity(body, region)
+        async with recorded(gateway_attempt(request, state, gateway)) as attempt:
+            body = await gateway_body(request, attempt, region)
             errors = FieldErrors()
             phone = _caller(errors, body, region)
             new_pin = _text(body, "new_pin")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import uuid_utils
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -19,12 +18,11 @@ from litestar.di import NamedDependency, Provide
 from app.accounts.schemas import split_name
 from app.accounts.service import AuthService, LoginFailed
 from app.core.errors import InvalidCredentials, error_responses
-from app.core.http import user_agent_of
 from app.core.openapi import service, with_body
 from app.credentials.verification import VerificationBusy
 from app.platform.credentials import ServiceClient
-from app.ussd.attempt import UssdAttempt, recorded
-from app.ussd.gateway import require_gateway
+from app.ussd.attempt import recorded
+from app.ussd.gateway import gateway_attempt, gateway_body, require_gateway
 from app.ussd.schemas import (
     ACCOUNT_BODY,
     PIN_CHANGE_BODY,
@@ -35,8 +33,6 @@ from app.ussd.schemas import (
     clean_account,
     clean_pin_change,
     clean_pin_check,
-    decode_object,
-    peek_identity,
 )
 from app.ussd.service import PhoneNumberTaken, UssdService
 
@@ -45,28 +41,6 @@ class WrongPin(InvalidCredentials):
     """Unknown number, wrong PIN, PIN not enabled, inactive account: one answer, as on the login endpoint."""
 
     message = "Incorrect phone number or PIN. Please try again."
-
-
-def _attempt(request: Request[Any, Any, Any], state: State, gateway: ServiceClient) -> UssdAttempt:
-    request_id = (request.headers.get("x-request-id") or "")[:64] or str(uuid_utils.uuid4())
-    return UssdAttempt(
-        limiter=state.limiter,
-        publisher=state.audit_publisher,
-        client_key=gateway.name,
-        ip_address=gateway.client_ip,
-        user_agent=user_agent_of(request.headers.get("user-agent")),
-        request_id=request_id,
-        fail_open=state.settings.rate_limit_fail_open,
-        method="pin",
-        service_name=gateway.name,
-    )
-
-
-async def _body(request: Request[Any, Any, Any], attempt: UssdAttempt, region: str) -> dict[str, Any]:
-    """The JSON object sent; the attempt learns the number and session it names, for its audit row."""
-    body = decode_object(await request.body())
-    attempt.phone_number, attempt.session_id = peek_identity(body, region)
-    return body
 
 
 ERRORS = error_responses(
@@ -106,8 +80,8 @@ class UssdController(Controller):
         state: State,
     ) -> VerifiedPin:
         region = state.settings.default_phone_region
-        async with recorded(_attempt(request, state, gateway)) as attempt:
-            check = clean_pin_check(await _body(request, attempt, region), region)
+        async with recorded(gateway_attempt(request, state, gateway)) as attempt:
+            check = clean_pin_check(await gateway_body(request, attempt, region), region)
             await attempt.reserve_pin_check()
             try:
                 user = await UssdService(auth_service).verify_pin(
@@ -145,8 +119,8 @@ class UssdController(Controller):
         state: State,
     ) -> Registered:
         region = state.settings.default_phone_region
-        async with recorded(_attempt(request, state, gateway)) as attempt:
-            account = clean_account(await _body(request, attempt, region), region)
+        async with recorded(gateway_attempt(request, state, gateway)) as attempt:
+            account = clean_account(await gateway_body(request, attempt, region), region)
             await attempt.count_registration(account.phone_number)
             try:
                 user = await UssdService(auth_service).register(account)
@@ -180,8 +154,8 @@ class UssdController(Controller):
         state: State,
     ) -> Response[PinChanged]:
         region = state.settings.default_phone_region
-        async with recorded(_attempt(request, state, gateway)) as attempt:
-            change = clean_pin_change(await _body(request, attempt, region), region)
+        async with recorded(gateway_attempt(request, state, gateway)) as attempt:
+            change = clean_pin_change(await gateway_body(request, attempt, region), region)
             await attempt.reserve_pin_check()
             service = UssdService(auth_service)
             try:

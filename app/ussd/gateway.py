@@ -17,7 +17,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import uuid_utils
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency
@@ -25,8 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.audit.pipeline.events import new_event
 from app.audit.pipeline.publisher import AuditUnavailable
-from app.core.http import user_agent_of
+from app.core.http import request_id_of, user_agent_of
 from app.platform.credentials import CredentialRefusal, ServiceClient, require_scope
+from app.ussd.attempt import UssdAttempt
+from app.ussd.schemas import decode_object, peek_identity
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ async def record_refusal(request: Request[Any, Any, Any], state: State, refused:
         user_id=refused.user_id,
         ip_address=str(address) if address is not None else None,
         user_agent=user_agent_of(request.headers.get("user-agent")),
-        request_id=(request.headers.get("x-request-id") or "")[:64] or str(uuid_utils.uuid4()),
+        request_id=request_id_of(request),
         channel="ussd",
         service_name=refused.credential_name,
     )
@@ -65,3 +66,25 @@ async def record_refusal(request: Request[Any, Any, Any], state: State, refused:
     except AuditUnavailable:
         # The call is refused anyway; failing it differently would tell the caller about our stores.
         logger.error("a USSD call refused for its credential could not be audited: Redis and Postgres refused it")
+
+
+def gateway_attempt(request: Request[Any, Any, Any], state: State, gateway: ServiceClient) -> UssdAttempt:
+    """One USSD call of the gateway, as one audited attempt under the gateway credential's budgets."""
+    return UssdAttempt(
+        limiter=state.limiter,
+        publisher=state.audit_publisher,
+        client_key=gateway.name,
+        ip_address=gateway.client_ip,
+        user_agent=user_agent_of(request.headers.get("user-agent")),
+        request_id=request_id_of(request),
+        fail_open=state.settings.rate_limit_fail_open,
+        method="pin",
+        service_name=gateway.name,
+    )
+
+
+async def gateway_body(request: Request[Any, Any, Any], attempt: UssdAttempt, region: str) -> dict[str, Any]:
+    """The JSON object sent; the attempt learns the number and session it names, for its audit row."""
+    body = decode_object(await request.body())
+    attempt.phone_number, attempt.session_id = peek_identity(body, region)
+    return body
