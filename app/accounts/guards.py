@@ -11,27 +11,50 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from litestar.di import NamedDependency, Provide
+from litestar.params import SkipValidation
 
 from app.authority import Power, authority_of_user, may
 from app.core.errors import PermissionDenied
 from app.db.models import User
 
 
+def _with_power(user: User, power: Power) -> User:
+    if not may(authority_of_user(user), power):
+        raise PermissionDenied()
+    return user
+
+
 def require_power(power: Power) -> Callable[[User], Awaitable[User]]:
-    """A dependency giving the signed-in user if their authority has ``power``."""
+    """A dependency giving the signed-in user if their authority has ``power``: the request's ORM
+    session's ``User`` (``current_user``), for routes that change accounts."""
 
     async def signed_in_with_power(current_user: NamedDependency[User]) -> User:
-        if not may(authority_of_user(current_user), power):
-            raise PermissionDenied()
-        return current_user
+        return _with_power(current_user, power)
 
     return signed_in_with_power
 
 
+def require_power_to_read(power: Power) -> Callable[[User], Awaitable[User]]:
+    """The same for routes that only read: the user from ``signed_in`` (one prepared statement on the
+    session checks' own connections, app/sessions/direct.py), so a flood of such requests never takes
+    the connections of the pool sign-in uses (docs/operations.md)."""
+
+    # A snapshot with User's attributes (not a mapped User): not validated as one.
+    async def signed_in_with_power(signed_in: SkipValidation[NamedDependency[User]]) -> User:
+        return _with_power(signed_in, power)
+
+    return signed_in_with_power
+
+
+# How a read-only route names ``auditor`` or ``admin``: the user is a snapshot with ``User``'s
+# attributes, not a mapped ``User``, so Litestar does not validate it as one.
+StaffReader = SkipValidation[NamedDependency[User]]
+
 # Controllers name these; a handler takes ``auditor`` (the login history), ``admin`` (who read it) or
-# ``panel_admin`` (the admin panel) to be reachable only by those who have that power.
+# ``panel_admin`` (the admin panel) to be reachable only by those who have that power. The history
+# only reads, through its own pool (app/audit/history/connections.py).
 ROLE_DEPENDENCIES = {
-    "auditor": Provide(require_power(Power.AUDIT)),
-    "admin": Provide(require_power(Power.AUDIT_USAGE)),
+    "auditor": Provide(require_power_to_read(Power.AUDIT)),
+    "admin": Provide(require_power_to_read(Power.AUDIT_USAGE)),
 }
 PANEL_DEPENDENCY = Provide(require_power(Power.PANEL))

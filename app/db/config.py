@@ -18,8 +18,11 @@ def sqlalchemy_config(settings: Settings, *, pool: bool = True) -> SQLAlchemyAsy
     if not settings.database_url:
         raise ValueError("database_url is resolved before the app is built")
     engine = EngineConfig(
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_pool_size,
+        # Twice DATABASE_POOL_SIZE, all kept: overflow connections are closed as they come back, so
+        # every burst past the pool opened and closed connections (a Postgres backend started each
+        # time), and a flood of signed-in requests cost sign-in its CPU (docs/benchmarks.md, audit flood).
+        pool_size=2 * settings.database_pool_size,
+        max_overflow=0,
         # No ping per checkout (three round trips on asyncpg: BEGIN, a query, ROLLBACK). A connection
         # that died with its server fails the one statement that meets it (503 database_unavailable,
         # app/core/errors.py), and SQLAlchemy then drops every pooled connection older than that

@@ -23,8 +23,9 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.params import QueryParameter
 from litestar.response import Stream
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.accounts.guards import StaffReader
 from app.audit.history.connections import AuditPool, read_transaction
 from app.audit.history.controller import ACCOUNT_ID, ExportOperation, Format, Limit
 from app.audit.history.cursor import Cursor, read_cursor
@@ -267,10 +268,9 @@ class AdminActionsController(Controller):
     @get("/", summary="Support staff's actions on accounts, newest first", responses=AUDIT_ERRORS)
     async def list_admin_actions(
         self,
-        auditor: NamedDependency[User],
+        auditor: StaffReader,
         request: Request[Any, Any, Any],
         state: State,
-        db_session: NamedDependency[AsyncSession],
         admin_action_filters: NamedDependency[dict[str, str | None]],
         cursor: CursorText = None,
         limit: Limit = None,
@@ -283,7 +283,7 @@ class AdminActionsController(Controller):
             }
         )
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.read(db_session, account=auditor.id) as conn:
+        async with audit_pool.read(account=auditor.id) as conn:
             page = await fetch_admin_actions(conn, page_request)
             described = {**page_request.filters.describe(), "limit": page_request.limit}
             await record_query(conn, _actor(auditor, request, state), "admin_actions", described, len(page.items))
@@ -299,10 +299,9 @@ class AdminActionsController(Controller):
     )
     async def export(
         self,
-        auditor: NamedDependency[User],
+        auditor: StaffReader,
         request: Request[Any, Any, Any],
         state: State,
-        db_session: NamedDependency[AsyncSession],
         admin_action_filters: NamedDependency[dict[str, str | None]],
         format: Format = None,
     ) -> Stream:
@@ -315,7 +314,7 @@ class AdminActionsController(Controller):
         slot = state.export_slots.reserve(auditor.id)  # before anything is sent: past the cap, the 429
         audit_pool: AuditPool = state.audit_pool
         try:
-            async with audit_pool.record(db_session) as conn:
+            async with audit_pool.record() as conn:
                 described = {**export_request.filters.describe(), "format": export_request.format}
                 await record_query(conn, _actor(auditor, request, state), "admin_actions_export", described)
         except BaseException:

@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.audit.history.budget import AuditBudgetSpent, ReadBudget
 from app.core.errors import AppError
@@ -144,30 +144,18 @@ class AuditPool:
             self.budget.charge(account, time.monotonic() - started)
 
     @asynccontextmanager
-    async def read(
-        self, session: AsyncSession | None = None, *, snapshot: bool = False, account: int | None = None
-    ) -> AsyncIterator[Any]:
-        """An API read (:func:`api_read`) on this pool, charged to ``account``'s budget. ``session``:
-        the request's ORM session, which loaded the signed-in user; its transaction ends first, so the
-        request holds one connection at a time, never one while it waits for another."""
-        if session is not None:
-            await release_request_session(session)
+    async def read(self, *, snapshot: bool = False, account: int | None = None) -> AsyncIterator[Any]:
+        """An API read (:func:`api_read`) on this pool, charged to ``account``'s budget. The request
+        holds no other connection meanwhile: its staff guard read the signed-in user on the session
+        checks' connections (``signed_in``), which it gave back at once."""
         async with self._place(account), api_read(self.engine, snapshot=snapshot) as conn:
             yield conn
 
     @asynccontextmanager
-    async def record(self, session: AsyncSession | None = None) -> AsyncIterator[Any]:
+    async def record(self) -> AsyncIterator[Any]:
         """A short transaction without the API timeout (recording an export before it streams)."""
-        if session is not None:
-            await release_request_session(session)
         async with self._place(), read_transaction(self.engine) as conn:
             yield conn
 
     async def dispose(self) -> None:
         await self.engine.dispose()
-
-
-async def release_request_session(session: AsyncSession) -> None:
-    """End the request session's transaction (it only read the signed-in user), so its pooled
-    connection goes back now rather than when the response has been sent."""
-    await session.commit()

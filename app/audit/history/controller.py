@@ -21,8 +21,8 @@ from litestar.di import NamedDependency, Provide
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Operation, Schema
 from litestar.params import QueryParameter
 from litestar.response import Stream
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.accounts.guards import StaffReader
 from app.audit.history.attempts import AttemptPage, fetch_page
 from app.audit.history.connections import AuditPool, pooled_connection
 from app.audit.history.export import (
@@ -47,7 +47,6 @@ from app.audit.history.query_log import (
 from app.audit.history.summary import MAX_TOP, Summary, parse_summary_request, summarise
 from app.core.errors import error_responses
 from app.core.openapi import SIGNED_IN, query_type
-from app.db.models import User
 
 # Bad filters, no token, another role, the account's read budget spent, a query that ran out of time.
 AUDIT_ERRORS = error_responses(400, 401, 403, 429, 503)
@@ -151,10 +150,9 @@ class AuditController(Controller):
     )
     async def list_attempts(
         self,
-        auditor: NamedDependency[User],
+        auditor: StaffReader,
         request: Request[Any, Any, Any],
         state: State,
-        db_session: NamedDependency[AsyncSession],
         attempt_filters: NamedDependency[dict[str, str | None]],
         since: Since = None,
         until: Until = None,
@@ -171,7 +169,7 @@ class AuditController(Controller):
         page_request = parse_page_request(params, state.settings.default_phone_region)
         actor = actor_of(auditor, request, state)
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.read(db_session, account=auditor.id) as conn:
+        async with audit_pool.read(account=auditor.id) as conn:
             page = await fetch_page(conn, page_request)
             await record_query(conn, actor, "list", page_request.describe(), len(page.items))
         return page
@@ -186,10 +184,9 @@ class AuditController(Controller):
     )
     async def export_attempts(
         self,
-        auditor: NamedDependency[User],
+        auditor: StaffReader,
         request: Request[Any, Any, Any],
         state: State,
-        db_session: NamedDependency[AsyncSession],
         attempt_filters: NamedDependency[dict[str, str | None]],
         since: Since = None,
         until: Until = None,
@@ -206,7 +203,7 @@ class AuditController(Controller):
         try:
             actor = actor_of(auditor, request, state)
             audit_pool: AuditPool = state.audit_pool
-            async with audit_pool.record(db_session) as conn:
+            async with audit_pool.record() as conn:
                 record_id = await record_query(conn, actor, "export", export_request.describe())
         except BaseException:
             slot.release()
@@ -251,10 +248,9 @@ class AuditController(Controller):
     )
     async def summary(
         self,
-        auditor: NamedDependency[User],
+        auditor: StaffReader,
         request: Request[Any, Any, Any],
         state: State,
-        db_session: NamedDependency[AsyncSession],
         attempt_filters: NamedDependency[dict[str, str | None]],
         since: SummarySince = None,
         until: SummaryUntil = None,
@@ -271,7 +267,7 @@ class AuditController(Controller):
         summary_request = parse_summary_request(params, state.settings.default_phone_region)
         actor = actor_of(auditor, request, state)
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.read(db_session, snapshot=True, account=auditor.id) as conn:
+        async with audit_pool.read(snapshot=True, account=auditor.id) as conn:
             result = await summarise(conn, summary_request, ipv6_prefix=state.settings.rate_limit_ipv6_prefix)
             await record_query(conn, actor, "summary", summary_request.describe(), result.totals.attempts)
         return result
@@ -284,10 +280,9 @@ class AuditController(Controller):
     )
     async def audit_queries(
         self,
-        admin: NamedDependency[User],
+        admin: StaffReader,
         request: Request[Any, Any, Any],
         state: State,
-        db_session: NamedDependency[AsyncSession],
         user_id: AccountId = None,
         cursor: CursorText = None,
         limit: Limit = None,
@@ -295,7 +290,7 @@ class AuditController(Controller):
         log_request = parse_query_log_request({"user_id": user_id, "cursor": cursor, "limit": limit})
         action: Action = "queries"
         audit_pool: AuditPool = state.audit_pool
-        async with audit_pool.read(db_session, account=admin.id) as conn:
+        async with audit_pool.read(account=admin.id) as conn:
             page = await fetch_query_log(conn, log_request)
             described: dict[str, Any] = {"limit": log_request.limit}
             if log_request.user_id is not None:
