@@ -14,8 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import event
 
-from tests.conftest import plain_dsn
 from tests.asgi import in_loop_client
+from tests.conftest import plain_dsn
 from tests.helpers import STRONG_PASSWORD, bearer, new_phone, registered
 from tests.servers import api_server
 
