@@ -67,9 +67,33 @@ class KeyRing:
 
     def replace(self, keys: Sequence[LoadedKey]) -> None:
         self._keys = {key.kid: key for key in keys}
+        self._now_placed: tuple[datetime.datetime, datetime.datetime, dict[str, Placement]] | None = None
 
     def placements(self, now: datetime.datetime | None = None) -> dict[str, Placement]:
-        return schedule(list(self._keys.values()), now or utcnow(), lifetime=self._lifetime, publish=self._publish)
+        """Each key's state at ``now`` (by default the present, which is worked out again only when
+        a key's state can have changed since: every signed-in request asks, twice on a refresh)."""
+        if now is not None:
+            return self._schedule(now)
+        now = utcnow()
+        placed = self._now_placed
+        if placed is None or not placed[0] <= now < placed[1]:
+            placed = self._now_placed = (now, self._next_change_after(now), self._schedule(now))
+        return placed[2]
+
+    def _schedule(self, now: datetime.datetime) -> dict[str, Placement]:
+        return schedule(list(self._keys.values()), now, lifetime=self._lifetime, publish=self._publish)
+
+    def _next_change_after(self, now: datetime.datetime) -> datetime.datetime:
+        """The first instant after ``now`` at which :func:`schedule` can place a key differently: a
+        key activating, or a replaced key retiring (a superset of them: an early recount is harmless)."""
+        instants = (
+            instant
+            for key in self._keys.values()
+            if key.retired_at is None
+            for instant in (key.activates_at, key.activates_at + self._lifetime + self._publish)
+            if instant > now
+        )
+        return min(instants, default=datetime.datetime.max.replace(tzinfo=datetime.UTC))
 
     def signer(self) -> LoadedKey:
         for kid, placement in self.placements().items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import json
 import secrets
@@ -48,6 +49,7 @@ MAX_TOKEN_CHARS = 8192
 FIRST_PARTY_CLIENT_ID = "ladys-essence-app"  # the `client_id` of tokens from sign-in (web, app, USSD)
 
 
+@functools.lru_cache(maxsize=64)  # a handful of (role, user_type) pairs exist; worked out per token issued
 def user_scope(role: str, user_type: str | None) -> str:
     """The ``scope`` claim of an account's access tokens; ``user_type`` None: the role alone decides."""
     return " ".join(scopes_of(authority_of(role, user_type or "")))

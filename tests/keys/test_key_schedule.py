@@ -87,3 +87,26 @@ def test_retired_by_hand_is_gone_at_once_and_the_previous_key_signs_again():
     states = at([first, Row(second.kid, second.created_at, second.activates_at, retired_at=moment)], moment)
     assert states[second.kid].state is KeyState.RETIRED
     assert states[first.kid].state is KeyState.ACTIVE
+
+
+@given(gaps, offsets)
+def test_the_keyrings_remembered_placements_are_the_schedule_at_every_moment(gap_list, offset_list):
+    """The key ring works the schedule out again only when a key's state can have changed: asked at
+    moments in time order, it answers what the schedule says at each of them."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from app.keys import keyring
+
+    rows = rotations(gap_list)
+    loaded = [
+        keyring.LoadedKey(row.kid, "ES256", {}, None, None, row.created_at, row.activates_at, row.retired_at)
+        for row in rows
+    ]
+    settings = SimpleNamespace(token_lifetime_seconds=int(LIFETIME.total_seconds()), key_publish_seconds=335)
+    ring = keyring.KeyRing(loaded, settings)  # type: ignore[arg-type]
+    for offset in sorted(offset_list):
+        moment = T0 + datetime.timedelta(seconds=offset)
+        for instant in (moment, moment + PUBLISH, moment + LIFETIME + PUBLISH):  # transitions among them
+            with mock.patch.object(keyring, "utcnow", return_value=instant):
+                assert ring.placements() == at(rows, instant)
