@@ -46,13 +46,10 @@ def require_power_to_read(power: Power) -> Callable[[User], Awaitable[User]]:
     return signed_in_with_power
 
 
-# How a read-only route names ``auditor`` or ``admin``: the user is a snapshot with ``User``'s
-# attributes, not a mapped ``User``, so Litestar does not validate it as one.
-StaffReader = SkipValidation[NamedDependency[User]]
-
 # Controllers name these; a handler takes ``auditor`` (the login history), ``admin`` (who read it) or
 # ``panel_admin`` (the admin panel) to be reachable only by those who have that power. The history
-# only reads, through its own pool (app/audit/history/connections.py).
+# only reads, through its own pool (app/audit/history/connections.py); its handlers take the user as
+# ``StaffReader`` (app/audit/history/controller.py).
 ROLE_DEPENDENCIES = {
     "auditor": Provide(require_power_to_read(Power.AUDIT)),
     "admin": Provide(require_power_to_read(Power.AUDIT_USAGE)),

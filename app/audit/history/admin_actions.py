@@ -25,9 +25,8 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.accounts.guards import StaffReader
 from app.audit.history.connections import AuditPool, read_transaction
-from app.audit.history.controller import ACCOUNT_ID, ExportOperation, Format, Limit
+from app.audit.history.controller import ACCOUNT_ID, ExportOperation, Format, Limit, StaffReader
 from app.audit.history.cursor import Cursor, read_cursor
 from app.audit.history.export import (
     EXPORT_FORMATS,
