@@ -49,6 +49,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_cluster: bool = False  # REDIS_URL is a seed node of a Redis Cluster (app/core/redis.py)
     redis_key_prefix: str = "le:"
     database_pool_size: int = 10
+    # How long a request's session statement (signed-in check, refresh, sign-in lookup) waits for a
+    # lock (``users`` locked by a migration or by hand) before it is a 503 ``busy`` with Retry-After.
+    database_lock_timeout_ms: int = 5000
     redis_persistence_check: Literal["on", "off"] = "on"  # production refuses a Redis with appendonly no
 
     jwt_secret: str | None = None

@@ -221,7 +221,12 @@ class SessionChecks:
             # `sessions` and `refresh_tokens` were small, it scanned a whole index or table per batch
             # ever after (rotations fell from 2,000/s to 600/s as 25,000 tokens accumulated). Planning
             # costs a fraction of a millisecond per batch, not per request.
-            server_settings={"plan_cache_mode": "force_custom_plan"},
+            # A request never waits for ever behind a lock (``users`` locked for a migration or by
+            # hand): past DATABASE_LOCK_TIMEOUT_MS its statement fails with 55P03, a 503 ``busy``.
+            server_settings={
+                "plan_cache_mode": "force_custom_plan",
+                "lock_timeout": str(max(0, settings.database_lock_timeout_ms)),
+            },
         )
         assert pool is not None
         return cls(pool, settings)

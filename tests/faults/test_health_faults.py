@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from tests.helpers import new_phone
+from tests.asgi import in_loop_client
+from tests.helpers import STRONG_PASSWORD, bearer, new_phone, registered
 
 pytestmark = pytest.mark.slow
 
@@ -39,3 +40,38 @@ async def test_health_is_degraded_while_the_audit_lags(client):
     assert body["checks"]["audit"]["status"] == "degraded"
     assert body["checks"]["audit"]["lag_seconds"] > 0.5
     assert any(reason.startswith("audit: audit lag") for reason in body["reasons"]), body["reasons"]
+
+
+@pytest.mark.parametrize("settings", [{"database_lock_timeout_ms": 300}], indirect=True)
+async def test_requests_behind_a_lock_on_users_are_a_503_not_a_wait_for_ever(app, db):
+    """The session statements (sign-in's account lookup, the signed-in check, refresh) waited as long
+    as ``users`` stayed locked: no pool timeout applies to a statement already sent. Now each is a 503
+    ``busy`` with Retry-After past DATABASE_LOCK_TIMEOUT_MS, and the refused sign-in is still audited."""
+    async with in_loop_client(app) as client:
+        account = await registered(client)
+        phone = new_phone()
+        async with db.transaction():
+            await db.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+            answers = await asyncio.wait_for(
+                asyncio.gather(
+                    client.post(
+                        "/api/auth/login",
+                        json={"phone_number": phone, "password": STRONG_PASSWORD},
+                        headers={"X-Request-ID": f"locked-{phone}"},
+                    ),
+                    client.get("/api/auth/profile", headers=bearer(account["access_token"])),
+                    client.post("/api/auth/refresh", headers=bearer(account["refresh_token"])),
+                ),
+                30,  # without the lock timeout they wait for the lock this transaction holds: fail, not hang
+            )
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["code"] == "busy"
+            assert int(answer.headers["retry-after"]) >= 1
+        assert (await client.get("/api/auth/profile", headers=bearer(account["access_token"]))).status_code == 200
+        for _ in range(100):  # the audit writer's next batch
+            reason = await db.fetchval("SELECT reason FROM login_attempts WHERE request_id = $1", f"locked-{phone}")
+            if reason is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert reason is not None, "the sign-in refused behind the lock was not audited"
