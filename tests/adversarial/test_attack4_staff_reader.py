@@ -167,3 +167,20 @@ async def test_every_ending_is_401_on_the_very_next_audit_request(app, db):
         deleted = await http.delete(f"/api/admin/users/{user_id}", headers=admin)
         assert deleted.status_code < 300, deleted.text
         await refused(token)
+
+
+async def test_batches_past_max_batch_still_answer_each_request_its_own(app, db):
+    """600 guard checks in one turn: more than one batch (max_batch 256), answers still per request."""
+    async with in_loop_client(app) as http:
+        user = await registered(http)
+        phone = new_phone()
+        analyst = await registered(http, phone_number=phone)
+        await db.execute("UPDATE users SET role = 'security' WHERE id = $1", analyst["user_id"])
+        live = await _login(http, phone)
+        ended = analyst["access_token"]
+        assert (await http.post("/api/auth/logout", headers=bearer(ended))).status_code < 300
+        expected = {user["access_token"]: {403}, ended: {401}, live: {200, 429, 503}}
+        tokens = [user["access_token"], ended, live] * 200
+        responses = await asyncio.gather(*(http.get(ATTEMPTS, headers=bearer(t)) for t in tokens))
+    wrong = [r.status_code for t, r in zip(tokens, responses, strict=True) if r.status_code not in expected[t]]
+    assert wrong == []
