@@ -6,10 +6,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.embedded import free_port
 from app.core.errors import OutageLog, is_database_unavailable
+from app.core.settings import asyncpg_url
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +27,22 @@ async def test_a_refused_connection_is_an_outage_whatever_wraps_it():
             async with engine.connect():
                 pass
         assert is_database_unavailable(wrapped.value)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_pool_with_no_connection_free_is_an_outage(settings):
+    """A request that waited out the sign-in pool's timeout (every connection held, no overflow) is a
+    503 ``database_unavailable`` with Retry-After, not a 500 (the attacker's pass saw it at 30 s)."""
+    assert settings.database_url
+    engine = create_async_engine(asyncpg_url(settings.database_url), pool_size=1, max_overflow=0, pool_timeout=0.2)
+    try:
+        async with engine.connect():
+            with pytest.raises(Exception) as waited:
+                async with engine.connect():
+                    pass
+        assert isinstance(waited.value, sqlalchemy.exc.TimeoutError)
+        assert is_database_unavailable(waited.value)
     finally:
         await engine.dispose()
 
