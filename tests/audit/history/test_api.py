@@ -599,6 +599,12 @@ async def test_summary_counts_buckets_clients_phones_and_pin_locks(client, db):
     }
 
 
+WAITING_FOR_ATTEMPTS = """
+SELECT count(*) FROM pg_locks JOIN pg_class ON pg_class.oid = pg_locks.relation
+WHERE NOT pg_locks.granted AND pg_class.relname = 'login_attempts'
+"""
+
+
 async def test_a_summary_chosen_as_a_deadlock_victim_is_a_503(client, db, settings):
     """A migration that locks login_attempts and then the rollups, while a summary holds the rollups
     and waits for login_attempts: Postgres breaks the deadlock by failing the summary (which waited
@@ -614,7 +620,13 @@ async def test_a_summary_chosen_as_a_deadlock_victim_is_a_503(client, db, settin
                 async with conn.transaction():
                     await conn.execute("LOCK TABLE login_attempts IN ACCESS EXCLUSIVE MODE")
                     took_attempts.set()
-                    await asyncio.sleep(0.3)  # the summary has read the rollups and waits for the rows
+                    # Until the summary has read the rollups and waits for the rows (a fixed pause here
+                    # lost the race on a slow machine: the summary came later, found both tables taken,
+                    # waited and got its 200).
+                    for _ in range(500):
+                        if await conn.fetchval(WAITING_FOR_ATTEMPTS):
+                            break
+                        await asyncio.sleep(0.02)
                     await conn.execute("LOCK TABLE login_attempts_hourly IN ACCESS EXCLUSIVE MODE")
             finally:
                 await conn.close()
