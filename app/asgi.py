@@ -61,6 +61,7 @@ from app.recovery.sms import sms_sender
 from app.recovery.status import sms_check
 from app.sessions.controller import SessionsController
 from app.sessions.direct import SessionChecks
+from app.sessions.header_refresh import HeaderRefresh
 from app.sessions.tokens import TokenIssuer
 from app.ussd.controller import USSD_HANDLERS
 from app.webhooks.deliverer import WebhookDeliverer
@@ -226,9 +227,10 @@ def create_asgi_app(settings: Settings) -> ASGIApp:
 def served(app: Litestar) -> ASGIApp:
     """CORS outside the gate, so gate refusals and every preflight follow the same policy as the app's answers.
 
-    The access log outside both: it sees every request, the gate's sign-ins too.
+    The header form of refresh is answered in front of routing too (app/sessions/header_refresh.py).
+    The access log outside all: it sees every request, the gate's sign-ins too.
     """
-    gated = CorsMiddleware(LoginGate(app, litestar=app), app.state.cors_policy)
+    gated = CorsMiddleware(LoginGate(HeaderRefresh(app, litestar=app), litestar=app), app.state.cors_policy)
     return AccessLog(gated) if app.state.settings.access_log else gated
 
 

@@ -11,8 +11,9 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.spec import Operation, RequestBody, Schema
+from litestar.types import Send
 
-from app.core.errors import AppError, UnsupportedMediaType
+from app.core.errors import AppError, UnsupportedMediaType, encode_error
 
 USER_AGENT_MAX = 255  # the Flask-era column's width, kept by the audit table and the sessions
 
@@ -22,6 +23,23 @@ def user_agent_of(value: str | bytes | None) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     return value[:USER_AGENT_MAX] or None if value else None
+
+
+# ---- answers given in front of routing (the login gate, the header form of refresh) ---------------
+
+
+async def send_error(send: Send, exc: AppError, headers: dict[str, str]) -> None:
+    """Answer with ``exc`` exactly as the app's error mapping would, from outside the app."""
+    await send_json(send, exc.status_code, encode_error(exc), {**exc.headers, **headers})
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    start: Any = {"type": "http.response.start", "status": status, "headers": raw_headers}
+    await send(start)
+    end: Any = {"type": "http.response.body", "body": body}
+    await send(end)
 
 
 # ---- request bodies --------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 ``ladys_essence_auth_requests_total``, ``..._request_duration_seconds``, ``..._requests_error_total``
 (5xx) by ``method``, ``path`` (the route's template) and ``status_code``, and
 ``..._requests_in_progress`` by ``method`` and ``path``. Requests the login gate answers itself never
-get here: ``ladys_essence_auth_login_refused_total`` counts them.
+get here: ``ladys_essence_auth_login_refused_total`` counts them. The header form of refresh, answered in
+front of routing too, is recorded in these series by ``observe_answer``.
 """
 
 from __future__ import annotations
@@ -51,14 +52,28 @@ class RequestMetrics(PrometheusMiddleware):
             await self.app(scope, receive, self._get_wrapped_send(send, span))
         finally:
             in_progress.dec()
-            labels["status_code"] = int(span["status_code"])
-            values = list(labels.values())
-            if span["status_code"] >= 500:
-                self.requests_error_count(labels).labels(*values).inc()
-            self.request_count(labels).labels(*values).inc()
-            self.request_time(labels).labels(*values).observe(span["duration"])
+            self.observe(labels, int(span["status_code"]), span["duration"])
+
+    def observe(self, labels: dict[str, str | int | float], status: int, seconds: float) -> None:
+        """One answered request in the series (``labels``: method and path)."""
+        labels = {**labels, "status_code": status}
+        values = list(labels.values())
+        if status >= 500:
+            self.requests_error_count(labels).labels(*values).inc()
+        self.request_count(labels).labels(*values).inc()
+        self.request_time(labels).labels(*values).observe(seconds)
+
+
+_CONFIG = PrometheusConfig(prefix=NAMESPACE, group_path=True, middleware_class=RequestMetrics)
+_recorder = RequestMetrics(app=None, config=_CONFIG)  # type: ignore[arg-type]  # records only; never called
+
+
+def observe_answer(method: str, path: str, status: int, seconds: float) -> None:
+    """A request answered in front of routing (the header form of refresh), in the same series as the
+    middleware's: what dashboards read of a route does not depend on which path answered it."""
+    _recorder.observe({"method": method, "path": path}, status, seconds)
 
 
 def request_metrics() -> DefineMiddleware:
     """The middleware of ``create_app``: ``ladys_essence_auth_requests_total{method,path,status_code}`` and co."""
-    return PrometheusConfig(prefix=NAMESPACE, group_path=True, middleware_class=RequestMetrics).middleware
+    return _CONFIG.middleware

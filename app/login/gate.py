@@ -21,8 +21,8 @@ from prometheus_client import Counter
 
 from app.audit.pipeline.events import LoginEvent, encode_event
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
-from app.core.errors import AppError, LimiterUnavailable, PayloadTooLarge, RateLimited, encode_error, try_again_in
-from app.core.http import user_agent_of
+from app.core.errors import LimiterUnavailable, PayloadTooLarge, RateLimited, try_again_in
+from app.core.http import send_error, user_agent_of
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.core.prometheus import NAMESPACE
 from app.core.settings import Settings
@@ -95,20 +95,6 @@ def _replaying(messages: list[Any], receive: Receive) -> Receive:
         return await receive()
 
     return replay
-
-
-async def send_error(send: Send, exc: AppError, headers: dict[str, str]) -> None:
-    """Answer with ``exc`` exactly as the app's error mapping would, from outside the app."""
-    await send_json(send, exc.status_code, encode_error(exc), {**exc.headers, **headers})
-
-
-async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw_headers += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-    start: Any = {"type": "http.response.start", "status": status, "headers": raw_headers}
-    await send(start)
-    end: Any = {"type": "http.response.body", "body": body}
-    await send(end)
 
 
 LOGIN_PATH = "/api/auth/login"

@@ -23,6 +23,7 @@ from app.core.settings import Settings
 from app.db.models import User
 from app.sessions.deps import bearer_token, client_use
 from app.sessions.direct import SessionChecks
+from app.sessions.header_refresh import NOT_FOUND_DIRECTLY, TRIED_STATE_KEY
 from app.sessions.schemas import (
     EndedResponse,
     MessageResponse,
@@ -63,10 +64,16 @@ async def session_to_end(token: str, sessions: SessionService, issuer: TokenIssu
     return found[1].id
 
 
-async def refresh_session(token: str, use: ClientUse, state: State, *, rotate: bool) -> Refreshed:
+async def refresh_session(token: str, use: ClientUse, state: State, *, rotate: bool, tried: object = None) -> Refreshed:
     """A refresh is one prepared statement (app/sessions/direct.py); anything it does not find goes
-    through :meth:`SessionService.refresh`, which knows every reason (and ends a reused token's session)."""
-    if is_opaque_refresh_token(token):
+    through :meth:`SessionService.refresh`, which knows every reason (and ends a reused token's session).
+
+    ``tried``: what the header form's path in front of routing (app/sessions/header_refresh.py) got
+    from that statement for this request, when it passed the request on: not found, or an error.
+    """
+    if isinstance(tried, Exception):
+        raise tried
+    if is_opaque_refresh_token(token) and tried is not NOT_FOUND_DIRECTLY:
         checks: SessionChecks = state.session_checks
         refresh = checks.refresh_with_rotation if rotate else checks.refresh_without_rotation
         found = await refresh(token, use.ip_address, use.user_agent)
@@ -108,8 +115,9 @@ class SessionsController(Controller):
             token, form = bearer_token(request), "header"
         if not token:
             raise NotAuthenticated("Send the refresh token as a Bearer token or as refresh_token.")
+        tried = request.scope["state"].pop(TRIED_STATE_KEY, None) if form == "header" else None
         refreshed = await refresh_session(
-            token, client_use(request, state), state, rotate=rotates(state.settings, form)
+            token, client_use(request, state), state, rotate=rotates(state.settings, form), tried=tried
         )
         issuer: TokenIssuer = state.token_issuer
         access = issuer.issue_access(

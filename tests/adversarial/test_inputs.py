@@ -27,7 +27,8 @@ from app.core.phones import PhoneNumberError, normalise_phone
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings
 from app.login.attempt import LoginAttempt
-from app.login.gate import ATTEMPT_STATE_KEY, LoginGate, send_error
+from app.core.http import send_error
+from app.login.gate import ATTEMPT_STATE_KEY, LoginGate
 from app.ratelimit.client_ip import ClientResolver
 from tests.asgi import lifespan_running
 from tests.helpers import STRONG_PASSWORD, bearer, e164, new_phone, registered

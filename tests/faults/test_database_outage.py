@@ -21,7 +21,7 @@ from app.core.postgres import plain_dsn
 from app.db import migrations
 from tests.conftest import _first_signing_key
 from tests.faults.support import serve_env, start_serve, wait_healthy
-from tests.helpers import STRONG_PASSWORD, new_phone
+from tests.helpers import STRONG_PASSWORD, bearer, new_phone
 
 pytestmark = pytest.mark.slow
 CLIENTS = 4
@@ -49,7 +49,18 @@ async def sign_ins(
             await asyncio.sleep(0.02)
 
 
-async def run_outage(base: str, postgres: EmbeddedPostgres, members: list[str]) -> tuple[list, list]:  # type: ignore[type-arg]
+async def signed_in_calls(base: str, tokens: dict[str, str]) -> list[httpx.Response]:
+    """A session's header-form refresh (answered in front of routing when Postgres is up) and its profile."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        return [
+            await http.post("/api/auth/refresh", headers=bearer(tokens["refresh_token"])),
+            await http.get("/api/auth/profile", headers=bearer(tokens["access_token"])),
+        ]
+
+
+async def run_outage(
+    base: str, postgres: EmbeddedPostgres, members: list[str], session: dict[str, str], probes: list[httpx.Response]
+) -> tuple[list, list]:  # type: ignore[type-arg]
     before: list[tuple[str, httpx.Response]] = []
     during: list[tuple[str, httpx.Response]] = []
     after: list[tuple[str, httpx.Response]] = []
@@ -62,6 +73,8 @@ async def run_outage(base: str, postgres: EmbeddedPostgres, members: list[str]) 
         stop = asyncio.Event()
         tasks = [asyncio.create_task(sign_ins(base, members, stop, phase)) for _ in range(CLIENTS)]
         await asyncio.sleep(seconds)
+        if action == "stop":
+            probes.extend(await signed_in_calls(base, session))
         stop.set()
         await asyncio.gather(*tasks)
     return before + after, during
@@ -99,8 +112,17 @@ def test_postgres_stopped_and_started_under_sign_ins(settings, tmp_path):
         for phone in members:
             body = {"name": "Outage Test", "phone_number": phone, "password": STRONG_PASSWORD, "user_type": "parent"}
             assert httpx.post(f"{base}/api/auth/register", json=body).status_code == 201
+        login = {"phone_number": members[0], "password": STRONG_PASSWORD}
+        session = httpx.post(f"{base}/api/auth/login", json=login, headers={"X-Forwarded-For": "41.186.250.1"})
+        assert session.status_code == 200, session.text
+        assert [r.status_code for r in asyncio.run(signed_in_calls(base, session.json()))] == [200, 200]
 
-        served, during = asyncio.run(run_outage(base, postgres, members))
+        probes: list[httpx.Response] = []
+        served, during = asyncio.run(run_outage(base, postgres, members, session.json(), probes))
+        for probe in probes:  # a signed-in request and a refresh meet the same 503 as sign-in
+            assert probe.status_code == 503, probe.text
+            assert probe.json()["code"] == "database_unavailable", probe.text
+            assert int(probe.headers["retry-after"]) > 0
 
         outage_statuses = {response.status_code for _, response in during}
         assert during and 503 in outage_statuses and outage_statuses <= {429, 503}, sorted(outage_statuses)
