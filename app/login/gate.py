@@ -37,6 +37,7 @@ ATTEMPT_STATE_KEY = "login_attempt"
 LOGIN_REFUSED = Counter(
     "login_refused", "Login attempts refused before any handler ran, by reason.", ["reason"], namespace=NAMESPACE
 )
+_RATE_LIMITED = LOGIN_REFUSED.labels("rate_limited")  # bound once: every refusal counts here
 
 
 class _LoginPeek(msgspec.Struct):
@@ -164,7 +165,7 @@ class LoginGate:
             decision = None
 
         if decision is not None and not decision.allowed:
-            LOGIN_REFUSED.labels("rate_limited").inc()
+            _RATE_LIMITED.inc()
             if decision.event_queued:
                 publisher.metrics.events_published.inc()  # the reserve script appended the refusal
             else:

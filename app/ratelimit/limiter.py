@@ -416,6 +416,8 @@ class LoginLimiter:
         restart or ``SCRIPT FLUSH`` the scripts are loaded again and only the calls that met
         NOSCRIPT are re-sent: those never ran, so nothing is applied twice.
         """
+        if len(calls) == 1:  # most requests: no task to gather one future
+            return [await self._coalescer.submit(calls[0])]
         return list(await asyncio.gather(*(self._coalescer.submit(call) for call in calls)))
 
     async def _run_batch(self, calls: Sequence[ScriptCall]) -> list[Any]:
