@@ -221,6 +221,10 @@ def is_database_unavailable(exc: BaseException) -> bool:
             return True  # a Unix socket that is gone (FileNotFoundError), a connect that timed out
         if isinstance(current, asyncpg.InterfaceError) and "connection is closed" in str(current):
             return True
+        if isinstance(current, asyncpg.InternalClientError) and "another operation" in str(current):
+            # A pooled connection whose server end was terminated mid-batch: the next operation on it
+            # is refused before anything is sent (found by an attacker's pass: docs/security.md).
+            return True
         code = getattr(current, "sqlstate", None)
         if isinstance(code, str) and code.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
             return True  # a server shutting down or starting up (57P01-57P03), a connection failure (08...)

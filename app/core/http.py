@@ -19,9 +19,15 @@ USER_AGENT_MAX = 255  # the Flask-era column's width, kept by the audit table an
 
 
 def user_agent_of(value: str | bytes | None) -> str | None:
-    """The ``User-Agent`` as stored: cut to the column's width, ``None`` when absent or empty."""
+    """The ``User-Agent`` as stored: cut to the column's width, ``None`` when absent or empty.
+
+    Without NUL, which Postgres text cannot hold: uvicorn refuses it in a header, but a server or
+    proxy in front that let it through would otherwise fail every statement batched with it.
+    """
     if isinstance(value, bytes):
         value = value.decode("latin-1")
+    if value and "\x00" in value:
+        value = value.replace("\x00", "")
     return value[:USER_AGENT_MAX] or None if value else None
 
 

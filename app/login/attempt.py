@@ -7,11 +7,12 @@ a client that hangs up), the middleware makes sure the attempt is recorded exact
 
 from __future__ import annotations
 
+import datetime
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from app.audit.pipeline.events import LoginEvent, encode_event, new_event
+from app.audit.pipeline.events import LoginEvent, encode_event, new_event, new_event_identity
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
 from app.core.errors import AccountLocked, LimiterUnavailable, PinLocked, try_again_in
 from app.ratelimit.limiter import Decision, LoginLimiter, Reservation, rate_limit_headers
@@ -35,9 +36,14 @@ class LoginAttempt:
     account_reservation: Reservation | None = None
     recorded: bool = field(default=False)
     fail_open: bool = False
+    # One attempt, one audit row: every event it makes (a refusal a script may have appended before
+    # its reply was lost, then what the attempt records instead) is the same event to the audit
+    # table, which keeps the first to land (its key is the event id and time).
+    identity: tuple[str, datetime.datetime] = field(default_factory=new_event_identity)
 
     def event(self, reason: str, *, success: bool = False, user_id: int | None = None) -> LoginEvent:
         return new_event(
+            identity=self.identity,
             phone_number=self.phone_number,
             success=success,
             reason=reason,

@@ -410,13 +410,6 @@ async def test_forwarded_for_from_an_untrusted_peer_is_not_recorded(settings: Se
 # ---- one client's request must not decide another's ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (attack 5): one request's User-Agent with NUL fails the whole batched refresh statement "
-    "(asyncpg CharacterNotInRepertoireError): every refresh of that event-loop turn answers 500 internal_error. "
-    "uvicorn's parsers (httptools, h11) refuse NUL in a header, so it is latent behind them "
-    "(test_attack5_two_processes::test_a_nul_in_a_header_never_reaches_the_batched_statement)",
-)
 async def test_a_hostile_user_agent_in_the_same_batch_does_not_fail_other_refreshes(app):
     """The statement answers every header refresh of one event-loop turn at once: one request's
     User-Agent (text Postgres cannot store) must not turn the others' refreshes into errors."""
@@ -485,13 +478,6 @@ async def test_a_refresh_token_expiring_now_is_refused_on_both_paths(app, db):
             assert (await header_refresh(http, tokens["refresh_token"])).status_code == 401
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (attack 5): a session-checks backend terminated just before a batched statement makes asyncpg "
-    "raise InternalClientError('cannot switch to state 12; another operation (2) is in progress'), which the error "
-    "mapping does not take for the database being unavailable: the whole batch answers 500 internal_error "
-    "(the route-only stack too: the statement is app/sessions/direct.py's)",
-)
 async def test_the_statements_connections_killed_mid_burst_give_200_or_503_never_500(app, db):
     """The session-checks pool's backends terminated (pg_terminate_backend) while header refreshes are in
     flight: the fast path hands the statement's error to the route, which raises it into the error

@@ -447,11 +447,6 @@ async def test_client_kill_storm_fails_closed_and_the_limiter_recovers(
 # ---- a reply lost after the script ran --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding (attack 5): a refusal whose Redis reply is lost after reserve.lua appended its audit event "
-    "is answered 503 and recorded again as limiter_unavailable: two login_attempts rows for one attempt",
-)
 async def test_a_refusal_whose_reply_is_lost_is_audited_once(private_redis: EmbeddedRedis, settings: Settings) -> None:
     """The client's budget is spent; its next sign-in's reserve call runs in Redis (refused, and the
     refusal event appended to the audit stream by the same script), but the connection is cut before

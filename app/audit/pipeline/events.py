@@ -119,6 +119,11 @@ class EventDecodeError(ValueError):
     """A stream entry that is not a login event; it goes to the dead-letter stream."""
 
 
+def new_event_identity() -> tuple[str, datetime.datetime]:
+    """A new event's id and time: what makes two events the same row (``store.py``'s conflict key)."""
+    return str(uuid_utils.uuid7()), datetime.datetime.now(datetime.UTC)
+
+
 def new_event(
     *,
     phone_number: str,
@@ -132,13 +137,19 @@ def new_event(
     channel: str = "http",
     session_id: str | None = None,
     service_name: str | None = None,
+    identity: tuple[str, datetime.datetime] | None = None,
 ) -> LoginEvent:
-    """``phone_number`` is E.164 when it parsed, else the raw input cut to 20 characters."""
+    """``phone_number`` is E.164 when it parsed, else the raw input cut to 20 characters.
+
+    ``identity``: the event id and time of an attempt that may record more than one event, of which
+    exactly one row must be kept (``LoginAttempt``); a new one when not given.
+    """
     assert reason in REASONS, reason
     assert channel in CHANNELS, channel
+    event_id, created_at = identity if identity is not None else new_event_identity()
     return LoginEvent(
-        event_id=str(uuid_utils.uuid7()),
-        created_at=datetime.datetime.now(datetime.UTC),
+        event_id=event_id,
+        created_at=created_at,
         phone_number=phone_number[:PHONE_MAX],
         success=success,
         reason=reason,
