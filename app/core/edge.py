@@ -4,7 +4,8 @@ uvicorn times out only an idle keep-alive connection. A client that opens a conn
 nothing, or a header line every few seconds, or a body one byte at a time, is kept for ever, and a
 few thousand of them take every file descriptor (slowloris). Here every request must have arrived
 whole (headers and body) within ``REQUEST_READ_TIMEOUT_SECONDS`` of its first byte (of the
-connection, for the first one), or the connection is answered 408 and closed; a process keeps at
+connection, for the first one), or the connection is answered 408 and closed (one sweep per event
+loop finds those past their deadline, every quarter of the timeout and at least every second); a process keeps at
 most ``MAX_CONNECTIONS`` connections (a request at the cap, or past that many in flight, is answered
 503 ``server_busy`` in JSON with Retry-After), and ``CONNECTIONS_PER_CLIENT`` of one address when set
 (only where the process sees the client's own address: behind a proxy every client shares the proxy's).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -140,7 +142,8 @@ class RequestDeadline:
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(CoalescingTransport(cast(asyncio.Transport, transport)))  # type: ignore[misc]
         limits = self.limits or edge_limits()
-        self._deadline: asyncio.TimerHandle | None = None
+        self._read_timeout = limits.read_timeout_seconds
+        self._deadline: float | None = None  # the loop time by which the request in reading must be whole
         self._cycle_at_arm: Any = None
         self._counted: str | None = None
         host = self.client[0] if self.client else None
@@ -153,10 +156,15 @@ class RequestDeadline:
                 return
             _per_client[host] = _per_client.get(host, 0) + 1
             self._counted = host
+        self._sweeper = DeadlineSweeper.of(asyncio.get_running_loop(), self._read_timeout)
+        self._sweeper.watched.add(self)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        sweeper = getattr(self, "_sweeper", None)
+        if sweeper is not None:
+            sweeper.watched.discard(self)
         if self._counted is not None:
             left = _per_client.get(self._counted, 1) - 1
             if left > 0:
@@ -174,16 +182,11 @@ class RequestDeadline:
             self._disarm()  # read whole: from here on it is the application's time
 
     def _arm(self) -> None:
-        self._disarm()
         self._cycle_at_arm = self.cycle
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later((self.limits or edge_limits()).read_timeout_seconds, self._timed_out)
+        self._deadline = self._sweeper.loop.time() + self._read_timeout
 
     def _disarm(self) -> None:
-        if getattr(self, "_deadline", None) is not None:
-            assert self._deadline is not None
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = None
 
     def _timed_out(self) -> None:
         self._deadline = None
@@ -192,6 +195,41 @@ class RequestDeadline:
         if self.cycle is self._cycle_at_arm:  # its headers never completed: nothing was answered yet
             self.transport.write(TIMED_OUT + b"content-length: %d\r\n\r\n" % len(TIMED_OUT_BODY) + TIMED_OUT_BODY)
         self.transport.close()
+
+
+class DeadlineSweeper:
+    """One timer per event loop for every connection's read deadline, instead of one per request.
+
+    A request arms its deadline by writing a time and disarms it by clearing it; every ``period``
+    (a quarter of the timeout, at most a second) the sweeper ends the connections past theirs. A
+    deadline is so kept within a quarter of itself late, and a request costs no timer of the loop's
+    (a refused sign-in armed and cancelled one each: docs/benchmarks.md).
+    """
+
+    _of_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, DeadlineSweeper] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
+        self.loop = loop
+        self.period = period
+        self.watched: set[RequestDeadline] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop, timeout: float) -> DeadlineSweeper:
+        """The loop's sweeper, its timer running."""
+        sweeper = cls._of_loop.get(loop)
+        if sweeper is None:
+            sweeper = cls._of_loop[loop] = cls(loop, min(1.0, timeout / 4))
+        if sweeper._timer is None:
+            sweeper._timer = loop.call_later(sweeper.period, sweeper._sweep)
+        return sweeper
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for protocol in [p for p in self.watched if p._deadline is not None and p._deadline <= now]:
+            protocol._timed_out()
+        # Stops with the last connection; the next one starts it again.
+        self._timer = self.loop.call_later(self.period, self._sweep) if self.watched else None
 
 
 async def over_capacity(send: Any) -> None:
