@@ -119,22 +119,7 @@ class SessionsController(Controller):
         refreshed = await refresh_session(
             token, client_use(request, state), state, rotate=rotates(state.settings, form), tried=tried
         )
-        issuer: TokenIssuer = state.token_issuer
-        access = issuer.issue_access(
-            user_id=refreshed.user_id,
-            role=refreshed.role,
-            user_type=refreshed.user_type,
-            session_id=refreshed.session_id,
-            auth_time=refreshed.auth_time,
-        )
-        response = RefreshResponse(
-            message="Token refreshed",
-            access_token=access.token,
-            expires_in=int(issuer.access_lifetime.total_seconds()),
-        )
-        if refreshed.refresh_token is not None:
-            response.refresh_token = refreshed.refresh_token
-        return response
+        return RefreshResponse.of(state.token_issuer, refreshed)
 
     @post(
         "/logout",

@@ -30,7 +30,7 @@ from app.core.settings import Settings
 from app.ratelimit.client_ip import ClientResolver
 from app.sessions.direct import SessionChecks
 from app.sessions.schemas import RefreshResponse
-from app.sessions.tokens import TokenIssuer, is_opaque_refresh_token
+from app.sessions.tokens import is_opaque_refresh_token
 
 REFRESH_PATH: Final = "/api/auth/refresh"
 # Scope state the route reads: what this path already tried for the request it passed on.
@@ -93,20 +93,6 @@ class HeaderRefresh:
             scope.setdefault("state", {})[TRIED_STATE_KEY] = NOT_FOUND_DIRECTLY
             await self.app(scope, receive, send)
             return
-        issuer: TokenIssuer = state.token_issuer
-        access = issuer.issue_access(
-            user_id=found.user_id,
-            role=found.role,
-            user_type=found.user_type,
-            session_id=found.session_id,
-            auth_time=found.auth_time,
-        )
-        body = _encoder.encode(
-            RefreshResponse(
-                message="Token refreshed",
-                access_token=access.token,
-                expires_in=int(issuer.access_lifetime.total_seconds()),
-            )
-        )
+        body = _encoder.encode(RefreshResponse.of(state.token_issuer, found))
         await send_json(send, 200, body, {})
         observe_answer("POST", REFRESH_PATH, 200, time.perf_counter() - started)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from typing import Protocol
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from app.db.models import Session
+from app.sessions.tokens import TokenIssuer
 
 
 class MessageResponse(msgspec.Struct, kw_only=True):
@@ -19,12 +21,48 @@ class RefreshRequest(msgspec.Struct, kw_only=True):
     refresh_token: str | None = None
 
 
+class RefreshedSession(Protocol):
+    """A live session's refresh, as the route (``Refreshed``) and the header form's path (``FoundSession``) find it."""
+
+    @property
+    def user_id(self) -> int: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def user_type(self) -> str | None: ...
+    @property
+    def session_id(self) -> uuid.UUID: ...
+    @property
+    def auth_time(self) -> datetime.datetime | None: ...
+    @property
+    def refresh_token(self) -> str | None: ...
+
+
 class RefreshResponse(msgspec.Struct, kw_only=True):
     message: str
     access_token: str
     token_type: str = "Bearer"  # noqa: S105 - the OAuth token type, not a secret
     expires_in: int
     refresh_token: str | UnsetType = UNSET
+
+    @classmethod
+    def of(cls, issuer: TokenIssuer, refreshed: RefreshedSession) -> RefreshResponse:
+        """The answer to a refresh: a new access token for the session, and its rotated refresh token if any."""
+        access = issuer.issue_access(
+            user_id=refreshed.user_id,
+            role=refreshed.role,
+            user_type=refreshed.user_type,
+            session_id=refreshed.session_id,
+            auth_time=refreshed.auth_time,
+        )
+        response = cls(
+            message="Token refreshed",
+            access_token=access.token,
+            expires_in=int(issuer.access_lifetime.total_seconds()),
+        )
+        if refreshed.refresh_token is not None:
+            response.refresh_token = refreshed.refresh_token
+        return response
 
 
 class SessionView(msgspec.Struct, kw_only=True):
