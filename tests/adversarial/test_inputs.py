@@ -23,11 +23,11 @@ from litestar.params import QueryParameter
 
 from app.asgi import create_app
 from app.core.errors import InvalidCredentials
+from app.core.http import send_error
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.core.redis_keys import KeySpace
 from app.core.settings import Settings
 from app.login.attempt import LoginAttempt
-from app.core.http import send_error
 from app.login.gate import ATTEMPT_STATE_KEY, LoginGate
 from app.ratelimit.client_ip import ClientResolver
 from tests.asgi import lifespan_running
