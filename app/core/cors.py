@@ -42,6 +42,7 @@ ALLOW_HEADERS = "Content-Type, Authorization, Accept, Origin, X-Requested-With"
 # What a script on the page may read of an answer besides the simple headers: the rate limit's.
 EXPOSE_HEADERS = "Retry-After, RateLimit, RateLimit-Policy"
 PREFLIGHT_MAX_AGE = 86400
+ENCODED_ORIGINS_CACHED = 256
 
 _ORIGIN = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*)://(?P<host>[^/:?#\s]+)(?P<port>:(?:\d+|\*))?")
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"
@@ -146,31 +147,37 @@ class CorsMiddleware:
     def __init__(self, app: ASGIApp, policy: CorsPolicy) -> None:
         self.app = app
         self.policy = policy
+        self._encoded: dict[str | None, list[tuple[bytes, bytes]]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        origin_raw = headers.get(b"origin")
+        origin_raw = next((value for name, value in scope["headers"] if name == b"origin"), None)
         origin = origin_raw.decode("latin-1") if origin_raw else None
-        if origin is not None and _is_preflight(scope, headers):
+        if origin is not None and scope["method"] == "OPTIONS" and _is_preflight(scope, dict(scope["headers"])):
             await self._preflight(origin, send)
             return
-        added = [(name.lower().encode(), value.encode()) for name, value in self.policy.headers_for(origin).items()]
+        added = self._encoded_headers(origin)
         vary = not self.policy.allow_any
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
-                raw = [
-                    (name, value)
-                    for name, value in message.get("headers", [])
-                    if not name.startswith(b"access-control-")
-                ]
-                message = {**message, "headers": _with_vary(raw, vary) + added}
+                message = {**message, "headers": _answer_headers(message.get("headers", []), vary, added)}
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
+
+    def _encoded_headers(self, origin: str | None) -> list[tuple[bytes, bytes]]:
+        """The policy's headers for ``origin``, encoded once per origin (a bounded cache: origins come from clients)."""
+        encoded = self._encoded.get(origin)
+        if encoded is None:
+            policy_headers = self.policy.headers_for(origin)
+            encoded = [(name.lower().encode(), value.encode()) for name, value in policy_headers.items()]
+            if len(self._encoded) >= ENCODED_ORIGINS_CACHED:
+                self._encoded.clear()
+            self._encoded[origin] = encoded
+        return encoded
 
     async def _preflight(self, origin: str, send: Send) -> None:
         headers = self.policy.preflight_headers(origin)
@@ -183,16 +190,28 @@ class CorsMiddleware:
         )
 
 
-def _with_vary(raw: list[tuple[bytes, bytes]], vary: bool) -> list[tuple[bytes, bytes]]:
-    """The answer depends on ``Origin``: say so to caches, keeping any ``Vary`` already there."""
-    if not vary:
-        return raw
-    existing = [value for name, value in raw if name.lower() == b"vary"]
-    values = [v.strip() for value in existing for v in value.split(b",") if v.strip()]
-    if any(v.lower() == b"origin" for v in values):
-        return raw
-    others = [(name, value) for name, value in raw if name.lower() != b"vary"]
-    return [*others, (b"vary", b", ".join([*values, b"Origin"]))]
+def _answer_headers(
+    raw: list[tuple[bytes, bytes]], vary: bool, added: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The answer's headers under this policy, in one pass: any ``Access-Control-*`` the app set is
+    dropped for the policy's own (``added``), and with ``vary`` the answer says it depends on
+    ``Origin``, merged into any ``Vary`` already there."""
+    headers: list[tuple[bytes, bytes]] = []
+    varies: list[bytes] = []
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered.startswith(b"access-control-"):
+            continue
+        if vary and lowered == b"vary":
+            varies += [v.strip() for v in value.split(b",") if v.strip()]
+            continue
+        headers.append((name, value))
+    if vary:
+        if not any(v.lower() == b"origin" for v in varies):
+            varies.append(b"Origin")
+        headers.append((b"vary", b", ".join(varies)))
+    headers += added
+    return headers
 
 
 async def _send(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
