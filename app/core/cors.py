@@ -191,7 +191,7 @@ class CorsMiddleware:
 
 
 def _answer_headers(
-    raw: list[tuple[bytes, bytes]], vary: bool, added: list[tuple[bytes, bytes]]
+    raw: Iterable[tuple[bytes, bytes]], vary: bool, added: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
     """The answer's headers under this policy, in one pass: any ``Access-Control-*`` the app set is
     dropped for the policy's own (``added``), and with ``vary`` the answer says it depends on

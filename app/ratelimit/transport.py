@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -120,11 +121,14 @@ class PipelineTransport:
         try:
             await connection.send_packed_command(packed, check_health=False)
             results: list[Any] = []
-            for _ in calls:
-                try:
-                    results.append(await connection.read_response())
-                except redis.exceptions.ResponseError as exc:
-                    results.append(exc)
+            # One deadline (the connection's socket timeout) for all the replies, rather than a timer
+            # armed and cancelled per reply: ``math.inf`` is redis-py's "no timeout of its own".
+            async with asyncio.timeout(connection.socket_timeout):
+                for _ in calls:
+                    try:
+                        results.append(await connection.read_response(timeout=math.inf))
+                    except redis.exceptions.ResponseError as exc:
+                        results.append(exc)
         except BaseException:
             # Replies may still be on the socket (or the task was cancelled mid-read): never reuse it.
             await connection.disconnect(nowait=True)

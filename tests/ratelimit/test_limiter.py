@@ -535,6 +535,32 @@ async def test_restart_fails_closed_then_recovers(private_redis: EmbeddedRedis, 
         await redis.aclose()
 
 
+async def test_a_batch_whose_replies_never_come_fails_within_the_socket_timeout(
+    private_redis: EmbeddedRedis, settings: Settings
+) -> None:
+    """The batch's replies share one deadline: a Redis that takes the calls and stops answering is
+    LimiterUnavailable after the socket timeout, and the connection is not handed back half read."""
+    redis = Redis.from_url(private_redis.url, socket_timeout=0.3, retry=None)
+    admin = Redis.from_url(private_redis.url)
+    try:
+        limiter = LoginLimiter(redis, settings)
+        for _ in range(settings.rate_limit_login_failures):  # connected, scripts loaded, budget spent
+            assert (await limiter.reserve_client("198.51.100.7")).allowed
+        await admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # every command waits 1.5 s
+        started = time.monotonic()
+        # Refusals: were their late replies read as the next batch's, that one would be refused too.
+        calls = [limiter.reserve_call("login", "198.51.100.7") for _ in range(3)]
+        with pytest.raises(LimiterUnavailable):
+            await limiter.execute(calls)
+        assert time.monotonic() - started < 1.2  # the deadline (0.3 s), not the pause
+        await asyncio.sleep(1.5)  # the pause ends; the replies of the abandoned batch are still sent
+        decision = await limiter.reserve_client("198.51.100.8")
+        assert decision.allowed and decision.remaining == settings.rate_limit_login_failures - 1
+    finally:
+        await redis.aclose()
+        await admin.aclose()
+
+
 async def test_redis_down_raises_limiter_unavailable_quickly(settings: Settings) -> None:
     redis = create_redis(msgspec.structs.replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0"))
     limiter = LoginLimiter(redis, settings)
