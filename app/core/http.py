@@ -34,15 +34,34 @@ def user_agent_of(value: str | bytes | None) -> str | None:
 # ---- answers given in front of routing (the login gate, the header form of refresh) ---------------
 
 
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]  # status, body, raw headers: what goes on the wire
+
+
+def error_answer(exc: AppError, headers: dict[str, str]) -> Answer:
+    """``exc`` as the app's error mapping answers it (its JSON body, its headers and ``headers``)."""
+    body = encode_error(exc)
+    return exc.status_code, body, json_headers(body, {**exc.headers, **headers})
+
+
+def json_headers(body: bytes, headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    return raw_headers
+
+
 async def send_error(send: Send, exc: AppError, headers: dict[str, str]) -> None:
     """Answer with ``exc`` exactly as the app's error mapping would, from outside the app."""
-    await send_json(send, exc.status_code, encode_error(exc), {**exc.headers, **headers})
+    await send_answer(send, error_answer(exc, headers))
 
 
 async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
-    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw_headers += [(name.lower().encode(), value.encode()) for name, value in headers.items()]
-    start: Any = {"type": "http.response.start", "status": status, "headers": raw_headers}
+    await send_answer(send, (status, body, json_headers(body, headers)))
+
+
+async def send_answer(send: Send, answer: Answer) -> None:
+    status, body, raw_headers = answer
+    # A copy of the headers: an answer may be sent many times (the gate's refusals), a layer may append.
+    start: Any = {"type": "http.response.start", "status": status, "headers": list(raw_headers)}
     await send(start)
     end: Any = {"type": "http.response.body", "body": body}
     await send(end)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import lru_cache
 from typing import Any
 
 import msgspec
@@ -22,13 +23,13 @@ from prometheus_client import Counter
 from app.audit.pipeline.events import LoginEvent, encode_event
 from app.audit.pipeline.publisher import AuditPublisher, AuditUnavailable
 from app.core.errors import LimiterUnavailable, PayloadTooLarge, RateLimited, try_again_in
-from app.core.http import send_error, user_agent_of
+from app.core.http import Answer, error_answer, send_answer, send_error, user_agent_of
 from app.core.phones import PhoneNumberError, normalise_phone
 from app.core.prometheus import NAMESPACE
 from app.core.settings import Settings
 from app.login.attempt import LoginAttempt
 from app.ratelimit.client_ip import ClientResolver
-from app.ratelimit.limiter import LoginLimiter, rate_limit_headers
+from app.ratelimit.limiter import Decision, LoginLimiter, rate_limit_headers
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ LOGIN_REFUSED = Counter(
     "login_refused", "Login attempts refused before any handler ran, by reason.", ["reason"], namespace=NAMESPACE
 )
 _RATE_LIMITED = LOGIN_REFUSED.labels("rate_limited")  # bound once: every refusal counts here
+# One answer per distinct wait (whole seconds up to the window, 900 by default) and budget.
+REFUSAL_ANSWERS_CACHED = 4096
 
 
 class _LoginPeek(msgspec.Struct):
@@ -170,12 +173,7 @@ class LoginGate:
                 publisher.metrics.events_published.inc()  # the reserve script appended the refusal
             else:
                 await _store_refusal(publisher, refusal)  # its audit stream is full (AUDIT_MAX_BACKLOG)
-            refused = RateLimited(
-                f"Too many failed sign-in attempts. {try_again_in(decision.retry_after)}",
-                headers={"Retry-After": str(decision.retry_after), **rate_limit_headers("login", decision)},
-                extra={"retry_after": decision.retry_after},
-            )
-            await send_error(send, refused, {})
+            await send_answer(send, refusal_answer(decision.retry_after, decision.limit, decision.window))
             return
 
         attempt.client_decision = decision
@@ -186,6 +184,19 @@ class LoginGate:
             if not attempt.recorded:
                 # Shielded: a client hanging up must not cost us the audit record.
                 await asyncio.shield(_record_unfinished(attempt))
+
+
+@lru_cache(maxsize=REFUSAL_ANSWERS_CACHED)
+def refusal_answer(retry_after: int, limit: int, window: int) -> Answer:
+    """The 429 of a client whose budget is spent, the error mapping's answer, made once per wait:
+    every refusal with the same ``Retry-After`` is the same bytes."""
+    spent = Decision(False, limit, 0, retry_after, window, None, "rate_limited")
+    refused = RateLimited(
+        f"Too many failed sign-in attempts. {try_again_in(retry_after)}",
+        headers={"Retry-After": str(retry_after), **rate_limit_headers("login", spent)},
+        extra={"retry_after": retry_after},
+    )
+    return error_answer(refused, {})
 
 
 def login_gate_factory(app: ASGIApp) -> ASGIApp:
