@@ -23,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import msgspec
+import psutil
 
 from app.core.settings import Settings
 from bench import bench_login_storm
@@ -86,6 +88,20 @@ def _spend_budget(base: str, attempts: int) -> None:
     assert refused.status_code == 429, f"{base}: {refused.status_code} {refused.text}"
 
 
+def _listener(base: str) -> psutil.Process:
+    """The process listening on ``base``'s port: with one uvicorn worker, the worker itself."""
+    port = int(base.rsplit(":", 1)[1])
+    for connection in psutil.net_connections("tcp"):
+        if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port and connection.pid:
+            return psutil.Process(connection.pid)
+    raise RuntimeError(f"nothing listens on {base}")
+
+
+def _cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 def _check(name: str, result: LoadResult, refused: bool) -> None:
     if refused:
         assert result.non_2xx == result.requests, f"{name}: every request must be refused: {result}"
@@ -95,6 +111,10 @@ def _check(name: str, result: LoadResult, refused: bool) -> None:
 
 def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | None) -> dict[str, float]:
     rates: dict[str, list[float]] = {name: [] for name in LABELS}
+    # The serving worker's CPU per request, and how busy it was: a path whose worker is not near a
+    # whole core was held back by something else on the machine (the load generator, Redis, Postgres).
+    cpu_us: dict[str, list[float]] = {name: [] for name in LABELS}
+    busy: dict[str, list[float]] = {name: [] for name in LABELS}
     with contextlib.ExitStack() as stack:
         settings = stack.enter_context(servers(database_url, redis_url))
         # The reuse grace covers the whole run: parallel body-form refreshes of one token all succeed.
@@ -131,6 +151,10 @@ def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | 
         }
         if slowapi_base is not None:
             runs["slowapi"] = lambda: wrk(f"{slowapi_base}/api/auth/login", body=WRONG, **load)
+        workers = {name: _listener(base) for name in runs}
+        workers["litestar_limiter"] = _listener(litestar_base)
+        if slowapi_base is not None:
+            workers["slowapi"] = _listener(slowapi_base)
         load: dict[str, Any] = {"seconds": seconds, "connections": CONNECTIONS, "threads": THREADS}
         for round_number in range(rounds):
             # Alternate the order, but rotation last: its thousands of commits leave Postgres work
@@ -139,12 +163,18 @@ def run(rounds: int, seconds: float, database_url: str | None, redis_url: str | 
             names = [*(others if round_number % 2 == 0 else reversed(others)), "refresh_body", "refresh_body_one"]
             line = []
             for name in names:
+                cpu_before, started = _cpu_seconds(workers[name]), time.perf_counter()
                 result = runs[name]()
+                cpu = _cpu_seconds(workers[name]) - cpu_before
+                cpu_us[name].append(cpu / max(result.requests, 1) * 1e6)
+                busy[name].append(cpu / (time.perf_counter() - started))
                 _check(name, result, refused=name in ("refused", "litestar_limiter", "slowapi"))
                 rates[name].append(result.requests_per_second)
                 line.append(f"{name} {result.requests_per_second:.0f}")
             print(f"  round {round_number + 1}: " + ", ".join(line), flush=True)
     result = {name: median(values) for name, values in rates.items() if values}
+    result |= {f"{name}:cpu_us": median(values) for name, values in cpu_us.items() if values}
+    result |= {f"{name}:busy": median(values) for name, values in busy.items() if values}
     # Each ratio is also taken within each round, then the median of those: on a shared machine
     # whose load drifts, a path and /health a few seconds apart see more alike load than medians
     # of whole columns do.
@@ -197,12 +227,18 @@ def _with_database(settings: Settings, database_url: str) -> Settings:
 
 def report(result: dict[str, float]) -> str:
     """Rates are medians of the rounds; each ratio is the median of that ratio taken round by round."""
-    lines = ["| path | req/s | ÷ `GET /health` | target |", "|---|---|---|---|"]
+    lines = [
+        "| path | req/s | ÷ `GET /health` | target | worker CPU per request | worker busy |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, label in LABELS.items():
         if name not in result:
             continue
         target = f"≥ {TARGETS[name]}x" if name in TARGETS else ""
-        lines.append(f"| {label} | {result[name]:,.0f} | {result[name + '/health']:.2f} | {target} |")
+        lines.append(
+            f"| {label} | {result[name]:,.0f} | {result[name + '/health']:.2f} | {target} "
+            f"| {result[name + ':cpu_us']:.0f} µs | {result[name + ':busy']:.2f} |"
+        )
     lines.append("")
     lines.append(
         f"refused login vs Litestar RateLimitMiddleware: {result['refused/litestar_limiter']:.2f}x (target ≥ 2)"

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -93,17 +94,20 @@ def server_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def serving(command: list[str], env: dict[str, str]) -> Iterator[str]:
-    """Run a server command with ``--port`` appended; yields its base URL once /health answers."""
+    """Run a server command with ``--port`` appended; yields its base URL once /health answers.
+
+    Its output goes to a file, not a pipe: nobody reads a pipe while the load runs, and a server
+    that logged more than the pipe holds (64 KiB of warnings under a storm) would block on the write.
+    """
     port = free_port()
-    process = subprocess.Popen(
-        [*command, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base, process)
-        yield base
-    finally:
-        stop_process(process, 20)
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen([*command, "--port", str(port)], env=env, stdout=log, stderr=log, text=True)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(base, process, log)
+            yield base
+        finally:
+            stop_process(process, 20)
 
 
 def api_process(settings: Settings, workers: int = 1, **extra_env: str) -> contextlib.AbstractContextManager[str]:
@@ -150,11 +154,17 @@ def save_plot(
     figure.savefig(DOCS / "img" / f"{name}.png", dpi=110)
 
 
-def wait_healthy(base: str, process: subprocess.Popen[str], path: str = "/health", timeout: float = 60) -> None:
+def wait_healthy(
+    base: str, process: subprocess.Popen[str], log: IO[str] | None = None, path: str = "/health", timeout: float = 60
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read() if process.stderr else ''}")
+            output = process.stderr.read() if process.stderr else ""
+            if log is not None:
+                log.seek(0)
+                output = log.read()[-4000:]
+            raise RuntimeError(f"server exited: {output}")
         try:
             if httpx.get(base + path, timeout=1).status_code < 500:
                 return
