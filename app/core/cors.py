@@ -153,7 +153,10 @@ class CorsMiddleware:
         if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
-        origin_raw = next((value for name, value in scope["headers"] if name == b"origin"), None)
+        origin_raw = None
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin_raw = value  # the last one decides, for answers and preflights alike (as ever)
         origin = origin_raw.decode("latin-1") if origin_raw else None
         if origin is not None and scope["method"] == "OPTIONS" and _is_preflight(scope, dict(scope["headers"])):
             await self._preflight(origin, send)

@@ -42,12 +42,12 @@ _FORWARDED = b"forwarded"
 
 
 # Every request parses its peer (and behind a proxy its hops): the same few texts over and over,
-# and ipaddress parsing them took about 4 µs of a refused sign-in (160). Addresses are immutable; the bound
-# keeps a flood of made-up hops from growing the cache.
+# and ipaddress parsing them took about 4 µs of a refused sign-in (160). Addresses are immutable; the
+# bound keeps a flood of made-up hops from growing the cache, and only texts short enough to be an
+# address are ever kept.
 PARSED_ADDRESSES_CACHED = 4096
 
 
-@lru_cache(maxsize=PARSED_ADDRESSES_CACHED)
 def parse_address(text: str) -> Address | None:
     """One hop or peer as an address; ports, brackets and quotes stripped; ``None`` when it is not one.
 
@@ -57,6 +57,12 @@ def parse_address(text: str) -> Address | None:
     text = text.strip()
     if not text or len(text) > MAX_HOP_CHARS:
         return None
+    return parse_short_address(text)
+
+
+@lru_cache(maxsize=PARSED_ADDRESSES_CACHED)
+def parse_short_address(text: str) -> Address | None:
+    """:func:`parse_address` of a stripped text of at most ``MAX_HOP_CHARS``, cached."""
     if text[0] == '"':
         if len(text) < 2 or text[-1] != '"':
             return None

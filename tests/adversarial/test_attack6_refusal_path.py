@@ -33,7 +33,13 @@ from app.core.errors import AppError, LimiterUnavailable, RateLimited, app_error
 from app.core.http import send_answer
 from app.core.settings import Settings
 from app.login.gate import LoginGate, refusal_answer
-from app.ratelimit.client_ip import PARSED_ADDRESSES_CACHED, ClientResolver, parse_address
+from app.ratelimit.client_ip import (
+    MAX_HOP_CHARS,
+    PARSED_ADDRESSES_CACHED,
+    ClientResolver,
+    parse_address,
+    parse_short_address,
+)
 from app.ratelimit.limiter import Decision, LoginLimiter, rate_limit_headers
 from app.sessions.header_refresh import HeaderRefresh
 from tests.adversarial.test_attack5_transport import (  # the proxy that holds or cuts Redis's replies
@@ -217,7 +223,10 @@ TRUSTED = ["10.0.0.0/8", "fd00::/8"]
 PROXY = "10.1.2.3"
 
 
-uncached = parse_address.__wrapped__  # the same parse without the cache: the reference
+def uncached(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The same parse without the cache: the reference."""
+    text = text.strip()
+    return parse_short_address.__wrapped__(text) if text and len(text) <= MAX_HOP_CHARS else None
 
 
 def key_via(resolver: ClientResolver, peer: str, headers: list[tuple[bytes, bytes]]) -> str:
@@ -254,7 +263,7 @@ def test_a_flood_of_made_up_hops_changes_no_clients_budget_key() -> None:
     resolver = ClientResolver(TRUSTED)
     for peer, headers, expected in KEYED_FORMS:
         assert key_via(resolver, peer, headers) == expected, (peer, headers)
-    misses_before = parse_address.cache_info().misses
+    misses_before = parse_short_address.cache_info().misses
     for round_ in range(3):
         for n in range(PARSED_ADDRESSES_CACHED):
             hop = (
@@ -266,7 +275,7 @@ def test_a_flood_of_made_up_hops_changes_no_clients_budget_key() -> None:
             assert key == resolver.client_key(uncached(hop)), hop
         for peer, headers, expected in KEYED_FORMS:
             assert key_via(resolver, peer, headers) == expected, (round_, peer, headers)
-    info = parse_address.cache_info()
+    info = parse_short_address.cache_info()
     assert info.currsize <= PARSED_ADDRESSES_CACHED
     assert info.misses - misses_before >= 2 * PARSED_ADDRESSES_CACHED  # the flood really evicted
 
@@ -279,6 +288,17 @@ def test_cached_addresses_are_immutable_values() -> None:
         first.foo = 1  # type: ignore[union-attr]
     assert parse_address("::ffff:1.2.3.4") == ipaddress.IPv4Address("1.2.3.4")
     assert parse_address("unknown") is None and parse_address("unknown") is None
+
+
+def test_texts_too_long_to_be_an_address_are_never_cached() -> None:
+    """A hop of any length is a cache key only if it could be an address: a flood of header-sized
+    hops leaves the cache as it was (it holds at most 4096 short texts)."""
+    before = parse_short_address.cache_info()
+    for n in range(200):
+        assert parse_address(f"{n}." + "9" * 8000) is None
+        assert parse_address(" " * 100 + f"203.0.113.{n % 250}" + "x" * 100) is None
+    after = parse_short_address.cache_info()
+    assert (after.hits, after.misses, after.currsize) == (before.hits, before.misses, before.currsize)
 
 
 async def test_one_client_behind_the_proxy_in_every_spelling_shares_one_budget_across_a_flood(
