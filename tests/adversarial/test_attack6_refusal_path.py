@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
 import httpx
@@ -43,6 +44,7 @@ from app.ratelimit.client_ip import (
 from app.ratelimit.limiter import Decision, LoginLimiter, rate_limit_headers
 from app.sessions.header_refresh import HeaderRefresh
 from tests.adversarial.test_attack5_transport import (  # the proxy that holds or cuts Redis's replies
+    ReplyGate,
     audit_rows,
     clients_of,
     members_match,
@@ -511,6 +513,16 @@ async def test_interleaved_clients_each_get_their_own_wait_origin_and_one_audit_
 # ---- the transport: one deadline for a batch's replies ---------------------------------------------------------
 
 
+async def start_held(gate: ReplyGate, *calls: Coroutine[Any, Any, Any]) -> list[asyncio.Task[Any]]:
+    """Start ``calls`` with the gate holding Redis's replies; return once their replies are held."""
+    gate.hold = True
+    gate.replied.clear()
+    tasks = [asyncio.create_task(call) for call in calls]
+    await asyncio.wait_for(gate.replied.wait(), 5)
+    await asyncio.sleep(0.05)
+    return tasks
+
+
 async def budget_sizes(redis: Redis, limiter: LoginLimiter, clients: list[str]) -> list[int]:
     return [await redis.zcard(limiter.budget_key("login", client)) for client in clients]
 
@@ -532,12 +544,8 @@ async def test_a_redis_stalling_mid_batch_fails_the_batch_within_the_deadline_an
             for round_ in range(3):
                 clients = [f"198.51.100.{round_}-{n}" for n in range(8)]
                 calls = [limiter.reserve_call("login", client) for client in clients]
-                gate.hold = True
-                gate.replied.clear()
                 started = time.monotonic()
-                running = asyncio.create_task(transport.run(calls))
-                await asyncio.wait_for(gate.replied.wait(), 5)
-                await asyncio.sleep(0.05)
+                (running,) = await start_held(gate, transport.run(calls))
                 gate.release(len(gate.held[-1]) // 2 if round_ != 1 else 1)  # half the replies; or one byte
                 with pytest.raises(LimiterUnavailable):
                     await asyncio.wait_for(running, 3)
@@ -569,12 +577,8 @@ async def test_replies_trickling_in_under_the_per_reply_timeout_still_meet_the_b
             limiter = LoginLimiter(redis, settings)
             assert (await limiter.reserve_client("192.0.2.1")).allowed
             clients = [f"198.51.100.77-{n}" for n in range(6)]
-            gate.hold = True
-            gate.replied.clear()
             started = time.monotonic()
-            callers = [asyncio.create_task(limiter.reserve_client(client)) for client in clients]
-            await asyncio.wait_for(gate.replied.wait(), 5)
-            await asyncio.sleep(0.05)
+            callers = await start_held(gate, *(limiter.reserve_client(client) for client in clients))
             held = bytes(gate.held[-1])
             replies = held.split(b"*4\r\n")[1:]  # each allowed reserve reply is a 4-element array
             assert len(replies) == 6, held
@@ -609,12 +613,8 @@ async def test_a_connection_killed_mid_read_fails_fast_and_recovers(
             limiter = LoginLimiter(redis, settings)
             assert (await limiter.reserve_client("192.0.2.1")).allowed
             clients = [f"198.51.100.88-{n}" for n in range(10)]
-            gate.hold = True
-            gate.replied.clear()
             started = time.monotonic()
-            callers = [asyncio.create_task(limiter.reserve_client(client)) for client in clients]
-            await asyncio.wait_for(gate.replied.wait(), 5)
-            await asyncio.sleep(0.05)
+            callers = await start_held(gate, *(limiter.reserve_client(client) for client in clients))
             gate.release(len(gate.held[-1]) // 3)
             await asyncio.sleep(0.05)
             killed = await admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
@@ -651,11 +651,7 @@ async def test_callers_cancelled_mid_batch_leave_the_others_their_own_decisions(
             limiter = LoginLimiter(redis, settings)
             assert (await limiter.reserve_client("192.0.2.1")).allowed
             clients = [f"198.51.100.99-{n}" for n in range(12)]
-            gate.hold = True
-            gate.replied.clear()
-            callers = [asyncio.create_task(limiter.reserve_client(client)) for client in clients]
-            await asyncio.wait_for(gate.replied.wait(), 5)
-            await asyncio.sleep(0.05)
+            callers = await start_held(gate, *(limiter.reserve_client(client) for client in clients))
             gate.release(len(gate.held[-1]) // 2)
             await asyncio.sleep(0.02)
             for task in callers[::2]:
